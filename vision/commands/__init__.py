@@ -1,0 +1,1 @@
+"""Subcommands of ``python -m vision`` (one module each; see :mod:`vision.cli`)."""

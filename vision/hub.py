@@ -1,0 +1,284 @@
+"""The model hub: the single owner of every foundation model.
+
+Engines ask ``hub.get(name)`` and receive the one shared instance of that model, loaded lazily on first
+use, on the best device (cuda > mps > cpu, or ``VISION_DEVICE``), with the dtype policy of
+:meth:`ModelHub.dtype_for`. Two threads asking for the same model at once load it once. In tiny mode
+(``ModelHub(tiny=True)``, ``--tiny`` or ``VISION_TINY=1``) every name maps to a tiny random-weight
+model of the same class (see :mod:`vision.tiny`).
+
+An optional memory budget (GiB of accelerator memory) moves the least recently used models to the CPU
+when a newly requested one would not fit; asking for an offloaded model moves it back.
+
+Names (``hub.names()``): dinov2_b14, dino_b16, clip_b16, clip_h14, clip_tokenizer, sam_b, sam_h,
+sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_unet, sdxl_vae,
+sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
+ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vision import builders, tiny, weights
+
+Builder = Callable[[Path, str, torch.dtype], Any]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How to make one model. ``weights`` names its :mod:`vision.weights` entry; ``None`` means the
+    model needs no download and ``local`` builds it in both modes. ``tiny`` receives the hub (an
+    adapter's tiny weights are shaped after the tiny UNet)."""
+
+    name: str
+    tiny: Callable[["ModelHub"], Any]
+    build: Builder | None = None
+    weights: str | None = None
+    local: Callable[[], Any] | None = None
+    keep_fp32: bool = False  # SAM: fp16 SAM-H produces garbage masks
+
+
+def _t(fn: Callable[[], Any]) -> Callable[["ModelHub"], Any]:
+    return lambda hub: fn()
+
+
+def _entries() -> dict[str, ModelEntry]:
+    b = builders
+    e = [
+        ModelEntry("dinov2_b14", _t(tiny.dinov2_b14), b.dinov2, "dinov2_b14"),
+        ModelEntry("dino_b16", _t(tiny.dino_b16), b.dino_v1, "dino_b16"),
+        ModelEntry("clip_b16", _t(tiny.clip_b16), b.open_clip_model("ViT-B-16-quickgelu"), "clip_b16"),
+        ModelEntry("clip_h14", _t(tiny.clip_h14), b.open_clip_model("ViT-H-14"), "clip_h14"),
+        ModelEntry("sam_b", _t(tiny.sam_b), b.sam("vit_b"), "sam_b", keep_fp32=True),
+        ModelEntry("sam_h", _t(tiny.sam_h), b.sam("vit_h"), "sam_h", keep_fp32=True),
+        ModelEntry("sd15_unet", _t(tiny.sd15_unet), b.diffusers_model("UNet2DConditionModel", "unet"), "sd15_unet"),
+        ModelEntry("sd15_vae", _t(tiny.sd15_vae), b.diffusers_model("AutoencoderKL", "vae"), "sd15_vae"),
+        ModelEntry("sd15_text_encoder", _t(tiny.sd15_text_encoder),
+                   b.transformers_model("CLIPTextModel", "text_encoder"), "sd15_text_encoder"),
+        ModelEntry("sdxl_unet", _t(tiny.sdxl_unet), b.diffusers_model("UNet2DConditionModel", "unet"), "sdxl_unet"),
+        ModelEntry("sdxl_vae", _t(tiny.sdxl_vae), b.diffusers_model("AutoencoderKL", "vae", variant=None), "sdxl_vae"),
+        ModelEntry("sdxl_text_encoder", _t(tiny.sdxl_text_encoder),
+                   b.transformers_model("CLIPTextModel", "text_encoder"), "sdxl_text_encoder"),
+        ModelEntry("sdxl_text_encoder_2", _t(tiny.sdxl_text_encoder_2),
+                   b.transformers_model("CLIPTextModelWithProjection", "text_encoder_2"), "sdxl_text_encoder_2"),
+        ModelEntry("ip_adapter_sd15",
+                   lambda hub: tiny.ip_adapter_state_dict(hub.get("sd15_unet"), tiny.TINY_IMAGE_EMBED),
+                   b.ip_adapter_weights("models/ip-adapter_sd15.safetensors"), "ip_adapter_sd15"),
+        ModelEntry("ip_image_encoder_h", _t(tiny.ip_image_encoder_h),
+                   b.transformers_model("CLIPVisionModelWithProjection", "models/image_encoder", variant=None),
+                   "ip_image_encoder_h"),
+        ModelEntry("ip_adapter_sdxl",
+                   lambda hub: tiny.ip_adapter_state_dict(hub.get("sdxl_unet"), tiny.TINY_IMAGE_EMBED),
+                   b.ip_adapter_weights("sdxl_models/ip-adapter_sdxl.safetensors"), "ip_adapter_sdxl"),
+        ModelEntry("ip_image_encoder_bigg", _t(tiny.ip_image_encoder_bigg),
+                   b.transformers_model("CLIPVisionModelWithProjection", "sdxl_models/image_encoder", variant=None),
+                   "ip_image_encoder_bigg"),
+    ]
+    shared = {
+        "clip_tokenizer": lambda: __import__("open_clip").get_tokenizer("ViT-B-16"),
+        "sd15_tokenizer": b.clip_tokenizer,
+        "sdxl_tokenizer": b.clip_tokenizer,
+        "sdxl_tokenizer_2": lambda: b.clip_tokenizer(pad_token="!"),
+        "sd15_scheduler": b.sd_scheduler,
+        "sdxl_scheduler": b.sd_scheduler,
+    }
+    e += [ModelEntry(name, tiny=_t(fn), local=fn) for name, fn in shared.items()]
+    return {entry.name: entry for entry in e}
+
+
+ENTRIES = _entries()
+
+
+def best_device() -> str:
+    if os.environ.get("VISION_DEVICE"):
+        return os.environ["VISION_DEVICE"]
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def module_bytes(obj: Any) -> int:
+    """Bytes held by a model's parameters and buffers (or a state dict's tensors); 0 for other objects."""
+    if isinstance(obj, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in (*obj.parameters(), *obj.buffers()))
+    if isinstance(obj, dict):
+        return sum(module_bytes(v) if isinstance(v, dict) else v.numel() * v.element_size()
+                   for v in obj.values() if isinstance(v, (dict, torch.Tensor)))
+    return 0
+
+
+@dataclass
+class _Slot:
+    obj: Any
+    last_used: float
+    offloaded: bool = False
+
+
+class ModelHub:
+    """Loads each model once and shares it. See the module docstring for names and policies."""
+
+    def __init__(self, tiny: bool = False, device: str | None = None, memory_budget_gb: float | None = None,
+                 weight_paths: dict[str, str] | None = None):
+        self.tiny = tiny
+        self.device = device or best_device()
+        self.memory_budget_bytes = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
+        self.weight_paths = dict(weight_paths or {})
+        self.load_counts: dict[str, int] = {}
+        self._slots: dict[str, _Slot] = {}
+        self._locks = {name: threading.Lock() for name in ENTRIES}
+        self._budget_lock = threading.RLock()
+
+    @staticmethod
+    def names() -> list[str]:
+        return list(ENTRIES)
+
+    def dtype_for(self, name: str) -> torch.dtype:
+        """fp16 on CUDA, fp32 elsewhere; SAM stays fp32 everywhere."""
+        if self.device.startswith("cuda") and not ENTRIES[name].keep_fp32:
+            return torch.float16
+        return torch.float32
+
+    def get(self, name: str) -> Any:
+        """The shared instance of model ``name``, loading it on first use (thread-safe)."""
+        if name not in ENTRIES:
+            raise KeyError(f"unknown model {name!r}; known: {', '.join(ENTRIES)}")
+        with self._locks[name]:
+            slot = self._slots.get(name)
+            if slot is None:
+                obj = self._load(ENTRIES[name])
+                slot = self._slots[name] = _Slot(obj, time.monotonic())
+                self.load_counts[name] = self.load_counts.get(name, 0) + 1
+            slot.last_used = time.monotonic()
+            self._fit_budget(name)
+            return slot.obj
+
+    def _load(self, entry: ModelEntry) -> Any:
+        if entry.local is not None:
+            return entry.local()
+        dtype = self.dtype_for(entry.name)
+        if self.tiny:
+            return _to(entry.tiny(self), self.device, dtype)
+        folder = weights.resolve(entry.weights, self.weight_paths.get(entry.name))
+        try:
+            model = entry.build(folder, self.device, dtype)
+        except Exception as err:  # a present file that fails to load is damaged, never silently used
+            raise weights.corrupt(entry.name, folder, err) from err
+        return model.eval() if isinstance(model, torch.nn.Module) else model
+
+    def _fit_budget(self, current: str) -> None:
+        """Bring ``current`` to the device and offload least recently used models until under budget."""
+        if self.memory_budget_bytes is None:
+            return
+        with self._budget_lock:
+            slot = self._slots[current]
+            if slot.offloaded:
+                _to(slot.obj, self.device, None)
+                slot.offloaded = False
+            resident = sorted((s.last_used, n) for n, s in self._slots.items() if not s.offloaded and n != current)
+            used = sum(module_bytes(s.obj) for s in self._slots.values() if not s.offloaded)
+            for _, victim in resident:
+                if used <= self.memory_budget_bytes:
+                    break
+                victim_slot = self._slots[victim]
+                _to(victim_slot.obj, "cpu", None)
+                victim_slot.offloaded = True
+                used -= module_bytes(victim_slot.obj)
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._slots
+
+    def unload(self, name: str) -> None:
+        with self._locks[name]:
+            self._slots.pop(name, None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def status(self) -> list[dict[str, Any]]:
+        """One row per known model: loaded?, device, dtype, memory (MiB), weights present?"""
+        rows = []
+        for name, entry in ENTRIES.items():
+            slot = self._slots.get(name)
+            obj = slot.obj if slot else None
+            rows.append({
+                "name": name,
+                "loaded": slot is not None,
+                "device": ("cpu (offloaded)" if slot.offloaded else _device_of(obj)) if slot else "",
+                "dtype": str(_dtype_of(obj)).replace("torch.", "") if slot else "",
+                "memory_mb": round(module_bytes(obj) / 2**20, 1) if slot else 0.0,
+                "weights": "tiny (random)" if self.tiny else
+                ("bundled" if entry.weights is None else weights.status(entry.weights)),
+            })
+        return rows
+
+
+def _to(obj: Any, device: str, dtype: torch.dtype | None) -> Any:
+    """Move a module or a (nested) state dict; floating tensors also change dtype when given."""
+    if isinstance(obj, torch.nn.Module):
+        obj.to(device)
+        if dtype is not None and _first_tensor(obj) is not None and _first_tensor(obj).dtype != dtype:
+            obj.to(dtype)
+        return obj
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, (dict, torch.Tensor)):
+                obj[key] = _to(value, device, dtype)
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device=device, dtype=dtype if dtype and obj.is_floating_point() else obj.dtype)
+    return obj
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.nn.Module):
+        return next(iter(obj.parameters()), None)
+    if isinstance(obj, dict):
+        for value in obj.values():
+            found = value if isinstance(value, torch.Tensor) else _first_tensor(value)
+            if found is not None:
+                return found
+    return None
+
+
+def _device_of(obj: Any) -> str:
+    t = _first_tensor(obj)
+    return str(t.device) if t is not None else "n/a"
+
+
+def _dtype_of(obj: Any) -> str:
+    t = _first_tensor(obj)
+    return str(t.dtype) if t is not None else "n/a"
+
+
+_default_hub: ModelHub | None = None
+_default_lock = threading.Lock()
+
+
+def tiny_requested() -> bool:
+    return os.environ.get("VISION_TINY", "").lower() in ("1", "true", "yes")
+
+
+def get_hub() -> ModelHub:
+    """The process-wide hub (tiny when ``VISION_TINY=1``); created on first use."""
+    global _default_hub
+    with _default_lock:
+        if _default_hub is None:
+            budget = os.environ.get("VISION_MEMORY_BUDGET_GB")
+            _default_hub = ModelHub(tiny=tiny_requested(), memory_budget_gb=float(budget) if budget else None)
+        return _default_hub
+
+
+def set_hub(hub: ModelHub) -> ModelHub:
+    """Replace the process-wide hub (the CLI and app do this for ``--tiny`` / ``--device``)."""
+    global _default_hub
+    with _default_lock:
+        _default_hub = hub
+    return hub

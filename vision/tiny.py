@@ -1,0 +1,208 @@
+"""Tiny, randomly initialised instances of the real model classes.
+
+Every builder here returns an object of the same class, with the same block layout and the same
+forward signature, as its full-size counterpart in :mod:`vision.builders`, but with a handful of
+channels, so that the whole app and test suite run on two CPU cores. Weights are drawn from a fixed
+seed so that two processes build identical tiny models. Outputs made with them are noise: everything
+a user sees in tiny mode says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+TINY_NOTICE = "TINY MODE: random-weight models, outputs are noise (for testing the app, not results)."
+
+TINY_CLIP_EMBED = 32  # tiny CLIP joint embedding width
+TINY_SD_CROSS_DIM = 32  # tiny SD1.5 text-token width
+TINY_IMAGE_EMBED = 32  # tiny IP-Adapter image encoder projection width
+
+
+def _seeded(build, seed: int = 0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
+    return model.eval() if isinstance(model, torch.nn.Module) else model
+
+
+def dinov2_b14() -> Any:
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                       patch_size=14, image_size=518)
+    return _seeded(lambda: Dinov2Model(cfg))
+
+
+def dino_b16() -> Any:
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                    patch_size=16, image_size=224)
+    return _seeded(lambda: ViTModel(cfg, add_pooling_layer=False))
+
+
+def _open_clip(vision_width: int, patch_size: int) -> Any:
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    vision = CLIPVisionCfg(layers=2, width=vision_width, head_width=32, patch_size=patch_size, image_size=224)
+    text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
+    return _seeded(lambda: CLIP(embed_dim=TINY_CLIP_EMBED, vision_cfg=vision, text_cfg=text, quick_gelu=True))
+
+
+def clip_b16() -> Any:
+    return _open_clip(vision_width=64, patch_size=16)
+
+
+def clip_h14() -> Any:
+    return _open_clip(vision_width=64, patch_size=14)
+
+
+def _sam(last_block_global: bool = True) -> Any:
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    prompt_dim, image_size, patch = 64, 1024, 16
+    grid = image_size // patch
+
+    def build():
+        encoder = ImageEncoderViT(
+            depth=2, embed_dim=32, img_size=image_size, mlp_ratio=2,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=patch,
+            qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,) if last_block_global else (),
+            window_size=14, out_chans=prompt_dim,
+        )
+        prompt = PromptEncoder(embed_dim=prompt_dim, image_embedding_size=(grid, grid),
+                               input_image_size=(image_size, image_size), mask_in_chans=16)
+        decoder = MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim, mlp_dim=128, num_heads=8),
+            transformer_dim=prompt_dim, iou_head_depth=3, iou_head_hidden_dim=64,
+        )
+        return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder,
+                   pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+
+    return _seeded(build)
+
+
+def sam_b() -> Any:
+    return _sam()
+
+
+def sam_h() -> Any:
+    return _sam()
+
+
+def sd15_unet() -> Any:
+    """SD1.5's block layout (3 cross-attention down blocks + a plain one, mirrored up) with tiny widths."""
+    from diffusers import UNet2DConditionModel
+
+    return _seeded(lambda: UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(16, 32, 64, 64), norm_num_groups=8, cross_attention_dim=TINY_SD_CROSS_DIM,
+        attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    ))
+
+
+def sd15_vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return _seeded(lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1, norm_num_groups=8, sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    ))
+
+
+def _text_encoder(with_projection: bool = False, hidden: int = TINY_SD_CROSS_DIM, projection: int = 32) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                         projection_dim=projection, pad_token_id=49407, eos_token_id=49407,
+                         bos_token_id=49406)
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return _seeded(lambda: cls(cfg))
+
+
+def sd15_text_encoder() -> Any:
+    return _text_encoder()
+
+
+SDXL_TINY_TEXT = (16, 16)  # hidden widths of the two tiny SDXL text encoders
+SDXL_TINY_TIME_DIM = 8
+
+
+def sdxl_unet() -> Any:
+    """SDXL's block layout (one plain + two cross-attention levels, "text_time" added conditioning)."""
+    from diffusers import UNet2DConditionModel
+
+    pooled = SDXL_TINY_TEXT[1]
+    return _seeded(lambda: UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(16, 32, 64), norm_num_groups=8, attention_head_dim=(2, 4, 8),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 2), cross_attention_dim=sum(SDXL_TINY_TEXT),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=SDXL_TINY_TIME_DIM,
+        projection_class_embeddings_input_dim=pooled + 6 * SDXL_TINY_TIME_DIM,
+    ))
+
+
+def sdxl_vae() -> Any:
+    return sd15_vae()
+
+
+def sdxl_text_encoder() -> Any:
+    return _text_encoder(hidden=SDXL_TINY_TEXT[0])
+
+
+def sdxl_text_encoder_2() -> Any:
+    return _text_encoder(with_projection=True, hidden=SDXL_TINY_TEXT[1], projection=SDXL_TINY_TEXT[1])
+
+
+def _image_encoder(projection: int) -> Any:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=224, patch_size=32, projection_dim=projection)
+    return _seeded(lambda: CLIPVisionModelWithProjection(cfg))
+
+
+def ip_image_encoder_h() -> Any:
+    return _image_encoder(TINY_IMAGE_EMBED)
+
+
+def ip_image_encoder_bigg() -> Any:
+    return _image_encoder(TINY_IMAGE_EMBED)
+
+
+def ip_adapter_state_dict(unet, image_embed_dim: int, tokens: int = 4) -> dict[str, dict[str, torch.Tensor]]:
+    """A random IP-Adapter state dict in the layout of ``h94/IP-Adapter``'s files, sized for ``unet``.
+
+    ``image_proj``: ``proj`` [tokens*C, image_embed_dim] and ``norm`` [C] with C = the UNet's
+    cross-attention width; ``ip_adapter``: ``{k}.to_k_ip/to_v_ip.weight`` [inner, C] for the k-th
+    cross-attention layer, k = 1, 3, 5, ... in ``unet.attn_processors`` order (diffusers' convention).
+    """
+    cross = unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator) * 0.05
+
+    proj = {"proj.weight": rand(tokens * cross, image_embed_dim), "proj.bias": rand(tokens * cross),
+            "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    layers, key = {}, 1
+    modules = dict(unet.named_modules())
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        inner = modules[name[: -len(".processor")]].to_k.out_features
+        layers[f"{key}.to_k_ip.weight"] = rand(inner, cross)
+        layers[f"{key}.to_v_ip.weight"] = rand(inner, cross)
+        key += 2
+    return {"image_proj": proj, "ip_adapter": layers}

@@ -1,0 +1,273 @@
+"""Weights registry: where every foundation model's files come from, and how they are found.
+
+Resolution order for a model's files (see :func:`resolve`):
+
+1. an explicit path (``resolve(name, path=...)`` or the ``VISION_WEIGHTS_<NAME>`` environment variable);
+2. ``weights/<name>/`` inside the project (or ``$VISION_WEIGHTS_DIR/<name>/``);
+3. the Hugging Face cache (files a user already fetched with ``huggingface_hub``);
+4. a download into ``weights/<name>/`` with a progress bar and checksum verification;
+5. otherwise :class:`WeightsMissingError`, whose message names the model, its files, the command that
+   downloads them and where to put them by hand.
+
+Downloads use short network timeouts so an offline machine fails in seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NETWORK_TIMEOUT_S = 10.0
+
+
+class WeightsError(RuntimeError):
+    """Base class for weight problems a user can fix."""
+
+
+class WeightsMissingError(WeightsError):
+    """A model's weight files are not on disk and could not be downloaded."""
+
+
+class WeightsCorruptError(WeightsError):
+    """A weight file exists but is truncated, damaged or fails its checksum."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """Where one model's files come from.
+
+    ``files`` are paths inside the Hugging Face repo ``repo_id`` (or, with ``url``, the single file
+    name to save the URL as). ``checksums`` maps a file to ``"md5:<hex>"`` or ``"sha256:<hex>"``
+    where the publisher states one; files from the Hub are also checked against the Hub's LFS sha256.
+    """
+
+    name: str
+    description: str
+    files: tuple[str, ...]
+    size_mb: int
+    license: str
+    repo_id: str | None = None
+    url: str | None = None
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.url if self.url else f"hf://{self.repo_id}"
+
+
+def _spec(name, description, files, size_mb, license, **kw) -> WeightSpec:
+    return WeightSpec(name, description, tuple(files), size_mb, license, **kw)
+
+
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+IP_ADAPTER_REPO = "h94/IP-Adapter"
+
+REGISTRY: dict[str, WeightSpec] = {
+    s.name: s
+    for s in [
+        _spec("dinov2_b14", "DINOv2 ViT-B/14 (IPSeg semantic features)",
+              ["config.json", "model.safetensors"], 346, "Apache-2.0", repo_id="facebook/dinov2-base"),
+        _spec("dino_b16", "DINO v1 ViT-B/16 (Trident proxy attention)",
+              ["config.json", "pytorch_model.bin"], 343, "Apache-2.0", repo_id="facebook/dino-vitb16"),
+        _spec("clip_b16", "CLIP ViT-B/16, OpenAI weights (open_clip)",
+              ["open_clip_model.safetensors"], 599, "MIT",
+              repo_id="timm/vit_base_patch16_clip_224.openai"),
+        _spec("clip_h14", "CLIP ViT-H/14, LAION-2B s32B b79K (open_clip)",
+              ["open_clip_model.safetensors"], 3944, "MIT",
+              repo_id="laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
+        _spec("sam_b", "Segment Anything ViT-B", ["sam_vit_b_01ec64.pth"], 375, "Apache-2.0",
+              url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+              checksums={"sam_vit_b_01ec64.pth": "md5:01ec64d29a2fca3f0661936605ae66f8"}),
+        _spec("sam_h", "Segment Anything ViT-H", ["sam_vit_h_4b8939.pth"], 2564, "Apache-2.0",
+              url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+              checksums={"sam_vit_h_4b8939.pth": "md5:4b8939a88964f0f4ff5f5b2642c598a6"}),
+        _spec("sd15_unet", "Stable Diffusion v1.5 UNet (fp16 weights)",
+              ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors"], 1720,
+              "CreativeML OpenRAIL-M", repo_id=SD15_REPO),
+        _spec("sd15_vae", "Stable Diffusion v1.5 VAE (fp16 weights)",
+              ["vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"], 167,
+              "CreativeML OpenRAIL-M", repo_id=SD15_REPO),
+        _spec("sd15_text_encoder", "Stable Diffusion v1.5 CLIP text encoder (fp16 weights)",
+              ["text_encoder/config.json", "text_encoder/model.fp16.safetensors"], 246,
+              "CreativeML OpenRAIL-M", repo_id=SD15_REPO),
+        _spec("sdxl_unet", "SDXL base 1.0 UNet (fp16 weights)",
+              ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors"], 5135,
+              "CreativeML OpenRAIL++-M", repo_id=SDXL_REPO),
+        _spec("sdxl_vae", "SDXL base 1.0 VAE",
+              ["vae/config.json", "vae/diffusion_pytorch_model.safetensors"], 335,
+              "CreativeML OpenRAIL++-M", repo_id=SDXL_REPO),
+        _spec("sdxl_text_encoder", "SDXL text encoder 1 (CLIP ViT-L, fp16 weights)",
+              ["text_encoder/config.json", "text_encoder/model.fp16.safetensors"], 246,
+              "CreativeML OpenRAIL++-M", repo_id=SDXL_REPO),
+        _spec("sdxl_text_encoder_2", "SDXL text encoder 2 (OpenCLIP bigG, fp16 weights)",
+              ["text_encoder_2/config.json", "text_encoder_2/model.fp16.safetensors"], 1390,
+              "CreativeML OpenRAIL++-M", repo_id=SDXL_REPO),
+        _spec("ip_adapter_sd15", "IP-Adapter for SD1.5 (image projection + attention weights)",
+              ["models/ip-adapter_sd15.safetensors"], 45, "Apache-2.0", repo_id=IP_ADAPTER_REPO),
+        _spec("ip_image_encoder_h", "CLIP ViT-H/14 image encoder used by IP-Adapter SD1.5",
+              ["models/image_encoder/config.json", "models/image_encoder/model.safetensors"], 2530,
+              "Apache-2.0", repo_id=IP_ADAPTER_REPO),
+        _spec("ip_adapter_sdxl", "IP-Adapter for SDXL",
+              ["sdxl_models/ip-adapter_sdxl.safetensors"], 703, "Apache-2.0", repo_id=IP_ADAPTER_REPO),
+        _spec("ip_image_encoder_bigg", "CLIP ViT-bigG/14 image encoder used by IP-Adapter SDXL",
+              ["sdxl_models/image_encoder/config.json", "sdxl_models/image_encoder/model.safetensors"],
+              3690, "Apache-2.0", repo_id=IP_ADAPTER_REPO),
+    ]
+}
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("VISION_WEIGHTS_DIR", PROJECT_ROOT / "weights"))
+
+
+def spec(name: str) -> WeightSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def download_command(name: str) -> str:
+    return f"python -m vision weights download {name}"
+
+
+def missing_message(s: WeightSpec, reason: str = "") -> str:
+    target = weights_dir() / s.name
+    by_hand = "\n".join(f"    {target / f}" for f in s.files)
+    where = s.url or f"https://huggingface.co/{s.repo_id}"
+    why = f" ({reason})" if reason else ""
+    return (
+        f"Weights for '{s.name}' ({s.description}, ~{s.size_mb} MB) are missing{why}.\n"
+        f"  Download them with:  {download_command(s.name)}\n"
+        f"  or fetch {where} by hand and place the file(s) at:\n{by_hand}\n"
+        f"  Without weights, run with --tiny (random weights) to try the app."
+    )
+
+
+def _local_dir(s: WeightSpec, path: str | os.PathLike | None) -> Path | None:
+    """First folder (explicit, env var, weights/) that holds every file of ``s``."""
+    env = os.environ.get(f"VISION_WEIGHTS_{s.name.upper()}")
+    for candidate in (path, env, weights_dir() / s.name):
+        if candidate and all((Path(candidate) / f).is_file() for f in s.files):
+            return Path(candidate)
+    if path is not None:
+        raise WeightsMissingError(missing_message(s, f"not all files found under {path}"))
+    return None
+
+
+def _hf_cache_dir(s: WeightSpec) -> Path | None:
+    if not s.repo_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [try_to_load_from_cache(s.repo_id, f) for f in s.files]
+    if all(isinstance(p, str) for p in found):
+        # Every cached file lives under the same snapshot folder: strip the file's own subpath.
+        return Path(found[0]).parents[len(Path(s.files[0]).parts) - 1]
+    return None
+
+
+def status(name: str) -> str:
+    """``"present"``, ``"cached"`` (Hugging Face cache) or ``"missing"``; never touches the network."""
+    s = spec(name)
+    if _local_dir(s, None):
+        return "present"
+    return "cached" if _hf_cache_dir(s) else "missing"
+
+
+def resolve(name: str, path: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Return a folder that holds every file of model ``name`` (paths as in ``spec(name).files``)."""
+    s = spec(name)
+    found = _local_dir(s, path) or _hf_cache_dir(s)
+    if found:
+        return found
+    if not download or os.environ.get("VISION_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise WeightsMissingError(missing_message(s, "offline"))
+    try:
+        return download_weights(name)
+    except WeightsCorruptError:
+        raise
+    except Exception as err:  # network down, repo moved, disk full: all end in the same advice
+        raise WeightsMissingError(missing_message(s, f"download failed: {type(err).__name__}: {err}")) from err
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksum(path: Path, expected: str, model: str) -> None:
+    """Raise :class:`WeightsCorruptError` when ``path`` does not hash to ``expected`` ("algo:hex")."""
+    algorithm, _, want = expected.partition(":")
+    got = file_digest(path, algorithm)
+    if got != want:
+        raise WeightsCorruptError(
+            f"Weight file {path} for '{model}' fails its {algorithm} checksum (got {got}, want {want}): "
+            f"delete it and run `{download_command(model)}`."
+        )
+
+
+def _download_url(url: str, dest: Path) -> None:
+    with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response:
+        total = int(response.headers.get("Content-Length", 0)) or None
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _download_hf(repo_id: str, filename: str, target: Path) -> None:
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(NETWORK_TIMEOUT_S)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(NETWORK_TIMEOUT_S)))
+    from huggingface_hub import HfApi, hf_hub_download
+
+    hf_hub_download(repo_id, filename, local_dir=target)
+    info = HfApi().get_paths_info(repo_id, [filename])[0]
+    lfs = getattr(info, "lfs", None)
+    if lfs is not None:
+        verify_checksum(target / filename, f"sha256:{lfs.sha256}", target.name)
+
+
+def download_weights(name: str) -> Path:
+    """Download every missing file of ``name`` into ``weights/<name>/`` and verify checksums."""
+    s = spec(name)
+    target = weights_dir() / s.name
+    target.mkdir(parents=True, exist_ok=True)
+    for f in s.files:
+        dest = target / f
+        if dest.is_file():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if s.url:
+            _download_url(s.url, dest)
+        else:
+            _download_hf(s.repo_id, f, target)
+        if f in s.checksums:
+            verify_checksum(dest, s.checksums[f], s.name)
+    return target
+
+
+def corrupt(name: str, path: Path, err: Exception) -> WeightsCorruptError:
+    """The error to raise when a present weight file fails to load."""
+    return WeightsCorruptError(
+        f"Weight file(s) for '{name}' under {path} could not be loaded ({type(err).__name__}: {err}). "
+        f"The file is probably truncated or damaged: delete it and run `{download_command(name)}`."
+    )
+
