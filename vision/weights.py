@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tempfile
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,9 @@ from tqdm.auto import tqdm
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NETWORK_TIMEOUT_S = 10.0
+# huggingface_hub reads its timeouts when first imported: set them before any import of it.
+os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(NETWORK_TIMEOUT_S)))
+os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(NETWORK_TIMEOUT_S)))
 
 
 class WeightsError(RuntimeError):
@@ -234,8 +239,6 @@ def _download_url(url: str, dest: Path) -> None:
 
 
 def _download_hf(repo_id: str, filename: str, target: Path) -> None:
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(NETWORK_TIMEOUT_S)))
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(NETWORK_TIMEOUT_S)))
     from huggingface_hub import HfApi, hf_hub_download
 
     hf_hub_download(repo_id, filename, local_dir=target)
@@ -245,9 +248,24 @@ def _download_hf(repo_id: str, filename: str, target: Path) -> None:
         verify_checksum(target / filename, f"sha256:{lfs.sha256}", target.name)
 
 
+def check_reachable(url: str) -> None:
+    """Fail within ``NETWORK_TIMEOUT_S`` when the server of ``url`` cannot be reached (offline machine),
+    rather than after the Hub client's retries and back-off (tens of seconds)."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    with socket.create_connection((parts.hostname, port), timeout=NETWORK_TIMEOUT_S):
+        pass
+
+
 def download_weights(name: str) -> Path:
     """Download every missing file of ``name`` into ``weights/<name>/`` and verify checksums."""
     s = spec(name)
+    if s.url:
+        check_reachable(s.url)
+    else:
+        from huggingface_hub import constants
+
+        check_reachable(constants.ENDPOINT)
     target = weights_dir() / s.name
     target.mkdir(parents=True, exist_ok=True)
     for f in s.files:
