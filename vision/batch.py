@@ -376,7 +376,7 @@ class BatchResult:
 
 
 def _pil_format(suffix: str) -> str | None:
-    ext = "." + suffix.rsplit(".", 1)[-1].lower() if "." in suffix else ""
+    ext = "." + suffix.rsplit(".", 1)[-1].lower()
     return Image.registered_extensions().get(ext)
 
 
@@ -794,6 +794,8 @@ def check_output_folder(input_path: str | os.PathLike | None, output: str | os.P
     if input_path is None:
         return
     given = Path(input_path)
+    if not given.exists():
+        raise BatchError(f"{given}: no such file or folder")
     root = given.resolve() if given.is_dir() else given.resolve().parent
     if out == root:
         raise BatchError(f"the output folder {out} is the input folder; choose another one")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,11 @@ def run(todo: list[Item], make_processor: Callable[[], Any], record: Callable[[I
         if options.get("tiny"):
             env["VISION_TINY"] = "1"
         env.update(options.get("env") or {})
-        root = str(Path(__file__).resolve().parent.parent)  # so workers import this `vision` package
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        # Workers import what the driver imports: this `vision` package and the driver's sys.path.
+        root = str(Path(__file__).resolve().parent.parent)
+        paths = [root, *env.get("PYTHONPATH", os.environ.get("PYTHONPATH", "")).split(os.pathsep),
+                 *(p for p in sys.path if p and os.path.isdir(p) and "-packages" not in p)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
         init = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": True,
                 "runtime_env": {"env_vars": env}}
         if options.get("address"):
