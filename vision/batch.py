@@ -129,6 +129,7 @@ class Item:
     kind: str = "image"  # "image", "prompt" or "file"
     stem: str = ""  # output base (relative, posix, no extension); set by the item builders
     input_label: str = ""  # the input as shown in results ("photos/sub/cat.jpg")
+    root: Path | None = dataclasses.field(default=None, repr=False)  # the input folder it was found in
     _data: Any = dataclasses.field(default=None, repr=False)
     _error: BaseException | None = dataclasses.field(default=None, repr=False)
     _loaded: bool = dataclasses.field(default=False, repr=False)
@@ -283,7 +284,7 @@ def file_items(input_path: str | os.PathLike, *, recursive: bool = False, extens
         if stems[stem] > 1:  # cat.jpg and cat.png in one folder: keep the extension in both stems
             stem = rel
         items.append(Item(id=rel, index=index, path=path if path.is_absolute() else root / rel, kind=kind,
-                          stem=stem, input_label=str(label_root / rel)))
+                          stem=stem, input_label=str(label_root / rel), root=root))
     return items
 
 
@@ -599,6 +600,7 @@ class Writer:
         self.errors_path = self.out / ERRORS_NAME
         self.lock_path = self.out / ".batch.lock"
         self.tmp_suffix = f".{_host_tag()}-{os.getpid()}{TMP_TAG}"
+        self.input_files: set[Path] = set()
         self.out.mkdir(parents=True, exist_ok=True)
 
     # -- paths
@@ -612,6 +614,8 @@ class Writer:
             raise BatchError(f"output {rel!r} would be written outside the output folder {self.out}")
         if self.input_root is not None and _is_within(final, self.input_root) and not _is_within(self.out, self.input_root):
             raise BatchError(f"output {rel!r} would be written inside the input folder {self.input_root}")
+        if final in self.input_files or (final.exists() and final.resolve() in self.input_files):
+            raise BatchError(f"output {rel!r} would overwrite an input file")
         if final.is_symlink() or final.is_dir():
             raise BatchError(f"output {rel!r} exists as a link or folder; refusing to replace it")
         return final
@@ -779,10 +783,9 @@ def _chunks(seq: Sequence[Item], size: int) -> Iterable[list[Item]]:
 
 
 def _common_root(items: Sequence[Item]) -> Path | None:
-    paths = [item.path.resolve().parent for item in items if item.path is not None]
-    if not paths:
-        return None
-    return Path(os.path.commonpath([str(p) for p in paths]))
+    """The input folder the items were read from (``None`` for prompts or mixed origins)."""
+    roots = {item.root for item in items if item.path is not None}
+    return roots.pop() if len(roots) == 1 and None not in roots else None
 
 
 def check_output_folder(input_path: str | os.PathLike | None, output: str | os.PathLike,
@@ -827,6 +830,10 @@ def run_batch(items: Sequence[Item], output: str | os.PathLike, make_processor: 
     if coco_json is not None:
         _require_pycocotools()
     writer = Writer(output, root, settings=settings, fsync=fsync)
+    # Never read our own outputs as inputs (an output folder inside the input folder), nor overwrite an input.
+    if root is None or not _is_within(root.resolve(), writer.out):
+        items = [item for item in items if item.path is None or not _is_within(item.path.resolve(), writer.out)]
+    writer.input_files = {item.path.resolve() for item in items if item.path is not None}
     selected = select_shard(items, shard)
     unit = "prompts" if selected and all(item.kind == "prompt" for item in selected) else (
         "images" if all(item.kind == "image" for item in selected) else "items")
@@ -1003,33 +1010,33 @@ def add_batch_arguments(parser: argparse.ArgumentParser, *, inputs: str = "image
     it to :func:`run_from_args`). Options the parser already has (``--device``, ``--output``...) are
     not added again.
     """
-    group = parser.add_argument_group("batch mode")
+    group = parser.add_argument_group("batch mode", "Run over a folder (or a prompts file): resumable; "
+                                      "results.jsonl and errors.jsonl in the output folder.")
     what = {"images": "an image file or a folder of images", "prompts": "a text file, one prompt per line",
             "files": "a file or a folder of input files"}.get(inputs, inputs)
     if input_flag:
-        _add(parser, "--input", "-i", dest="input", help=f"input: {what}")
-    _add(parser, "--output", "-o", dest="output", help="output folder (mirrors the input tree; "
+        _add(group, "--input", "-i", dest="input", help=f"input: {what}")
+    _add(group, "--output", "-o", dest="output", help="output folder (mirrors the input tree; "
          "results.jsonl and errors.jsonl inside)")
     if inputs != "prompts":
-        _add(parser, "--recursive", "-r", action="store_true", help="also read sub-folders")
-        _add(parser, "--ext", default=None, help="comma-separated extensions to read from a folder "
+        _add(group, "--recursive", "-r", action="store_true", help="also read sub-folders")
+        _add(group, "--ext", default=None, help="comma-separated extensions to read from a folder "
              f"(default: {','.join(IMAGE_EXTENSIONS) if inputs == 'images' else 'all'})")
-        _add(parser, "--allow-output-inside-input", action="store_true",
+        _add(group, "--allow-output-inside-input", action="store_true",
              help="allow an output folder inside the input folder (it is then not read as input)")
-    _add(parser, "--batch-size", type=int, default=1, help="items per engine call (engines that batch)")
-    _add(parser, "--device", help="cuda, cuda:1, mps or cpu (default: best available)")
-    _add(parser, "--shard", default=None, metavar="I/N", help="process only shard I of N (0-based), for "
+    _add(group, "--batch-size", type=int, default=1, help="items per engine call (engines that batch)")
+    _add(group, "--device", help="cuda, cuda:1, mps or cpu (default: best available)")
+    _add(group, "--shard", default=None, metavar="I/N", help="process only shard I of N (0-based), for "
          "several processes or GPUs; the N shards together cover every item once")
-    _add(parser, "--overwrite", action="store_true", help="redo items that are already complete")
-    _add(parser, "--coco-json", nargs="?", const="coco.json", default=None, metavar="PATH",
+    _add(group, "--overwrite", action="store_true", help="redo items that are already complete")
+    _add(group, "--coco-json", nargs="?", const="coco.json", default=None, metavar="PATH",
          help="also write COCO RLE annotations of the masks (default name coco.json, in the output folder)")
-    _add(parser, "--no-progress", action="store_true", help="no progress bar")
-    _add(parser, "--ray", action="store_true", help="run the engine in Ray Data actors (pip install 'ray[data]')")
-    _add(parser, "--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
-    _add(parser, "--ray-actors", type=int, default=None, help="number of Ray actors (default: one per GPU, or 2)")
-    _add(parser, "--ray-gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 if "
+    _add(group, "--no-progress", action="store_true", help="no progress bar")
+    _add(group, "--ray", action="store_true", help="run the engine in Ray Data actors (pip install 'ray[data]')")
+    _add(group, "--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    _add(group, "--ray-actors", type=int, default=None, help="number of Ray actors (default: one per GPU, or 2)")
+    _add(group, "--ray-gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 if "
          "the cluster has GPUs, else 0)")
-    group.description = "Run over a folder (or prompts file): resumable, with results.jsonl and errors.jsonl."
 
 
 def items_from_args(args: argparse.Namespace, inputs: str = "images", input_path: Any = None) -> list[Item]:
