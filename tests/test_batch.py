@@ -413,6 +413,8 @@ def test_plain_callable_skip_and_engine_errors(dataset, tmp_path):
     rows = {r["id"]: r for r in read_jsonl(out / "results.jsonl")}
     assert rows["coffee.jpg"]["status"] == "skipped" and rows["coffee.jpg"]["reason"] == "nothing to segment"
     assert rows["set_a/moon.jpg"]["error"] == "RuntimeError"
+    errors = {e["id"]: e for e in read_jsonl(out / "errors.jsonl")}
+    assert "pretend" in errors["set_a/moon.jpg"]["traceback"] and "traceback" not in errors["empty.jpg"]
     s = run(dataset, out, factory=factory)
     assert (s.done, s.skipped, s.failed) == (0, 11, 5), "skipped items are complete; errors are retried"
     assert len(read_jsonl(out / "results.jsonl")) == 16
@@ -516,6 +518,24 @@ def test_label_maps_in_coco_json(tmp_path):
     coco = json.loads((out / "coco.json").read_text())
     assert {c["name"] for c in coco["categories"]} <= {"mid", "bright"} and len(coco["images"]) == 12
     assert Image.open(out / "camera.labels.png").mode == "P"
+
+
+def test_instance_masks_in_coco_json(tmp_path):
+    pytest.importorskip("pycocotools.mask", reason="pycocotools is not installed")
+    src = make_folder(tmp_path / "in", bad=False)
+
+    def factory():
+        def process(item):
+            grey = item.image().mean(axis=2)
+            a, b = grey > 170, (grey > 60) & (grey <= 170)
+            return batch.BatchResult({"mask.png": a | b, "dog_0.inst.png": a, "dog_1.inst.png": b}, {"category": "dog"})
+        return process
+
+    out = tmp_path / "out"
+    batch.run_batch(batch.image_items(src, recursive=True), out, factory, coco_json="sub/coco.json", progress=False)
+    coco = json.loads((out / "sub" / "coco.json").read_text())
+    assert coco["categories"] == [{"id": 1, "name": "dog"}]
+    assert len(coco["annotations"]) == 24 and all(a["output"].endswith(".inst.png") for a in coco["annotations"])
 
 
 def test_progress_bar_and_summary(dataset, tmp_path, capsys):

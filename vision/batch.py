@@ -25,7 +25,8 @@ folder run behaves the same everywhere:
   the item's ``results.jsonl`` line is appended last, so an item is complete exactly when it has a
   line whose files all exist. Lines: ``{"id", "status": "ok"|"skipped"|"error", "input",
   "outputs": {suffix: path relative to OUT}, "seconds", ...to_record()}``. Failures also go to
-  ``errors.jsonl`` (``{"id", "input", "error", "reason"}``).
+  ``errors.jsonl`` (``{"id", "input", "error", "reason"}``, plus ``"traceback"`` for unexpected
+  engine exceptions).
 * **Resume.** Rerunning the same command skips complete items (summary: "skipped"), retries failed
   or unfinished ones, deletes temp files left by a killed run, and never leaves two lines for one
   item (stale lines of re-processed items are dropped first, atomically). ``settings`` (a dict of the
@@ -452,17 +453,19 @@ class Outcome:
     seconds: float = 0.0
     error: str = ""
     reason: str = ""
+    traceback: str = ""  # for unexpected engine exceptions (errors.jsonl only)
 
 
 def _error_outcome(item: Item, err: BaseException, seconds: float = 0.0) -> Outcome:
     from vision.imaging import ImageError
 
     reason = str(err) or type(err).__name__
-    if not isinstance(err, (ImageError, Skip, OSError, BatchError)) and os.environ.get("VISION_BATCH_TRACEBACK"):
-        reason += "\n" + "".join(traceback.format_exception(err))
     if isinstance(err, Skip):
         return Outcome(item.id, "skipped", reason=reason, seconds=seconds)
-    return Outcome(item.id, "error", error=type(err).__name__, reason=reason, seconds=seconds)
+    trace = ""
+    if not isinstance(err, (ImageError, OSError, BatchError)):  # likely an engine bug: keep where it happened
+        trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))[-4000:]
+    return Outcome(item.id, "error", error=type(err).__name__, reason=reason, seconds=seconds, traceback=trace)
 
 
 def _finish(item: Item, result: Any, seconds: float) -> Outcome:
@@ -730,8 +733,10 @@ class Writer:
         if outcome.status == "ok":
             row.update(outcome.record)
         if outcome.status == "error":  # errors.jsonl first: the results line is always the last write
-            self._append(self.errors_path, {"id": item.id, "input": item.input_label,
-                                            "error": outcome.error, "reason": outcome.reason})
+            line = {"id": item.id, "input": item.input_label, "error": outcome.error, "reason": outcome.reason}
+            if outcome.traceback:
+                line["traceback"] = outcome.traceback
+            self._append(self.errors_path, line)
         self._append(self.results_path, row)
         return row
 
@@ -927,10 +932,12 @@ def _require_pycocotools():
 
 
 def _masks_of(path: Path, suffix: str, row: dict) -> list[tuple[str, np.ndarray]]:
-    """(category, bool mask) pairs of one output file: a binary mask (L/1 mode, suffix with "mask")
-    or a label map (P/L mode, suffix with "label"; one mask per nonzero label)."""
+    """(category, bool mask) pairs of one output file: a binary mask (L/1 mode, suffix with "mask"),
+    an instance mask (``<category>_<k>.inst.png``) or a label map (suffix with "label"; one mask per
+    nonzero label, named by the record's ``classes``)."""
     name = suffix.rsplit(".", 1)[0].lower()
-    if not suffix.lower().endswith(".png") or not ("mask" in name or "label" in name):
+    instance = name.endswith(".inst")
+    if not suffix.lower().endswith(".png") or not ("mask" in name or "label" in name or instance):
         return []
     with Image.open(path) as image:
         mode = image.mode
@@ -946,6 +953,8 @@ def _masks_of(path: Path, suffix: str, row: dict) -> list[tuple[str, np.ndarray]
             found.append((category, arr == value))
         return found
     if mode in ("L", "1", "P") and arr.ndim == 2:
+        if instance:  # "<concept>_<k>.inst.png": one instance of a concept
+            return [(suffix[: -len(".inst.png")].rsplit("_", 1)[0] or "foreground", arr > 0)]
         category = row.get("category") or row.get("prompt") or row.get("label") or "foreground"
         return [(str(category), arr > 0)]
     return []
@@ -967,7 +976,10 @@ def write_coco_json(writer: Writer, items: Sequence[Item], path: str | os.PathLi
     for image_id, rid in enumerate(sorted(r for r, row in latest.items() if row.get("status") == "ok"), start=1):
         row = latest[rid]
         entry: dict | None = None
-        for suffix, rel in sorted((row.get("outputs") or {}).items()):
+        outputs = sorted((row.get("outputs") or {}).items())
+        if any(s.lower().endswith(".inst.png") for s, _ in outputs):  # instances replace their union mask
+            outputs = [(s, r) for s, r in outputs if s.lower().endswith(".inst.png")]
+        for suffix, rel in outputs:
             file = writer.out / rel
             if not file.is_file():
                 continue
