@@ -420,6 +420,17 @@ def test_plain_callable_skip_and_engine_errors(dataset, tmp_path):
     assert len(read_jsonl(out / "results.jsonl")) == 16
 
 
+def test_engine_that_cannot_start(dataset, tmp_path, capsys):
+    def factory():
+        raise FileNotFoundError("weights/sam_b/sam_vit_b_01ec64.pth is missing")
+
+    with pytest.raises(batch.EngineStartError, match="sam_vit_b"):
+        run(dataset, tmp_path / "out", factory=factory)
+    args = cli_parser().parse_args(["-i", str(dataset), "-o", str(tmp_path / "out"), "--no-progress"])
+    assert batch.run_from_args(args, factory) == 2
+    assert "could not start the engine" in capsys.readouterr().err
+
+
 def test_settings_change_and_overwrite_redo_items(dataset, tmp_path):
     out = tmp_path / "out"
     assert run(dataset, out, settings={"level": 128}).done == 12

@@ -90,7 +90,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "Item", "BatchResult", "Skip", "BatchError", "Summary",
+    "IMAGE_EXTENSIONS", "Item", "BatchResult", "Skip", "BatchError", "EngineStartError", "Summary",
     "image_items", "file_items", "prompt_items", "select_shard", "parse_shard",
     "run_batch", "add_batch_arguments", "run_from_args", "encode_files",
 ]
@@ -105,6 +105,10 @@ _SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 class BatchError(ValueError):
     """Unusable batch arguments (bad folders, bad shard spec...); the message says why."""
+
+
+class EngineStartError(BatchError):
+    """``make_processor()`` failed (missing weights, bad options...): nothing can be processed."""
 
 
 class Skip(Exception):
@@ -835,6 +839,8 @@ def run_batch(items: Sequence[Item], output: str | os.PathLike, make_processor: 
     if coco_json is not None:
         _require_pycocotools()
     writer = Writer(output, root, settings=settings, fsync=fsync)
+    if coco_json is not None:
+        _coco_target(writer, coco_json)  # refuse a bad --coco-json path before the run, not after
     # Never read our own outputs as inputs (an output folder inside the input folder), nor overwrite an input.
     if root is None or not _is_within(root.resolve(), writer.out):
         items = [item for item in items if item.path is None or not _is_within(item.path.resolve(), writer.out)]
@@ -877,6 +883,13 @@ def run_batch(items: Sequence[Item], output: str | os.PathLike, make_processor: 
                 _run_local(todo, make_processor, record, batch_size)
     except KeyboardInterrupt:
         summary.interrupted = True
+    except BatchError:
+        raise
+    except Exception as err:
+        if ray:  # an actor that could not start, a lost node...: what was written stays, a rerun resumes
+            raise BatchError(f"the Ray run failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                             "rerun to resume") from err
+        raise
     finally:
         bar.close()
         summary.seconds = time.perf_counter() - started
@@ -896,9 +909,21 @@ def _progress(total: int, unit: str, enabled: bool):
                 dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
 
 
+def start_processor(make_processor: Callable[[], Any]) -> "_Worker":
+    """Call ``make_processor()`` once (models, prompt features) and wrap it; a failure becomes an
+    :class:`EngineStartError` that names the cause."""
+    try:
+        processor = make_processor()
+    except BatchError:
+        raise
+    except Exception as err:
+        raise EngineStartError(f"could not start the engine: {type(err).__name__}: {err}") from err
+    return _Worker(processor)
+
+
 def _run_local(todo: list[Item], make_processor: Callable[[], Any], record: Callable[[Item, Outcome], None],
                batch_size: int) -> None:
-    worker = _Worker(make_processor())
+    worker = start_processor(make_processor)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="batch-load") as pool:
         chunks = list(_chunks(todo, batch_size))
         ahead: list[concurrent.futures.Future] = []
@@ -960,15 +985,20 @@ def _masks_of(path: Path, suffix: str, row: dict) -> list[tuple[str, np.ndarray]
     return []
 
 
-def write_coco_json(writer: Writer, items: Sequence[Item], path: str | os.PathLike) -> Path:
-    """COCO instances JSON (RLE segmentations) of every complete item in the output folder."""
-    mask_utils = _require_pycocotools()
+def _coco_target(writer: Writer, path: str | os.PathLike) -> Path:
     target = Path(path)
     if not target.is_absolute():
         target = writer.out / target
     target = target.parent.resolve() / target.name
-    if not _is_within(target, writer.out):
-        raise BatchError(f"--coco-json {path}: must be inside the output folder {writer.out}")
+    if not _is_within(target, writer.out) or target.name in (RESULTS_NAME, ERRORS_NAME):
+        raise BatchError(f"--coco-json {path}: must be a new file inside the output folder {writer.out}")
+    return target
+
+
+def write_coco_json(writer: Writer, items: Sequence[Item], path: str | os.PathLike) -> Path:
+    """COCO instances JSON (RLE segmentations) of every complete item in the output folder."""
+    mask_utils = _require_pycocotools()
+    target = _coco_target(writer, path)
     rows, _ = _read_jsonl(writer.results_path)
     latest = {row["id"]: row for row in rows}
     categories: dict[str, int] = {}
@@ -1091,6 +1121,14 @@ def run_from_args(args: argparse.Namespace, make_processor: Callable[[], Any], *
             "num_gpus": getattr(args, "ray_gpus_per_actor", None), "tiny": bool(getattr(args, "tiny", False)),
             "device": getattr(args, "device", None),
         }
+        device = getattr(args, "device", None)
+        if device and not getattr(args, "ray", False):
+            from vision.hub import ModelHub, get_hub, set_hub
+
+            hub = get_hub()
+            if hub.device != device:  # a parser outside vision.cli: honour --device here
+                budget = hub.memory_budget_bytes / 2**30 if hub.memory_budget_bytes else None
+                set_hub(ModelHub(tiny=hub.tiny, device=device, memory_budget_gb=budget, weight_paths=hub.weight_paths))
         summary = run_batch(items, out, make_processor, batch_size=getattr(args, "batch_size", 1) or 1,
                             shard=getattr(args, "shard", None), settings=settings, input_root=root,
                             allow_output_inside_input=getattr(args, "allow_output_inside_input", False),

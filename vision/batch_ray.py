@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vision.batch import BatchError, Item, Outcome, _Worker
+from vision.batch import BatchError, Item, Outcome, start_processor
 
 _ROW_KEYS = ("id", "index", "path", "text", "params", "kind", "stem", "input_label")
 
@@ -62,7 +62,7 @@ class _RayWorker:
             if device and device.startswith("cuda") and ray.get_gpu_ids():
                 device = "cuda"  # Ray narrows CUDA_VISIBLE_DEVICES to this actor's GPU(s)
             set_hub(ModelHub(tiny=tiny, device=device))
-        self.worker = _Worker(make_processor())
+        self.worker = start_processor(make_processor)
 
     def __call__(self, columns: dict) -> dict:
         count = len(columns["id"])
