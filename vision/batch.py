@@ -20,7 +20,8 @@ folder run behaves the same everywhere:
   ``"mask.png"``, ``"overlay.jpg"``; images are encoded by the suffix's extension) and
   ``to_record() -> dict`` (JSON-able scores etc.); :class:`BatchResult` is a ready-made one. Raise
   :class:`Skip` to decline an item (status ``"skipped"``); any other exception is recorded as an
-  error for that item and the run goes on.
+  error for that item and the run goes on. If ``make_processor()`` itself fails (missing weights...)
+  nothing can run: :class:`EngineStartError` (the CLI helper prints it and exits with 2).
 * **Outputs.** Each file is written atomically (temp file in the same folder, then ``os.replace``);
   the item's ``results.jsonl`` line is appended last, so an item is complete exactly when it has a
   line whose files all exist. Lines: ``{"id", "status": "ok"|"skipped"|"error", "input",
@@ -40,8 +41,10 @@ folder run behaves the same everywhere:
   actors (one ``make_processor()`` per actor; ``ray`` is an optional dependency) and writes the
   same files through the same writer. ``coco_json=PATH`` writes COCO RLE annotations of the mask
   outputs (``pycocotools``).
-* A tqdm progress bar (items/s, ETA) and a summary (done, skipped, failed); exit code 1 when any
-  item failed, 130 when interrupted, 2 for unusable arguments.
+* A tqdm progress bar (images/s, ETA) and a summary (done, skipped, failed); exit code 1 when any
+  item failed, 130 when interrupted, 2 for unusable arguments or an engine that cannot start.
+  ``--device`` is the global one of ``python -m vision`` (added here only to parsers without it).
+  ``Item.stem`` keeps the extension (``cat.jpg.mask.png``) when two inputs share a stem.
 
 Usage from an engine's CLI module (``vision/commands/<engine>.py``)::
 
