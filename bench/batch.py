@@ -222,6 +222,13 @@ def machine() -> dict[str, str]:
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items())}
 
 
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        return "-"
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -236,6 +243,8 @@ def markdown(rows: list[dict], info: dict, args: argparse.Namespace, notes: list
              f"{args.size} px, batch size {args.batch_size}", "",
              f"- machine: `{info['uname']}`", f"- CPU: {info['cpu']}; GPU: {info['gpu']}",
              f"- versions: {info['versions']}",
+             f"- load average (1 min) at start / end: {info.get('load', '-')} (on {os.cpu_count()} CPUs; other "
+             "processes sharing the CPUs slow every number down)",
              f"- command: `python -m vision bench batch {' '.join(args.argv)}`".replace("  ", " "), ""]
     header = ["engine", "images", "cold img/s", "warm img/s", "engine s/img (median)", "resume check img/s"]
     if args.ray:
@@ -284,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu" and not __import__("torch").cuda.is_available():
         notes.append("no GPU was available for this run: CPU only.")
     rows = []
+    load_start = _load()
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         work = Path(tmp)
         folder = make_folder(work / "images", args.images, args.size)
@@ -316,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     notes.append("cold: models built and prompt/text features computed inside the run; warm: models already "
                  "in the hub; resume check: rerun over a complete folder (every item skipped).")
     info = machine()
+    info["load"] = f"{load_start} / {_load()}"
     table = markdown(rows, info, args, notes)
     print(table)
     if args.out:
