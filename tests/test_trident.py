@@ -73,7 +73,7 @@ def test_end_to_end_on_photos(engine, sam_encoder_calls, name):
     assert result.overlay.shape == (h, w, 3) and result.overlay.dtype == np.uint8
     assert len(sam_encoder_calls) == 1  # the SAM encoder runs once per image, refinement included
     assert result.info["sam_passes"] == 1
-    assert set(result.timings) >= {"text", "dino", "clip", "sam_encoder", "logits", "refine", "total"}
+    assert set(result.timings) >= {"text", "dino", "clip", "sam_encoder", "aggregate", "refine", "total"}
     assert result.tiny
 
 
@@ -178,6 +178,14 @@ def test_config_validation():
 def test_dinov2_option_runs(engine):
     result = engine.segment(sample_image("coffee"), ["cup", "background"], config=FAST.replace(vfm="dinov2_b14"))
     assert result.labels.shape == sample_image("coffee").shape[:2]
+
+
+def test_h14_and_sam_h_options_run(engine, tiny_hub):
+    # CLIP H/14's 24x24 window grid differs from DINO's 21x21: values and outputs are resized between them.
+    cfg = FAST.replace(clip="clip_h14", sam="sam_h", refine=True)
+    result = engine.segment(sample_image("chelsea"), ["cat", "background"], config=cfg)
+    assert result.labels.shape == (300, 451) and result.info["resized"] == [448, 686]  # multiples of 14
+    assert tiny_hub.dtype_for("sam_h") == torch.float32  # SAM-H never runs in fp16
 
 
 # ------------------------------------------------------------------------------------------------- CLI

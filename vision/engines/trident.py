@@ -259,12 +259,13 @@ class TridentResult:
 
 @dataclass
 class _SamView:
-    """One SAM encoder pass: the image columns [x0, x1), its affinity and its predictor state."""
+    """One SAM encoder pass: the image columns [x0, x1), its last block's attention and values, and the
+    predictor state (the image embedding that refinement reuses)."""
 
     x0: int
     x1: int
     grid: tuple[int, int]
-    affinity: torch.Tensor
+    attention: ops.SamAttention | None
     state: dict[str, Any]
 
 
@@ -310,6 +311,14 @@ class TridentEngine:
             while len(self._text_cache) > TEXT_CACHE_SIZE:
                 self._text_cache.popitem(last=False)
         return embeddings
+
+    def set_text_embeddings(self, queries: Sequence[str], embeddings: torch.Tensor, clip_name: str | None = None) -> None:
+        """Put precomputed unit text embeddings [Q, D] for ``queries`` into the cache (benchmarks use this to
+        leave the once-per-class-list text encoding out of per-image timings)."""
+        if embeddings.shape[0] != len(queries):
+            raise ValueError(f"{embeddings.shape[0]} embeddings for {len(queries)} names")
+        with self._lock:
+            self._text_cache[(clip_name or self.config.clip, tuple(queries))] = F.normalize(embeddings.float(), dim=-1)
 
     def truncated_names(self, queries: Sequence[str]) -> list[str]:
         """Names whose longest templated prompt exceeds CLIP's 77-token context (it gets truncated)."""
@@ -395,11 +404,14 @@ class TridentEngine:
         with _stage(timings, "sam_encoder", device):
             views = self._sam_views(predictor, rgb, cfg)
 
-        with _stage(timings, "logits", device):
+        with _stage(timings, "aggregate", device):
             logits = []
             for view in views:
+                affinity = ops.sam_affinity(view.attention.attn, view.attention.values, cfg.cos_fac,
+                                            cfg.refine_neg_cos, cfg.cos_cap)
+                view.attention = None  # [h, N, N]: free it before refinement
                 block = ops.crop_resize(spliced, view.x0 / width, view.x1 / width, view.grid)
-                feats = view.affinity @ block.flatten(1).T  # [N, C]
+                feats = affinity @ block.flatten(1).T  # [N, C]
                 feats = visual.ln_post(feats.to(visual.proj.dtype)) @ visual.proj
                 feats = F.normalize(feats.float(), dim=-1)
                 view_logits = (feats @ text.T).T.reshape(-1, *view.grid)
@@ -446,7 +458,7 @@ class TridentEngine:
 
     def _sam_views(self, predictor: Any, rgb: np.ndarray, cfg: TridentConfig) -> list[_SamView]:
         """One SAM encoder pass per view (the whole image, or its two halves with ``split_halves``),
-        recording the last block's attention; returns each view's affinity and predictor state."""
+        recording the last block's attention; returns it with each view's predictor state."""
         width = rgb.shape[1]
         cuts = [0, width // 2, width] if cfg.split_halves and width >= 2 else [0, width]
         encoder = predictor.model.image_encoder
@@ -458,10 +470,9 @@ class TridentEngine:
             grid = (max(1, ih // token), max(1, iw // token))
             with ops.capture_sam_attention(encoder, grid) as captured:
                 predictor.set_image(part)
-            affinity = ops.sam_affinity(captured.attn, captured.values, cfg.cos_fac, cfg.refine_neg_cos, cfg.cos_cap)
             state = {"features": predictor.features, "original_size": predictor.original_size,
                      "input_size": predictor.input_size, "is_image_set": True}
-            views.append(_SamView(x0, x1, grid, affinity, state))
+            views.append(_SamView(x0, x1, grid, captured, state))
         return views
 
 
