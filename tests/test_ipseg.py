@@ -152,6 +152,9 @@ def test_cached_prompt_gives_the_fresh_result(tiny_hub, photos, tmp_path):
     np.testing.assert_array_equal(cached.mask, fresh.mask)
     np.testing.assert_array_equal(cached.similarity, fresh.similarity)
     assert cached.to_record()["concepts"] == fresh.to_record()["concepts"]
+    prepared = engine.prepare(str(path))  # what a batch worker does: decode once, then only hash pixels
+    assert isinstance(prepared[0].prompts[0].image, np.ndarray) and engine.cache_misses == 1
+    np.testing.assert_array_equal(engine.segment(prepared, photos["astronaut"]).mask, fresh.mask)
     # Another region or other feature settings are other cache entries.
     boxed = engine.segment(Prompt(photos["chelsea"], box=(100, 50, 300, 250)), photos["astronaut"])
     assert not boxed.prompt_cached and boxed.concepts[0].prompt_regions[0]["source"] == "box"

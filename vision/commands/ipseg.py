@@ -79,7 +79,6 @@ def _digest(path: str | None) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from vision.engines.ipseg import IPSegConfig, Prompt
     from vision.hub import get_hub
-    from vision.weights import WeightsError
 
     try:
         n = len(args.prompt)
@@ -95,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         config.validate()
         settings = {"config": dataclasses.asdict(config), "tiny": get_hub().tiny,
                     "prompts": [[p, _digest(p), m, _digest(m), b] for p, m, b in zip(args.prompt, masks, boxes)]}
-        return batch.run_from_args(args, functools.partial(make_processor, prompts, config), settings=settings)
-    except (ValueError, OSError, WeightsError) as err:  # bad options or prompt (IPSegError), missing weights
+    except (ValueError, OSError) as err:  # bad options (IPSegError for settings is a ValueError)
         print(f"ipseg: {err}", file=sys.stderr)
         return 2
+    # Prompt problems (empty mask, no salient region) and missing weights surface when the engine starts;
+    # the batch runner reports them as a message and exit code 2.
+    return batch.run_from_args(args, functools.partial(make_processor, prompts, config), settings=settings)

@@ -48,6 +48,7 @@ weights for your data (the score is a cosine, about -1..1.06).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -370,12 +371,15 @@ class IPSeg:
         return [self._segment(parsed, t, str(t) if isinstance(t, (str, os.PathLike)) else "") for t in targets]
 
     def prepare(self, concepts: Any) -> list[Concept]:
-        """Compute (and cache) the prompt features now, e.g. once per batch worker; returns the concepts."""
-        parsed = as_concepts(concepts)
-        for concept in parsed:
-            for prompt in concept.prompts:
+        """Compute (and cache) the prompt features now, e.g. once per batch worker. Returns the concepts
+        with their prompt images decoded, so that later cache lookups only hash pixels."""
+        prepared = []
+        for concept in as_concepts(concepts):
+            prompts = [dataclasses.replace(p, image=_load(p.image, "prompt image")) for p in concept.prompts]
+            for prompt in prompts:
                 self.prompt_features(prompt)
-        return parsed
+            prepared.append(Concept(prompts, concept.name))
+        return prepared
 
     def clear_cache(self) -> None:
         with self._cache_lock:
