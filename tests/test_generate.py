@@ -1,0 +1,170 @@
+"""The generation engine (vision/engines/generate.py), its CLI and the bench dispatcher, in tiny mode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vision.engines.generate import GenerateConfig, GenerateError, build_pipeline, generate
+
+FAST = {"steps": 4, "guidance": 5.0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; one thread avoids oversubscribing shared CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_build_pipeline_shares_the_hub_modules(tiny_hub):
+    import diffusers
+
+    pipe = build_pipeline(tiny_hub)
+    assert isinstance(pipe, diffusers.StableDiffusionPipeline)
+    assert pipe.unet is tiny_hub.get("sd15_unet") and pipe.vae is tiny_hub.get("sd15_vae")
+    assert pipe.text_encoder is tiny_hub.get("sd15_text_encoder") and pipe.safety_checker is None
+    assert pipe.scheduler is not tiny_hub.get("sd15_scheduler")
+    assert isinstance(build_pipeline(tiny_hub, scheduler="plms").scheduler, diffusers.PNDMScheduler)
+    assert isinstance(build_pipeline(tiny_hub, scheduler="dpm++").scheduler, diffusers.DPMSolverMultistepScheduler)
+    xl = build_pipeline(tiny_hub, family="sdxl", scheduler="euler", img2img=True)
+    assert isinstance(xl, diffusers.StableDiffusionXLImg2ImgPipeline) and xl.unet is tiny_hub.get("sdxl_unet")
+
+
+def test_generate_with_compare_reports_both_times(tiny_hub):
+    result = generate(["a red fox", "a blue bird"], hub=tiny_hub, deepcache=2, branch=0, compare=True, **FAST)
+    assert len(result.images) == 2 and result.images[0].shape == (64, 64, 3)
+    assert result.images[0].dtype == np.uint8 and result.seeds == [0, 1]
+    assert result.deepcache["full_steps"] == [0, 2] and result.deepcache["partial_calls"] == 2
+    timings = result.timings
+    assert timings["seconds"] > 0 and timings["baseline_seconds"] > 0
+    assert timings["speedup"] == pytest.approx(result.baseline_seconds / result.seconds, rel=1e-2)
+    record = json.loads(json.dumps(result.to_record()))
+    assert record["tiny"] and "TINY MODE" in record["note"]
+    assert record["difference_vs_plain"]["max_abs"] >= 0
+    assert set(result.to_files()) == {"0.png", "1.png", "0.plain.png", "1.plain.png"}
+
+
+def test_n1_engine_output_equals_deepcache_off(tiny_hub):
+    off = generate("a cat", hub=tiny_hub, deepcache=0, seed=3, **FAST)
+    one = generate("a cat", hub=tiny_hub, deepcache=1, seed=3, **FAST)
+    assert off.deepcache is None and one.deepcache["full_calls"] == 4
+    assert np.array_equal(off.images[0], one.images[0])
+    assert set(off.to_files()) == {"png"}
+
+
+def test_img2img_and_sdxl(tiny_hub):
+    start = generate("a house", hub=tiny_hub, deepcache=0, **FAST).images[0]
+    result = generate("a house at night", hub=tiny_hub, image=start, steps=8, strength=0.5, deepcache=3)
+    assert result.img2img and result.images[0].shape == (64, 64, 3)
+    assert result.deepcache["steps"] == 4 and result.deepcache["full_steps"] == [4, 7]
+    resized = generate("a house", hub=tiny_hub, image=np.zeros((50, 70, 3), np.uint8), steps=2, strength=1.0)
+    assert resized.images[0].shape == (48, 64, 3)
+    xl = generate("a boat", hub=tiny_hub, family="sdxl", scheduler="dpm++", deepcache=2, **FAST)
+    assert xl.images[0].shape == (64, 64, 3) and xl.deepcache["partial_calls"] == 2
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"steps": -5}, "steps must be an integer >= 1"),
+    ({"deepcache": -1}, "deepcache interval must be an integer >= 0"),
+    ({"branch": 12}, "branch 12 is out of range"),
+    ({"width": 65}, "multiple of 8"),
+    ({"height": 0}, "multiple of 8"),
+    ({"scheduler": "lms"}, "unknown scheduler"),
+    ({"family": "sd3"}, "unknown model family"),
+    ({"strength": 0}, "strength"),
+    ({"guidance": -1}, "guidance"),
+    ({"schedule": "nonuniform", "power": 1}, "power"),
+    ({"colour": "red"}, "unknown option"),
+])
+def test_bad_settings(tiny_hub, options, message):
+    with pytest.raises(GenerateError, match=message):
+        generate("a cat", hub=tiny_hub, **options)
+
+
+def test_bad_prompts_and_img2img_steps(tiny_hub):
+    with pytest.raises(ValueError, match="prompt list is empty"):
+        generate([], hub=tiny_hub)
+    with pytest.raises(ValueError, match="strings"):
+        generate([3], hub=tiny_hub)
+    with pytest.raises(ValueError, match="no denoising step"):
+        generate("a cat", hub=tiny_hub, image=np.zeros((64, 64, 3), np.uint8), steps=2, strength=0.3)
+    with pytest.raises(ValueError, match="branch 9 is out of range"):
+        generate("a cat", hub=tiny_hub, family="sdxl", branch=9)
+    assert GenerateConfig(scheduler="PLMS").validate().scheduler == "pndm"
+
+
+@pytest.fixture
+def cli(tiny_hub, monkeypatch):
+    """Run ``python -m vision ...`` in-process, keeping the session's tiny hub afterwards."""
+    import vision.hub as hub_module
+    from vision.cli import main
+
+    monkeypatch.setenv("VISION_TINY", "1")
+
+    def run(*argv):
+        saved = hub_module._default_hub
+        try:
+            return main([*argv])
+        finally:
+            hub_module.set_hub(saved)
+
+    return run
+
+
+def test_cli_prompt_and_prompts_file(cli, tmp_path, capsys):
+    out = tmp_path / "one"
+    assert cli("--tiny", "generate", "--prompt", "a red fox", "--output", str(out), "--steps", "3",
+               "--deepcache", "2", "--no-progress") == 0
+    pngs = list(out.glob("*.png"))
+    assert len(pngs) == 1
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rows[0]["status"] == "ok" and rows[0]["tiny"] and rows[0]["deepcache_calls"]["full_steps"] == [0, 2]
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a cat\n# a comment\n{"prompt": "a dog", "seed": 42, "steps": 2}\n')
+    out2 = tmp_path / "many"
+    args = ["--tiny", "generate", "--prompts", str(prompts), "--output", str(out2), "--steps", "3", "--no-progress",
+            "--compare"]
+    assert cli(*args) == 0
+    rows = {r["id"]: r for r in map(json.loads, (out2 / "results.jsonl").read_text().splitlines())}
+    assert len(rows) == 2 and len(list(out2.glob("*.plain.png"))) == 2
+    dog = next(r for r in rows.values() if r["prompts"] == ["a dog"])
+    assert dog["seeds"] == [42] and dog["config"]["steps"] == 2 and "speedup" in dog["timings"]
+    cat = next(r for r in rows.values() if r["prompts"] == ["a cat"])
+    assert cat["seeds"] == [0]
+    assert cli(*args) == 0  # resumed: nothing redone
+    assert len((out2 / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_bad_input(cli, tmp_path, capsys):
+    assert cli("--tiny", "generate", "--prompt", "x", "--output", str(tmp_path), "--deepcache", "-2") == 2
+    assert "deepcache interval" in capsys.readouterr().err
+    assert cli("--tiny", "generate", "--prompt", "x", "--output", str(tmp_path), "--size", "100") == 2
+    assert "multiple of 8" in capsys.readouterr().err
+    assert cli("--tiny", "generate", "--prompt", "  ", "--output", str(tmp_path)) == 2
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    assert cli("--tiny", "generate", "--prompts", str(empty), "--output", str(tmp_path / "o")) != 0
+
+
+def test_bench_dispatch(cli, tmp_path, capsys):
+    assert cli("bench", "no-such-bench") == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmark" in err and "deepcache" in err
+    code = cli("bench", "deepcache", "--tiny", "--steps", "4", "--intervals", "2", "--branches", "0",
+               "--results", str(tmp_path))
+    assert code == 0
+    result = json.loads((tmp_path / "deepcache_tiny.json").read_text())
+    row = result["rows"][0]
+    assert row["N"] == 2 and row["ours_speedup"] > 0 and row["S_N_all_ops"] > 1
+    if result["peer"]["available"]:
+        assert row["max_abs_diff_vs_peer"] <= 1e-5
+    else:
+        assert "skipped" in (tmp_path / "deepcache_tiny.md").read_text()
