@@ -1088,7 +1088,7 @@ def items_from_args(args: argparse.Namespace, inputs: str = "images", input_path
     """The items named by parsed batch arguments."""
     source = input_path if input_path is not None else getattr(args, "input", None)
     if source is None:
-        raise BatchError("no input given (--input)")
+        raise BatchError("no input given (a file or folder, or a prompts file)")
     if inputs == "prompts":
         return prompt_items(source)
     exclude = getattr(args, "output", None) if getattr(args, "allow_output_inside_input", False) else None
