@@ -16,6 +16,7 @@ splice, SAM affinity, logits, components, merge); the goal is <= 1.15. Runs are 
 (pipeline, forwards, pipeline, ...) and medians reported.
 
     python bench/trident.py                       # CPU defaults: VOC-size image, voc21, 1 warm-up, 1 run
+    python bench/trident.py --repeats 3           # the recorded CPU run (about 3x longer)
     python bench/trident.py --device cuda --repeats 10
 
 Results go to ``bench/results/trident.md`` and ``.json`` (``--out`` to change).
@@ -32,6 +33,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# Idle OpenMP threads sleep instead of spinning, so that process CPU time (the default clock on CPU) counts
+# work, not waiting. Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if __package__ in (None, ""):  # `python bench/trident.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -228,9 +233,11 @@ def markdown(s: dict) -> str:
         "# Trident benchmark (full-size CLIP B/16 + DINO B/16 + SAM-B, random weights)",
         "",
         f"- machine: `{m['uname']}`",
-        f"- CPU: {m['cpu']} ({m['cores']} cores, torch threads {m['threads']})" + (f"; GPU: {m['gpu']}" if "gpu" in m else ""),
+        f"- CPU: {m['cpu']} ({m['cores']} cores, torch threads {m['threads']})"
+        + (f"; GPU: {m['gpu']}" if "gpu" in m else ""),
         f"- torch {m['torch']}, device **{s['device']}**",
-        f"- settings: preset `{s['preset']}`, image {s['image'][0]}x{s['image'][1]} -> {s['resized'][1]}x{s['resized'][0]}, "
+        f"- settings: preset `{s['preset']}`, image {s['image'][0]}x{s['image'][1]} -> "
+        f"{s['resized'][1]}x{s['resized'][0]}, "
         f"{s['windows']} windows, {s['classes']} classes ({s['names']} names), refinement on; "
         f"{s['warmup']} warm-up + {s['repeats']} timed runs, medians; text embeddings precomputed",
         f"- clock: **{s['clock']}** " + ("(process CPU time over all threads: robust to other jobs on a shared "

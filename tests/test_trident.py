@@ -31,7 +31,8 @@ def test_presets_carry_the_papers_settings():
     assert set(PRESETS) == {"voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes",
                             "ade20k", "open"}
     v = PRESETS["voc21"]
-    assert (v.short_side, v.stride, v.prob_thd, v.coarse_thresh, v.cos_fac, v.refine_neg_cos) == (448, 224, 0.2, 0.2, 1.2, True)
+    assert (v.short_side, v.stride, v.prob_thd, v.coarse_thresh, v.cos_fac, v.refine_neg_cos) == \
+        (448, 224, 0.2, 0.2, 1.2, True)
     c = PRESETS["cityscapes"]
     assert (c.short_side, c.coarse_thresh, c.cos_fac, c.refine_neg_cos, c.split_halves) == (688, 0.1, 3.0, False, True)
     assert (PRESETS["voc20"].short_side, PRESETS["voc20"].stride, PRESETS["voc20"].cos_fac) == (336, 112, 0.0)
@@ -219,9 +220,10 @@ def test_cli_rejects_bad_labels(tiny_hub, tmp_path, capsys):
 
     image = tmp_path / "a.png"
     Image.fromarray(sample_image("chelsea")).save(image)
-    assert main(["--tiny", "trident", "--labels", "cat; cat", "--input", str(image), "--output", str(tmp_path / "o")]) == 2
+    out = str(tmp_path / "o")
+    assert main(["--tiny", "trident", "--labels", "cat; cat", "--input", str(image), "--output", out]) == 2
     assert "duplicate" in capsys.readouterr().err
-    assert main(["--tiny", "trident", "--input", str(image), "--output", str(tmp_path / "o")]) == 2
+    assert main(["--tiny", "trident", "--input", str(image), "--output", out]) == 2
     assert "no classes" in capsys.readouterr().err
 
 

@@ -291,7 +291,8 @@ def synthetic_maps():
     square of class 4 whose probability is under coarse_thresh (uncertain)."""
     probs = torch.zeros(5, 100, 100)
     probs[0] = 0.9
-    for c, (y, x, s, p) in {1: (5, 5, 40, 0.8), 2: (70, 5, 20, 0.8), 3: (5, 55, 40, 0.8), 4: (55, 55, 40, 0.15)}.items():
+    squares = {1: (5, 5, 40, 0.8), 2: (70, 5, 20, 0.8), 3: (5, 55, 40, 0.8), 4: (55, 55, 40, 0.15)}
+    for c, (y, x, s, p) in squares.items():
         probs[:, y:y + s, x:x + s] = (1 - p) / 4 if p > 0.5 else p / 2
         probs[c, y:y + s, x:x + s] = p
     return probs, probs.argmax(0)

@@ -109,7 +109,8 @@ class ConfusionMatrix:
 
         return {"mIoU": clean(self.miou()), "mAcc": clean(self.macc()), "aAcc": clean(self.aacc()),
                 "images": self.images,
-                "per_class": {n: {"IoU": clean(i), "Acc": clean(a)} for n, i, a in zip(names, self.iou(), self.accuracy())}}
+                "per_class": {n: {"IoU": clean(i), "Acc": clean(a)}
+                              for n, i, a in zip(names, self.iou(), self.accuracy())}}
 
     def table(self, names: Sequence[str]) -> str:
         """A per-class table (percent) with the means at the bottom."""

@@ -281,6 +281,7 @@ class TridentEngine:
         self.config = config or PRESETS["open"]
         self.config.validate()
         self._text_cache: OrderedDict[tuple[str, tuple[str, ...]], torch.Tensor] = OrderedDict()
+        self._truncated: dict[tuple[str, ...], list[str]] = {}
         self._predictors: dict[int, Any] = {}
         self._lock = threading.RLock()
 
@@ -312,7 +313,8 @@ class TridentEngine:
                 self._text_cache.popitem(last=False)
         return embeddings
 
-    def set_text_embeddings(self, queries: Sequence[str], embeddings: torch.Tensor, clip_name: str | None = None) -> None:
+    def set_text_embeddings(self, queries: Sequence[str], embeddings: torch.Tensor,
+                            clip_name: str | None = None) -> None:
         """Put precomputed unit text embeddings [Q, D] for ``queries`` into the cache (benchmarks use this to
         leave the once-per-class-list text encoding out of per-image timings)."""
         if embeddings.shape[0] != len(queries):
@@ -322,12 +324,13 @@ class TridentEngine:
 
     def truncated_names(self, queries: Sequence[str]) -> list[str]:
         """Names whose longest templated prompt exceeds CLIP's 77-token context (it gets truncated)."""
-        tokenizer = self.hub.get("clip_tokenizer")
-        longest = max(OPENAI_IMAGENET_TEMPLATES, key=len)
-        encode = getattr(tokenizer, "encode", None)
-        if encode is None:
-            return []
-        return [q for q in queries if len(encode(longest.format(q))) + 2 > CLIP_CONTEXT]
+        key = tuple(queries)
+        if key not in self._truncated:
+            encode = getattr(self.hub.get("clip_tokenizer"), "encode", None)
+            longest = max(OPENAI_IMAGENET_TEMPLATES, key=len)
+            self._truncated[key] = [] if encode is None else [
+                q for q in queries if len(encode(longest.format(q))) + 2 > CLIP_CONTEXT]
+        return list(self._truncated[key])
 
     # -------------------------------------------------------------------------------------- image side
 

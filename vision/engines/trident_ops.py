@@ -232,8 +232,8 @@ def sam_affinity(attn: torch.Tensor, values: torch.Tensor, cos_fac: float = 1.2,
     e = e.clamp(max=cap)[:, None]
     a = torch.zeros(attn.shape[1:], dtype=torch.float32, device=attn.device)
     for head in range(attn.shape[0]):  # one [N, N] head at a time bounds the memory
-        cos = vn[head] @ vn[head].T
-        a += attn[head].float() * (cos > e)
+        keep = torch.mm(vn[head], vn[head].T).gt_(e)  # in place: 1.0 where C^h_ij > e_i, else 0.0
+        a.addcmul_(attn[head].float(), keep)
     a /= attn.shape[0]
     return a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -301,7 +301,8 @@ class RefineStats:
 
 
 def sam_refine(predictor: Any, probs: torch.Tensor, coarse: torch.Tensor, coarse_thresh: float,
-               min_area: int = 225, mask_coeff: float = 0.005, iou_thresh: float = 0.8) -> tuple[torch.Tensor, RefineStats]:
+               min_area: int = 225, mask_coeff: float = 0.005,
+               iou_thresh: float = 0.8) -> tuple[torch.Tensor, RefineStats]:
     """Refine a coarse label map [H, W] with SAM prompts; ``probs`` [K, H, W] are the class probabilities.
 
     ``predictor`` is a ``segment_anything.SamPredictor`` whose image (of size H x W) is already set.
