@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         "windows": infos[-1]["windows"], "resized": infos[-1]["resized"], "classes": len(classes.names),
         "names": len(classes.queries), "repeats": repeats, "warmup": args.warmup, "clock": clock_name,
         "prompted_components": [info["prompts"] for info in infos],
+        "command": "python bench/trident.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "runs_s": [[round(p, 3), round(sum(f.values()), 3)] for p, f in zip(pipeline_runs, forward_runs)],
         "pipeline_s": round(pipeline, 4), "forwards_alone_s": {k: round(v, 4) for k, v in forwards.items()},
         "stages_s": {k: round(v, 4) for k, v in stages.items()},
         "ratio": round(pipeline / sum(forwards.values()), 3),
@@ -242,6 +244,8 @@ def markdown(s: dict) -> str:
         f"{s['warmup']} warm-up + {s['repeats']} timed runs, medians; text embeddings precomputed",
         f"- clock: **{s['clock']}** " + ("(process CPU time over all threads: robust to other jobs on a shared "
                                          "machine)" if s["clock"] == "cpu" else "(wall time, CUDA synchronised)"),
+        f"- command: `{s.get('command', 'python bench/trident.py')}`; runs (pipeline, sum of forwards): "
+        f"{s.get('runs_s', [])}",
         f"- load average (1/5/15 min) before {s['load_average']['before']}, after {s['load_average']['after']}; "
         f"benchmark wall time {s['wall_s']} s",
         "",
@@ -261,6 +265,9 @@ def markdown(s: dict) -> str:
         "Pipeline stages (median wall seconds, from the engine's own timings; on a shared CPU they include "
         "waiting for other jobs): " + ", ".join(f"{k} {v:.3f}" for k, v in s["stages_s"].items()) + ".",
     ]
+    if not s["device"].startswith("cuda"):
+        rows += ["", "CPU only: on a GPU the fixed CPU-side work (connected components, overlay, copies) weighs "
+                 "more against fast forwards; measure it there with `python bench/trident.py --device cuda`."]
     return "\n".join(rows)
 
 
