@@ -133,6 +133,8 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
                      for k, inst in enumerate(c.instances)] or [head + [0, None, None, 0]]  # absent: no mask
     region = results[0].concepts[0].prompt_regions[0]
     notes = "; ".join(dict.fromkeys(n for r in results for n in r.notes))
+    if notes:
+        ui.warn(notes)
     summary = (f"{_tiny_prefix(get_hub())}{len(results)} target(s), mode **{config.mode}**, "
                f"SAM `{config.sam_model}`, prompt region from **{region['source']}** ({region['grid']}), "
                f"{sum(r.timings['total'] for r in results):.2f} s." + (f" Notes: {notes}" if notes else ""))
@@ -223,6 +225,8 @@ def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progres
     rows = [[i, name, "; ".join(result.classes.names[i]), round(100 * share.get(name, 0.0), 2)]
             for i, name in enumerate(names)]
     truncated = record.get("truncated_names") or []
+    if truncated:
+        ui.warn(f"Class names longer than CLIP's 77 tokens were truncated: {', '.join(truncated)}")
     summary = (f"{_tiny_prefix(get_hub())}{len(names)} classes, preset **{config.preset}**, prob threshold "
                f"{config.prob_thd:g}, refinement {'on' if config.refine else 'off'} "
                f"({record.get('kept_masks', 0)} SAM masks kept), {result.timings['total']:.2f} s."

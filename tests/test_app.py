@@ -24,6 +24,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from vision import ui_helpers as ui
+
 
 # ------------------------------------------------------------------------------------- the server
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,18 +98,9 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
+def photos():
     """skimage.data photographs as small PNG files (tiny models do not need big images)."""
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("photos")
-    out = {}
-    for name in ("astronaut", "coffee", "chelsea"):
-        image = Image.fromarray(getattr(data, name)())
-        image.thumbnail((160, 160))
-        out[name] = str(folder / f"{name}.png")
-        image.save(out[name])
-    return out
+    return ui.sample_paths(("astronaut", "coffee", "chelsea"), max_side=160)
 
 
 def _png(path) -> np.ndarray:
@@ -356,13 +349,6 @@ def test_browser_runs_every_tab(page, tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- load
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to read the server's memory")
 def test_load_20_concurrent_requests_queue_complete_and_memory_stays_bounded(client, server, photos):
     from gradio_client.utils import Status
@@ -380,16 +366,16 @@ def test_load_20_concurrent_requests_queue_complete_and_memory_stays_bounded(cli
         while not all(job.done() for job in jobs):
             deepest = max([deepest] + [job.status().rank or 0 for job in jobs
                                        if job.status().code == Status.IN_QUEUE])
-            time.sleep(0.05)
+            time.sleep(0.2)
         results = [job.result(timeout=300) for job in jobs]
         assert all(r[0]["annotations"] for r in results)  # every request answered with masks/labels
         return deepest
 
     deepest = wave()
     assert deepest >= 1, "with a concurrency limit of 1, 20 simultaneous requests must wait in the queue"
-    first = _rss_mib(server.process.pid)
+    first = ui.process_rss_mb(server.process.pid)
     wave()
-    second = _rss_mib(server.process.pid)
+    second = ui.process_rss_mb(server.process.pid)
     assert server.alive()
     assert second - first < 100, f"server memory grew from {first:.0f} to {second:.0f} MiB over 20 requests"
     _, _, table, _ = _trident(client, photos["astronaut"])  # and it still answers

@@ -199,13 +199,8 @@ def file_path(value: Any) -> str | None:
 
 
 def gallery_paths(value: list | None) -> list[str]:
-    """A ``gr.Gallery`` / ``gr.File`` input value -> list of file paths."""
-    paths = []
-    for item in value or []:
-        if isinstance(item, (tuple, list)):
-            item = item[0]
-        paths.append(str(getattr(item, "name", item)))
-    return paths
+    """A ``gr.Gallery`` input value (``[(path, caption), ...]``) -> list of file paths."""
+    return [str(item[0] if isinstance(item, (tuple, list)) else item) for item in value or []]
 
 
 # -------------------------------------------------------------------------------------- outputs
