@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     build_s = time.perf_counter() - started
 
     prompt = Prompt(sample_image("chelsea"), box=(120, 40, 340, 290))
-    names = ["coffee", "astronaut", "rocket", "motorcycle_left", "immunohistochemistry", "chelsea"]
+    names = ["coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "chelsea"]
     targets = [sample_image(names[i % len(names)]) for i in range(args.n)]
     engine = IPSeg(config, hub=hub)
     warm = engine.segment(prompt, targets[0])  # warm-up: first calls allocate and pick kernels

@@ -126,3 +126,9 @@ def test_label_png_is_indexed_palette(tmp_path):
     back = Image.open(tmp_path / "l.png")
     assert back.mode == "P" and np.array_equal(np.asarray(back), labels)
     assert tuple(imaging.palette(2)[1]) == (128, 0, 0)
+
+
+@pytest.mark.parametrize("name", imaging.SAMPLE_IMAGES)
+def test_sample_images_are_real_rgb_photos(name):
+    image = imaging.sample_image(name)
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8 and min(image.shape[:2]) >= 256

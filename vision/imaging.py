@@ -235,4 +235,4 @@ def sample_image(name: str = "astronaut") -> np.ndarray:
     return array_to_rgb(getattr(data, name)())
 
 
-SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "immunohistochemistry")
+SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
