@@ -21,7 +21,7 @@ counting every op and without the attention-score matmuls (the paper's MAC conve
 338.6 / 20.7 / 57.3 GMACs at 512^2). ``bound(T)`` is the same limit for the exact full/retrieval step
 counts of a T-step run.
 
-    python -m vision bench deepcache            # CPU default: 256^2, 20 steps, batch 1 without CFG, fp32
+    python -m vision bench deepcache            # CPU default: 128^2, 10 steps, batch 1 without CFG, fp32
     python -m vision bench deepcache --full     # GPU: 512^2, 50 steps, CFG 7.5 (batch 2), fp16 on CUDA
     python -m vision bench deepcache --tiny     # smoke test with the tiny UNet (seconds)
 
@@ -41,6 +41,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python bench/deepcache.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 import torch
 
 # SD1.5 (runwayml/stable-diffusion-v1-5, unet/config.json); every other argument is the class default,
@@ -173,14 +174,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m vision bench deepcache", description=__doc__.split("\n\n")[0])
     p.add_argument("--full", action="store_true", help="512^2, 50 steps, CFG 7.5 (batch 2), fp16 on CUDA")
     p.add_argument("--tiny", action="store_true", help="smoke test: the tiny UNet, 64^2, 8 steps")
-    p.add_argument("--size", type=int, help="image side (default 256; --full 512; --tiny 64)")
-    p.add_argument("--steps", type=int, help="DDIM steps (default 20; --full 50; --tiny 8)")
+    p.add_argument("--size", type=int, help="image side (default 128; --full 512; --tiny 64)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default 10; --full 50; --tiny 8)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     p.add_argument("--guidance", type=float, help="CFG scale; <= 1 = no CFG (default 1; --full 7.5)")
     p.add_argument("--intervals", default="2,3,5,8", help="cache intervals N (default 2,3,5,8)")
     p.add_argument("--branches", default="0,1", help="branches b (default 0,1)")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per mode (the minimum is reported)")
+    p.add_argument("--repeats", type=int, default=1, help="timed blocks per setting (median speed-up, min time)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 makes process CPU time "
+                   "a clean work measure on a shared machine")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="the primary time of the table: wall (default) or process CPU time (shared CPUs, "
+                        "with --threads 1)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default fp32 (fp16 with --full on CUDA)")
     p.add_argument("--no-peer", action="store_true", help="skip the PyPI helper")
     p.add_argument("--results", default=str(RESULTS), help="folder for deepcache.md/.json (default bench/results)")
@@ -191,8 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    size = args.size or (512 if args.full else 64 if args.tiny else 256)
-    steps = args.steps or (50 if args.full else 8 if args.tiny else 20)
+    size = args.size or (512 if args.full else 64 if args.tiny else 128)
+    steps = args.steps or (50 if args.full else 8 if args.tiny else 10)
     guidance = args.guidance if args.guidance is not None else (7.5 if args.full else 1.0)
     dtype_name = args.dtype or ("fp16" if args.full and device.startswith("cuda") else "fp32")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
@@ -202,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print("size must be a positive multiple of 8; steps, batch and repeats >= 1", file=sys.stderr)
         return 2
     cfg_batch = args.batch * (2 if guidance > 1 else 1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from vision.deepcache import DeepCache, branch_info
 
@@ -226,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     if guidance > 1:
         call["negative_prompt_embeds"] = torch.zeros_like(embeds)
 
-    def timed(context=None, **extra) -> tuple[torch.Tensor, float]:
+    def timed(context=None, **extra) -> tuple[torch.Tensor, float, float]:
+        """(final latents, wall seconds, process CPU seconds)."""
         generator = torch.Generator("cpu").manual_seed(1234)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if context is None:
             out = pipe(**{**call, **extra}, generator=generator).images
         else:
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = pipe(**{**call, **extra}, generator=generator).images
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return out.float().cpu(), time.perf_counter() - start
+        return out.float().cpu(), time.perf_counter() - start, time.process_time() - cpu_start
 
     helper_cls, peer_note = (None, "skipped (--no-peer)") if args.no_peer else peer_helper()
     if helper_cls is None:
@@ -263,51 +272,64 @@ def main(argv: list[str] | None = None) -> int:
     print(f"settings: {size}x{size}, {steps} DDIM steps, batch {args.batch}, guidance {guidance} "
           f"({'CFG: UNet batch ' + str(cfg_batch) if guidance > 1 else 'no CFG'}), {dtype_name}, {device}, "
           f"repeats {args.repeats}")
+    # Each (N, b) block runs no cache, ours and the helper back to back (rotating order), so every
+    # speed-up is a ratio of runs made under the same machine load; the median over repeats is reported.
+    times: dict[str, dict[str, list[float]]] = {"wall": {}, "cpu": {}}
+    ratios: dict[str, dict[str, list[float]]] = {"wall": {}, "cpu": {}}
+    latents: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         timed(num_inference_steps=2)  # warm-up
-        times: dict[str, list[float]] = {"none": []}
-        latents: dict[str, torch.Tensor] = {}
+        block = 0
         for rep in range(args.repeats):
-            lat, sec = timed()
-            times["none"].append(sec)
-            latents.setdefault("none", lat)
-            print(f"  [{rep + 1}/{args.repeats}] no cache: {sec:.2f} s", flush=True)
-            order = 0
             for n in intervals:
                 for b in branches:
-                    modes = [("ours", lambda n=n, b=b: DeepCache(pipe, interval=n, branch=b))]
+                    modes = [("none", lambda: None), ("ours", lambda n=n, b=b: DeepCache(pipe, interval=n, branch=b))]
                     if helper_cls is not None:
                         modes.append(("peer", lambda n=n, b=b: HelperContext(n, b)))
-                    if (order + rep) % 2:
-                        modes.reverse()  # alternate who runs first (drift, caches)
-                    order += 1
+                    shift = block % len(modes)
+                    modes = modes[shift:] + modes[:shift]
+                    block += 1
+                    got = {}
                     for kind, make in modes:
-                        key = f"{kind}:{n}:{b}"
-                        lat, sec = timed(make())
-                        times.setdefault(key, []).append(sec)
+                        key = "none" if kind == "none" else f"{kind}:{n}:{b}"
+                        lat, sec, cpu = timed(make())
+                        got[kind] = {"wall": sec, "cpu": cpu}
+                        for clock, value in got[kind].items():
+                            times[clock].setdefault(key, []).append(value)
                         latents.setdefault(key, lat)
-                        print(f"  [{rep + 1}/{args.repeats}] {kind:4s} N={n} b={b}: {sec:.2f} s", flush=True)
+                        print(f"  [{rep + 1}/{args.repeats}] {kind:4s} N={n} b={b}: {sec:.2f} s (CPU {cpu:.2f} s)",
+                              flush=True)
+                    for kind in got:
+                        if kind != "none":
+                            for clock in ("wall", "cpu"):
+                                ratios[clock].setdefault(f"{kind}:{n}:{b}", []).append(
+                                    got["none"][clock] / got[kind][clock])
     if hasattr(os, "getloadavg"):
         info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    base = min(times["none"])
+    base = {c: min(t["none"]) for c, t in times.items()}
     rows = []
     for n in intervals:
         for b in branches:
             full_all, full_paper = macs["full"]
             part_all, part_paper = macs[b]
-            ours = min(times[f"ours:{n}:{b}"])
-            row = {"N": n, "b": b, "ours_s": round(ours, 3), "ours_speedup": round(base / ours, 3),
-                   "S_N_all_ops": round(mac_limit(n, full_all, part_all), 3),
+            row = {"N": n, "b": b, "S_N_all_ops": round(mac_limit(n, full_all, part_all), 3),
                    "S_N_paper_macs": round(mac_limit(n, full_paper, part_paper), 3),
                    "bound_T_all_ops": round(schedule_bound(steps, n, full_all, part_all), 3)}
+            kinds = ["ours"] + (["peer"] if helper_cls is not None else [])
+            for kind in kinds:
+                for c in ("wall", "cpu"):
+                    row[f"{kind}_{c}_s"] = round(min(times[c][f"{kind}:{n}:{b}"]), 3)
+                    row[f"{kind}_speedup_{c}"] = round(float(np.median(ratios[c][f"{kind}:{n}:{b}"])), 3)
+                row[f"{kind}_s"] = row[f"{kind}_{args.clock}_s"]
+                row[f"{kind}_speedup"] = row[f"{kind}_speedup_{args.clock}"]
             row["ours_pct_of_S_N"] = round(100 * row["ours_speedup"] / row["S_N_all_ops"], 1)
             row["ours_pct_of_bound_T"] = round(100 * row["ours_speedup"] / row["bound_T_all_ops"], 1)
             if helper_cls is not None:
-                peer = min(times[f"peer:{n}:{b}"])
-                row.update(peer_s=round(peer, 3), peer_speedup=round(base / peer, 3),
-                           peer_over_ours=round(peer / ours, 3),
-                           max_abs_diff_vs_peer=float((latents[f"ours:{n}:{b}"] - latents[f"peer:{n}:{b}"]).abs().max()))
+                for c in ("wall", "cpu"):
+                    row[f"peer_over_ours_{c}"] = round(row[f"ours_speedup_{c}"] / row[f"peer_speedup_{c}"], 3)
+                row["peer_over_ours"] = row[f"peer_over_ours_{args.clock}"]
+                row["max_abs_diff_vs_peer"] = float((latents[f"ours:{n}:{b}"] - latents[f"peer:{n}:{b}"]).abs().max())
             rows.append(row)
 
     result = {
@@ -316,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         "timed": "pipeline call with random prompt embeddings, output_type='latent': UNet + DDIM step per step",
         "settings": {"size": size, "steps": steps, "batch": args.batch, "guidance": guidance, "unet_batch": cfg_batch,
                      "dtype": dtype_name, "device": device, "repeats": args.repeats, "schedule": "uniform",
-                     "intervals": intervals, "branches": branches, "seed": 1234, "timing": "min over repeats"},
-        "machine": info, "no_cache_s": round(base, 3),
+                     "intervals": intervals, "branches": branches, "seed": 1234,
+                     "timing": "speed-ups: median over repeats of no-cache/mode time within each back-to-back "
+                               "block; times: min over repeats",
+                     "clock": args.clock},
+        "machine": info, "no_cache_s": round(base[args.clock], 3), "no_cache_wall_s": round(base["wall"], 3),
+        "no_cache_cpu_s": round(base["cpu"], 3),
         "gmacs": {"size": size, "unet_batch": cfg_batch, "full_all_ops": _sig(macs["full"][0]),
                   "full_paper": _sig(macs["full"][1]),
                   **{f"b{b}_all_ops": _sig(macs[b][0]) for b in branches},
@@ -354,8 +380,9 @@ def render(r: dict) -> str:
              f"- Load average (1/5/15 min) at start {m.get('load_average_start')}, at end {m.get('load_average_end')}",
              f"- Settings: {s['size']}x{s['size']}, {s['steps']} DDIM steps, batch {s['batch']}, guidance {s['guidance']} "
              f"(UNet batch {s['unet_batch']}), {s['dtype']} on {s['device']}, uniform schedule, seed {s['seed']}, "
-             f"{s['repeats']} timed run(s) per mode ({s['timing']})",
-             f"- Timed: {r['timed']}. No cache: **{r['no_cache_s']:.2f} s**.",
+             f"{s['repeats']} repeat(s)",
+             f"- Timed: {r['timed']}. No cache: {r['no_cache_wall_s']:.2f} s wall, {r['no_cache_cpu_s']:.2f} s "
+             "process CPU time.",
              f"- GMACs per UNet call at these shapes (FlopCounterMode; 'paper' = without attention-score matmuls): "
              f"full {r['gmacs']['full_all_ops']} ({r['gmacs']['full_paper']} paper), "
              + ", ".join(f"b={b} {r['gmacs'][f'b{b}_all_ops']} ({r['gmacs'][f'b{b}_paper']})" for b in s["branches"]),
@@ -371,19 +398,27 @@ def render(r: dict) -> str:
         lines.append(f"- Peer: {PEER_NAME}; after its disable() it left bound `forward` attributes on "
                      f"{r['peer']['leftover_instance_forwards_after_disable']} modules (removed by the benchmark "
                      "before the next run); ours leaves none.")
+    clock, other = s["clock"], "cpu" if s["clock"] == "wall" else "wall"
+    names = {"wall": "wall time", "cpu": "process CPU time"}
     lines += ["", "S(N) = N*C_full/(C_full+(N-1)*C_part) with every op counted (paper convention in brackets); "
-              "bound(T) = the same for the exact full/retrieval step counts of this T-step run. "
-              "helper/ours = helper time / our time (> 1: ours faster).", ""]
+              "bound(T) = the same for the exact full/retrieval step counts of this T-step run. Times and "
+              f"speed-ups (over no cache) are {names[clock]}, {names[other]} in brackets. helper/ours = our "
+              "speed-up / the helper's, i.e. helper time / our time (> 1: ours faster). Each (N, b) runs no cache, "
+              "ours and the helper back to back (rotating order); speed-ups are ratios within such blocks "
+              "(median over repeats), times are the minimum over repeats.", ""]
     head = ["N", "b", "ours s", "ours speed-up", "S(N)", "% of S(N)", "bound(T)", "% of bound(T)"]
     if peer:
         head += ["helper s", "helper speed-up", "helper/ours", "max abs diff ours vs helper"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in r["rows"]:
-        cells = [row["N"], row["b"], f"{row['ours_s']:.2f}", f"{row['ours_speedup']:.2f}x",
+        cells = [row["N"], row["b"], f"{row[f'ours_{clock}_s']:.2f} ({row[f'ours_{other}_s']:.2f})",
+                 f"{row[f'ours_speedup_{clock}']:.2f}x ({row[f'ours_speedup_{other}']:.2f}x)",
                  f"{row['S_N_all_ops']:.2f}x ({row['S_N_paper_macs']:.2f}x)", f"{row['ours_pct_of_S_N']:.0f}%",
                  f"{row['bound_T_all_ops']:.2f}x", f"{row['ours_pct_of_bound_T']:.0f}%"]
         if peer:
-            cells += [f"{row['peer_s']:.2f}", f"{row['peer_speedup']:.2f}x", f"{row['peer_over_ours']:.3f}",
+            cells += [f"{row[f'peer_{clock}_s']:.2f} ({row[f'peer_{other}_s']:.2f})",
+                      f"{row[f'peer_speedup_{clock}']:.2f}x ({row[f'peer_speedup_{other}']:.2f}x)",
+                      f"{row[f'peer_over_ours_{clock}']:.3f} ({row[f'peer_over_ours_{other}']:.3f})",
                       f"{row['max_abs_diff_vs_peer']:.2e}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
