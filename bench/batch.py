@@ -25,9 +25,7 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,8 @@ if __package__ in (None, ""):  # `python bench/batch.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+
+from bench.common import machine
 
 SKIMAGE_NAMES = ("astronaut", "coffee", "chelsea", "camera", "coins", "moon", "rocket", "text", "page",
                  "clock", "immunohistochemistry", "cat", "hubble_deep_field", "retina", "checkerboard")
@@ -127,8 +127,8 @@ def full_size_models(hub: Any, names: list[str]) -> None:
         return sam_model_registry["vit_b"](checkpoint=None)
 
     builders = {"dinov2_b14": dinov2, "dino_b16": dino, "clip_b16": clip, "sam_b": sam}
-    try:  # SD1.5 for IPSeg's SD features: the configurations of bench/story.py
-        from bench.story import SD15_TEXT, SD15_UNET, SD15_VAE
+    try:  # SD1.5 for IPSeg's SD features
+        from bench.common import SD15_TEXT, SD15_UNET, SD15_VAE
 
         def unet():
             from diffusers import UNet2DConditionModel
@@ -191,37 +191,6 @@ def bench_engine(name: str, factory: Any, folder: Path, work: Path, args: argpar
     return row
 
 
-def machine() -> dict[str, str]:
-    import PIL
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        uname = " ".join(platform.uname())
-    gpu = "none"
-    if torch.cuda.is_available():
-        gpu = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                "pillow": PIL.__version__}
-    try:
-        import ray
-
-        versions["ray"] = ray.__version__
-    except ImportError:
-        versions["ray"] = "not installed"
-    return {"uname": uname, "cpu": f"{cpu} ({os.cpu_count()} logical CPUs)", "gpu": gpu,
-            "versions": ", ".join(f"{k} {v}" for k, v in versions.items())}
-
-
 def _load() -> str:
     try:
         return f"{os.getloadavg()[0]:.1f}"
@@ -237,12 +206,23 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def versions(info: dict) -> str:
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = "not installed"
+    names = ("python", "torch", "numpy", "pillow")
+    return ", ".join(f"{n} {info[n]}" for n in names) + f", ray {ray_version}"
+
+
 def markdown(rows: list[dict], info: dict, args: argparse.Namespace, notes: list[str]) -> str:
     mode = "full-size random-weight models" if args.full else "tiny random-weight models"
     lines = [f"### {time.strftime('%Y-%m-%d')}: {mode}, device {args.device}, {args.images} images of "
              f"{args.size} px, batch size {args.batch_size}", "",
-             f"- machine: `{info['uname']}`", f"- CPU: {info['cpu']}; GPU: {info['gpu']}",
-             f"- versions: {info['versions']}",
+             f"- machine: `{info['uname']}`", f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs); GPU: {info.get('gpu', 'none')}",
+             f"- versions: {versions(info)}",
              f"- load average (1 min) at start / end: {info.get('load', '-')} (on {os.cpu_count()} CPUs; other "
              "processes sharing the CPUs slow every number down)",
              f"- command: `python -m vision bench batch {' '.join(args.argv)}`".replace("  ", " "), ""]

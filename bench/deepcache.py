@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,14 +43,7 @@ if __package__ in (None, ""):  # `python bench/deepcache.py`
 import numpy as np
 import torch
 
-# SD1.5 (runwayml/stable-diffusion-v1-5, unet/config.json); every other argument is the class default,
-# which for UNet2DConditionModel is SD1.5's value (silu, norm 32 groups, eps 1e-5, flip_sin_to_cos...).
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32,
-                 norm_eps=1e-5, act_fn="silu", center_input_sample=False, downsample_padding=1,
-                 flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1)
+from bench.common import SD15_UNET, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEER_NAME = "PyPI DeepCache.DeepCacheSDHelper"
@@ -133,6 +125,15 @@ def peer_helper():
     return DeepCacheSDHelper, None
 
 
+def peer_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("DeepCache")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def leftover_forwards(unet: torch.nn.Module) -> int:
     """Instance-level ``forward`` attributes left on the UNet and its modules (0 on a pristine model)."""
     return sum("forward" in m.__dict__ for m in unet.modules())
@@ -141,33 +142,6 @@ def leftover_forwards(unet: torch.nn.Module) -> int:
 def clear_leftover_forwards(unet: torch.nn.Module) -> None:
     for module in unet.modules():
         module.__dict__.pop("forward", None)
-
-
-def machine() -> dict:
-    import diffusers
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"uname": " ".join(platform.uname()), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "diffusers": diffusers.__version__}
-    try:
-        from importlib.metadata import version
-
-        info["DeepCache (PyPI)"] = version("DeepCache")
-    except Exception:
-        info["DeepCache (PyPI)"] = "not installed"
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    if hasattr(os, "getloadavg"):
-        info["load_average_start"] = [round(x, 2) for x in os.getloadavg()]
-    return info
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -214,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     from vision.deepcache import DeepCache, branch_info
 
     info = machine()
+    info["DeepCache (PyPI)"] = peer_version()
+    info["load_average_start"] = info.pop("load_average", None)
     print(f"machine: {info['uname']} | {info['cpu']} | torch {info['torch']} | diffusers {info['diffusers']}")
     print(f"building the {'tiny' if args.tiny else 'SD1.5 full-size'} UNet (random weights) on {device} {dtype_name} ...")
     t0 = time.perf_counter()

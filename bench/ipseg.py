@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from functools import partial
@@ -42,20 +40,10 @@ if __package__ in (None, ""):  # `python bench/ipseg.py`
 
 import torch
 
+from bench.common import SD15_TEXT, SD15_UNET, SD15_VAE, machine
+
 os.environ.setdefault("VISION_OFFLINE", "1")  # everything is built here; never download
 
-# SD1.5 (stable-diffusion-v1-5) configurations; what is not listed is the class default, which for these
-# classes is SD1.5's value.
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                layers_per_block=2, sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4)
-SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                 projection_dim=768, pad_token_id=1, bos_token_id=0, eos_token_id=2)
 SAM_ARCH = {"sam_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
             "sam_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31))}
 
@@ -100,29 +88,6 @@ def full_size_hub(device: str, sam_name: str, sam_size: int, with_sd: bool):
     for name, model in models.items():
         hub.put(name, model.eval().to(device=device, dtype=hub.dtype_for(name)))
     return hub
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        uname = " ".join(platform.uname())
-    import diffusers
-    import segment_anything  # noqa: F401
-    import transformers
-
-    info = {"uname": uname, "cpu": f"{cpu} ({os.cpu_count()} logical CPUs)", "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "threads": str(torch.get_num_threads()), "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def _load() -> str:
@@ -283,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "# IPSeg benchmark (full-size architectures, random weights)", "",
         f"- machine: `{info['uname']}`", f"- CPU: {info['cpu']}" + (f"; GPU: {info['gpu']}" if "gpu" in info else ""),
         f"- torch {info['torch']}, diffusers {info['diffusers']}, transformers {info['transformers']}, "
-        f"python {info['python']}, torch threads {info['threads']}, device `{device}`",
+        f"python {info['python']}, torch threads {info['torch_threads']}, device `{device}`",
         f"- load average (1/5/15 min) before: {load_before}; after: {load_after}",
         f"- settings: {config.mode}, {sam_name}; DINOv2 at {sizes['dino_size']} px, SD at {sizes['sd_size']} px "
         f"(latent {sizes['sd_size'] // 8}), SAM input {sizes['sam_size']} px"

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,20 +31,7 @@ if __package__ in (None, ""):  # `python bench/story.py`
 import numpy as np
 import torch
 
-# SD1.5 (runwayml/stable-diffusion-v1-5) configurations; everything not listed is the class default,
-# which for these classes is SD1.5's value.
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                layers_per_block=2, sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4)
-SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                 projection_dim=768, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-VIT_H_IMAGE = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                   image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
+from bench.common import SD15_TEXT, SD15_UNET, SD15_VAE, VIT_H_IMAGE, machine
 
 PROMPTS = ["a young knight with a red scarf walks through a misty forest",
            "the knight meets a small silver dragon on a mossy rock",
@@ -79,30 +64,6 @@ def full_size_hub(device: str):
     hub.put("ip_adapter_sd15", {group: {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
                                 for group, sd in adapter.items()})
     return hub
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import diffusers
-    import transformers
-
-    info = {"uname": " ".join(platform.uname()), "cpu": cpu, "threads": str(torch.get_num_threads()),
-            "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    try:
-        info["uname"] = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return info
 
 
 def _sync(device: str) -> None:

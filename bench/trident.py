@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +41,8 @@ if __package__ in (None, ""):  # `python bench/trident.py`
 
 import numpy as np
 import torch
+
+from bench.common import machine
 
 
 def full_size_hub(device: str):
@@ -123,22 +123,6 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
                                                          return_logits=True), device)
     out["sam_decoder"] = decoder
     return out
-
-
-def machine() -> dict[str, str]:
-    def run(cmd: list[str]) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
-        except Exception:
-            return ""
-
-    cpu = next((line.split(":", 1)[1].strip() for line in run(["lscpu"]).splitlines()
-                if line.startswith("Model name")), platform.processor())
-    info = {"uname": run(["uname", "-a"]), "cpu": cpu, "cores": str(os.cpu_count()),
-            "torch": torch.__version__, "threads": str(torch.get_num_threads())}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +219,7 @@ def markdown(s: dict) -> str:
         "# Trident benchmark (full-size CLIP B/16 + DINO B/16 + SAM-B, random weights)",
         "",
         f"- machine: `{m['uname']}`",
-        f"- CPU: {m['cpu']} ({m['cores']} cores, torch threads {m['threads']})"
+        f"- CPU: {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']})"
         + (f"; GPU: {m['gpu']}" if "gpu" in m else ""),
         f"- torch {m['torch']}, device **{s['device']}**",
         f"- settings: preset `{s['preset']}`, image {s['image'][0]}x{s['image'][1]} -> "
