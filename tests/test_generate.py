@@ -13,13 +13,7 @@ from vision.engines.generate import GenerateConfig, GenerateError, build_pipelin
 FAST = {"steps": 4, "guidance": 5.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; one thread avoids oversubscribing shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_build_pipeline_shares_the_hub_modules(tiny_hub):
@@ -168,3 +162,20 @@ def test_bench_dispatch(cli, tmp_path, capsys):
         assert row["max_abs_diff_vs_peer"] <= 1e-5
     else:
         assert "skipped" in (tmp_path / "deepcache_tiny.md").read_text()
+
+
+def test_generation_waits_while_another_engine_holds_the_shared_unet(tiny_hub):
+    """An engine that temporarily changes the shared UNet (Story's IP-Adapter, IPSeg's hooks) holds its
+    model lock; a generation in another thread runs only after it is released."""
+    import threading
+
+    from vision.hub import model_lock
+
+    lock = model_lock(tiny_hub.get("sd15_unet"))
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (generate("a cat", hub=tiny_hub, deepcache=0, **FAST), finished.set()))
+    with lock:
+        worker.start()
+        assert not finished.wait(1.0)
+    worker.join(120)
+    assert finished.is_set()

@@ -144,3 +144,23 @@ def test_memory_budget_offloads_least_recently_used():
     hub.get("dinov2_b14")  # asking again brings it back and offloads the other
     rows = {r["name"]: r for r in hub.status()}
     assert rows["dinov2_b14"]["device"] == "cpu" and rows["dino_b16"]["device"] == "cpu (offloaded)"
+
+
+def test_model_lock_is_one_reentrant_lock_per_model(tiny_hub):
+    from vision.hub import model_lock
+
+    unet, sam = tiny_hub.get("sd15_unet"), tiny_hub.get("sam_b")
+    assert model_lock(unet) is model_lock(unet) and model_lock(unet) is not model_lock(sam)
+    got = {}
+
+    def try_both():
+        for name, model in (("unet", unet), ("sam", sam)):
+            got[name] = model_lock(model).acquire(timeout=0.2)
+            if got[name]:
+                model_lock(model).release()
+
+    with model_lock(unet), model_lock(unet):  # re-entrant in one thread
+        other = threading.Thread(target=try_both)
+        other.start()
+        other.join()
+    assert got == {"unet": False, "sam": True}

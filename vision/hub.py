@@ -265,6 +265,22 @@ def _dtype_of(obj: Any) -> str:
     return str(t.dtype) if t is not None else "n/a"
 
 
+_model_locks: dict[int, threading.RLock] = {}
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The one re-entrant lock of a shared model object.
+
+    Engines hold it while they run a shared model whose state they change for the duration (hooks,
+    an IP-Adapter on the UNet, a patched attention that records SAM's last block) and while they run a
+    model another engine may change, so two threads of the app or a library user never see each
+    other's temporary changes. Re-entrant: an engine that holds it may call code that takes it again.
+    """
+    with _model_locks_guard:
+        return _model_locks.setdefault(id(model), threading.RLock())
+
+
 _default_hub: ModelHub | None = None
 _default_lock = threading.Lock()
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from vision.deepcache import DeepCache, DeepCacheError
+from vision.hub import model_lock
 
 FAMILIES = {
     "sd15": {"unet": "sd15_unet", "vae": "sd15_vae", "text_encoder": "sd15_text_encoder",
@@ -324,7 +325,7 @@ def generate(prompts: str | Sequence[str], config: GenerateConfig | None = None,
     def run(with_cache: bool, **extra: Any) -> tuple[Any, float]:
         generators = [make_generator(s) for s in seeds]
         context = cache if with_cache and cache is not None else contextlib.nullcontext()
-        with context:
+        with model_lock(pipe.unet), context:  # no other engine changes the shared UNet meanwhile
             _sync(device)
             start = time.perf_counter()
             out = pipe(**{**kwargs, **extra}, generator=generators)

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from vision.engines import ipseg_points as P
+from vision.hub import model_lock
 from vision.imaging import ImageError, ImageInput, letterbox, load_image, load_mask, overlay_mask, palette
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -471,7 +472,9 @@ class IPSeg:
             unet = self.hub.get("sd15_unet")  # asked for last: a memory budget may offload the others
             u_device, u_dtype = _device_dtype(unet)
             embedding = embedding.to(device=u_device, dtype=u_dtype)
-            raw = run_hooked_unet(unet, noisy.to(device=u_device, dtype=u_dtype), timestep.to(u_device), embedding)
+            with model_lock(unet):  # the hooks go on the shared UNet: no other engine runs it meanwhile
+                raw = run_hooked_unet(unet, noisy.to(device=u_device, dtype=u_dtype), timestep.to(u_device),
+                                      embedding)
         return raw, box
 
     def scheduler(self) -> Any:
@@ -587,7 +590,7 @@ class IPSeg:
 
         t0 = time.perf_counter()
         predictor = SamPredictor(self.hub.get(cfg.sam_model))
-        with torch.no_grad():
+        with torch.no_grad(), model_lock(predictor.model):
             predictor.set_image(image)
         _synced(predictor.features)
         timings["sam_encode"] = time.perf_counter() - t0

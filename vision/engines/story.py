@@ -50,7 +50,6 @@ import json
 import math
 import os
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +58,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from vision.hub import model_lock
 
 DEFAULT_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
 
@@ -196,13 +197,6 @@ def load_story(story: str | os.PathLike | Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 _MISSING = object()
-_UNET_LOCKS: dict[int, threading.Lock] = {}
-_UNET_LOCKS_GUARD = threading.Lock()
-
-
-def _unet_lock(unet: Any) -> threading.Lock:
-    with _UNET_LOCKS_GUARD:
-        return _UNET_LOCKS.setdefault(id(unet), threading.Lock())
 
 
 @contextlib.contextmanager
@@ -215,12 +209,11 @@ def ip_adapter_on(unet: Any, state_dict: dict) -> Iterator[Any]:
     processor objects, the same ``encoder_hid_proj`` and ``config.encoder_hid_dim_type``, so that the
     other engines sharing it see the plain UNet again. Yields the list of IP processors.
 
-    Two story runs on one UNet take turns here (a per-UNet lock), so neither saves the other's
-    adapter as "the original". Other engines that call the same UNet from another thread while the
-    adapter is on would see it: the app runs one story at a time and the hub's UNet is not otherwise
-    locked.
+    Holds the UNet's :func:`vision.hub.model_lock` meanwhile: other engines running the shared UNet
+    (generation, IPSeg's features) take the same lock, so none of them sees the adapter, and two story
+    runs never save each other's adapter as "the original".
     """
-    with _unet_lock(unet):
+    with model_lock(unet):
         yield from _ip_adapter_on(unet, state_dict)
 
 

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from vision import imaging
 from vision.classnames import CLASS_LISTS, ClassList
 from vision.engines import trident_ops as ops
+from vision.hub import model_lock
 from vision.templates import OPENAI_IMAGENET_TEMPLATES
 
 MAX_CLASSES = 255  # label maps are written as 8-bit indexed PNGs
@@ -471,7 +472,8 @@ class TridentEngine:
             part = np.ascontiguousarray(rgb[:, x0:x1])
             ih, iw = predictor.transform.get_preprocess_shape(part.shape[0], part.shape[1], encoder.img_size)
             grid = (max(1, ih // token), max(1, iw // token))
-            with ops.capture_sam_attention(encoder, grid) as captured:
+            # The capture patches the shared SAM's last block: no other engine runs SAM meanwhile.
+            with model_lock(predictor.model), ops.capture_sam_attention(encoder, grid) as captured:
                 predictor.set_image(part)
             state = {"features": predictor.features, "original_size": predictor.original_size,
                      "input_size": predictor.input_size, "is_image_set": True}
