@@ -164,3 +164,20 @@ def test_model_lock_is_one_reentrant_lock_per_model(tiny_hub):
         other.start()
         other.join()
     assert got == {"unet": False, "sam": True}
+
+
+@pytest.mark.parametrize("name", ModelHub.names())
+def test_every_model_builds_in_tiny_mode(tiny_hub, name):
+    assert tiny_hub.get(name) is not None and tiny_hub.is_loaded(name)
+
+
+@torch.no_grad()
+def test_tiny_large_variants_forward_shapes(tiny_hub):
+    clip_h = tiny_hub.get("clip_h14")
+    assert clip_h.encode_image(torch.zeros(1, 3, 224, 224)).shape == (1, tiny.TINY_CLIP_EMBED)
+    sam_h = tiny_hub.get("sam_h")
+    assert sam_h.image_encoder(torch.zeros(1, 3, 1024, 1024)).shape[-2:] == (64, 64)
+    bigg = tiny_hub.get("ip_image_encoder_bigg")
+    assert bigg(pixel_values=torch.zeros(2, 3, 224, 224)).image_embeds.shape == (2, tiny.TINY_IMAGE_EMBED)
+    vae = tiny_hub.get("sdxl_vae")
+    assert vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean.shape == (1, 4, 8, 8)
