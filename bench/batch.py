@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         if not out.exists():
             out.write_text("# Batch mode throughput (`bench/batch.py`)\n\n")
         with open(out, "a", encoding="utf-8") as handle:
-            handle.write(table + "\n")
+            handle.write("\n" + table + "\n")  # a blank line keeps the appended heading a heading
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     lines = [
         "# IPSeg benchmark (full-size architectures, random weights)", "",
-        f"- machine: `{info['uname']}`", f"- CPU: {info['cpu']}" + (f"; GPU: {info['gpu']}" if "gpu" in info else ""),
+        f"- machine: `{info['uname']}`", f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs)" + (f"; GPU: {info['gpu']}" if "gpu" in info else ""),
         f"- torch {info['torch']}, diffusers {info['diffusers']}, transformers {info['transformers']}, "
         f"python {info['python']}, torch threads {info['torch_threads']}, device `{device}`",
         f"- load average (1/5/15 min) before: {load_before}; after: {load_after}",
