@@ -3,6 +3,8 @@ missing-weights message a user sees without ``--tiny``."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,19 @@ def test_missing_weights_are_a_message_naming_the_download_command(monkeypatch, 
     finally:
         app._trident_engine.cache_clear()
         set_hub(previous)
+
+
+def test_gradio_image_cache_writes_each_file_once(tmp_path):
+    """Identical outputs of two requests must not rewrite the cached file a client may be downloading."""
+    from gradio import processing_utils
+    from PIL import Image
+
+    ui.make_gradio_image_cache_atomic()
+    image = Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
+    first = processing_utils.save_img_array_to_cache(np.asarray(image), str(tmp_path))
+    os.utime(first, (0, 0))  # any rewrite would move the modification time to now
+    second = processing_utils.save_pil_to_cache(image, str(tmp_path), format="webp")
+    assert second == first and os.path.getsize(first) > 0
+    assert os.stat(second).st_mtime == 0  # left alone, not truncated and rewritten
+    assert Image.open(second).size == (16, 16)
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -78,6 +78,36 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+# ------------------------------------------------------------------------------------ image cache
+def make_gradio_image_cache_atomic() -> None:
+    """Make Gradio write each result image into its cache once, atomically.
+
+    Gradio (6.17) stores an image output at a path named after its content hash and rewrites that file
+    in place (``write_bytes``) on every request. Two requests with identical outputs (the same photo
+    sent twice) then truncate the file while the first client downloads it, and that client receives
+    0 bytes (seen in the 20-request load test). Here an existing file is left alone and a new one is
+    written to a temp file and renamed into place, so a reader always sees a whole file.
+    """
+    from gradio import processing_utils
+
+    if getattr(processing_utils.save_pil_to_cache, "atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = processing_utils.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        path = (folder / f"{name}.{format}").resolve()
+        if not path.exists():
+            tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return str(path)
+
+    save_pil_to_cache.atomic = True
+    processing_utils.save_pil_to_cache = save_pil_to_cache
+
+
 # ------------------------------------------------------------------------------------------- errors
 ERROR_SECONDS = 30  # how long an error stays on screen (the user can close it sooner)
 
