@@ -64,7 +64,7 @@ def _models_tab(hub: ModelHub):
 def build_demo(concurrency: int = 1) -> gr.Blocks:
     """The whole page, on the process-wide model hub (``set_hub`` it first; tiny with ``VISION_TINY=1``)."""
     hub = get_hub()
-    ui.make_gradio_image_cache_atomic()
+    ui.make_gradio_cache_atomic()
     limits = dict(concurrency_limit=concurrency, concurrency_id=GPU_GROUP)
     with gr.Blocks(title="Training-free vision", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Training-free vision\nImage-prompt segmentation (IPSeg), open-vocabulary segmentation "

@@ -126,7 +126,7 @@ def test_gradio_image_cache_writes_each_file_once(tmp_path):
     from gradio import processing_utils
     from PIL import Image
 
-    ui.make_gradio_image_cache_atomic()
+    ui.make_gradio_cache_atomic()
     image = Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
     first = processing_utils.save_img_array_to_cache(np.asarray(image), str(tmp_path))
     os.utime(first, (0, 0))  # any rewrite would move the modification time to now
@@ -135,3 +135,17 @@ def test_gradio_image_cache_writes_each_file_once(tmp_path):
     assert os.stat(second).st_mtime == 0  # left alone, not truncated and rewritten
     assert Image.open(second).size == (16, 16)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_gradio_file_cache_copies_each_file_once(tmp_path):
+    from gradio import processing_utils
+
+    ui.make_gradio_cache_atomic()
+    source = tmp_path / "mask.png"
+    source.write_bytes(b"\x89PNG not really, but bytes")
+    cache = tmp_path / "cache"
+    first = processing_utils.save_file_to_cache(source, str(cache))
+    os.utime(first, (0, 0))
+    assert processing_utils.save_file_to_cache(source, str(cache)) == first
+    assert os.stat(first).st_mtime == 0 and open(first, "rb").read() == source.read_bytes()
+    assert not list(cache.rglob("*.tmp"))

@@ -79,33 +79,44 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 
 # ------------------------------------------------------------------------------------ image cache
-def make_gradio_image_cache_atomic() -> None:
-    """Make Gradio write each result image into its cache once, atomically.
+def make_gradio_cache_atomic() -> None:
+    """Make Gradio write each result file (image or file output) into its cache once, atomically.
 
-    Gradio (6.17) stores an image output at a path named after its content hash and rewrites that file
-    in place (``write_bytes``) on every request. Two requests with identical outputs (the same photo
-    sent twice) then truncate the file while the first client downloads it, and that client receives
-    0 bytes (seen in the 20-request load test). Here an existing file is left alone and a new one is
-    written to a temp file and renamed into place, so a reader always sees a whole file.
+    Gradio (6.17) stores an output at a path named after its content hash. Images are rewritten in
+    place (``write_bytes``) on every request, and files are copied to the final path, so two requests
+    with identical outputs (the same photo sent twice) can truncate, or offer half-copied, a file that
+    a client is downloading; that client then receives 0 bytes (seen in the 20-request load test).
+    Here an existing cache file is left alone and a new one is written to a temp file and renamed into
+    place, so a reader always sees a whole file.
     """
     from gradio import processing_utils
+    from gradio_client import utils as client_utils
 
     if getattr(processing_utils.save_pil_to_cache, "atomic", False):
         return
 
-    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
-        data = processing_utils.encode_pil_to_bytes(img, format)
-        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    def place(folder: Path, name: str, write: Callable[[Path], Any]) -> str:
         folder.mkdir(exist_ok=True, parents=True)
-        path = (folder / f"{name}.{format}").resolve()
+        path = (folder / name).resolve()
         if not path.exists():
             tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(data)
+            write(tmp)
             os.replace(tmp, path)
         return str(path)
 
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = processing_utils.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+        return place(folder, f"{name}.{format}", lambda tmp: tmp.write_bytes(data))
+
+    def save_file_to_cache(file_path: str | Path, cache_dir: str) -> str:
+        folder = Path(cache_dir) / processing_utils.hash_file(file_path)
+        name = client_utils.strip_invalid_filename_characters(Path(file_path).name)
+        return place(folder, name, lambda tmp: shutil.copy2(file_path, tmp))
+
     save_pil_to_cache.atomic = True
     processing_utils.save_pil_to_cache = save_pil_to_cache
+    processing_utils.save_file_to_cache = save_file_to_cache
 
 
 # ------------------------------------------------------------------------------------------- errors
