@@ -53,6 +53,11 @@ def test_help_imports_no_engine_and_is_fast():
 def test_only_the_chosen_subcommand_builds_its_arguments(capsys):
     assert chosen_command(["--tiny", "--device", "cpu", "ipseg", "--prompt", "x"]) == "ipseg"
     assert chosen_command(["--device=cpu", "trident"]) == "trident" and chosen_command(["--help"]) is None
+    from vision.cli import build_parser
+
+    full = build_parser()  # without the argv to parse: every subcommand's arguments, as before
+    assert full.parse_args(["weights", "list"]).action == "list"
+    assert full.parse_args(["trident", "--labels", "cat", "-i", "x", "-o", "y"]).labels == "cat"
     for name in ("bench", "eval", "generate", "ipseg", "story", "trident", "weights"):
         with pytest.raises(SystemExit) as done:
             main([name, "--help"])

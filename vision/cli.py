@@ -38,9 +38,9 @@ def chosen_command(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser of ``python -m vision``; of the subcommands only the one in ``argv`` (default
-    ``sys.argv[1:]``) gets its arguments, so that parsing never imports the engines of the others."""
-    chosen = chosen_command(sys.argv[1:] if argv is None else argv)
+    """The parser of ``python -m vision``. Given the ``argv`` it will parse, only the subcommand named there
+    gets its arguments (so parsing imports no other engine); without, every subcommand gets them."""
+    chosen = None if argv is None else chosen_command(argv)
     parser = argparse.ArgumentParser(prog=vision_command(), description="Training-free vision: IPSeg, "
                                      "Trident, Stable Diffusion with DeepCache, Story-Adapter.")
     parser.add_argument("--tiny", action="store_true", help="use tiny random-weight models (outputs are noise)")
@@ -49,7 +49,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for module in command_modules():
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         sub.set_defaults(run=module.run)
-        if module.NAME != chosen:
+        if argv is not None and module.NAME != chosen:
             continue
         # Accept the global options after the subcommand too (`vision ipseg --tiny ...`).
         sub.add_argument("--tiny", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -59,6 +59,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     if args.tiny or args.device:
         from vision.hub import ModelHub, set_hub
