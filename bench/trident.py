@@ -15,9 +15,9 @@ CLIP's full visual tower on the batch of windows, the SAM image encoder on the 1
 splice, SAM affinity, logits, components, merge); the goal is <= 1.15. Runs are interleaved
 (pipeline, forwards, pipeline, ...) and medians reported.
 
-    python bench/trident.py                       # CPU defaults: VOC-size image, voc21, 1 warm-up, 1 run
-    python bench/trident.py --repeats 3           # the recorded CPU run (about 3x longer)
-    python bench/trident.py --device cuda --repeats 10
+    python -m vision bench trident              # CPU defaults: VOC-size image, voc21, 1 warm-up, 1 run
+    python -m vision bench trident --repeats 3  # the recorded CPU run (about 3x longer)
+    python -m vision bench trident --device cuda --repeats 10
 
 Results go to ``bench/results/trident.md`` and ``.json`` (``--out`` to change).
 """
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from bench.common import machine
+from vision.wording import vision_command
 
 
 def full_size_hub(device: str):
@@ -126,7 +127,7 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", "trident"), description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default="voc21")
     parser.add_argument("--size", default="500x375", help="image WxH (default: a VOC-size image)")
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "windows": infos[-1]["windows"], "resized": infos[-1]["resized"], "classes": len(classes.names),
         "names": len(classes.queries), "repeats": repeats, "warmup": args.warmup, "clock": clock_name,
         "prompted_components": [info["prompts"] for info in infos],
-        "command": "python bench/trident.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m vision bench trident " + " ".join(argv if argv is not None else sys.argv[1:]),
         "runs_s": [[round(p, 3), round(sum(f.values()), 3)] for p, f in zip(pipeline_runs, forward_runs)],
         "pipeline_s": round(pipeline, 4), "forwards_alone_s": {k: round(v, 4) for k, v in forwards.items()},
         "stages_s": {k: round(v, 4) for k, v in stages.items()},
@@ -228,7 +229,7 @@ def markdown(s: dict) -> str:
         f"{s['warmup']} warm-up + {s['repeats']} timed runs, medians; text embeddings precomputed",
         f"- clock: **{s['clock']}** " + ("(process CPU time over all threads: robust to other jobs on a shared "
                                          "machine)" if s["clock"] == "cpu" else "(wall time, CUDA synchronised)"),
-        f"- command: `{s.get('command', 'python bench/trident.py')}`; runs (pipeline, sum of forwards): "
+        f"- command: `{s.get('command', 'python -m vision bench trident')}`; runs (pipeline, sum of forwards): "
         f"{s.get('runs_s', [])}",
         f"- load average (1/5/15 min) before {s['load_average']['before']}, after {s['load_average']['after']}; "
         f"benchmark wall time {s['wall_s']} s",
@@ -251,7 +252,7 @@ def markdown(s: dict) -> str:
     ]
     if not s["device"].startswith("cuda"):
         rows += ["", "CPU only: on a GPU the fixed CPU-side work (connected components, overlay, copies) weighs "
-                 "more against fast forwards; measure it there with `python bench/trident.py --device cuda`."]
+                 "more against fast forwards; measure it there with `python -m vision bench trident --device cuda`."]
     return "\n".join(rows)
 
 

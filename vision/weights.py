@@ -25,6 +25,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from vision.wording import vision_command
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NETWORK_TIMEOUT_S = 10.0
 # huggingface_hub reads its timeouts when first imported: set them before any import of it.
@@ -140,20 +142,48 @@ def spec(name: str) -> WeightSpec:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
-def download_command(name: str) -> str:
-    return f"python -m vision weights download {name}"
+def download_command(*names: str) -> str:
+    """The command that downloads ``names``, in the form that runs here (see :mod:`vision.wording`)."""
+    return vision_command("weights", "download", *names)
+
+
+def _web_address(s: WeightSpec) -> str:
+    return s.url or f"https://huggingface.co/{s.repo_id}"
+
+
+def _by_hand(s: WeightSpec) -> str:
+    """Where to fetch ``s`` by hand and where to put its files (indented lines)."""
+    target = weights_dir() / s.name
+    files = "\n".join(f"        {target / f}" for f in s.files)
+    return (f"    - fetch {_web_address(s)} by hand and place the file(s) at:\n{files}\n"
+            f"    - or set VISION_WEIGHTS_{s.name.upper()} to a folder that holds them")
 
 
 def missing_message(s: WeightSpec, reason: str = "") -> str:
-    target = weights_dir() / s.name
-    by_hand = "\n".join(f"    {target / f}" for f in s.files)
-    where = s.url or f"https://huggingface.co/{s.repo_id}"
+    """What an engine that needs ``s`` says when its files are missing (and could not be downloaded)."""
     why = f" ({reason})" if reason else ""
     return (
-        f"Weights for '{s.name}' ({s.description}, ~{s.size_mb} MB) are missing{why}.\n"
-        f"  Download them with:  {download_command(s.name)}\n"
-        f"  or fetch {where} by hand and place the file(s) at:\n{by_hand}\n"
+        f"Weights for '{s.name}' ({s.description}, ~{s.size_mb} MB) are missing{why}. Get them one of these ways:\n"
+        f"    - download them:  {download_command(s.name)}\n"
+        f"{_by_hand(s)}\n"
         f"  Without weights, run with --tiny (random weights) to try the app."
+    )
+
+
+def download_failed_message(s: WeightSpec, failure: BaseException | str) -> str:
+    """What ``weights download`` says when fetching ``s`` failed: what failed, and the other ways to get
+    the files (``failure``: the exception, or a sentence on why nothing was fetched)."""
+    if isinstance(failure, str):
+        what, hint = failure, ""
+    else:
+        what = f"download from {_web_address(s)} failed: {type(failure).__name__}: {failure}"
+        hint = ("  The server could not be reached: check the network connection and any proxy (HTTPS_PROXY; "
+                "the Hugging Face Hub's address is HF_ENDPOINT).\n") if isinstance(failure, OSError) else ""
+    return (
+        f"{s.name}: {what}\n{hint}"
+        f"  Other ways to get its files ({s.description}, ~{s.size_mb} MB):\n{_by_hand(s)}\n"
+        f"    - or use the Hugging Face cache of a machine that has them (HF_HUB_CACHE)\n"
+        f"    - or try the app and the CLI without weights: add --tiny (random weights, outputs are noise)"
     )
 
 

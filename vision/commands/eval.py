@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from vision.classnames import CLASS_LISTS
     from vision.engines.trident import TridentConfig, TridentEngine
     from vision.metrics import LAYOUTS, DatasetError, dataset_samples, evaluate
+    from vision.wording import plural
 
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     if tiny:
         print("TINY MODE: random-weight models, these numbers are noise (for testing the harness).")
-    print(f"Trident {args.preset}: {matrix.images} images, {seconds:.1f} s "
+    print(f"Trident {args.preset}: {plural(matrix.images, 'image')}, {seconds:.1f} s "
           f"({seconds / max(1, matrix.images):.2f} s/image); clip={config.clip} vfm={config.vfm} sam={config.sam} "
           f"refine={'on' if config.refine else 'off'}")
     print(matrix.table(classes.display))

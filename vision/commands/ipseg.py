@@ -16,13 +16,13 @@ import hashlib
 import sys
 from pathlib import Path
 
-from vision import batch
-
 NAME = "ipseg"
 HELP = "segment the concept shown in a prompt image in every input image (IPSeg)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vision import batch
+
     parser.add_argument("--prompt", action="append", required=True, metavar="IMG",
                         help="prompt image showing the concept; repeat for several images of it (k-shot)")
     parser.add_argument("--prompt-mask", action="append", metavar="MASK",
@@ -77,6 +77,7 @@ def _digest(path: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vision import batch
     from vision.engines.ipseg import IPSegConfig, Prompt
     from vision.hub import get_hub
 

@@ -41,15 +41,20 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from vision.engines.story import StoryConfig, StoryEngine, StoryError, load_story
+    from vision.limits import check_side, check_steps
+    from vision.wording import plural
 
     config = StoryConfig(rounds=args.rounds, style=args.style, deepcache=args.deepcache, seed=args.seed,
                          steps=args.steps, guidance=args.guidance, size=args.size, family=args.family,
                          lambda_start=args.lambda_start, lambda_end=args.lambda_end,
                          negative_prompt=args.negative)
     try:
+        check_steps(args.steps, "--steps")
+        if args.size is not None:
+            check_side(args.size, "--size")
         config.validate()
         prompts = load_story(args.story)
-    except StoryError as err:
+    except ValueError as err:  # StoryError and LimitError
         print(f"error: {err}", file=sys.stderr)
         return 2
     total = (config.rounds + 1) * len(prompts)
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resumed after round {result.resumed_from}")
     for r, t in sorted(result.timings.items()):
         print(f"round {r}: {t['seconds']:.1f} s ({t['seconds_per_frame']:.2f} s/frame)")
-    print(f"{len(prompts)} frames x {config.rounds + 1} passes -> {result.output_dir}")
+    print(f"{plural(len(prompts), 'frame')} x {plural(config.rounds + 1, 'pass', 'passes')} -> {result.output_dir}")
     print(f"storyboard: {result.output_dir / result.files['storyboard']}")
     if result.tiny:
         from vision.tiny import TINY_NOTICE
