@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import gpu  # noqa: E402
 from bench.common import full_size_model  # noqa: E402
+from bench.gpu.harness import same_bits  # noqa: E402
 
 
 def _bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
@@ -92,5 +93,5 @@ def test_device_command_installs_what_the_wheel_script_collects():
 
 def test_bit_identity_counts_nan_bits():
     a = torch.tensor([1.0, float("nan")], dtype=torch.float16)
-    assert gpu.same_bits(a, a.clone()) and not torch.equal(a, a.clone())
-    assert not gpu.same_bits(a, torch.tensor([1.0, 2.0], dtype=torch.float16))
+    assert same_bits(a, a.clone()) and not torch.equal(a, a.clone())
+    assert not same_bits(a, torch.tensor([1.0, 2.0], dtype=torch.float16))
