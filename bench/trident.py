@@ -88,23 +88,27 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
     """Each model call of one image, timed on its own with the pipeline's input shapes."""
     from segment_anything import SamPredictor
 
-    from vision.engines import trident_ops as ops
+    from vision.engines.trident import splice
+    from vision.engines.trident.modes import mode_for
 
     clip, dino, sam = hub.get(config.clip), hub.get(config.vfm), hub.get(config.sam)
     visual = clip.visual
-    h, w = ops.resized_shape(image.shape[0], image.shape[1], config.short_side, 16, config.window)
-    windows = torch.rand(len(ops.window_boxes(h, w, config.window, config.stride)), 3, config.window,
+    mode = mode_for(config)
+    h, w = mode.clip_input_shape(image.shape[0], image.shape[1], config.short_side, config.max_long_side, 16,
+                                 config.window)
+    windows = torch.rand(len(splice.window_boxes(h, w, config.window, config.stride)), 3, config.window,
                          config.window, device=device)
     dino_in = windows.to(dino.dtype)
     clip_in = windows.to(visual.conv1.weight.dtype)
 
     def clip_forward():
-        x, _ = ops.clip_trunk(visual, clip_in)  # pos-embed interpolation + blocks 1..11
+        x, _ = splice.clip_trunk(visual, clip_in, mode.resize_pos)  # pos-embed interpolation + blocks 1..11
         x = visual.transformer.resblocks[-1](x)
         return visual.ln_post(x) @ visual.proj
 
     predictor = SamPredictor(sam)
-    resized = torch.as_tensor(predictor.transform.apply_image(image), device=device).permute(2, 0, 1)[None]
+    sam_image = mode.sam_image(image, 16)
+    resized = torch.as_tensor(predictor.transform.apply_image(sam_image), device=device).permute(2, 0, 1)[None]
     sam_in = sam.preprocess(resized.float())
     features = []
     out = {
@@ -113,7 +117,7 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
         "sam_encoder": timed(lambda: features.append(sam.image_encoder(sam_in)), device),
     }
     predictor.features, predictor.is_image_set = features[0], True  # the embedding the decoder reuses
-    predictor.original_size, predictor.input_size = image.shape[:2], tuple(resized.shape[-2:])
+    predictor.original_size, predictor.input_size = sam_image.shape[:2], tuple(resized.shape[-2:])
     decoder = 0.0
     for n in decoder_batches:
         points = torch.rand(n, 1, 2, device=device) * 1000
@@ -141,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
-    from vision.classnames import CLASS_LISTS
     from vision.engines.trident import TridentConfig, TridentEngine, parse_classes
+    from vision.engines.trident.modes import mode_for
     from vision.imaging import sample_image
 
     global clock
@@ -156,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     hub = full_size_hub(args.device)
     config = TridentConfig.from_preset(args.preset)
-    classes = parse_classes(CLASS_LISTS.get(args.preset) or ["cat", "dog", "background"])
+    classes = parse_classes(["cat", "dog", "background"] if args.preset == "open"
+                            else mode_for(config).class_list(args.preset))
     engine = TridentEngine(hub, config)
     embed_dim = hub.get(config.clip).text_projection.shape[1]
     generator = torch.Generator().manual_seed(0)
-    engine.set_text_embeddings(classes.queries, torch.randn(len(classes.queries), embed_dim, generator=generator)
-                               .to(args.device))
+    names = classes.unique_queries
+    engine.set_text_embeddings(names, torch.randn(len(names), embed_dim, generator=generator).to(args.device))
 
     batches: list[int] = []
     sam = hub.get(config.sam)

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
     parser.add_argument("--json", metavar="FILE", help="also write the summary (mIoU, per-class IoU) as JSON")
     parser.add_argument("--no-refine", action="store_true", help="skip the SAM prompt refinement")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="the project's behaviour instead of the reference code's (see the engine's docstring)")
     parser.add_argument("--clip", choices=["clip_b16", "clip_h14"], default=None, help="CLIP model (default B/16)")
     parser.add_argument("--vfm", choices=["dino_b16", "dinov2_b14"], default=None,
                         help="proxy-attention model (default DINO B/16; DINOv2 is a deviation)")
@@ -38,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from vision.classnames import CLASS_LISTS
     from vision.engines.trident import TridentConfig, TridentEngine
+    from vision.engines.trident.modes import mode_for
     from vision.metrics import LAYOUTS, DatasetError, dataset_samples, evaluate
     from vision.wording import plural
 
@@ -49,13 +51,15 @@ def run(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"clip": args.clip, "vfm": args.vfm, "sam": args.sam}.items() if v is not None}
     if args.no_refine:
         changes["refine"] = False
+    if args.no_reference:
+        changes["reference"] = False
     config = TridentConfig.from_preset(args.preset, **changes)
     try:
         samples = dataset_samples(args.preset, args.root, args.limit)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    classes = CLASS_LISTS[args.preset]
+    classes = mode_for(config).class_list(args.preset)
     engine = TridentEngine(config=config)
     tiny = bool(engine.hub.tiny)
     bar = tqdm(total=len(samples), unit="image", desc=f"trident {args.preset}")
@@ -77,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
         print("TINY MODE: random-weight models, these numbers are noise (for testing the harness).")
     print(f"Trident {args.preset}: {plural(matrix.images, 'image')}, {seconds:.1f} s "
           f"({seconds / max(1, matrix.images):.2f} s/image); clip={config.clip} vfm={config.vfm} sam={config.sam} "
-          f"refine={'on' if config.refine else 'off'}")
+          f"refine={'on' if config.refine else 'off'} reference={'on' if config.reference else 'off'}")
     print(matrix.table(classes.display))
     if args.json:
-        summary = {"engine": "trident", "preset": args.preset, "root": str(args.root), "tiny": tiny,
-                   "seconds": round(seconds, 2),
+        summary = {"engine": "trident", "preset": args.preset, "reference": config.reference, "root": str(args.root),
+                   "tiny": tiny, "seconds": round(seconds, 2),
                    "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
                    **matrix.summary(classes.display)}
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
