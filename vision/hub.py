@@ -12,7 +12,8 @@ when a newly requested one would not fit; asking for an offloaded model moves it
 Names (``hub.names()``): dinov2_b14, dino_b16, clip_b16, clip_h14, clip_tokenizer, sam_b, sam_h,
 sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_unet, sdxl_vae,
 sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
-ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg.
+ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg, realvisxl_unet,
+realvisxl_vae, realvisxl_text_encoder, realvisxl_text_encoder_2.
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ def _entries() -> dict[str, ModelEntry]:
         ModelEntry("ip_image_encoder_bigg", _t(tiny.ip_image_encoder_bigg),
                    b.transformers_model("CLIPVisionModelWithProjection", "sdxl_models/image_encoder", variant=None),
                    "ip_image_encoder_bigg"),
+        # RealVisXL V4.0: SDXL's architecture (tiny: the tiny SDXL models), tokenizers and scheduler shared
+        ModelEntry("realvisxl_unet", _t(tiny.sdxl_unet), b.diffusers_model("UNet2DConditionModel", "unet"),
+                   "realvisxl_unet"),
+        ModelEntry("realvisxl_vae", _t(tiny.sdxl_vae), b.diffusers_model("AutoencoderKL", "vae", variant=None),
+                   "realvisxl_vae"),
+        ModelEntry("realvisxl_text_encoder", _t(tiny.sdxl_text_encoder),
+                   b.transformers_model("CLIPTextModel", "text_encoder"), "realvisxl_text_encoder"),
+        ModelEntry("realvisxl_text_encoder_2", _t(tiny.sdxl_text_encoder_2),
+                   b.transformers_model("CLIPTextModelWithProjection", "text_encoder_2"), "realvisxl_text_encoder_2"),
     ]
     shared = {
         "clip_tokenizer": lambda: __import__("open_clip").get_tokenizer("ViT-B-16"),

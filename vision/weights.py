@@ -127,6 +127,15 @@ REGISTRY: dict[str, WeightSpec] = {
         _spec("ip_image_encoder_bigg", "CLIP ViT-bigG/14 image encoder used by IP-Adapter SDXL",
               ["sdxl_models/image_encoder/config.json", "sdxl_models/image_encoder/model.safetensors"],
               3690, "Apache-2.0", repo_id=IP_ADAPTER_REPO),
+        # RealVisXL V4.0 (SDXL fine-tune), the Story-Adapter paper's checkpoint: the reference loads the
+        # diffusers folders of this repo (run.py: StableDiffusionXLPipeline.from_pretrained, fp16).
+        *[_spec(f"realvisxl_{part}", f"RealVisXL V4.0 {what}", [f"{part}/config.json", f"{part}/{file}"], size_mb,
+                "CreativeML OpenRAIL++-M", repo_id="SG161222/RealVisXL_V4.0")
+          for part, what, file, size_mb in [
+              ("unet", "UNet (SDXL fine-tune, fp16 weights)", "diffusion_pytorch_model.fp16.safetensors", 5135),
+              ("vae", "VAE", "diffusion_pytorch_model.safetensors", 335),
+              ("text_encoder", "text encoder 1 (CLIP ViT-L, fp16 weights)", "model.fp16.safetensors", 246),
+              ("text_encoder_2", "text encoder 2 (OpenCLIP bigG, fp16 weights)", "model.fp16.safetensors", 1390)]],
     ]
 }
 
