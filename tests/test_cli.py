@@ -176,7 +176,7 @@ def test_story_summary_line_counts_in_words(cli, tmp_path, capsys):
     story = tmp_path / "story.txt"
     story.write_text("a knight walks into a forest\n")
     assert cli("story", "--story", str(story), "--output", str(tmp_path / "s"), "--rounds", "0", "--steps", "2") == 0
-    assert "1 frame x 1 pass ->" in capsys.readouterr().out  # was "1 frames x 1 passes"
+    assert "1 frame x 1 pass (sd15 preset" in capsys.readouterr().out  # was "1 frames x 1 passes"
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -223,6 +223,8 @@ def test_bench_usage_lines_agree(capsys):
         assert done.value.code == 0
         usage = capsys.readouterr().out.splitlines()[0]
         assert usage.startswith(f"usage: {wording.vision_command('bench', name)} "), usage
-        doc_lines = [line.strip() for line in (BENCH_DIR / f"{name}.py").read_text().splitlines()
+        source = BENCH_DIR / f"{name}.py"
+        source = source if source.is_file() else BENCH_DIR / name / "__init__.py"  # a benchmark package
+        doc_lines = [line.strip() for line in source.read_text().splitlines()
                      if line.strip().startswith(("python ", "`python "))]
         assert doc_lines and all(line.startswith(f"python -m vision bench {name}") for line in doc_lines), doc_lines

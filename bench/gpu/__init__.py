@@ -54,6 +54,7 @@ from bench.gpu.diffusion import part_compile, part_deepcache, part_sdxl
 from bench.gpu.harness import RESULTS, Run, memory_text, table
 from bench.gpu.segmentation import part_ipseg, part_trident
 from bench.gpu.story_memory import default_models, part_memory, part_story
+from vision.wording import vision_command
 
 __all__ = ["DEVICE_CALL", "DEVICE_COMMAND", "PARTS", "default_models", "main"]
 
@@ -103,7 +104,7 @@ def header(run: Run, argv: list[str]) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vision bench gpu", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", "gpu"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=480, help="seconds for all parts together (default 480)")
     parser.add_argument("--out", default=None, help="the Markdown report (default bench/results/gpu.md; "
                         "gpu_smoke.md with --smoke)")
