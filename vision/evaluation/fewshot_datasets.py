@@ -128,7 +128,7 @@ class FewShotDataset:
         if not self.root.is_dir():
             raise DatasetError(f"{self.root} is not a folder: --root must be the {self.name} dataset folder "
                                f"(layouts: vision/evaluation/fewshot_datasets.py)")
-        for sub in {self.image_dir, self.mask_dir} - {""}:
+        for sub in dict.fromkeys(d for d in (self.image_dir, self.mask_dir) if d):
             if not (self.root / sub).is_dir():
                 raise DatasetError(f"{self.root / sub} is not a folder: the {self.name} layout keeps its "
                                    f"{'images' if sub == self.image_dir else 'masks'} there")
