@@ -145,3 +145,14 @@ def test_unknown_fold_and_bad_episode_file(roots, tmp_path):
     bad.write_text('{"id": 0}\n')
     with pytest.raises(DatasetError, match=f"{bad} line 1"):
         D.read_episodes(bad, "coco")
+
+
+def test_synthetic_command_writes_a_layout(tmp_path, capsys):
+    from vision.cli import main
+
+    assert main(["eval", "synthetic", "--layout", "fss", "--root", str(tmp_path / "fss"), "--classes", "2",
+                 "--images", "3", "--size", "32", "48"]) == 0
+    assert (tmp_path / "fss" / "test.txt").read_text().split() == ["chelsea", "coffee"]
+    assert Image.open(tmp_path / "fss" / "coffee" / "3.png").size == (48, 32)
+    assert main(["eval", "synthetic", "--layout", "fss", "--root", str(tmp_path / "x"), "--images", "1"]) == 2
+    assert "at least 2 images" in capsys.readouterr().err

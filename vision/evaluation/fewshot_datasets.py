@@ -153,6 +153,10 @@ class FewShotDataset:
         except (OSError, ValueError) as err:
             raise DatasetError(f"{path}: not a readable mask ({err})") from None
 
+    def _labels(self, image: str) -> set[int]:
+        """The pixel values of an image's mask."""
+        return set(np.unique(self.read_mask(image)).tolist())
+
     def masks(self, episode: Episode) -> EpisodeMasks:
         """The binary masks of an episode, each checked against its image's size."""
         supports = [self._checked(s, episode.label)[0] for s in episode.supports]
@@ -295,7 +299,7 @@ class COCO20i(FewShotDataset):
         images = sorted(f"{self.image_dir}/{p.stem}{self.image_suffix}" for p in masks.glob(f"*{self.mask_suffix}"))
         if not images:
             raise DatasetError(f"empty split: no *{self.mask_suffix} mask under {masks}")
-        return self._cached_index("coco_val2014", images, lambda img: set(np.unique(self.read_mask(img)).tolist()) - {0})
+        return self._cached_index("coco_val2014", images, lambda img: self._labels(img) - {0})
 
     def episodes(self, fold: int | None, shots: int, count: int | None, seed: int) -> list[Episode]:
         index = self.index()
@@ -349,7 +353,7 @@ class PASCAL5i(FewShotDataset):
                                    "in one of them")
             names = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
             index = self._cached_index(f"pascal_{source.stem}", [self._image(n) for n in names],
-                                       lambda img: set(np.unique(self.read_mask(img)).tolist()) - {0, IGNORE_INDEX})
+                                       lambda img: self._labels(img) - {0, IGNORE_INDEX})
             pairs = [(img, c) for c in self.fold_labels(fold) for img in index.get(c, [])]
         pairs = [(img, c) for img, c in pairs if c in self.fold_labels(fold)]
         if not pairs:

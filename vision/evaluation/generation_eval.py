@@ -235,7 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--prompts", required=True, metavar="FILE", help="text lines, PartiPrompts .tsv or COCO "
                         "captions .json")
-    parser.add_argument("--format", choices=PROMPT_FORMATS, default="auto", help="prompt file format (default: by suffix)")
+    parser.add_argument("--format", choices=PROMPT_FORMATS, default="auto",
+                        help="prompt file format (default: by suffix)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for images, JSONL, CSV, summary, plot")
     parser.add_argument("--limit", type=int, metavar="N", help="the first N prompts only")
     parser.add_argument("--deepcache", type=int, nargs="+", metavar="N", help="cache interval(s) N to compare with "
@@ -274,7 +275,8 @@ def make_settings(args: argparse.Namespace, base: Any, unet: Any) -> list[Settin
     intervals = args.deepcache if args.deepcache is not None else [base.deepcache]
     branches = args.branch if args.branch is not None else [base.branch]
     if any(n < 1 for n in intervals):
-        raise R.EvalError(f"--deepcache intervals must be >= 1 (the baseline without cache always runs), got {intervals}")
+        raise R.EvalError(f"--deepcache intervals must be >= 1 (the baseline without cache always runs), "
+                          f"got {intervals}")
     settings = [Setting(n, b) for n in intervals for b in branches]
     for s in settings:
         dataclasses.replace(base, deepcache=s.interval, branch=s.branch).validate()
@@ -298,8 +300,8 @@ def run(args: argparse.Namespace) -> int:
         unet = hub.get(FAMILIES[base.family]["unet"])
         settings = make_settings(args, base, unet)
         scorer = None if args.scorer.lower() == "none" else ClipScorer.from_hub(args.scorer, hub)
-    except (R.EvalError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except R.USER_ERRORS as err:
+        print(f"error: {R.message(err)}", file=sys.stderr)
         return 2
     tiny = bool(getattr(hub, "tiny", False))
     (out / "prompts.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
@@ -313,9 +315,9 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
             print(f"interrupted: the images and per-image scores so far are in {out}", file=sys.stderr)
             return 130
-        except ValueError as err:
+        except R.USER_ERRORS as err:
             bar.close()
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {R.message(err)}", file=sys.stderr)
             return 2
     bar.close()
     from vision.engines.generate import default_size

@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, metavar="DIR", help="the dataset folder")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for episodes, per-episode JSONL, "
                         "summary, table and plot")
-    parser.add_argument("--folds", type=int, nargs="+", metavar="K", help="COCO-20i / PASCAL-5i folds (default 0 1 2 3)")
+    parser.add_argument("--folds", type=int, nargs="+", metavar="K",
+                        help="COCO-20i / PASCAL-5i folds (default 0 1 2 3)")
     parser.add_argument("--shots", type=int, default=1, metavar="K", help="prompt images per episode (default 1)")
     parser.add_argument("--episodes", type=int, metavar="N", help="episodes per fold (default 1000 for coco and "
                         "pascal; one per query image for perseg and fss, where N keeps the first N)")
@@ -108,7 +109,8 @@ def evaluate_episodes(engine: Any, dataset: D.FewShotDataset, episodes: Sequence
             record["error"] = str(err)
             failures.append({"episode": episode.id, "fold": episode.fold, "error": str(err)})
         if pred.shape != masks.query.shape:
-            raise D.DatasetError(f"the prediction for {dataset.root / episode.query} is {pred.shape[1]}x{pred.shape[0]} "
+            raise D.DatasetError(f"the prediction for {dataset.root / episode.query} is "
+                                 f"{pred.shape[1]}x{pred.shape[0]} "
                                  f"but its mask is {masks.query.shape[1]}x{masks.query.shape[0]}")
         meter = meters.setdefault(episode.fold, FewShotMeter(boundary=boundary))
         numbers = meter.update(episode.category, pred, masks.query, masks.ignore)
@@ -188,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
         dataset = D.open_dataset(args.dataset, args.root, cache_dir=out, split=args.split)
         episodes = _episodes(args, dataset, out)
         engine = IPSeg(config)
-    except (R.EvalError, D.DatasetError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except R.USER_ERRORS as err:
+        print(f"error: {R.message(err)}", file=sys.stderr)
         return 2
     tiny = bool(getattr(engine.hub, "tiny", False))
     boundary = dataset.name == "perseg"
@@ -201,9 +203,9 @@ def run(args: argparse.Namespace) -> int:
     with R.ItemLog(out / R.ITEMS) as log:
         try:
             evaluate_episodes(engine, dataset, episodes, log, lambda e: bar.update(1), boundary, meters, failures)
-        except D.DatasetError as err:
+        except R.USER_ERRORS as err:
             bar.close()
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {R.message(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # keep what was measured: the summary covers the episodes done
             interrupted = True

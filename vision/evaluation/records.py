@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from vision.metrics import DatasetError
+from vision.weights import WeightsError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ITEMS = "items.jsonl"
@@ -32,9 +32,19 @@ class EvalError(ValueError):
     """An evaluation input or setting that cannot be used; the message says which and why."""
 
 
-__all__ = ["EvalError", "DatasetError", "ItemLog", "format_table", "pct", "clean", "parse_settings", "make_config",
-           "config_record", "write_results", "output_folder", "progress", "bench_module", "machine", "tiny_notice",
-           "ITEMS", "SUMMARY", "TABLE"]
+# What a harness reports as ``error: ...`` (exit code 2) instead of a traceback: bad inputs and settings
+# (every engine's error is a ValueError), an unknown hub model name, weights that are missing or damaged.
+USER_ERRORS = (ValueError, KeyError, WeightsError)
+
+
+def message(err: BaseException) -> str:
+    """The user-facing text of one of :data:`USER_ERRORS` (a KeyError's repr quotes are dropped)."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+__all__ = ["EvalError", "ItemLog", "format_table", "pct", "clean", "parse_settings", "make_config", "config_record",
+           "USER_ERRORS", "message", "write_results", "output_folder", "progress", "bench_module", "machine",
+           "tiny_notice", "ITEMS", "SUMMARY", "TABLE"]
 
 
 class ItemLog:

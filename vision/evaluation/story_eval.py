@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import re
 import sys
 import time
@@ -160,8 +161,43 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def evaluate_stories(engine: Any, scorer: Any, stories: Sequence[Story], config: Any, out: Path,
+                     log: R.ItemLog | None = None, on_frames: Any = None, overwrite: bool = False) -> dict[int, list]:
+    """Run (or resume) every story in ``out/stories/<name>`` and score each of its rounds; returns
+    {round: [per-story scores]}. ``on_frames(n)``: n frames of all stories and rounds are done."""
+    by_round: dict[int, list[dict]] = {}
+    done_before = 0
+    for story in stories:
+        frames = len(story.prompts)
+        result = engine.run(list(story.prompts), config, out / "stories" / story.name, overwrite=overwrite,
+                            on_progress=lambda p: on_frames and on_frames(done_before + p.round * p.frames + p.frame))
+        done_before += frames * (config.rounds + 1)
+        for r in result.rounds_done:
+            scores = score_round(scorer, story, result.round_images(r))
+            if log is not None:
+                for i, prompt in enumerate(story.prompts):
+                    log.write({"story": story.name, "round": r, "frame": i, "prompt": prompt,
+                               "characters": list(story.characters[i]), "clip_t": R.clean(scores["clip_t"][i])})
+                log.write({"story": story.name, "round": r, "accs": R.clean(scores["accs"]), "pairs": scores["pairs"],
+                           "accs_basis": scores["basis"], "clip_t": R.clean(scores["clip_t_mean"])})
+            by_round.setdefault(r, []).append(scores)
+    return by_round
+
+
+def round_summary(by_round: dict[int, list[dict]], config: Any) -> dict[int, dict]:
+    """Per round: lambda, stories, mean CLIP-T and aCCS over stories, stories whose aCCS used all pairs."""
+    out = {}
+    for r, scores in sorted(by_round.items()):
+        accs_values = [s["accs"] for s in scores if math.isfinite(s["accs"])]
+        out[r] = {"lambda": config.lambda_of(r), "stories": len(scores),
+                  "clip_t": R.clean(np.mean([s["clip_t_mean"] for s in scores])),
+                  "accs": R.clean(np.mean(accs_values)) if accs_values else None,
+                  "fallback": sum(s["basis"] == ALL_PAIRS for s in scores)}
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    from vision.engines.story import StoryEngine, StoryError
+    from vision.engines.story import StoryEngine
     from vision.evaluation.clip_scoring import ClipScorer
 
     try:
@@ -170,50 +206,32 @@ def run(args: argparse.Namespace) -> int:
         config = engine_config(args)
         engine = StoryEngine()
         scorer = ClipScorer.from_hub(args.scorer, engine.hub)
-    except (R.EvalError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except R.USER_ERRORS as err:
+        print(f"error: {R.message(err)}", file=sys.stderr)
         return 2
     tiny = bool(getattr(engine.hub, "tiny", False))
     total = sum(len(s.prompts) for s in stories) * (config.rounds + 1)
     bar = R.progress(total, "story", "frame")
     started = time.perf_counter()
-    by_round: dict[int, list[dict]] = {}
-    done_before = 0
 
-    def progress(p) -> None:
-        bar.n = min(total, done_before + p.round * p.frames + p.frame)
+    def on_frames(n: int) -> None:
+        bar.n = min(total, n)
         bar.refresh()
 
     with R.ItemLog(out / R.ITEMS) as log:
-        for story in stories:
-            bar.set_description(f"story {story.name}")
-            try:
-                result = engine.run(list(story.prompts), config, out / "stories" / story.name, on_progress=progress,
-                                    overwrite=args.overwrite)
-            except StoryError as err:
-                bar.close()
-                print(f"error: {story.path}: {err}", file=sys.stderr)
-                return 2
-            except KeyboardInterrupt:
-                bar.close()
-                print(f"interrupted: rerun the same command to continue (finished rounds are kept in {out})",
-                      file=sys.stderr)
-                return 130
-            done_before += len(story.prompts) * (config.rounds + 1)
-            for r in result.rounds_done:
-                scores = score_round(scorer, story, result.round_images(r))
-                for i, prompt in enumerate(story.prompts):
-                    log.write({"story": story.name, "round": r, "frame": i, "prompt": prompt,
-                               "characters": list(story.characters[i]), "clip_t": R.clean(scores["clip_t"][i])})
-                log.write({"story": story.name, "round": r, "accs": R.clean(scores["accs"]), "pairs": scores["pairs"],
-                           "accs_basis": scores["basis"], "clip_t": R.clean(scores["clip_t_mean"])})
-                by_round.setdefault(r, []).append(scores)
+        try:
+            by_round = evaluate_stories(engine, scorer, stories, config, out, log, on_frames, args.overwrite)
+        except R.USER_ERRORS as err:
+            bar.close()
+            print(f"error: {R.message(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"interrupted: rerun the same command to continue (finished rounds are kept in {out / 'stories'})",
+                  file=sys.stderr)
+            return 130
     bar.close()
-    per_round = {r: {"lambda": config.lambda_of(r), "stories": len(v),
-                     "clip_t": R.clean(np.mean([s["clip_t_mean"] for s in v])),
-                     "accs": R.clean(np.nanmean([s["accs"] for s in v])) if any(np.isfinite(s["accs"]) for s in v)
-                     else None,
-                     "fallback": sum(s["basis"] == ALL_PAIRS for s in v)} for r, v in sorted(by_round.items())}
+    per_round = round_summary(by_round, config)
     with open(out / CSV_NAME, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["round", "lambda", "clip_t", "accs", "stories", "stories_all_pairs_accs"])

@@ -68,7 +68,8 @@ class _Painter:
         H, W = self.size
         obj = self.objects[k]
         side = self.rng.uniform(*scale) * min(H, W)
-        oh, ow = max(4, int(side * min(1.0, obj.shape[0] / obj.shape[1]))), max(4, int(side * min(1.0, obj.shape[1] / obj.shape[0])))
+        aspect = obj.shape[0] / obj.shape[1]
+        oh, ow = max(4, int(side * min(1.0, aspect))), max(4, int(side * min(1.0, 1 / aspect)))
         patch = _resize(obj, (oh, ow))
         t, l, b, r = region
         y = int(self.rng.integers(int(t * H), max(int(t * H) + 1, int(b * H) - oh)))
