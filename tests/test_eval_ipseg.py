@@ -129,3 +129,40 @@ def test_make_config_presets_and_fields():
                                                                              "w": None}
     with pytest.raises(R.EvalError, match="KEY=VALUE"):
         R.parse_settings(["oops"])
+
+
+class OracleEngine:
+    """Answers every query with its ground-truth mask (or its complement): known metrics, no models."""
+
+    def __init__(self, dataset, episodes, invert=False):
+        from vision.evaluation.fewshot_datasets import load_rgb
+
+        self.truth = {(load_rgb(dataset.root / e.query).tobytes(), e.category): dataset.masks(e).query
+                      for e in episodes}  # an image is a query of each class it holds
+        self.invert = invert
+
+    def segment(self, concept, image):
+        from types import SimpleNamespace
+
+        mask = self.truth[np.asarray(image).tobytes(), concept.name]
+        mask = ~mask if self.invert else mask
+        return SimpleNamespace(mask=mask, masks=[mask], presence=1.0, concepts=[SimpleNamespace(present=True)])
+
+
+@pytest.mark.parametrize("layout", ["perseg", "pascal"])
+def test_harness_scores_an_oracle_at_one_and_its_complement_at_zero(tmp_path, layout):
+    from vision.evaluation import fewshot_datasets as D
+    from vision.evaluation.ipseg_eval import evaluate_episodes, summarise
+
+    dataset = D.open_dataset(layout, build(layout, tmp_path / layout, classes=4, images=3, size=SIZE),
+                             cache_dir=tmp_path)
+    episodes = D.make_episodes(dataset, dataset.folds()[:2], 1, 4, seed=0)
+    boundary = layout == "perseg"
+    metrics, table = summarise(evaluate_episodes(OracleEngine(dataset, episodes), dataset, episodes,
+                                                 boundary=boundary)[0], boundary)
+    assert all(v == 1.0 for v in metrics["mean"].values())
+    assert all(c["IoU"] == 1.0 for c in metrics["per_class"].values())
+    wrong, _ = summarise(evaluate_episodes(OracleEngine(dataset, episodes, invert=True), dataset, episodes,
+                                           boundary=boundary)[0], boundary)
+    assert wrong["mean"]["mIoU"] == 0.0 and wrong["mean"]["FB-IoU"] == 0.0
+    assert ("mean" in table) == (layout == "pascal")  # several folds: a mean row

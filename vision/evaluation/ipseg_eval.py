@@ -22,7 +22,8 @@ A real-weight smoke check on a synthetic PerSeg-layout dataset (exact masks, see
 
     python -m vision eval synthetic --layout perseg --root /tmp/perseg_synth --classes 8 --images 6
     python -m vision eval ipseg --dataset perseg --root /tmp/perseg_synth --sam sam_t --features sam \\
-        --out bench/results/ipseg_eval_sam_t --json bench/results/ipseg_eval_sam_t.json
+        --out /tmp/ipseg_eval_sam_t --json bench/results/ipseg_eval_sam_t.json
+    cp /tmp/ipseg_eval_sam_t/table.txt bench/results/ipseg_eval_sam_t.txt
 """
 
 from __future__ import annotations
