@@ -27,7 +27,7 @@ def _finite(values: Sequence[float | None]) -> list[float]:
 def class_bars(names: Sequence[str], values: Sequence[float | None], path: str | Path, title: str,
                mean: float | None = None, ylabel: str = "IoU (%)", tiny: bool = False) -> Path:
     """One bar per class (values are fractions, drawn as percent), with the mean as a dashed line."""
-    fig = _figure(max(6.0, 0.28 * len(names) + 2), 4.2)
+    fig = _figure(min(40.0, max(6.0, 0.28 * len(names) + 2)), 4.2)  # FSS-1000: 240 bars in 4000 px
     ax = fig.add_subplot()
     heights = [100 * v for v in _finite(values)]
     ax.bar(range(len(names)), heights, color="#4c72b0")
