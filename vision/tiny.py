@@ -59,6 +59,11 @@ def clip_h14() -> Any:
     return _open_clip(vision_width=64, patch_size=14)
 
 
+def clip_g14() -> Any:
+    """Tiny stand-in of the ViT-g/14 CLIP scorer (same open_clip class)."""
+    return _open_clip(vision_width=64, patch_size=14)
+
+
 def _sam(last_block_global: bool = True) -> Any:
     from functools import partial
 

@@ -90,6 +90,10 @@ REGISTRY: dict[str, WeightSpec] = {
         _spec("clip_h14", "CLIP ViT-H/14, LAION-2B s32B b79K (open_clip)",
               ["open_clip_model.safetensors"], 3944, "MIT",
               repo_id="laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
+        # CLIP scorer of the generation and story evaluations (DeepCache's paper scores with it).
+        _spec("clip_g14", "CLIP ViT-g/14, LAION-2B s34B b88K (open_clip; the CLIP-score scorer)",
+              ["open_clip_model.safetensors"], 5470, "MIT",
+              repo_id="laion/CLIP-ViT-g-14-laion2B-s34B-b88K"),
         _spec("sam_b", "Segment Anything ViT-B", ["sam_vit_b_01ec64.pth"], 375, "Apache-2.0",
               url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
               checksums={"sam_vit_b_01ec64.pth": "md5:01ec64d29a2fca3f0661936605ae66f8"}),

@@ -1,10 +1,21 @@
-"""``python -m vision eval trident --preset voc21 --root DIR [--limit N] [--json FILE]``
+"""``python -m vision eval ENGINE ...``: reproduce a paper's table on your machine.
 
-Measures mIoU of an engine on a benchmark's validation split (mmseg protocol: batch size 1, predictions
-at the original size, 255 ignored, ``reduce_zero_label`` for ADE20k, Context-59 and VOC20) and prints a
-per-class table. ``--root`` is the dataset folder in the layout of :mod:`vision.metrics` (for VOC: the
-folder holding JPEGImages/, SegmentationClass/ and ImageSets/). With real weights this reproduces the
-paper's table; in tiny mode the numbers are those of random weights (noise).
+* ``eval trident --preset voc21 --root DIR [--limit N] [--json FILE]``: mIoU of Trident on a
+  benchmark's validation split (mmseg protocol: batch size 1, predictions at the original size, 255
+  ignored, ``reduce_zero_label`` for ADE20k, Context-59 and VOC20) with a per-class table. ``--root`` is
+  the dataset folder in the layout of :mod:`vision.metrics` (for VOC: the folder holding JPEGImages/,
+  SegmentationClass/ and ImageSets/).
+* ``eval ipseg --dataset perseg|fss|coco|pascal --root DIR --out DIR``: one-shot (``--shots K``)
+  segmentation mIoU / FB-IoU (/ bIoU): :mod:`vision.evaluation.ipseg_eval`.
+* ``eval generate --prompts FILE --out DIR --deepcache 2 3 5 --branch 0 1``: CLIP score, measured
+  speed-up and MACs of DeepCache against the uncached baseline: :mod:`vision.evaluation.generation_eval`.
+* ``eval story --stories DIR --out DIR``: CLIP-T and aCCS per Story-Adapter round:
+  :mod:`vision.evaluation.story_eval`.
+* ``eval synthetic --layout perseg --root DIR``: a small dataset with exact masks in a few-shot layout.
+
+Every harness but Trident's writes ``items.jsonl`` (one line per item), ``summary.json``, ``table.txt``
+and a PNG plot into ``--out`` (:mod:`vision.evaluation.records`). With real weights these reproduce the
+papers' tables; in tiny mode the numbers are those of random weights (noise).
 """
 
 from __future__ import annotations
@@ -16,13 +27,43 @@ import time
 from pathlib import Path
 
 NAME = "eval"
-HELP = "measure mIoU of an engine on a benchmark's validation split (prints a per-class table)"
+HELP = "reproduce a paper's numbers: trident / ipseg / generate / story evaluations (tables, JSONL, plots)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vision.evaluation import generation_eval, ipseg_eval, story_eval
+
+    engines = parser.add_subparsers(dest="engine", required=True, metavar="ENGINE")
+    for name, help_text, add, run_fn in (
+        ("trident", "mIoU of Trident on a benchmark's validation split (per-class table)", add_trident_arguments,
+         run_trident),
+        ("ipseg", "IPSeg one-shot segmentation: PerSeg, FSS-1000, COCO-20i, PASCAL-5i (mIoU, FB-IoU, bIoU)",
+         ipseg_eval.add_arguments, ipseg_eval.run),
+        ("generate", "Stable Diffusion with DeepCache vs no cache: CLIP score, speed-up, MACs, images for FID",
+         generation_eval.add_arguments, generation_eval.run),
+        ("story", "Story-Adapter per round: CLIP-T and aCCS over a folder of stories", story_eval.add_arguments,
+         story_eval.run),
+        ("synthetic", "write a small few-shot dataset with exact masks (from scikit-image photos) in a layout",
+         add_synthetic_arguments, run_synthetic),
+    ):
+        sub = engines.add_parser(name, help=help_text, description=help_text)
+        # The global options after the engine too (`vision eval ipseg --tiny ...`).
+        sub.add_argument("--tiny", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        add(sub)
+        sub.set_defaults(eval_run=run_fn)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.eval_run(args)
+
+
+# ------------------------------------------------------------------------------------------------ trident
+
+
+def add_trident_arguments(parser: argparse.ArgumentParser) -> None:
     from vision.engines.trident import PRESETS
 
-    parser.add_argument("engine", choices=["trident"], help="the engine to evaluate")
     parser.add_argument("--preset", required=True, choices=[p for p in PRESETS if p != "open"],
                         help="benchmark: its settings, class names and folder layout")
     parser.add_argument("--root", required=True, metavar="DIR", help="the dataset folder (see vision/metrics.py)")
@@ -37,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sam", choices=["sam_b", "sam_h"], default=None, help="SAM model (default ViT-B)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_trident(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from vision.engines.trident import TridentConfig, TridentEngine
@@ -89,4 +130,30 @@ def run(args: argparse.Namespace) -> int:
                    "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
                    **matrix.summary(classes.display)}
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+
+def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layout", required=True, choices=["perseg", "fss", "coco", "pascal"],
+                        help="folder layout (vision/evaluation/fewshot_datasets.py)")
+    parser.add_argument("--root", required=True, metavar="DIR", help="folder to write the dataset into")
+    parser.add_argument("--classes", type=int, default=4, help="object classes (1..12, default 4)")
+    parser.add_argument("--images", type=int, default=5, help="images per class (default 5)")
+    parser.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"),
+                        help="image size (default 240 320)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    from vision.evaluation.synthetic_datasets import build
+
+    try:
+        root = build(args.layout, args.root, args.classes, args.images, tuple(args.size), args.seed)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote a synthetic {args.layout} dataset ({args.classes} classes x {args.images} images) to {root}")
     return 0
