@@ -8,6 +8,7 @@ speed is a property of the architecture, not of the weights.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -65,3 +66,11 @@ def machine() -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return info
+
+
+def write_report(text: str, report: dict[str, Any], out: str | None) -> None:
+    """Print the Markdown report; with ``out``, also write it there and the JSON ``report`` beside it."""
+    print(text)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        Path(out).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

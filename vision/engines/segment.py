@@ -17,8 +17,10 @@ Pipeline, for any hub SAM (``sam_t``, ``sam_b``, ``sam_h``; all ``segment_anythi
 
 ``reference=True`` (preset ``"sam"``) is SAM's own behaviour. Changed otherwise (the default):
 
-* on a CPU, the "everything" grid is capped at ``cpu_points_per_side`` (16: 256 prompts, not 1024), which
-  takes a quarter of the decoder time and drops some small masks; the result says so in ``notes``.
+* on a CPU, the "everything" grid is capped at ``cpu_points_per_side`` (8: 64 prompts, not 1024): SAM's
+  decoder repeats the image embedding once per prompt, and sam_t on chelsea() took 21 s of CPU at 8x8 (5
+  masks) and 89 s at 16x16 (6 masks) in ``bench/results/sam.md``; small masks may be missed. The result
+  says so in ``notes``.
 
 Bad input (:class:`SegmentError`, a ``ValueError`` whose message names the field): a point outside the
 image, a label other than 0/1, more than ``max_points`` points, a box with zero area or outside the
@@ -61,7 +63,7 @@ class SegmentConfig:
     min_side: int = 8  # px; smaller images are refused
     cache_size: int = 8  # image embeddings kept (LRU; 4 MiB each for C = 256)
     points_per_side: int = 32  # everything mode: SAM's grid
-    cpu_points_per_side: int = 16  # ...capped to this on a CPU unless reference=True
+    cpu_points_per_side: int = 8  # ...capped to this on a CPU unless reference=True
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
