@@ -8,6 +8,7 @@ speed is a property of the architecture, not of the weights.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -185,3 +186,11 @@ def timed_call(fn: Any, device: str) -> tuple[Any, float]:
     began = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - began
+
+
+def write_report(text: str, report: dict[str, Any], out: str | None) -> None:
+    """Print the Markdown report; with ``out``, also write it there and the JSON ``report`` beside it."""
+    print(text)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        Path(out).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

