@@ -34,6 +34,7 @@ import torch
 
 from bench.common import machine, write_report
 from bench.ipseg import timed
+from vision.wording import vision_command
 
 os.environ.setdefault("VISION_OFFLINE", "1")  # sam_t's weights are used only when installed
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from vision.hub import best_device
     from vision.imaging import sample_image
 
-    parser = argparse.ArgumentParser(prog="python -m vision bench sam", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", "sam"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None)
     parser.add_argument("--repeats", type=int, default=2, help="alternated repeats (best kept; clicks: median)")
     parser.add_argument("--threads", type=int, default=None,

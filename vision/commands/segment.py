@@ -15,14 +15,15 @@ import dataclasses
 import functools
 import sys
 
-from vision import batch
-from vision.hub import SAM_MODELS
 
 NAME = "segment"
 HELP = "SAM masks from clicks (--point X,Y[,LABEL]) and/or a box, or every mask (--everything)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vision import batch
+    from vision.hub import SAM_MODELS
+
     parser.add_argument("--image", "--input", "-i", dest="input", metavar="IMG_OR_DIR",
                         help="an image, or a folder of images (the same prompts for each)")
     parser.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]",
@@ -62,6 +63,7 @@ def make_processor(config, points: list, box, multimask, everything: bool):
 
 
 def run(args: argparse.Namespace) -> int:
+    from vision import batch
     from vision.engines.segment import PRESETS
     from vision.hub import get_hub
 
