@@ -68,11 +68,12 @@ def default_models() -> dict[str, list[str]]:
         return [names[k] for k in ("unet", "vae", "text_encoder", "text_encoder_2") if k in names]
 
     trident, ipseg = PRESETS["open"], IPSegConfig()  # TridentEngine's and IPSeg's default configs
-    story_family = story.StoryConfig().family
+    story_config = story.StoryConfig()
+    story_family = story.FAMILIES[story_config.family]
     return {"trident": [trident.clip, trident.vfm, trident.sam],
             "ipseg": [ipseg.dino_model, ipseg.sam_model] + (sd("sd15") if ipseg.use_sd else []),
             "generate": sd(generate.GenerateConfig().family),
-            "story": sd(story_family) + list(story.FAMILIES[story_family][:2])}
+            "story": sd(story_config.base_model()) + [story_family.ip_adapter, story_family.image_encoder]}
 
 
 def part_memory(run: Run) -> None:
@@ -103,7 +104,7 @@ def part_memory(run: Run) -> None:
         engine, config = StoryEngine(run.hub), StoryConfig(steps=s.memory_steps, size=s.story_size)
         pipe = engine.pipeline(config)
         references = [image] * s.story_frames
-        with ip_adapter_on(pipe.unet, run.hub.get(FAMILIES[config.family][0])) as processors:
+        with ip_adapter_on(pipe.unet, run.hub.get(FAMILIES[config.family].ip_adapter)) as processors:
             engine.generate_round(pipe, processors, 1, ["a knight"], references, config, s.story_size)
 
     calls = {
