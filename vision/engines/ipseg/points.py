@@ -94,12 +94,14 @@ def kmeans_reference(points: np.ndarray, k: int, iters: int = 20, seed: int = 0)
     (the reference seeds the global generator with 0 before each call: the same draw).
     Then :func:`lloyd_reference`; centres left NaN (emptied clusters) are dropped.
     """
-    data = torch.as_tensor(np.asarray(points, dtype=np.float32).reshape(-1, 2))
+    # The reference clusters (col, row): kept, because cdist's matrix-product path rounds differently
+    # when the coordinates swap, which can flip near-ties.
+    data = torch.as_tensor(np.asarray(points, dtype=np.float32).reshape(-1, 2)[:, ::-1].copy())
     if len(data) == 0:
         return np.zeros((0, 2))
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     centres = lloyd_reference(data, data[order[:k]], iters)
-    return centres[~torch.isnan(centres).any(dim=1)].double().numpy()
+    return centres[~torch.isnan(centres).any(dim=1)].double().numpy()[:, ::-1].copy()
 
 
 def lloyd_reference(data: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
