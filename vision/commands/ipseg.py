@@ -18,14 +18,15 @@ import hashlib
 import sys
 from pathlib import Path
 
-from vision import batch
-from vision.engines.ipseg.config import FEATURES, PRESETS, SAM_MODELS
+from vision.engines.ipseg.config import FEATURES, PRESETS, SAM_MODELS  # no torch: --help stays quick
 
 NAME = "ipseg"
 HELP = "segment the concept shown in a prompt image in every input image (IPSeg)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vision import batch
+
     parser.add_argument("--prompt", action="append", required=True, metavar="IMG",
                         help="prompt image showing the concept; repeat for several images of it (k-shot)")
     parser.add_argument("--prompt-mask", action="append", metavar="MASK",
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_processor(prompts: list, config, heatmap: bool = False) -> object:
     """One engine per worker; the prompt features are computed here, once (top level for Ray)."""
+    from vision import batch
     from vision.engines.ipseg import IPSeg
 
     engine = IPSeg(config)
@@ -108,6 +110,7 @@ def _digest(path: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vision import batch
     from vision.engines.ipseg import Prompt
     from vision.hub import get_hub
 
