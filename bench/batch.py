@@ -16,7 +16,7 @@ a network does not depend on its weight values. IPSeg runs DINOv2-only (``IPSegC
 ``--ipseg-sd`` (its SD1.5 pass at 960 px dominates on a CPU even with tiny models).
 
     python -m vision bench batch                          # tiny, best device, 6 images of 128 px
-    python bench/batch.py --device cuda --full --images 32 --size 512 --out bench/results/batch.md
+    python -m vision bench batch --device cuda --full --images 32 --size 512 --out bench/results/batch.md
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # `python bench/batch.py`
 import numpy as np
 
 from bench.common import machine
+from vision.wording import vision_command
 
 SKIMAGE_NAMES = ("astronaut", "coffee", "chelsea", "camera", "coins", "moon", "rocket", "text", "page",
                  "clock", "immunohistochemistry", "cat", "hubble_deep_field", "retina", "checkerboard")
@@ -245,7 +246,7 @@ def markdown(rows: list[dict], info: dict, args: argparse.Namespace, notes: list
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m vision bench batch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", "batch"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", default="runner,trident,ipseg", help="comma-separated: runner, trident, ipseg")
     parser.add_argument("--images", type=int, default=6, help="images in the folder (default 6)")
     parser.add_argument("--size", type=int, default=128, help="long side of each image in pixels (default 128)")

@@ -8,9 +8,11 @@ speed is a property of the architecture, not of the weights.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,130 @@ def machine() -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return info
+
+
+# ------------------------------------------------------------------------------ full-size models, GPU
+
+# SDXL base 1.0 (``unet/``, ``text_encoder_2/`` config.json; its ``text_encoder`` is SD1.5's CLIP-L and
+# its VAE SD1.5's architecture at 1024 px).
+SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+                 addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)
+SDXL_VAE = {**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025}
+SDXL_TEXT_2 = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                   num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
+                   pad_token_id=1, bos_token_id=0, eos_token_id=2)
+
+
+def _full_size_builders() -> dict[str, Any]:
+    """Hub name -> ``build(device)``: the full-size architecture with random weights (no download)."""
+    import open_clip
+    import segment_anything as sa
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model, ViTConfig, ViTModel)
+
+    return {
+        "dinov2_b14": lambda d: Dinov2Model(Dinov2Config(patch_size=14, image_size=518)),
+        "dino_b16": lambda d: ViTModel(ViTConfig(patch_size=16), add_pooling_layer=False),
+        # open_clip moves the model to its `device` argument (default cpu): give it the target device
+        "clip_b16": lambda d: open_clip.create_model("ViT-B-16-quickgelu", device=d),
+        "clip_h14": lambda d: open_clip.create_model("ViT-H-14", device=d),
+        "sam_b": lambda d: sa.build_sam_vit_b(checkpoint=None),
+        "sam_h": lambda d: sa.build_sam_vit_h(checkpoint=None),
+        "sd15_unet": lambda d: UNet2DConditionModel(**SD15_UNET),
+        "sd15_vae": lambda d: AutoencoderKL(**SD15_VAE),
+        "sd15_text_encoder": lambda d: CLIPTextModel(CLIPTextConfig(**SD15_TEXT)),
+        "sdxl_unet": lambda d: UNet2DConditionModel(**SDXL_UNET),
+        "sdxl_vae": lambda d: AutoencoderKL(**SDXL_VAE),
+        "sdxl_text_encoder": lambda d: CLIPTextModel(CLIPTextConfig(**SD15_TEXT)),
+        "sdxl_text_encoder_2": lambda d: CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2)),
+        "ip_image_encoder_h": lambda d: CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H_IMAGE)),
+    }
+
+
+FULL_SIZE_NAMES = ("dinov2_b14", "dino_b16", "clip_b16", "clip_h14", "sam_b", "sam_h", "sd15_unet", "sd15_vae",
+                   "sd15_text_encoder", "sdxl_unet", "sdxl_vae", "sdxl_text_encoder", "sdxl_text_encoder_2",
+                   "ip_image_encoder_h", "ip_adapter_sd15")
+
+
+def full_size_model(name: str, device: str, dtype: torch.dtype) -> Any:
+    """A full-size random-weight model ``name`` (a hub name), built directly on ``device`` (seeded: the
+    parameters are initialised there, so a GPU builds in a second what a CPU takes many to), in eval mode.
+    ``ip_adapter_sd15`` is made by :func:`put_full_size`, which knows the UNet it is sized for."""
+    builders = _full_size_builders()
+    if name not in builders:
+        raise KeyError(f"no full-size builder for {name!r}; known: {', '.join(builders)}")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = builders[name](device)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def put_full_size(hub: Any, names: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """Put full-size random-weight instances of ``names`` that ``hub`` does not hold yet into it, in the
+    hub's dtype policy (fp16 on CUDA, SAM fp32). Returns the seconds each build took."""
+    from vision import tiny
+
+    built = {}
+    for name in names:
+        if hub.is_loaded(name):
+            continue
+        start = time.perf_counter()
+        if name == "ip_adapter_sd15":  # h94/IP-Adapter's layout, sized for the hub's SD1.5 UNet
+            state = tiny.ip_adapter_state_dict(hub.get("sd15_unet"), VIT_H_IMAGE["projection_dim"])
+            dtype = hub.dtype_for(name)
+            model = {group: {k: v.to(device=hub.device, dtype=dtype) for k, v in sd.items()}
+                     for group, sd in state.items()}
+        else:
+            model = full_size_model(name, hub.device, hub.dtype_for(name))
+        hub.put(name, model)
+        built[name] = time.perf_counter() - start
+    return built
+
+
+def gpu_info() -> dict[str, Any]:
+    """The GPU, its driver and the CUDA stack torch runs on ({} without CUDA)."""
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    info: dict[str, Any] = {
+        "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count, "capability": f"sm_{props.major}{props.minor}",
+        "count": torch.cuda.device_count(), "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(), "driver": "unknown (nvidia-smi failed)",
+    }
+    try:
+        query = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, check=True, timeout=20)
+        info["driver"] = query.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    return info
+
+
+def timed_call(fn: Any, device: str) -> tuple[Any, float]:
+    """``(fn(), seconds)``: CUDA events around the call on CUDA (then synchronised), else the wall clock."""
+    if str(device).startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize()
+        return out, start.elapsed_time(end) / 1000
+    began = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - began
+
+
+def write_report(text: str, report: dict[str, Any], out: str | None) -> None:
+    """Print the Markdown report; with ``out``, also write it there and the JSON ``report`` beside it."""
+    print(text)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        Path(out).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

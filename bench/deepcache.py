@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from bench.common import SD15_UNET, machine
+from vision.wording import vision_command
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEER_NAME = "PyPI DeepCache.DeepCacheSDHelper"
@@ -145,7 +146,7 @@ def clear_leftover_forwards(unet: torch.nn.Module) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m vision bench deepcache", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=vision_command("bench", "deepcache"), description=__doc__.split("\n\n")[0])
     p.add_argument("--full", action="store_true", help="512^2, 50 steps, CFG 7.5 (batch 2), fp16 on CUDA")
     p.add_argument("--tiny", action="store_true", help="smoke test: the tiny UNet, 64^2, 8 steps")
     p.add_argument("--size", type=int, help="image side (default 128; --full 512; --tiny 64)")

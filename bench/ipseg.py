@@ -21,8 +21,8 @@ default is reduced so that a run takes minutes: DINOv2 at 224 (16x16 grid), SD a
 SAM-B's architecture at a 512-px input (the ViT-B encoder with a 32x32 position grid); every network keeps
 its full width and depth.
 
-    python bench/ipseg.py                                   # CPU, reduced sizes, N = 2
-    python bench/ipseg.py --device cuda --paper --n 8 --out bench/results/ipseg.md
+    python -m vision bench ipseg                # CPU, reduced sizes, N = 2
+    python -m vision bench ipseg --device cuda --paper --n 8 --out bench/results/ipseg.md
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # `python bench/ipseg.py`
 import torch
 
 from bench.common import SD15_TEXT, SD15_UNET, SD15_VAE, machine
+from vision.wording import vision_command
 
 os.environ.setdefault("VISION_OFFLINE", "1")  # everything is built here; never download
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from vision.hub import best_device
     from vision.imaging import sample_image
 
-    parser = argparse.ArgumentParser(prog="python bench/ipseg.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", "ipseg"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None)
     parser.add_argument("--paper", action="store_true", help="the paper's sizes (default on CUDA)")
     parser.add_argument("--fast", action="store_true", help="DINOv2-only mode (no SD models)")
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if sizes == PAPER else " (reduced for CPU; the paper's sizes are 840 / 960 / 1024)")
         + f"; N = {args.n} targets; engine and model-alone timings: best of {args.repeats}, alternated",
         f"- measure: {clock} seconds" + ("" if cuda else " (wall-clock in brackets)"),
-        f"- command: `python bench/ipseg.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+        f"- command: `python -m vision bench ipseg {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
         "## Per-target time vs the model passes it needs (prompt cached)", "",
         "| part | seconds |", "|---|---|",
         *[f"| {k} | {v:.3f}" + ("" if cuda else f" ({alone_wall[k]:.3f})") + " |" for k, v in alone.items()],

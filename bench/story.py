@@ -10,7 +10,7 @@ path: :meth:`vision.engines.story.StoryEngine.generate_round` with the IP-Adapte
 (text encoding, ``steps`` DDIM steps with CFG, VAE decode) attending to all 4B reference tokens.
 
     python -m vision bench story                         # CPU defaults: 256^2, 10 steps, 2 frames
-    python bench/story.py --device cuda --size 512 --steps 50 --frames 20 --generate 2
+    python -m vision bench story --device cuda --size 512 --steps 50 --frames 20 --generate 2
 
 On CUDA it also reports peak allocated memory per mode (``torch.cuda.max_memory_allocated``);
 ``--frames`` sets the number of reference frames (B) and ``--generate`` how many of them are
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from bench.common import SD15_TEXT, SD15_UNET, SD15_VAE, VIT_H_IMAGE, machine
+from vision.wording import vision_command
 
 PROMPTS = ["a young knight with a red scarf walks through a misty forest",
            "the knight meets a small silver dragon on a mossy rock",
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from vision.engines.story import StoryConfig, StoryEngine, ip_adapter_on
     from vision.hub import best_device
 
-    parser = argparse.ArgumentParser(prog="python -m vision bench story", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", "story"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None)
     parser.add_argument("--size", type=int, default=None, help="frame size (default 256 on CPU, 512 on GPU)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 10 on CPU, 50 on GPU)")

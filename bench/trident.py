@@ -15,9 +15,9 @@ CLIP's full visual tower on the batch of windows, the SAM image encoder on the 1
 splice, SAM affinity, logits, components, merge); the goal is <= 1.15. Runs are interleaved
 (pipeline, forwards, pipeline, ...) and medians reported.
 
-    python bench/trident.py                       # CPU defaults: VOC-size image, voc21, 1 warm-up, 1 run
-    python bench/trident.py --repeats 3           # the recorded CPU run (about 3x longer)
-    python bench/trident.py --device cuda --repeats 10
+    python -m vision bench trident              # CPU defaults: VOC-size image, voc21, 1 warm-up, 1 run
+    python -m vision bench trident --repeats 3  # the recorded CPU run (about 3x longer)
+    python -m vision bench trident --device cuda --repeats 10
 
 Results go to ``bench/results/trident.md`` and ``.json`` (``--out`` to change).
 """
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from bench.common import machine
+from vision.wording import vision_command
 
 
 def full_size_hub(device: str):
@@ -87,23 +88,27 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
     """Each model call of one image, timed on its own with the pipeline's input shapes."""
     from segment_anything import SamPredictor
 
-    from vision.engines import trident_ops as ops
+    from vision.engines.trident import splice
+    from vision.engines.trident.modes import mode_for
 
     clip, dino, sam = hub.get(config.clip), hub.get(config.vfm), hub.get(config.sam)
     visual = clip.visual
-    h, w = ops.resized_shape(image.shape[0], image.shape[1], config.short_side, 16, config.window)
-    windows = torch.rand(len(ops.window_boxes(h, w, config.window, config.stride)), 3, config.window,
+    mode = mode_for(config)
+    h, w = mode.clip_input_shape(image.shape[0], image.shape[1], config.short_side, config.max_long_side, 16,
+                                 config.window)
+    windows = torch.rand(len(splice.window_boxes(h, w, config.window, config.stride)), 3, config.window,
                          config.window, device=device)
     dino_in = windows.to(dino.dtype)
     clip_in = windows.to(visual.conv1.weight.dtype)
 
     def clip_forward():
-        x, _ = ops.clip_trunk(visual, clip_in)  # pos-embed interpolation + blocks 1..11
+        x, _ = splice.clip_trunk(visual, clip_in, mode.resize_pos)  # pos-embed interpolation + blocks 1..11
         x = visual.transformer.resblocks[-1](x)
         return visual.ln_post(x) @ visual.proj
 
     predictor = SamPredictor(sam)
-    resized = torch.as_tensor(predictor.transform.apply_image(image), device=device).permute(2, 0, 1)[None]
+    sam_image = mode.sam_image(image, 16)
+    resized = torch.as_tensor(predictor.transform.apply_image(sam_image), device=device).permute(2, 0, 1)[None]
     sam_in = sam.preprocess(resized.float())
     features = []
     out = {
@@ -112,7 +117,7 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
         "sam_encoder": timed(lambda: features.append(sam.image_encoder(sam_in)), device),
     }
     predictor.features, predictor.is_image_set = features[0], True  # the embedding the decoder reuses
-    predictor.original_size, predictor.input_size = image.shape[:2], tuple(resized.shape[-2:])
+    predictor.original_size, predictor.input_size = sam_image.shape[:2], tuple(resized.shape[-2:])
     decoder = 0.0
     for n in decoder_batches:
         points = torch.rand(n, 1, 2, device=device) * 1000
@@ -126,7 +131,7 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", "trident"), description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default="voc21")
     parser.add_argument("--size", default="500x375", help="image WxH (default: a VOC-size image)")
@@ -140,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
-    from vision.classnames import CLASS_LISTS
     from vision.engines.trident import TridentConfig, TridentEngine, parse_classes
+    from vision.engines.trident.modes import mode_for
     from vision.imaging import sample_image
 
     global clock
@@ -155,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     hub = full_size_hub(args.device)
     config = TridentConfig.from_preset(args.preset)
-    classes = parse_classes(CLASS_LISTS.get(args.preset) or ["cat", "dog", "background"])
+    classes = parse_classes(["cat", "dog", "background"] if args.preset == "open"
+                            else mode_for(config).class_list(args.preset))
     engine = TridentEngine(hub, config)
     embed_dim = hub.get(config.clip).text_projection.shape[1]
     generator = torch.Generator().manual_seed(0)
-    engine.set_text_embeddings(classes.queries, torch.randn(len(classes.queries), embed_dim, generator=generator)
-                               .to(args.device))
+    names = classes.unique_queries
+    engine.set_text_embeddings(names, torch.randn(len(names), embed_dim, generator=generator).to(args.device))
 
     batches: list[int] = []
     sam = hub.get(config.sam)
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "windows": infos[-1]["windows"], "resized": infos[-1]["resized"], "classes": len(classes.names),
         "names": len(classes.queries), "repeats": repeats, "warmup": args.warmup, "clock": clock_name,
         "prompted_components": [info["prompts"] for info in infos],
-        "command": "python bench/trident.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m vision bench trident " + " ".join(argv if argv is not None else sys.argv[1:]),
         "runs_s": [[round(p, 3), round(sum(f.values()), 3)] for p, f in zip(pipeline_runs, forward_runs)],
         "pipeline_s": round(pipeline, 4), "forwards_alone_s": {k: round(v, 4) for k, v in forwards.items()},
         "stages_s": {k: round(v, 4) for k, v in stages.items()},
@@ -228,7 +234,7 @@ def markdown(s: dict) -> str:
         f"{s['warmup']} warm-up + {s['repeats']} timed runs, medians; text embeddings precomputed",
         f"- clock: **{s['clock']}** " + ("(process CPU time over all threads: robust to other jobs on a shared "
                                          "machine)" if s["clock"] == "cpu" else "(wall time, CUDA synchronised)"),
-        f"- command: `{s.get('command', 'python bench/trident.py')}`; runs (pipeline, sum of forwards): "
+        f"- command: `{s.get('command', 'python -m vision bench trident')}`; runs (pipeline, sum of forwards): "
         f"{s.get('runs_s', [])}",
         f"- load average (1/5/15 min) before {s['load_average']['before']}, after {s['load_average']['after']}; "
         f"benchmark wall time {s['wall_s']} s",
@@ -251,7 +257,7 @@ def markdown(s: dict) -> str:
     ]
     if not s["device"].startswith("cuda"):
         rows += ["", "CPU only: on a GPU the fixed CPU-side work (connected components, overlay, copies) weighs "
-                 "more against fast forwards; measure it there with `python bench/trident.py --device cuda`."]
+                 "more against fast forwards; measure it there with `python -m vision bench trident --device cuda`."]
     return "\n".join(rows)
 
 

@@ -1,4 +1,4 @@
-"""Batch folder mode (vision/batch.py): acceptance tests of issue 8 against a small fake engine.
+"""Batch folder mode (vision/batch/): acceptance tests of issue 8 against a small fake engine.
 
 The fake engine thresholds the image (mask + overlay), follows the engine contract
 (``to_files()`` / ``to_record()``), and can sleep per item (for the SIGKILL test) and batch.
@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -197,37 +198,47 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sigkill_then_resume(dataset, tmp_path):
-    out = tmp_path / "out"
+def start_slow_run(dataset: Path, out: Path, tmp_path: Path, sleep: float) -> subprocess.Popen:
+    """A run of the fake engine over ``dataset`` in another process, ``sleep`` seconds per image."""
     script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(TESTS), src=str(dataset), out=str(out), sleep=0.25))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env,
+    script.write_text(KILL_SCRIPT.format(tests=str(TESTS), src=str(dataset), out=str(out), sleep=sleep))
+    return subprocess.Popen([sys.executable, str(script)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    results = out / "results.jsonl"
+
+
+def wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if results.exists() and len(results.read_text().splitlines()) >= 4:
-            break
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
         if proc.poll() is not None:
             pytest.fail(f"runner ended early: {proc.stderr.read().decode()[-2000:]}")
         time.sleep(0.02)
+    pytest.fail(f"no {count} lines in {path} after {timeout} s")
+
+
+def test_sigkill_then_resume(dataset, tmp_path):
+    out = tmp_path / "out"
+    proc = start_slow_run(dataset, out, tmp_path, sleep=0.25)
+    results = out / "results.jsonl"
+    wait_for_lines(results, 4, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     proc.stderr.close()
     first = read_jsonl(results)
     assert 4 <= len(first) < 16, "the kill must land mid-run"
+    assert len(list(out.glob(".batch.run.*.lock"))) == 1, "the killed run's claim is left behind"
 
     # Leave the debris a kill can leave: a temp file of a dead writer and a half-written last line.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = out / f".coins.mask.png.{batch._host_tag()}-{dead.pid}{batch.TMP_TAG}"
+    stale = out / f".coins.mask.png.{batch.host_tag()}-{dead.pid}{batch.TMP_TAG}"
     stale.write_bytes(b"\x89PNG half")
     with open(results, "ab") as handle:
         handle.write(b'{"id": "clock.png", "status": "o')
 
-    rerun = subprocess.run([sys.executable, str(script).replace("run.py", "run.py")], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run([sys.executable, str(tmp_path / "run.py")], cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert rerun.returncode == 1, rerun.stderr[-2000:]  # the 4 bad files
     assert "skipped" in rerun.stderr
     rows = read_jsonl(results)  # every line parses: the torn line is gone
@@ -236,6 +247,7 @@ def test_sigkill_then_resume(dataset, tmp_path):
     assert sum(r["status"] == "ok" for r in rows) == 12
     assert len(read_jsonl(out / "errors.jsonl")) == 4
     assert not temp_files(out), "no temp files remain"
+    assert not list(out.glob(".batch.run.*.lock")), "the dead run's claim was taken over, then released"
     for row in rows:
         for rel in row["outputs"].values():
             with Image.open(out / rel) as image:
@@ -286,6 +298,53 @@ def test_concurrent_shards_share_an_output_folder(dataset, tmp_path):
     assert set(codes) <= {0, 1} and 1 in codes  # the shard(s) holding the bad files fail
     rows = read_jsonl(out / "results.jsonl")
     assert len(rows) == 16 and len({r["id"] for r in rows}) == 16
+
+
+def test_a_second_run_on_a_folder_in_use_stops_at_once(dataset, tmp_path, capsys):
+    """Two runs over the same items into one folder would both proceed and write every line twice."""
+    out = tmp_path / "out"
+    first = start_slow_run(dataset, out, tmp_path, sleep=0.2)
+    try:
+        wait_for_lines(out / "results.jsonl", 1, first)
+        loads = ThresholdEngine.loads
+        for shard in (None, "0/2", "1/3"):  # the whole folder, or any shard of it: all overlap the first run
+            start = time.monotonic()
+            with pytest.raises(batch.OutputInUseError) as caught:
+                run(dataset, out, shard=shard)
+            assert time.monotonic() - start < 5, "it stops at once"
+            assert f"PID {first.pid} on host {socket.gethostname()}" in str(caught.value)
+        assert ThresholdEngine.loads == loads, "no engine was started"
+        args = cli_parser().parse_args(["-i", str(dataset), "-o", str(out), "-r", "--no-progress"])
+        assert batch.run_from_args(args, make_engine) == 2
+        err = capsys.readouterr().err
+        assert f"PID {first.pid}" in err and "in use by another run" in err
+        assert first.wait(timeout=60) == 1, "the first run finishes undisturbed (its 4 bad files fail)"
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+        first.stderr.close()
+    rows = read_jsonl(out / "results.jsonl")
+    assert len(rows) == 16 and len({r["id"] for r in rows}) == 16
+    assert len(read_jsonl(out / "errors.jsonl")) == 4
+    assert not list(out.glob(".batch.run.*.lock")), "a finished run releases its claim"
+    assert run(dataset, out).skipped == 12  # the folder is free again
+
+
+def test_shards_of_one_split_share_a_folder_and_dead_claims_are_taken_over(dataset, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with batch.RunLock(out, (0, 2)):  # a live run of shard 0/2 (this process)
+        assert run(dataset, out, shard="1/2").total > 0
+        for shard in (None, "0/2", "0/3"):
+            with pytest.raises(batch.OutputInUseError, match=f"PID {os.getpid()} .*shard 0/2"):
+                run(dataset, out, shard=shard)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".batch.run.{batch.host_tag()}-{dead.pid}-0.lock"
+    stale.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "shard": None, "started": "x"}))
+    summary = run(dataset, out)  # the lock of a dead process does not hold the folder
+    assert summary.total == 16 and not stale.exists()
 
 
 # ----------------------------------------------------------------------------------------------- safety
@@ -600,7 +659,7 @@ def test_cli_helpers(dataset, tmp_path, capsys):
 
 
 def test_ray_runner_matches_local_runner(tmp_path):
-    ok, why = __import__("vision.batch_ray", fromlist=["available"]).available()
+    ok, why = __import__("vision.batch.ray_runner", fromlist=["available"]).available()
     if not ok:
         pytest.skip(f"Ray runner not tested: {why}")
     src = make_folder(tmp_path / "in")

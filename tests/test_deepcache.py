@@ -1,11 +1,10 @@
-"""DeepCache (vision/deepcache.py) on tiny SD1.5 / SDXL UNets and pipelines."""
+"""DeepCache (vision/deepcache/) on tiny SD1.5 / SDXL UNets and pipelines."""
 
 from __future__ import annotations
 
 import math
 import threading
 
-import numpy as np
 import pytest
 import torch
 
@@ -70,30 +69,32 @@ def test_uniform_schedule_indices():
     assert full_steps(12, 5) == [0, 5, 10]
 
 
-def _documented_nonuniform(T, N, c, p):
-    """The module docstring's formula, written out independently."""
-    k = math.ceil(T / N)
-    while p > 1 + 1e-9:
-        lo = -(c ** (1 / p))  # real signed root of -c
-        hi = (T - c) ** (1 / p)
-        pts = [lo + (hi - lo) * i / k for i in range(1, k)]
-        steps = {0} | {int(math.copysign(abs(x) ** p, x)) + c for x in pts}
-        if len(steps) == k:
-            return sorted(steps)
-        p = round(p - 0.02, 10)
-    return list(range(0, T, N))
+# The reference's sample_from_quad_center sets (T = 50, c = 15, p = 1.4), from the issue / the spec's Errata.
+REFERENCE_SETS = {
+    3: [0, 3, 6, 8, 11, 13, 15, 17, 20, 22, 25, 28, 32, 35, 38, 42, 46],
+    5: [0, 5, 9, 13, 17, 21, 26, 31, 37, 43],
+    10: [0, 9, 17, 26, 37],
+}
 
 
-def test_nonuniform_schedule_matches_documented_formula():
-    got = nonuniform_full_steps(50, 5, center=15, power=1.4)
-    assert got == [0, 6, 11, 14, 15, 19, 24, 29, 35, 42]
-    assert got == _documented_nonuniform(50, 5, 15, 1.4)
-    assert len(got) == math.ceil(50 / 5)
-    # denser around the centre than at the ends
-    assert max(np.diff(got)[2:5]) < min(np.diff(got)[-2:])
-    for T, N, c, p in [(50, 3, 15, 1.3), (50, 8, 15, 1.5), (30, 4, 10, 1.4), (20, 2, 5, 1.2)]:
-        assert nonuniform_full_steps(T, N, c, p) == _documented_nonuniform(T, N, c, p)
-    assert nonuniform_full_steps(10, 1) == list(range(10))
+@pytest.mark.parametrize("interval", sorted(REFERENCE_SETS))
+def test_nonuniform_schedule_is_the_references(interval):
+    got = nonuniform_full_steps(50, interval, center=15, power=1.4)
+    assert got == REFERENCE_SETS[interval] and len(got) == math.ceil(50 / interval)
+    assert full_steps(50, interval, "non-uniform", 15, 1.4) == got
+
+
+def test_nonuniform_power_search_and_fallback():
+    from vision.deepcache.schedules import _quad_center, nonuniform
+
+    # T = 50, N = 2, p = 1.3: 1.3 .. 1.26 do not give k = 25 steps, 1.3 - 3 x 0.02 does
+    assert len(_quad_center(50, 25, 15, 1.3)) != 25
+    steps, power = nonuniform(50, 2, 15, 1.3)
+    assert power == pytest.approx(1.24) and len(steps) == 25 and list(steps) == _quad_center(50, 25, 15, power)
+    # no p > 1 gives k steps (the reference raises): the uniform schedule
+    assert nonuniform(30, 2, 15, 1.4) == (tuple(range(0, 30, 2)), None)
+    assert nonuniform_full_steps(10, 1) == list(range(10))  # N = 1: every step
+    assert nonuniform_full_steps(10, 2, center=15) == [0, 3, 5, 7, 9]  # a centre past T is the reference's too
 
 
 def test_schedule_errors():
@@ -104,6 +105,9 @@ def test_schedule_errors():
         uniform_full_steps(0, 2)
     with pytest.raises(DeepCacheError, match="power"):
         nonuniform_full_steps(50, 5, power=1.0)
+    for bad in (2.5, -1, float("nan")):
+        with pytest.raises(DeepCacheError, match="centre"):
+            nonuniform_full_steps(50, 5, center=bad)
     with pytest.raises(DeepCacheError, match="schedule"):
         full_steps(10, 2, schedule="random")
 
@@ -427,6 +431,100 @@ def test_schedulers(tiny_hub, scheduler):
         assert gen["kinds"][:5] == ["full", "partial", "partial", "full", "full"]
 
 
+# ------------------------------------------------------------------------- step numbering (reference)
+
+
+def _paper_loop(pipe, prompt, steps, interval, branch, full_rule, guidance=7.5, seed=0):
+    """The paper's pipeline loop written out (horseee/DeepCache sd/pipeline_stable_diffusion.py): for i, t
+    in enumerate(scheduler.timesteps), a full UNet when ``full_rule(i, T)``, else the retrieval path on
+    the last full step's feature. Returns the final latents and the kinds of the calls."""
+    from vision.engines.generate import make_generator
+
+    cache = DeepCache(pipe.unet, interval=interval, branch=branch)  # used only for its UNet computation
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(prompt, "cpu", 1, True)
+        text = torch.cat([uncond, cond])
+        pipe.scheduler.set_timesteps(steps)
+        latents = pipe.prepare_latents(1, 4, 64, 64, text.dtype, torch.device("cpu"), make_generator(seed))
+        feature, kinds = None, []
+        for i, t in enumerate(pipe.scheduler.timesteps):
+            x = pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            full = feature is None or full_rule(i, steps)
+            out, new = cache._unet_forward(None if full else feature, sample=x, timestep=t,
+                                           encoder_hidden_states=text)
+            feature = new if full else feature
+            kinds.append("full" if full else "partial")
+            u, c = out.chunk(2)
+            latents = pipe.scheduler.step(u + guidance * (c - u), t, latents).prev_sample
+    return latents, kinds
+
+
+def test_reference_numbering_is_the_paper_loop_with_pndm(tiny_hub):
+    """PNDM's 6 steps are 7 loop entries ([t0, t1, t1, t2, ...]): reference mode decides by the loop index
+    (full at i in range(0, 6, 2); the duplicate is a step of its own, the last entry i = 6 a retrieval),
+    ours by distinct timesteps (the duplicate shares step 1's decision), and the latents of reference mode
+    are those of the paper's loop written out."""
+    pipe = _pipe(tiny_hub, scheduler="pndm")
+    with DeepCache(pipe, interval=2, branch=1, reference=True) as cache:
+        ref = _run(pipe)
+    gen = cache.last_generation()
+    paper_kinds = ["full", "partial", "full", "partial", "full", "partial", "partial"]
+    assert gen["numbering"] == "paper loop index" and gen["calls"] == gen["steps"] == STEPS + 1
+    assert gen["kinds"] == paper_kinds and gen["full_steps"] == [0, 2, 4]
+    with DeepCache(pipe, interval=2, branch=1) as cache:
+        ours = _run(pipe)
+    gen = cache.last_generation()
+    assert gen["numbering"] == "distinct timesteps" and gen["steps"] == STEPS
+    assert gen["kinds"] == ["full", "partial", "partial", "full", "partial", "full", "partial"]
+    assert not torch.equal(ref, ours)
+    paper, kinds = _paper_loop(pipe, "a red fox", STEPS, 2, 1, lambda i, T: i in range(0, T, 2))
+    assert kinds == paper_kinds and torch.equal(ref, paper)
+
+
+def test_reference_nonuniform_with_pndm(tiny_hub):
+    pipe = _pipe(tiny_hub, scheduler="pndm")
+    steps, n, c = 12, 3, 4
+    expected = nonuniform_full_steps(steps, n, center=c, power=1.4)
+    with DeepCache(pipe, interval=n, schedule="nonuniform", center=c, reference=True) as cache:
+        ref = _run(pipe, steps=steps)
+    assert cache.last_generation()["full_steps"] == expected  # loop indices 0..12, entry 12 never full
+    paper, _ = _paper_loop(pipe, "a red fox", steps, n, 1, lambda i, T: i in nonuniform_full_steps(T, n, c, 1.4))
+    assert torch.equal(ref, paper)
+
+
+def test_reference_mode_changes_nothing_with_ddim_and_n1_stays_exact(tiny_hub):
+    pipe = _pipe(tiny_hub)
+    for n, b, schedule in [(2, 1, "uniform"), (3, 0, "uniform"), (2, 1, "nonuniform")]:
+        outs = []
+        for reference in (False, True):
+            with DeepCache(pipe, interval=n, branch=b, schedule=schedule, center=2, reference=reference) as cache:
+                outs.append(_run(pipe, steps=8))
+            assert cache.last_generation()["steps"] == 8
+        assert torch.equal(*outs)
+    pndm = _pipe(tiny_hub, scheduler="pndm")
+    plain = _run(pndm)
+    with DeepCache(pndm, interval=1, reference=True) as cache:
+        assert torch.equal(_run(pndm), plain)  # N = 1: the loop's last entry is full too
+    assert cache.last_generation()["partial_calls"] == 0
+
+
+def test_reference_img2img_counts_from_the_first_step_run(tiny_hub):
+    """img2img at strength 0.5 runs steps 8..15 of 16: ours keeps the absolute indices of the non-uniform
+    schedule over T = 16, the paper's loop numbers them 0..7 with T = 8."""
+    from vision.engines.generate import build_pipeline
+
+    i2i = build_pipeline(tiny_hub, img2img=True)
+    i2i.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 64, 64)
+    decided = {}
+    for reference in (False, True):
+        with DeepCache(i2i, interval=3, schedule="nonuniform", center=4, reference=reference) as cache:
+            _run(i2i, steps=16, image=image, strength=0.5)
+        decided[reference] = cache.last_generation()["full_steps"]
+    assert decided[False] == [8] + [s for s in nonuniform_full_steps(16, 3, 4) if s > 8]
+    assert decided[True] == [8 + i for i in nonuniform_full_steps(8, 3, 4)]
+
+
 def test_sdxl_layout_pipeline(tiny_hub):
     pipe = _pipe(tiny_hub, family="sdxl")
     plain = _run(pipe, ("a lighthouse", "a boat"))
@@ -454,3 +552,27 @@ def test_matches_the_pypi_helper_when_installed(tiny_hub):
             for m in pipe.unet.modules():  # the helper leaves bound forwards behind
                 m.__dict__.pop("forward", None)
         assert (ours - theirs).abs().max() <= 1e-5
+
+
+def test_pypi_helper_numbers_pndm_by_the_first_index_of_the_value(tiny_hub):
+    """The third convention, documented in vision.deepcache.steps: the helper's step is
+    ``list(timesteps).index(t)``, so PNDM's duplicate repeats index 1 and index 2 never occurs."""
+    helper_mod = pytest.importorskip("DeepCache", reason="the PyPI DeepCache peer is not installed (benchmark only)")
+    pipe = _pipe(tiny_hub, scheduler="pndm")
+    helper = helper_mod.DeepCacheSDHelper(pipe=pipe)
+    helper.set_params(cache_interval=2, cache_branch_id=1)
+    helper.enable()
+    try:
+        theirs = _run(pipe)
+    finally:
+        helper.disable()
+        for m in pipe.unet.modules():
+            m.__dict__.pop("forward", None)
+    values = pipe.scheduler.timesteps.tolist()
+    first_index = lambda i, T: values.index(values[i]) % 2 == 0  # noqa: E731
+    emulated, kinds = _paper_loop(pipe, "a red fox", STEPS, 2, 1, first_index)
+    assert kinds == ["full", "partial", "partial", "partial", "full", "partial", "full"]
+    assert (theirs - emulated).abs().max() <= 1e-5
+    for reference in (False, True):  # neither of our numberings is the helper's
+        with DeepCache(pipe, interval=2, branch=1, reference=reference):
+            assert (_run(pipe) - theirs).abs().max() > 1e-4

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from vision.engines.generate import GenerateConfig, GenerateError, build_pipeline, generate
 
@@ -28,6 +27,10 @@ def test_build_pipeline_shares_the_hub_modules(tiny_hub):
     assert isinstance(build_pipeline(tiny_hub, scheduler="dpm++").scheduler, diffusers.DPMSolverMultistepScheduler)
     xl = build_pipeline(tiny_hub, family="sdxl", scheduler="euler", img2img=True)
     assert isinstance(xl, diffusers.StableDiffusionXLImg2ImgPipeline) and xl.unet is tiny_hub.get("sdxl_unet")
+    rv = build_pipeline(tiny_hub, family="realvisxl")  # SDXL's architecture, RealVisXL V4.0's own modules
+    assert isinstance(rv, diffusers.StableDiffusionXLPipeline) and rv.unet is tiny_hub.get("realvisxl_unet")
+    assert rv.vae is tiny_hub.get("realvisxl_vae") and rv.text_encoder is tiny_hub.get("realvisxl_text_encoder")
+    assert rv.tokenizer_2 is tiny_hub.get("sdxl_tokenizer_2") and rv.unet is not xl.unet
 
 
 def test_generate_with_compare_reports_both_times(tiny_hub):
@@ -61,6 +64,47 @@ def test_img2img_and_sdxl(tiny_hub):
     assert resized.images[0].shape == (48, 64, 3)
     xl = generate("a boat", hub=tiny_hub, family="sdxl", scheduler="dpm++", deepcache=2, **FAST)
     assert xl.images[0].shape == (64, 64, 3) and xl.deepcache["partial_calls"] == 2
+
+
+def test_paper_preset_settings_and_records(tiny_hub):
+    paper = GenerateConfig.from_preset("paper")
+    assert (paper.preset, paper.family, paper.scheduler, paper.steps, paper.guidance) == (
+        "paper", "sd15", "pndm", 50, 7.5)
+    assert (paper.width, paper.height, paper.deepcache, paper.branch, paper.schedule) == (512, 512, 5, 1, "uniform")
+    assert paper.reference and not GenerateConfig().reference and GenerateConfig().preset == "default"
+    with pytest.raises(GenerateError, match="unknown generation preset"):
+        GenerateConfig.from_preset("fast")
+    config = GenerateConfig.from_preset("paper", steps=6, width=64, height=64, deepcache=2)
+    record = generate("a cat", config, hub=tiny_hub).to_record()
+    assert record["config"]["preset"] == "paper" and record["config"]["reference"] is True
+    calls = record["deepcache_calls"]  # PLMS: 6 steps are 7 loop entries, numbered as the paper's loop
+    assert calls["numbering"] == "paper loop index" and calls["steps"] == 7 and calls["full_steps"] == [0, 2, 4]
+    ours = generate("a cat", hub=tiny_hub, scheduler="pndm", steps=6, deepcache=2).to_record()["deepcache_calls"]
+    assert ours["numbering"] == "distinct timesteps" and ours["steps"] == 6
+
+
+def test_progress_after_every_denoising_step(tiny_hub):
+    plain = generate("a cat", hub=tiny_hub, deepcache=2, seed=1, **FAST)
+    events = []
+    result = generate("a cat", hub=tiny_hub, deepcache=2, seed=1, on_progress=events.append, **FAST)
+    assert np.array_equal(result.images[0], plain.images[0])  # reporting changes no pixel
+    assert [(e.run, e.runs, e.step, e.steps) for e in events] == [(0, 1, s, 4) for s in range(1, 5)]
+    assert [e.fraction for e in events] == [0.25, 0.5, 0.75, 1.0]
+    assert events[0].message == "with DeepCache: step 1/4"
+
+    events.clear()
+    generate("a cat", hub=tiny_hub, deepcache=2, compare=True, on_progress=events.append, **FAST)
+    assert [e.label for e in events] == ["without DeepCache"] * 4 + ["with DeepCache"] * 4  # not the warm-up
+    assert [e.fraction for e in events] == [i / 8 for i in range(1, 9)]
+
+    events.clear()
+    generate("a cat", hub=tiny_hub, deepcache=0, scheduler="pndm", on_progress=events.append, **FAST)
+    assert [e.step for e in events] == [1, 2, 3, 4, 5] and events[-1].steps == 5  # PLMS: one more loop entry
+    assert events[0].label == "denoising"
+    events.clear()
+    generate("a cat", hub=tiny_hub, image=np.zeros((64, 64, 3), np.uint8), steps=8, strength=0.5,
+             on_progress=events.append)
+    assert [(e.step, e.steps) for e in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # the steps img2img runs
 
 
 @pytest.mark.parametrize("options, message", [

@@ -118,8 +118,9 @@ def test_eval_command_end_to_end_in_tiny_mode(tiny_hub, tmp_path, capsys):
                  "--json", str(out), "--no-refine"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "TINY MODE" in printed and "aeroplane" in printed and "mIoU" in printed
+    assert "TINY MODE" in printed and "aeroplane" in printed and "mIoU" in printed and "reference=on" in printed
     summary = json.loads(out.read_text())
     assert summary["images"] == 2 and summary["tiny"] is True and 0.0 <= summary["mIoU"] <= 1.0
+    assert summary["reference"] is True  # a benchmark preset runs the reference's behaviour
     assert len(summary["per_class"]) == 21
     assert main(["--tiny", "eval", "trident", "--preset", "ade20k", "--root", str(root)]) == 2

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vision.engines import story as S
+from vision.engines.story import engine as engine_module
 
 PROMPTS = ["a girl with a red kite", "the girl runs on a hill", "the kite flies over the sea"]
 
@@ -25,9 +26,9 @@ def test_round0_equals_the_generation_engine(tiny_hub, tmp_path):
     from vision.engines.generate import generate
 
     result = run(tiny_hub, tmp_path, PROMPTS[:2], rounds=0)
-    for prompt, frame in zip(PROMPTS[:2], result.round_images(0)):
-        plain = generate(prompt, hub=tiny_hub, steps=3, seed=5, width=64, height=64, deepcache=3,
-                         negative_prompt=S.DEFAULT_NEGATIVE).images[0]
+    for prompt, frame in zip(PROMPTS[:2], result.round_images(0)):  # the default style is the reference's comic
+        plain = generate(S.StoryConfig().styled(prompt), hub=tiny_hub, steps=3, seed=5, width=64, height=64,
+                         deepcache=3, negative_prompt=S.DEFAULT_NEGATIVE).images[0]
         assert np.array_equal(frame, plain)
 
 
@@ -52,7 +53,7 @@ def test_reference_rounds_change_frames_and_one_seed_is_used(tiny_hub, tmp_path)
     assert result.to_record()["lambdas"] == [0.0, 1.0]
 
 
-def test_grca_tokens_and_one_encoder_call_per_round(tiny_hub, tmp_path):
+def test_grca_tokens_and_one_encoder_call_per_round(tiny_hub, tmp_path, monkeypatch):
     """In a real run every cross-attention IP projection sees the B previous frames x 4 tokens of one
     adapter ([2 (CFG), B, 4, C] -> one sequence of 4B tokens), and the image encoder runs once per
     round on all B frames."""
@@ -70,12 +71,11 @@ def test_grca_tokens_and_one_encoder_call_per_round(tiny_hub, tmp_path):
                                                                                      tuple(out.shape))))
         return _Wrapped(ctx, procs)
 
-    S.ip_adapter_on, saved = spying_ip_adapter_on, S.ip_adapter_on
+    monkeypatch.setattr(engine_module, "ip_adapter_on", spying_ip_adapter_on)
     try:
         B = len(PROMPTS)
         run(tiny_hub, tmp_path, PROMPTS, rounds=2, steps=2, deepcache=0)
     finally:
-        S.ip_adapter_on = saved
         enc_hook.remove()
     assert encoder_calls == [B, B]  # rounds 1 and 2: one batched call each, round 0 none
     C = tiny_hub.get("sd15_unet").config.cross_attention_dim
@@ -125,10 +125,10 @@ def test_outputs_manifest_record_and_progress(tiny_hub, tmp_path):
         for i in range(2):
             assert (out / f"round_{r:02d}" / f"frame_{i:03d}.png").is_file()
         assert (out / f"round_{r:02d}" / f"storyboard_round_{r:02d}.png").is_file()
-    finals = [S._read_png(out / "final" / f"frame_{i:03d}.png") for i in range(2)]
+    finals = [S.read_png(out / "final" / f"frame_{i:03d}.png") for i in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(finals, result.round_images(2)))
     assert all(np.array_equal(a, b) for a, b in zip(finals, result.final))
-    board = S._read_png(out / "storyboard.png")
+    board = S.read_png(out / "storyboard.png")
     assert np.array_equal(board, result.storyboard) and np.array_equal(board, S.make_storyboard(finals))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rounds_done"] == [0, 1, 2] and manifest["final"] == result.files["final"]
@@ -143,11 +143,16 @@ def test_outputs_manifest_record_and_progress(tiny_hub, tmp_path):
     files = result.to_files()
     assert set(files) == {"storyboard.png", "frame_000.png", "frame_001.png", "record.json"}
     assert all(p.is_file() for p in result.paths())
-    # progress: every frame of every round, in order, ending at 1.0
-    frame_events = [(e.round, e.frame) for e in events if e.frame > 0]
+    # progress: every frame of every round, in order, and every denoising step between, ending at 1.0
+    frame_events = [(e.round, e.frame) for e in events if e.frame > 0 and not e.steps]
     assert frame_events == [(r, i) for r in range(3) for i in (1, 2)]
+    step_events = [(e.round, e.frame, e.step, e.steps) for e in events if e.steps]
+    assert step_events == [(r, i, s, 2) for r in range(3) for i in (0, 1) for s in (1, 2)]
+    assert [e.message for e in events if e.steps][:2] == ["round 0/2: frame 1/2, step 1/2",
+                                                          "round 0/2: frame 1/2, step 2/2"]
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert events[1].fraction == pytest.approx(0.5 / 6)  # half of the first of 3 x 2 frames
 
 
 def test_interrupt_and_resume_gives_identical_final_frames(tiny_hub, tmp_path):
@@ -230,11 +235,17 @@ def test_two_hundred_reference_frames(tiny_hub):
     assert shapes[0][:3] == (2, 200, 4)
 
 
-def test_sdxl_family_runs(tiny_hub, tmp_path):
+def test_sdxl_family_runs_on_realvisxl(tiny_hub, tmp_path):
     result = run(tiny_hub, tmp_path, PROMPTS[:2], rounds=1, steps=2, family="sdxl")
     assert result.complete and result.final[0].shape == (64, 64, 3)
-    unet = tiny_hub.get("sdxl_unet")
-    assert unet.encoder_hid_proj is None
+    record = result.to_record()
+    assert record["checkpoint"] == "realvisxl" and record["guidance"] == 5.0
+    pipe = S.StoryEngine(tiny_hub).pipeline(cfg(family="sdxl"))
+    assert pipe.unet is tiny_hub.get("realvisxl_unet") and pipe.unet is not tiny_hub.get("sdxl_unet")
+    assert pipe.text_encoder_2 is tiny_hub.get("realvisxl_text_encoder_2")
+    assert pipe.unet.encoder_hid_proj is None  # the IP-Adapter is off the shared UNet again
+    base = S.StoryEngine(tiny_hub).pipeline(cfg(family="sdxl", checkpoint="sdxl"))
+    assert base.unet is tiny_hub.get("sdxl_unet")
 
 
 def test_cli_story(tiny_hub, tmp_path, capsys):
@@ -254,6 +265,22 @@ def test_cli_story(tiny_hub, tmp_path, capsys):
         assert manifest["arguments"]["config"]["style"] == "comic"
         assert manifest["arguments"]["config"]["deepcache"] == 2
         assert (tmp_path / "cli" / "storyboard.png").is_file()
+        assert manifest["arguments"]["mode"] == "sd15 preset, product mode"
+
+        rc = cli.main(["--tiny", "--device", "cpu", "story", "--story", str(story), "--output",
+                       str(tmp_path / "ref"), "--preset", "reference", "--rounds", "1", "--steps", "2"])
+        assert rc == 0
+        assert "reference preset, reference mode" in capsys.readouterr().out
+        manifest = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+        arguments = manifest["arguments"]
+        assert arguments["mode"] == "reference preset, reference mode" and arguments["guidance"] == 5.0
+        assert arguments["config"]["preset"] == "reference" and arguments["config"]["reference"] is True
+        assert arguments["config"]["deepcache"] == 0 and arguments["config"]["rounds"] == 1  # --rounds overrides
+        assert arguments["models"] == {"ip_adapter": "ip_adapter_sdxl", "image_encoder": "ip_image_encoder_bigg",
+                                       "family": "sdxl", "checkpoint": "realvisxl"}
+        assert cli.main(["--tiny", "story", "--story", str(story), "--output", str(tmp_path / "e"),
+                         "--preset", "reference", "--family", "sd15"]) == 2
+        assert "checkpoint 'realvisxl' is not a sd15 model" in capsys.readouterr().err
 
         empty = tmp_path / "empty.txt"
         empty.write_text("\n\n", encoding="utf-8")

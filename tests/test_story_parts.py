@@ -65,6 +65,86 @@ def test_config_lambdas_styles_and_validation():
             S.StoryConfig(**bad).validate()
 
 
+def test_style_templates_are_the_references():
+    p = "a fox in the snow"
+    assert S.StoryConfig().style == "comic"  # the reference's default
+    assert S.StoryConfig(style="comic").styled(p) == (
+        "best quality, high quality, comic a fox in the snow . graphic illustration, comic art, graphic novel art, "
+        "vibrant, highly detailed")
+    assert S.StoryConfig(style="film").styled(p) == (
+        "best quality, high quality, cinematic film still, a fox in the snow . shallow depth of field, vignette, "
+        "highly detailed, high budget, bokeh, cinemascope, moody, epic, gorgeous, film grain, grainy")
+    assert S.StoryConfig(style="realistic").styled(p) == "best quality, high quality, a fox in the snow"
+    assert S.StoryConfig(style="none").styled(p) == p
+    assert S.DEFAULT_NEGATIVE == "monochrome, lowres, bad anatomy, worst quality, low quality"
+    assert all(c.negative_prompt == S.DEFAULT_NEGATIVE for c in S.PRESETS.values())
+
+
+def test_guidance_and_checkpoint_defaults():
+    sd15, sdxl = S.StoryConfig(), S.StoryConfig(family="sdxl")
+    assert sd15.guidance is None and sd15.guidance_scale() == 7.5 and sd15.base_model() == "sd15"
+    assert sdxl.guidance_scale() == 5.0 and sdxl.base_model() == "realvisxl"  # the SDXL pipeline's default
+    assert S.StoryConfig(family="sdxl", guidance=3.0).guidance_scale() == 3.0
+    assert S.StoryConfig(family="sdxl", checkpoint="sdxl").base_model() == "sdxl"
+    with pytest.raises(S.StoryError, match="not a sd15 model"):
+        S.StoryConfig(checkpoint="realvisxl").validate()
+    with pytest.raises(S.StoryError, match="guidance must be a finite number"):
+        S.StoryConfig(guidance=float("inf")).validate()
+
+
+def test_presets():
+    assert set(S.PRESETS) == {"sd15", "sdxl", "reference"}
+    assert S.StoryConfig.from_preset("sd15") == S.StoryConfig()
+    sdxl = S.StoryConfig.from_preset("sdxl")
+    assert (sdxl.preset, sdxl.family, sdxl.base_model(), sdxl.deepcache, sdxl.reference) == (
+        "sdxl", "sdxl", "realvisxl", 3, False)
+    assert S.StoryConfig.from_preset("reference", rounds=2).rounds == 2
+    with pytest.raises(S.StoryError, match="unknown story preset"):
+        S.StoryConfig.from_preset("paper")
+    with pytest.raises(S.StoryError, match="unknown story preset"):
+        S.StoryConfig(preset="mine").validate()
+    for name, preset in S.PRESETS.items():
+        preset.validate()
+        assert preset.preset == name and preset.mode().startswith(f"{name} preset, ")
+
+
+def test_reference_preset_is_the_reference_run(tiny_hub):
+    """jwmao1/story-adapter run.py: RealVisXL V4.0 + ip-adapter_sdxl + bigG, DDIM(scaled_linear 0.00085-0.012,
+    steps_offset 1, clip_sample and set_alpha_to_one off), 50 steps, 1024^2, guidance_scale never passed
+    (SDXL default 5.0), 10 rounds with linspace(0.3, 0.5, 10), comic prompts, 256^2 reference frames."""
+    from diffusers import DDIMScheduler
+
+    ref = S.StoryConfig.from_preset("reference")
+    ref.validate()
+    assert ref.reference and ref.mode() == "reference preset, reference mode"
+    assert (ref.family, ref.base_model(), ref.steps, ref.resolved_size(tiny=False), ref.rounds) == (
+        "sdxl", "realvisxl", 50, 1024, 10)
+    assert ref.guidance_scale() == 5.0 and ref.deepcache == 0 and ref.reference_size == 256 and ref.style == "comic"
+    assert ref.lambdas() == pytest.approx(np.linspace(0.3, 0.5, 10).tolist())
+    assert S.FAMILIES["sdxl"].ip_adapter == "ip_adapter_sdxl"
+    assert S.FAMILIES["sdxl"].image_encoder == "ip_image_encoder_bigg"
+    scheduler = S.StoryEngine(tiny_hub).pipeline(ref).scheduler
+    theirs = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                           clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    assert type(scheduler) is DDIMScheduler
+    assert {k: v for k, v in scheduler.config.items() if not k.startswith("_")} == {
+        k: v for k, v in theirs.config.items() if not k.startswith("_")}
+    scheduler.set_timesteps(50)
+    theirs.set_timesteps(50)
+    assert scheduler.timesteps.tolist() == theirs.timesteps.tolist()
+
+
+def test_realvisxl_weights_are_registered():
+    from vision import weights
+    from vision.hub import ENTRIES
+
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        spec = weights.spec(f"realvisxl_{part}")
+        assert spec.repo_id == "SG161222/RealVisXL_V4.0" and spec.files[0] == f"{part}/config.json"
+        assert ENTRIES[f"realvisxl_{part}"].weights == f"realvisxl_{part}"
+    assert weights.spec("realvisxl_unet").files[1] == "unet/diffusion_pytorch_model.fp16.safetensors"
+
+
 # -- IP-Adapter on the shared UNet -----------------------------------------------------------------
 
 
@@ -222,6 +302,6 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        S._atomic_write(target, fail, mode="w")
+        S.atomic_write(target, fail, mode="w")
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

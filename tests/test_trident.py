@@ -81,13 +81,16 @@ def test_end_to_end_on_photos(engine, sam_encoder_calls, name):
 def test_window_count_and_background_threshold(engine):
     image = np.asarray(Image.fromarray(sample_image("chelsea")).resize((500, 375)))
     result = engine.segment(image, ["cat", "dog", "background"], config=PRESETS["voc21"].replace(prob_thd=1.0))
-    assert result.info["windows"] == 6 and result.info["resized"] == [448, 608]
+    # Reference mode (on in voc21): 597 -> 608 on the long side, the short side scaled alike -> 464.
+    assert result.info["windows"] == 6 and result.info["resized"] == [464, 608]
     assert (result.coarse == 2).all()  # every max probability < 1.0: all background
+    open_mode = engine.segment(image, ["cat", "background"], config=PRESETS["voc21"].replace(reference=False))
+    assert open_mode.info["resized"] == [448, 608] and open_mode.info["mode"] == "open"
 
 
 def test_cityscapes_halves_get_their_own_sam_pass(engine, sam_encoder_calls):
     image = np.asarray(Image.fromarray(sample_image("astronaut")).resize((256, 128)))
-    result = engine.segment(image, None, config=PRESETS["cityscapes"])
+    result = engine.segment(image, None, config=PRESETS["cityscapes"].replace(reference=False))
     assert len(sam_encoder_calls) == 2 and result.info["sam_passes"] == 2
     assert result.labels.shape == (128, 256) and result.labels.max() < 19
 
@@ -113,6 +116,7 @@ def test_result_files_and_record(engine):
     assert np.array_equal(np.asarray(files["labels.png"]), result.labels)
     record = json.loads(json.dumps(result.to_record()))
     assert record["classes"] == ["cat", "background"] and record["tiny"] is True
+    assert record["reference"] is False and record["mode"] == "open"  # the mode that ran
     assert "random-weight" in record["notice"]
     assert abs(sum(record["pixel_fraction"].values()) - 1.0) < 1e-3
 
@@ -212,6 +216,7 @@ def test_cli_writes_label_pngs_and_results(tiny_hub, tmp_path, capsys):
     ok = {line["id"]: line for line in lines if line["status"] == "ok"}
     assert set(ok) == {"chelsea.jpg", "coffee.jpg"}
     assert ok["chelsea.jpg"]["classes"] == ["cat", "cup", "background"] and ok["chelsea.jpg"]["tiny"]
+    assert ok["chelsea.jpg"]["reference"] is False
     assert "broken.jpg" in (out / "errors.jsonl").read_text()
 
 
@@ -225,6 +230,18 @@ def test_cli_rejects_bad_labels(tiny_hub, tmp_path, capsys):
     assert "duplicate" in capsys.readouterr().err
     assert main(["--tiny", "trident", "--input", str(image), "--output", out]) == 2
     assert "no classes" in capsys.readouterr().err
+
+
+def test_cli_no_reference_switch():
+    import argparse
+
+    from vision.commands.trident import add_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert build_config(parser.parse_args(["--preset", "voc21"])).reference is True
+    assert build_config(parser.parse_args(["--preset", "voc21", "--no-reference"])).reference is False
+    assert build_config(parser.parse_args([])).reference is False  # the open preset
 
 
 def test_parse_labels():

@@ -5,37 +5,42 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vision.engines import trident_ops as ops
+from vision.engines.trident import aggregate, refine, splice
+from vision.engines.trident.modes import OPEN, REFERENCE
 
 
-def n_windows(width, height, short_side, stride, patch=16):
-    h, w = ops.resized_shape(height, width, short_side, patch)
-    return len(ops.window_boxes(h, w, 336, stride))
+def n_windows(width, height, short_side, stride, patch=16, mode=OPEN):
+    h, w = mode.clip_input_shape(height, width, short_side, 2048, patch, 336)
+    return len(splice.window_boxes(h, w, 336, stride))
 
 
 # ------------------------------------------------------------------------------------------- window grid
 
 
-def test_window_counts_of_the_spec():
-    assert n_windows(500, 375, 448, 224) == 6  # VOC image at S=448
-    assert n_windows(640, 480, 576, 224) == 9  # a 4:3 image at S=576 (Context / ADE)
-    assert n_windows(2048, 1024, 688, 224) == 18  # Cityscapes
-    assert n_windows(500, 375, 336, 112) == 2  # VOC20 at S=336, stride 112
+@pytest.mark.parametrize("mode", [OPEN, REFERENCE], ids=["open", "reference"])
+def test_window_counts_of_the_spec(mode):
+    assert n_windows(500, 375, 448, 224, mode=mode) == 6  # VOC image at S=448
+    assert n_windows(640, 480, 576, 224, mode=mode) == 9  # a 4:3 image at S=576 (Context / ADE)
+    assert n_windows(2048, 1024, 688, 224, mode=mode) == 18  # Cityscapes
+    assert n_windows(500, 375, 336, 112, mode=mode) == 2  # VOC20 at S=336, stride 112
 
 
-def test_resized_shape_rounds_up_to_patch_and_window():
-    assert ops.resized_shape(375, 500, 448, 16) == (448, 608)  # 597 -> 608
-    assert ops.resized_shape(1024, 2048, 688, 16) == (688, 1376)
-    assert ops.resized_shape(20, 30, 448, 16) == (448, 672)  # small images are upscaled
-    assert ops.resized_shape(10, 4000, 448, 16) == (336, 2048)  # long side capped, short side >= 336
-    assert ops.resized_shape(375, 500, 448, 14) == (448, 602)  # H/14: multiples of 14
+def test_open_input_size_rounds_each_side_up_to_patch_and_window():
+    def shape(h, w, s, patch=16):
+        return OPEN.clip_input_shape(h, w, s, 2048, patch, 336)
+
+    assert shape(375, 500, 448) == (448, 608)  # 597 -> 608
+    assert shape(1024, 2048, 688) == (688, 1376)
+    assert shape(20, 30, 448) == (448, 672)  # small images are upscaled
+    assert shape(10, 4000, 448) == (336, 2048)  # long side capped, short side >= 336
+    assert shape(375, 500, 448, 14) == (448, 602)  # H/14: multiples of 14
     with pytest.raises(ValueError):
-        ops.resized_shape(0, 10, 448, 16)
+        shape(0, 10, 448)
 
 
 def test_windows_are_full_size_flush_and_cover_the_image():
     h, w = 448, 608
-    boxes = ops.window_boxes(h, w, 336, 224)
+    boxes = splice.window_boxes(h, w, 336, 224)
     cover = np.zeros((h, w), int)
     for y1, x1, y2, x2 in boxes:
         assert (y2 - y1, x2 - x1) == (336, 336)
@@ -72,10 +77,10 @@ def test_proxy_attention_weights_equal_the_loop_with_the_batch_wide_mean():
     torch.manual_seed(0)
     tokens = torch.randn(3, 9, 8)
     tokens[0] += 2.0  # windows differ, so a per-window mean would give other weights
-    got = ops.proxy_attention_weights(tokens, beta=1.2, gamma=3.0)
+    got = splice.proxy_attention_weights(tokens, beta=1.2, gamma=3.0)
     want = loop_proxy_weights(tokens.double(), 1.2, 3.0)
     assert torch.allclose(got.double(), want, atol=1e-5)
-    per_window = torch.cat([ops.proxy_attention_weights(tokens[i:i + 1]) for i in range(3)])
+    per_window = torch.cat([splice.proxy_attention_weights(tokens[i:i + 1]) for i in range(3)])
     assert not torch.allclose(per_window, got, atol=1e-3)
     assert torch.allclose(got.sum(-1), torch.ones(3, 9), atol=1e-5)
     assert (got[want == 0] == 0).all()  # masked entries really are zero
@@ -89,9 +94,9 @@ def test_proxy_block_equals_per_head_loop():
     block = ResidualAttentionBlock(width, heads).eval()
     clip_grid, vfm_grid = (5, 5), (4, 4)
     x = torch.randn(2, 1 + 25, width)
-    weights = ops.proxy_attention_weights(torch.randn(2, 16, 8))
+    weights = splice.proxy_attention_weights(torch.randn(2, 16, 8))
     with torch.no_grad():
-        got = ops.proxy_block(block, x, clip_grid, weights, vfm_grid)
+        got = splice.proxy_block(block, x, clip_grid, weights, vfm_grid)
         hd = width // heads
         ln = block.ln_1(x[:, 1:])
         w_v, b_v = block.attn.in_proj_weight[2 * width:], block.attn.in_proj_bias[2 * width:]
@@ -112,38 +117,38 @@ def test_clip_trunk_matches_open_clip_forward(tiny_hub):
     visual = tiny_hub.get("clip_b16").visual
     pixels = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        x, grid = ops.clip_trunk(visual, pixels)
+        x, grid = splice.clip_trunk(visual, pixels)
         ours = visual.transformer.resblocks[-1](x)
         theirs = visual.transformer(visual._embeds(pixels))
     assert grid == (14, 14)
     assert torch.allclose(ours, theirs, atol=1e-5)
     with torch.no_grad():
-        x, grid = ops.clip_trunk(visual, torch.randn(1, 3, 336, 336))
+        x, grid = splice.clip_trunk(visual, torch.randn(1, 3, 336, 336))
     assert grid == (21, 21) and x.shape == (1, 1 + 21 * 21, visual.transformer.width)
 
 
 def test_interpolated_pos_embed_keeps_class_token():
     pos = torch.randn(1 + 14 * 14, 8)
-    out = ops.interpolate_pos_embed(pos, (21, 21))
+    out = splice.resize_pos_embed(pos, (21, 21))
     assert out.shape == (1 + 441, 8) and torch.equal(out[0], pos[0])
-    assert ops.interpolate_pos_embed(pos, (14, 14)) is pos
+    assert splice.resize_pos_embed(pos, (14, 14)) is pos
 
 
 def test_splice_averages_overlaps():
     maps = torch.stack([torch.full((2, 3, 3), 1.0), torch.full((2, 3, 3), 3.0)])
-    out = ops.splice(maps, [(0, 0, 3, 3), (0, 2, 3, 5)], (3, 5))
+    out = splice.splice(maps, [(0, 0, 3, 3), (0, 2, 3, 5)], (3, 5))
     assert torch.equal(out[:, :, :2], torch.ones(2, 3, 2))
     assert torch.equal(out[:, :, 2], torch.full((2, 3), 2.0))
     assert torch.equal(out[:, :, 3:], torch.full((2, 3, 2), 3.0))
     with pytest.raises(ValueError, match="cover"):
-        ops.splice(maps, [(0, 0, 3, 3), (0, 0, 3, 3)], (3, 5))
+        splice.splice(maps, [(0, 0, 3, 3), (0, 0, 3, 3)], (3, 5))
 
 
 def test_crop_resize_of_whole_map_is_bilinear_interpolation():
     m = torch.randn(4, 6, 9)
-    assert torch.allclose(ops.crop_resize(m, 0.0, 1.0, (10, 13)),
+    assert torch.allclose(aggregate.crop_resize(m, 0.0, 1.0, (10, 13)),
                           F.interpolate(m[None], size=(10, 13), mode="bilinear", align_corners=False)[0], atol=1e-5)
-    left = ops.crop_resize(m, 0.0, 0.5, (6, 4))
+    left = aggregate.crop_resize(m, 0.0, 0.5, (6, 4))
     assert left.shape == (4, 6, 4)
 
 
@@ -173,7 +178,7 @@ def test_sam_affinity_equals_loop(k, neg):
     torch.manual_seed(2)
     attn = torch.randn(3, 12, 12).softmax(-1)
     values = torch.randn(3, 12, 5)
-    got = ops.sam_affinity(attn, values, k, neg)
+    got = aggregate.sam_affinity(attn, values, k, neg)
     want = loop_affinity(attn.double(), values.double(), k, neg)
     assert torch.allclose(got.double(), want, atol=1e-5)
 
@@ -182,7 +187,7 @@ def test_sam_affinity_rows_sum_to_one_and_zero_below_threshold():
     torch.manual_seed(3)
     attn = torch.randn(4, 20, 20).softmax(-1)
     values = torch.randn(4, 20, 6)
-    a = ops.sam_affinity(attn, values, 1.2, True)
+    a = aggregate.sam_affinity(attn, values, 1.2, True)
     assert torch.allclose(a.sum(-1), torch.ones(20), atol=1e-5)
     vn = F.normalize(values, dim=-1)
     cos = vn @ vn.transpose(1, 2)
@@ -198,12 +203,12 @@ def test_sam_affinity_threshold_is_capped_at_0_9():
     torch.manual_seed(4)
     values = torch.ones(2, 10, 8) + 0.12 * torch.randn(2, 10, 8)
     attn = torch.randn(2, 10, 10).softmax(-1)
-    a = ops.sam_affinity(attn, values, 1.2, True)
+    a = aggregate.sam_affinity(attn, values, 1.2, True)
     assert ((a > 0).sum(-1) > 1).all()  # more than the diagonal survives
     assert torch.allclose(a.sum(-1), torch.ones(10), atol=1e-5)
     vn = F.normalize(values, dim=-1)
     assert 1.2 * (vn @ vn.transpose(1, 2)).mean() > 1.0  # the uncapped threshold exceeds every cosine
-    uncapped = ops.sam_affinity(attn, values, 1.2, True, cap=1.5)
+    uncapped = aggregate.sam_affinity(attn, values, 1.2, True, cap=1.5)
     assert (uncapped == 0).all()  # without the cap nothing would survive
 
 
@@ -212,7 +217,7 @@ def test_capture_sam_attention_keeps_output_and_records_valid_tokens(tiny_hub):
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
         plain = encoder(x)
-        with ops.capture_sam_attention(encoder, (48, 64)) as got:
+        with aggregate.capture_sam_attention(encoder, (48, 64)) as got:
             captured = encoder(x)
     assert torch.allclose(plain, captured, atol=1e-6)
     heads = encoder.blocks[-1].attn.num_heads
@@ -231,33 +236,35 @@ def test_component_prompts_points_and_boxes():
     mask[30:35, 30:35] = True  # 25 px: too small
     prob = np.zeros((40, 40))
     prob[12, 20] = 0.9
-    p = ops.component_prompts(mask, prob, 225, (2.0, 2.0))
-    assert p.points.tolist() == [[40.0, 24.0]]
-    assert p.boxes.tolist() == [[20.0, 10.0, 60.0, 50.0]]
+    p = refine.component_prompts(mask, prob, 225)
+    assert p.points.tolist() == [[20.0, 12.0]]
+    assert p.boxes.tolist() == [[10.0, 5.0, 30.0, 25.0]]  # exclusive: one past the last pixel
+    inclusive = refine.component_prompts(mask, prob, 225, refine.inclusive_boxes)
+    assert inclusive.points.tolist() == [[20.0, 12.0]]
+    assert inclusive.boxes.tolist() == [[10.0, 5.0, 29.0, 24.0]]  # masks_to_boxes: the last pixel
     diagonal = np.eye(20, dtype=bool)  # 8-connected: one component of 20 px
-    assert ops.component_prompts(diagonal, np.ones((20, 20)), 20, (1, 1)).points.shape == (1, 2)
+    assert refine.component_prompts(diagonal, np.ones((20, 20)), 20).points.shape == (1, 2)
 
 
 def test_dense_mask_prompt_layout():
     prob = torch.zeros(100, 200)
     prob[:, :100] = 0.5
     prob[:, 100:] = 0.1
-    m = ops.dense_mask_prompt(prob, 0.2, 0.005)
+    m = refine.dense_mask_prompt(prob, (100, 200), 0.2, 0.005)
     assert m.shape == (256, 256)
     assert torch.all(m[128:] == 0)  # padding below the 128-row image
     assert torch.isclose(m[10, 10], torch.tensor(0.0025))
     assert m[10, 200] == 0  # below the threshold
 
 
-class StubPredictor:
-    """A SamPredictor stand-in: each prompt's mask is its box grown by ``grow`` pixels, and its predicted
-    IoU is looked up by the coarse class under the prompt point."""
+class FakeSamPredictor:
+    """What refinement uses of a SamPredictor besides ``predict_torch``: the size of the image it holds,
+    SAM's coordinate transform and the mask threshold."""
 
-    def __init__(self, coarse, iou_by_class, grow=4):
+    def __init__(self, original_size):
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        self.coarse, self.iou_by_class, self.grow = coarse, iou_by_class, grow
-        self.original_size = tuple(coarse.shape)
+        self.original_size = tuple(original_size)
         self.transform = ResizeLongestSide(1024)
         self.calls = []
 
@@ -265,6 +272,15 @@ class StubPredictor:
             mask_threshold = 0.0
 
         self.model = Model()
+
+
+class StubPredictor(FakeSamPredictor):
+    """A SamPredictor stand-in: each prompt's mask is its box grown by ``grow`` pixels, and its predicted
+    IoU is looked up by the coarse class under the prompt point."""
+
+    def __init__(self, coarse, iou_by_class, grow=4):
+        super().__init__(coarse.shape)
+        self.coarse, self.iou_by_class, self.grow = coarse, iou_by_class, grow
 
     def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,
                       return_logits=False):
@@ -301,7 +317,7 @@ def synthetic_maps():
 def test_refinement_merge_rules_with_stub_predictor():
     probs, coarse = synthetic_maps()
     stub = StubPredictor(coarse, {0: 0.5, 1: 0.95, 2: 0.95, 3: 0.8, 4: 0.95}, grow=4)
-    labels, stats = ops.sam_refine(stub, probs, coarse, coarse_thresh=0.2, min_area=225, iou_thresh=0.8)
+    labels, stats = refine.sam_refine(stub, probs, coarse, coarse_thresh=0.2, min_area=225, iou_thresh=0.8)
     prompted = {int(coarse[int(y), int(x)]) for points, _ in stub.calls for x, y in points.tolist()}
     assert prompted == {0, 1, 3}  # class 2 under 225 px, class 4 uncertain: never prompted
     assert stats.prompted == 3 and stats.kept == 1
@@ -316,7 +332,7 @@ def test_refinement_merge_rules_with_stub_predictor():
 def test_refinement_prefers_higher_score_where_masks_overlap():
     probs, coarse = synthetic_maps()
     stub = StubPredictor(coarse, {0: 0.5, 1: 0.95, 2: 0.95, 3: 0.95, 4: 0.95}, grow=8)
-    labels, stats = ops.sam_refine(stub, probs, coarse, coarse_thresh=0.2, min_area=225, iou_thresh=0.8)
+    labels, stats = refine.sam_refine(stub, probs, coarse, coarse_thresh=0.2, min_area=225, iou_thresh=0.8)
     assert stats.kept == 2
     assert (labels[5:45, 5:45] == 1).all() and (labels[5:45, 55:95] == 3).all()
     # Between the squares both grown masks cover background pixels where P_1 = P_3 = 0: R ties, and

@@ -67,6 +67,13 @@ def sam(arch: str):
     return build
 
 
+def sam_t(folder: Path, device: str, dtype: torch.dtype) -> Any:
+    """SAM with MobileSAM's TinyViT encoder from ``sam_t.safetensors`` (see :mod:`vision.models.sam_t_weights`)."""
+    from vision.models import sam_t_weights
+
+    return sam_t_weights.load(folder).to(device=device, dtype=dtype)
+
+
 def diffusers_model(cls_name: str, subfolder: str, variant: str | None = "fp16"):
     def build(folder: Path, device: str, dtype: torch.dtype) -> Any:
         import diffusers

@@ -5,7 +5,15 @@ files. A class may have several names: it is written ``"name; synonym; ..."`` an
 maximum over its names. The background classes of VOC21 and COCO-Object are lists of stuff words (as in
 the ProxyCLIP/Trident reference); Pascal Context's 60th class is the single word "background". Names
 follow mmseg's dataset class names, except VOC's "boat" and "diningtable", which the reference queries
-as "ship" and "table" (and ``DISPLAY_NAMES`` shows as the dataset names).
+as "ship" and "table" (their ``display`` names are the dataset's).
+
+Two versions: :data:`CLASS_LISTS` spells multi-word names with spaces ("traffic light");
+:data:`REFERENCE_CLASS_LISTS` holds the reference's exact strings (its ``configs/cls_*.txt``), which run
+together every multi-word name of COCO-Stuff, Cityscapes and ADE20K ("trafficlight", "chestofdrawers":
+other text tokens, so other mIoU) and are otherwise the same. (The reference's Context-60 file ends with
+"wood " and a trailing space; CLIP's tokenizer cleans whitespace, so "wood" gives the same tokens.)
+COCO-Object's list names "bed" twice, as a background word and as class 60, in both versions: a
+benchmark list is kept as it is (a user's list with a repeated name is refused).
 """
 
 from __future__ import annotations
@@ -99,7 +107,8 @@ ADE20K: tuple[str, ...] = (
 @dataclass(frozen=True)
 class ClassList:
     """The classes of one benchmark: ``names[i]`` is class i (``"name; synonym; ..."``), ``background``
-    the index of the background class or ``None``, ``display`` one short name per class for tables."""
+    the index of the background class or ``None``, ``display`` one short name per class for tables.
+    A benchmark list runs as it is: a name repeated across its classes is kept (see the module docstring)."""
 
     names: tuple[str, ...]
     background: int | None = None
@@ -122,4 +131,16 @@ CLASS_LISTS: dict[str, ClassList] = {
     "coco_stuff": ClassList(COCO_STUFF),
     "cityscapes": ClassList(CITYSCAPES),
     "ade20k": ClassList(ADE20K),
+}
+
+# The lists whose multi-word names the reference writes run together.
+RUN_TOGETHER_LISTS = ("coco_stuff", "cityscapes", "ade20k")
+
+
+def _run_together(classes: ClassList) -> ClassList:
+    return ClassList(tuple("".join(name.split()) for name in classes.names), classes.background, classes.display)
+
+
+REFERENCE_CLASS_LISTS: dict[str, ClassList] = {
+    name: _run_together(classes) if name in RUN_TOGETHER_LISTS else classes for name, classes in CLASS_LISTS.items()
 }

@@ -1,6 +1,8 @@
 """``python -m vision``: one subcommand per module of :mod:`vision.commands`.
 
-Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``, and
+imports nothing heavy at module level: ``--help`` and start-up import no engine, torch or numpy. Only the
+chosen subcommand's ``add_arguments`` runs (it may import its engine for defaults and choices).
 Global options: ``--tiny`` (random-weight tiny models, also ``VISION_TINY=1``) and ``--device``.
 """
 
@@ -11,8 +13,12 @@ import importlib
 import os
 import pkgutil
 import sys
+from collections.abc import Sequence
 
 from vision import commands
+from vision.wording import vision_command
+
+GLOBAL_OPTIONS_WITH_VALUE = ("--device",)
 
 
 def command_modules() -> list:
@@ -20,24 +26,41 @@ def command_modules() -> list:
     return sorted(found, key=lambda m: m.NAME)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vision", description="Training-free vision: IPSeg, "
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word that is not a global option or its value)."""
+    words = iter(argv)
+    for word in words:
+        if word in GLOBAL_OPTIONS_WITH_VALUE:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of ``python -m vision``. Given the ``argv`` it will parse, only the subcommand named there
+    gets its arguments (so parsing imports no other engine); without, every subcommand gets them."""
+    chosen = None if argv is None else chosen_command(argv)
+    parser = argparse.ArgumentParser(prog=vision_command(), description="Training-free vision: IPSeg, "
                                      "Trident, Stable Diffusion with DeepCache, Story-Adapter.")
     parser.add_argument("--tiny", action="store_true", help="use tiny random-weight models (outputs are noise)")
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in command_modules():
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        sub.set_defaults(run=module.run)
+        if argv is not None and module.NAME != chosen:
+            continue
         # Accept the global options after the subcommand too (`vision ipseg --tiny ...`).
         sub.add_argument("--tiny", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     if args.tiny or args.device:
         from vision.hub import ModelHub, set_hub
 
@@ -48,4 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         from vision.tiny import TINY_NOTICE
 
         print(TINY_NOTICE, file=sys.stderr)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # `... | head` stopped reading: not a failure; silence Python's exit-time flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

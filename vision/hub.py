@@ -9,10 +9,12 @@ model of the same class (see :mod:`vision.tiny`).
 An optional memory budget (GiB of accelerator memory) moves the least recently used models to the CPU
 when a newly requested one would not fit; asking for an offloaded model moves it back.
 
-Names (``hub.names()``): dinov2_b14, dino_b16, clip_b16, clip_h14, clip_tokenizer, sam_b, sam_h,
+Names (``hub.names()``): dinov2_b14, dino_b16, clip_b16, clip_h14, clip_g14, clip_tokenizer, sam_t, sam_b,
+sam_h,
 sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_unet, sdxl_vae,
 sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
-ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg.
+ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg, realvisxl_unet,
+realvisxl_vae, realvisxl_text_encoder, realvisxl_text_encoder_2.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ import torch
 from vision import builders, tiny, weights
 
 Builder = Callable[[Path, str, torch.dtype], Any]
+
+# Every SAM the hub holds (all ``segment_anything`` ``Sam`` objects), lightest first. ``sam_t`` has
+# MobileSAM's TinyViT encoder: no ViT attention blocks (Trident's global aggregation needs them).
+SAM_MODELS = ("sam_t", "sam_b", "sam_h")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ def _entries() -> dict[str, ModelEntry]:
         ModelEntry("dino_b16", _t(tiny.dino_b16), b.dino_v1, "dino_b16"),
         ModelEntry("clip_b16", _t(tiny.clip_b16), b.open_clip_model("ViT-B-16-quickgelu"), "clip_b16"),
         ModelEntry("clip_h14", _t(tiny.clip_h14), b.open_clip_model("ViT-H-14"), "clip_h14"),
+        ModelEntry("clip_g14", _t(tiny.clip_g14), b.open_clip_model("ViT-g-14"), "clip_g14"),  # CLIP scorer
+        ModelEntry("sam_t", _t(tiny.sam_t), b.sam_t, "sam_t", keep_fp32=True),
         ModelEntry("sam_b", _t(tiny.sam_b), b.sam("vit_b"), "sam_b", keep_fp32=True),
         ModelEntry("sam_h", _t(tiny.sam_h), b.sam("vit_h"), "sam_h", keep_fp32=True),
         ModelEntry("sd15_unet", _t(tiny.sd15_unet), b.diffusers_model("UNet2DConditionModel", "unet"), "sd15_unet"),
@@ -80,6 +88,15 @@ def _entries() -> dict[str, ModelEntry]:
         ModelEntry("ip_image_encoder_bigg", _t(tiny.ip_image_encoder_bigg),
                    b.transformers_model("CLIPVisionModelWithProjection", "sdxl_models/image_encoder", variant=None),
                    "ip_image_encoder_bigg"),
+        # RealVisXL V4.0: SDXL's architecture (tiny: the tiny SDXL models), tokenizers and scheduler shared
+        ModelEntry("realvisxl_unet", _t(tiny.sdxl_unet), b.diffusers_model("UNet2DConditionModel", "unet"),
+                   "realvisxl_unet"),
+        ModelEntry("realvisxl_vae", _t(tiny.sdxl_vae), b.diffusers_model("AutoencoderKL", "vae", variant=None),
+                   "realvisxl_vae"),
+        ModelEntry("realvisxl_text_encoder", _t(tiny.sdxl_text_encoder),
+                   b.transformers_model("CLIPTextModel", "text_encoder"), "realvisxl_text_encoder"),
+        ModelEntry("realvisxl_text_encoder_2", _t(tiny.sdxl_text_encoder_2),
+                   b.transformers_model("CLIPTextModelWithProjection", "text_encoder_2"), "realvisxl_text_encoder_2"),
     ]
     shared = {
         "clip_tokenizer": lambda: __import__("open_clip").get_tokenizer("ViT-B-16"),
@@ -170,6 +187,8 @@ class ModelHub:
         folder = weights.resolve(entry.weights, self.weight_paths.get(entry.name))
         try:
             model = entry.build(folder, self.device, dtype)
+        except weights.WeightsError:  # the builder's own diagnosis (e.g. a failed checksum)
+            raise
         except Exception as err:  # a present file that fails to load is damaged, never silently used
             raise weights.corrupt(entry.name, folder, err) from err
         return model.eval() if isinstance(model, torch.nn.Module) else model

@@ -214,6 +214,19 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, n_
     return ((1 - alpha) * image + alpha * colours[labels]).round().astype(np.uint8)
 
 
+def tiny_banner(image: np.ndarray) -> np.ndarray:
+    """RGB [H, W, 3] with a black top strip saying the models are tiny random-weight ones (tiny mode)."""
+    from PIL import ImageDraw
+
+    from vision.tiny import TINY_NOTICE
+
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([0, 0, canvas.width, 12], fill=(0, 0, 0))
+    draw.text((2, 0), TINY_NOTICE, fill=(255, 255, 0))
+    return np.asarray(canvas)
+
+
 def label_png(labels: np.ndarray) -> Image.Image:
     """Integer label map [H, W] (values < 256) -> indexed-palette PNG image ("P" mode)."""
     if labels.max(initial=0) > 255 or labels.min(initial=0) < 0:

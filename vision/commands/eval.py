@@ -1,10 +1,21 @@
-"""``python -m vision eval trident --preset voc21 --root DIR [--limit N] [--json FILE]``
+"""``python -m vision eval ENGINE ...``: reproduce a paper's table on your machine.
 
-Measures mIoU of an engine on a benchmark's validation split (mmseg protocol: batch size 1, predictions
-at the original size, 255 ignored, ``reduce_zero_label`` for ADE20k, Context-59 and VOC20) and prints a
-per-class table. ``--root`` is the dataset folder in the layout of :mod:`vision.metrics` (for VOC: the
-folder holding JPEGImages/, SegmentationClass/ and ImageSets/). With real weights this reproduces the
-paper's table; in tiny mode the numbers are those of random weights (noise).
+* ``eval trident --preset voc21 --root DIR [--limit N] [--json FILE]``: mIoU of Trident on a
+  benchmark's validation split (mmseg protocol: batch size 1, predictions at the original size, 255
+  ignored, ``reduce_zero_label`` for ADE20k, Context-59 and VOC20) with a per-class table. ``--root`` is
+  the dataset folder in the layout of :mod:`vision.metrics` (for VOC: the folder holding JPEGImages/,
+  SegmentationClass/ and ImageSets/).
+* ``eval ipseg --dataset perseg|fss|coco|pascal --root DIR --out DIR``: one-shot (``--shots K``)
+  segmentation mIoU / FB-IoU (/ bIoU): :mod:`vision.evaluation.ipseg_eval`.
+* ``eval generate --prompts FILE --out DIR --deepcache 2 3 5 --branch 0 1``: CLIP score, measured
+  speed-up and MACs of DeepCache against the uncached baseline: :mod:`vision.evaluation.generation_eval`.
+* ``eval story --stories DIR --out DIR``: CLIP-T and aCCS per Story-Adapter round:
+  :mod:`vision.evaluation.story_eval`.
+* ``eval synthetic --layout perseg --root DIR``: a small dataset with exact masks in a few-shot layout.
+
+Every harness but Trident's writes ``items.jsonl`` (one line per item), ``summary.json``, ``table.txt``
+and a PNG plot into ``--out`` (:mod:`vision.evaluation.records`). With real weights these reproduce the
+papers' tables; in tiny mode the numbers are those of random weights (noise).
 """
 
 from __future__ import annotations
@@ -16,31 +27,64 @@ import time
 from pathlib import Path
 
 NAME = "eval"
-HELP = "measure mIoU of an engine on a benchmark's validation split (prints a per-class table)"
+HELP = "reproduce a paper's numbers: trident / ipseg / generate / story evaluations (tables, JSONL, plots)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vision.evaluation import generation_eval, ipseg_eval, story_eval
+
+    engines = parser.add_subparsers(dest="engine", required=True, metavar="ENGINE")
+    for name, help_text, add, run_fn in (
+        ("trident", "mIoU of Trident on a benchmark's validation split (per-class table)", add_trident_arguments,
+         run_trident),
+        ("ipseg", "IPSeg one-shot segmentation: PerSeg, FSS-1000, COCO-20i, PASCAL-5i (mIoU, FB-IoU, bIoU)",
+         ipseg_eval.add_arguments, ipseg_eval.run),
+        ("generate", "Stable Diffusion with DeepCache vs no cache: CLIP score, speed-up, MACs, images for FID",
+         generation_eval.add_arguments, generation_eval.run),
+        ("story", "Story-Adapter per round: CLIP-T and aCCS over a folder of stories", story_eval.add_arguments,
+         story_eval.run),
+        ("synthetic", "write a small few-shot dataset with exact masks (from scikit-image photos) in a layout",
+         add_synthetic_arguments, run_synthetic),
+    ):
+        sub = engines.add_parser(name, help=help_text, description=help_text)
+        # The global options after the engine too (`vision eval ipseg --tiny ...`).
+        sub.add_argument("--tiny", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        add(sub)
+        sub.set_defaults(eval_run=run_fn)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.eval_run(args)
+
+
+# ------------------------------------------------------------------------------------------------ trident
+
+
+def add_trident_arguments(parser: argparse.ArgumentParser) -> None:
     from vision.engines.trident import PRESETS
 
-    parser.add_argument("engine", choices=["trident"], help="the engine to evaluate")
     parser.add_argument("--preset", required=True, choices=[p for p in PRESETS if p != "open"],
                         help="benchmark: its settings, class names and folder layout")
     parser.add_argument("--root", required=True, metavar="DIR", help="the dataset folder (see vision/metrics.py)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
     parser.add_argument("--json", metavar="FILE", help="also write the summary (mIoU, per-class IoU) as JSON")
     parser.add_argument("--no-refine", action="store_true", help="skip the SAM prompt refinement")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="the project's behaviour instead of the reference code's (see the engine's docstring)")
     parser.add_argument("--clip", choices=["clip_b16", "clip_h14"], default=None, help="CLIP model (default B/16)")
     parser.add_argument("--vfm", choices=["dino_b16", "dinov2_b14"], default=None,
                         help="proxy-attention model (default DINO B/16; DINOv2 is a deviation)")
     parser.add_argument("--sam", choices=["sam_b", "sam_h"], default=None, help="SAM model (default ViT-B)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_trident(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from vision.classnames import CLASS_LISTS
     from vision.engines.trident import TridentConfig, TridentEngine
+    from vision.engines.trident.modes import mode_for
     from vision.metrics import LAYOUTS, DatasetError, dataset_samples, evaluate
+    from vision.wording import plural
 
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
@@ -48,13 +92,15 @@ def run(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"clip": args.clip, "vfm": args.vfm, "sam": args.sam}.items() if v is not None}
     if args.no_refine:
         changes["refine"] = False
+    if args.no_reference:
+        changes["reference"] = False
     config = TridentConfig.from_preset(args.preset, **changes)
     try:
         samples = dataset_samples(args.preset, args.root, args.limit)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    classes = CLASS_LISTS[args.preset]
+    classes = mode_for(config).class_list(args.preset)
     engine = TridentEngine(config=config)
     tiny = bool(engine.hub.tiny)
     bar = tqdm(total=len(samples), unit="image", desc=f"trident {args.preset}")
@@ -74,14 +120,40 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     if tiny:
         print("TINY MODE: random-weight models, these numbers are noise (for testing the harness).")
-    print(f"Trident {args.preset}: {matrix.images} images, {seconds:.1f} s "
+    print(f"Trident {args.preset}: {plural(matrix.images, 'image')}, {seconds:.1f} s "
           f"({seconds / max(1, matrix.images):.2f} s/image); clip={config.clip} vfm={config.vfm} sam={config.sam} "
-          f"refine={'on' if config.refine else 'off'}")
+          f"refine={'on' if config.refine else 'off'} reference={'on' if config.reference else 'off'}")
     print(matrix.table(classes.display))
     if args.json:
-        summary = {"engine": "trident", "preset": args.preset, "root": str(args.root), "tiny": tiny,
-                   "seconds": round(seconds, 2),
+        summary = {"engine": "trident", "preset": args.preset, "reference": config.reference, "root": str(args.root),
+                   "tiny": tiny, "seconds": round(seconds, 2),
                    "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
                    **matrix.summary(classes.display)}
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+
+def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layout", required=True, choices=["perseg", "fss", "coco", "pascal"],
+                        help="folder layout (vision/evaluation/fewshot_datasets.py)")
+    parser.add_argument("--root", required=True, metavar="DIR", help="folder to write the dataset into")
+    parser.add_argument("--classes", type=int, default=4, help="object classes (1..12, default 4)")
+    parser.add_argument("--images", type=int, default=5, help="images per class (default 5)")
+    parser.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"),
+                        help="image size (default 240 320)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    from vision.evaluation.synthetic_datasets import build
+
+    try:
+        root = build(args.layout, args.root, args.classes, args.images, tuple(args.size), args.seed)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote a synthetic {args.layout} dataset ({args.classes} classes x {args.images} images) to {root}")
     return 0

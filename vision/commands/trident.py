@@ -9,6 +9,9 @@ Classes: ``--labels`` separates classes with ";" and a class's synonyms with "|"
 (``"cat; dog|puppy; background|sky|wall"``); ``--labels-file`` reads one class per line with synonyms
 separated by ";" (the benchmark files' format). A class named "background" is the background class.
 Without either, a benchmark preset (``--preset voc21`` ...) uses its own class list.
+
+Benchmark presets reproduce the reference code's behaviour (``reference`` mode, in ``results.jsonl``);
+``--no-reference`` runs the project's own instead (the differences: ``vision/engines/trident/engine.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prob-thd", type=float, default=None,
                         help="pixels whose best class probability is below this become background")
     parser.add_argument("--no-refine", action="store_true", help="skip the SAM prompt refinement")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="with a benchmark preset: the project's behaviour, not the reference code's")
     parser.add_argument("--clip", choices=["clip_b16", "clip_h14"], default=None, help="CLIP model (default B/16)")
     parser.add_argument("--vfm", choices=["dino_b16", "dinov2_b14"], default=None,
                         help="proxy-attention model (default DINO B/16; DINOv2 is a deviation from the paper)")
@@ -60,6 +65,8 @@ def build_config(args: argparse.Namespace) -> Any:
                                  "sam": args.sam}.items() if v is not None}
     if args.no_refine:
         changes["refine"] = False
+    if args.no_reference:
+        changes["reference"] = False
     return TridentConfig.from_preset(args.preset, **changes)
 
 
@@ -68,7 +75,7 @@ def make_processor(classes: Any, config: Any) -> Any:
     from vision.engines.trident import TridentEngine
 
     engine = TridentEngine(config=config)
-    engine.text_embeddings(classes.queries, config.clip)
+    engine.text_embeddings(classes.unique_queries, config.clip)
     return lambda item: engine.segment(item.image(), classes, config=config)
 
 
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from vision import batch
     from vision.classnames import CLASS_LISTS
     from vision.engines.trident import parse_classes
+    from vision.engines.trident.modes import mode_for
 
     try:
         config = build_config(args)
@@ -87,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.labels_file:
             classes = parse_classes(read_labels_file(args.labels_file))
         elif config.preset in CLASS_LISTS:
-            classes = parse_classes(CLASS_LISTS[config.preset])
+            classes = parse_classes(mode_for(config).class_list(config.preset))
         else:
             raise ValueError('no classes: give --labels "cat; dog; background" (or --labels-file, or a benchmark '
                              "--preset)")

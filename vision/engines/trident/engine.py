@@ -4,27 +4,84 @@ Given an RGB image and class names, :class:`TridentEngine` returns a label map, 
 the coarse (pre-refinement) label map, an overlay and per-stage timings (:class:`TridentResult`).
 The algorithm follows ``specs/trident.md`` (the reference code's behaviour):
 
-1. The image is resized so its short side is S (long side <= 2048), each side rounded up to a multiple
-   of CLIP's patch and to at least 336, and cut into 336x336 windows on mmseg's sliding grid (stride s).
+1. The image is resized so its short side is S (long side <= 2048), its sides brought to multiples of
+   CLIP's patch and to at least 336 (rule: R1 below), and cut into 336x336 windows on mmseg's sliding
+   grid (stride s).
 2. All windows go through DINO (``dino_b16``; ``dinov2_b14`` is a labelled deviation) in ONE batch and
    through CLIP (``clip_b16``; ``clip_h14`` option) in ONE batch, up to CLIP's second-to-last block.
 3. CLIP's last block becomes proxy attention: softmax(3 (S - 1.2 mean S)) with S the cosine similarity of
    the window's DINO tokens, the mean over all windows of the image, negatives masked; values from CLIP's
-   own projection; no residual, no MLP (:mod:`vision.engines.trident_ops`).
+   own projection; no residual, no MLP (:mod:`~vision.engines.trident.splice`).
 4. The windows' outputs are spliced onto the full-image token grid (overlaps averaged).
 5. One SAM encoder pass on the whole image (two, one per half, for Cityscapes) gives the last block's
-   attention and values; their thresholded cosine affinity aggregates the spliced features globally.
+   attention and values; their thresholded cosine affinity aggregates the spliced features globally
+   (:mod:`~vision.engines.trident.aggregate`).
 6. LN_post + projection, cosine with the text embeddings (80 ImageNet templates, cached per model and
    class list), bilinear upsampling, softmax at scale 40, max over each class's names; pixels whose
    best probability is under ``prob_thd`` become background.
-7. SAM prompt refinement reuses the image embedding of step 5 (no second encoder pass): per class, one
-   point + box per confident connected component (>= 225 px at half resolution) and a dense mask prompt,
-   one batched ``predict_torch``, masks with predicted IoU > 0.8 relabel the pixels they cover.
+7. SAM prompt refinement reuses the image embedding of step 5: per class, one point + box per confident
+   connected component (>= 225 px at half resolution) and a dense mask prompt, one batched
+   ``predict_torch``, masks with predicted IoU > 0.8 relabel the pixels they cover
+   (:mod:`~vision.engines.trident.refine`).
+
+Reference mode. ``TridentConfig.reference`` (on in every benchmark preset, off in "open") reproduces the
+reference code (YuHengsss/Trident) where it differs from the project's behaviour; each difference is one
+method of :mod:`~vision.engines.trident.modes`:
+
+- R1 CLIP input size. Reference: after the keep-ratio resize, the long side is rounded up to a multiple
+  of the patch, the short side scaled by the same factor (``int``) and rounded up, then the 336 minimum
+  (a VOC image: 464x608); the resized uint8 image is interpolated again (bilinear, on the tensor). Open:
+  each side rounded up on its own (448x608), one resize from the original. Why: the open rule is the
+  smallest upscaling to patch multiples (the short side stays S) and resamples once; either rule
+  changes the aspect ratio by less than a patch. One case is not
+  reproduced: the reference leaves an image whose resized sides are both multiples but one under 336
+  as it is (its windows then get zero padding); we raise that side to 336 as in open mode (it needs an
+  aspect ratio above 6:1).
+- R2 Positional embeddings (CLIP and DINO). Reference: bicubic with scale factor ``(new + 0.1) / old``
+  (DINO's and open_clip's convention). Open: bicubic to the target size (transformers' convention).
+  Why: the 0.1 only guards the output size against floating-point rounding; resizing by size needs no
+  guard and samples at the grid's exact scale.
+- R3 SAM's input. Reference: the original image with each side rounded up to a multiple of CLIP's patch
+  (``cv2.resize``); masks are resized back to the image. Open: the original image. Why: the rounding has
+  no purpose for SAM, which resizes to 1024 anyway; it only stretches the image slightly.
+- R4 Dense mask prompt. Reference: a [1, 256, 256] tensor (no batch dimension) from the half-resolution
+  probabilities. SAM's mask encoder treats it as an unbatched image and its LayerNorm2d then normalises
+  over rows instead of channels, so the tiny ``0.005 * P`` prompt becomes a strong signal that changes
+  the predicted IoUs and which masks pass the 0.8 filter. Open: SAM's documented [n, 1, 256, 256] from
+  the full-resolution probabilities. Why: the missing batch dimension is a plain bug of the reference
+  (SAM was trained on channel-normalised mask embeddings); open mode keeps the standard prompt.
+- R5 Refinement boxes and their frame. Reference: inclusive boxes (``torchvision.ops.masks_to_boxes``:
+  x2/y2 is the last pixel), points and boxes kept in half-resolution pixels and mapped to SAM's frame as
+  if the image were half its size. Open: boxes to one past the last pixel (they enclose the component's
+  pixels as areas), scaled to full resolution and mapped from the image SAM holds. Why: the open frame
+  is the exact one; the reference's differs by rounding.
+- R6 Cityscapes (``split_halves``). Reference: after the two halves' SAM passes, a third pass on the
+  whole image for refinement, which then runs on the whole image at once; the spliced map is cut at
+  its middle token column and the two halves' logits are joined before one upsampling. Open: each half
+  is refined with its own embedding, the spliced map cropped by the halves' exact extents and each
+  half's logits upsampled on its own. Why: open mode saves the third encoder pass (the most expensive
+  model call) and a half never mixes with the other at the seam.
+- R7 Benchmark class strings. Reference: its exact strings, which run multi-word names together in
+  COCO-Stuff, Cityscapes and ADE20K ("trafficlight", "chestofdrawers"). Open: the names with spaces.
+  Why: they are other text tokens; "traffic light" is what a user would type.
+
+Not switched: (a) Background merge: the reference takes the max over class 0's names and assumes every
+other class has one name; the project takes the max over each class's names. The two agree on every
+benchmark list (only class 0 has synonyms there); on other lists the reference's rule would mix up
+classes (a bug), so both modes use the per-class max. (b) A benchmark list runs as it is: COCO-Object
+names "bed" as a background word and as class 60; the copies tie exactly and the first class
+(background) wins, as in the reference (:func:`~vision.engines.trident.classes.class_probabilities`).
+A user's list with a repeated name is refused. (c) Precision: the hub runs CLIP and DINO in fp16 on
+CUDA (fp32 on CPU) and SAM in fp32 everywhere; the proxy attention, the SAM affinity, the logits and the
+refinement's arithmetic are fp32. The reference runs CLIP, DINO, the proxy attention and the SAM encoder
+in fp16 (prompt encoder and mask decoder in fp32). SAM stays fp32 because SAM-H in fp16 produces
+garbage and the hub's SAM is shared with the other engines; the fp32 attention costs little next to the
+encoders. So reference mode reproduces the reference's arithmetic, not its fp16 rounding.
 
 Class names: a list with one entry per class; an entry is ``"name; synonym; ..."`` (or a list of names).
 The background class is the one given by ``background=`` or else the class one of whose names is
 "background". Inputs are checked: no classes, a single class, more than :data:`MAX_CLASSES` classes, an
-empty class, or a name used twice raise :class:`ValueError` with the reason; names longer than CLIP's
+empty class, or a name used twice in a user's list raise :class:`ValueError` with the reason; names longer than CLIP's
 77-token context are truncated by CLIP's tokenizer (the result's ``info["truncated_names"]`` lists them);
 any Unicode text is accepted. Images of any size are accepted (smaller ones are upscaled: S >= 336).
 
@@ -49,159 +106,16 @@ import torch
 import torch.nn.functional as F
 
 from vision import imaging
-from vision.classnames import CLASS_LISTS, ClassList
-from vision.engines import trident_ops as ops
+from vision.engines.trident import aggregate, refine, splice
+from vision.engines.trident.classes import Classes, class_probabilities, parse_classes
+from vision.engines.trident.config import PRESETS, TridentConfig
+from vision.engines.trident.modes import OpenMode, mode_for
 from vision.hub import model_lock
 from vision.templates import OPENAI_IMAGENET_TEMPLATES
 
-MAX_CLASSES = 255  # label maps are written as 8-bit indexed PNGs
 CLIP_CONTEXT = 77
 TEXT_BATCH = 640  # prompts per text-encoder forward
 TEXT_CACHE_SIZE = 32  # (model, class list) entries kept
-
-
-@dataclass(frozen=True)
-class TridentConfig:
-    """Every setting of one Trident run; :meth:`from_preset` gives the paper's per-benchmark values.
-
-    ``short_side`` (S), ``stride`` and ``window``: the splice grid. ``prob_thd``: pixels whose best class
-    probability is below it become background (needs a background class). ``coarse_thresh``: below it a
-    pixel is "uncertain" and never prompted during refinement. ``cos_fac`` (k) and ``refine_neg_cos``:
-    SAM affinity threshold e_i = k * mean cos (negative e_i -> 0.6 when ``refine_neg_cos`` is off),
-    capped at ``cos_cap``. ``split_halves``: Cityscapes' left and right halves get their own SAM pass.
-    ``beta``/``gamma``: proxy attention S' = gamma (S - beta mean S). ``clip``/``vfm``/``sam``: hub names.
-    """
-
-    preset: str = "open"
-    short_side: int = 448
-    stride: int = 224
-    window: int = 336
-    prob_thd: float = 0.0
-    coarse_thresh: float = 0.2
-    cos_fac: float = 1.2
-    refine_neg_cos: bool = True
-    cos_cap: float = 0.9
-    split_halves: bool = False
-    refine: bool = True
-    logit_scale: float = 40.0
-    beta: float = 1.2
-    gamma: float = 3.0
-    min_area: int = 225
-    mask_coeff: float = 0.005
-    sam_iou_thresh: float = 0.8
-    max_long_side: int = 2048
-    clip: str = "clip_b16"
-    vfm: str = "dino_b16"
-    sam: str = "sam_b"
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TridentConfig":
-        if name not in PRESETS:
-            raise ValueError(f"unknown Trident preset {name!r}; known: {', '.join(PRESETS)}")
-        return PRESETS[name].replace(**overrides)
-
-    def replace(self, **changes: Any) -> "TridentConfig":
-        return dataclasses.replace(self, **changes)
-
-    def validate(self) -> None:
-        if self.clip not in ("clip_b16", "clip_h14"):
-            raise ValueError(f"clip must be clip_b16 or clip_h14, not {self.clip!r}")
-        if self.vfm not in ("dino_b16", "dinov2_b14"):
-            raise ValueError(f"vfm must be dino_b16 or dinov2_b14 (a deviation), not {self.vfm!r}")
-        if self.sam not in ("sam_b", "sam_h"):
-            raise ValueError(f"sam must be sam_b or sam_h, not {self.sam!r}")
-        if not 0 < self.stride <= self.window:
-            raise ValueError(f"stride must be in 1..window ({self.window}), got {self.stride}")
-        if self.short_side < 1 or self.max_long_side < self.window:
-            raise ValueError("short_side must be positive and max_long_side at least the window")
-        if not 0.0 <= self.prob_thd <= 1.0 or not 0.0 <= self.coarse_thresh <= 1.0:
-            raise ValueError("prob_thd and coarse_thresh are probabilities (0..1)")
-
-
-def _preset(name: str, s: int, stride: int, prob_thd: float, coarse: float, k: float, neg: bool,
-            halves: bool = False) -> TridentConfig:
-    return TridentConfig(preset=name, short_side=s, stride=stride, prob_thd=prob_thd, coarse_thresh=coarse,
-                         cos_fac=k, refine_neg_cos=neg, split_halves=halves)
-
-
-PRESETS: dict[str, TridentConfig] = {
-    "voc21": _preset("voc21", 448, 224, 0.2, 0.2, 1.2, True),
-    "context60": _preset("context60", 576, 224, 0.15, 0.15, 1.2, True),
-    "coco_object": _preset("coco_object", 448, 224, 0.25, 0.25, 1.2, True),
-    "voc20": _preset("voc20", 336, 112, 0.0, 0.2, 0.0, True),
-    "context59": _preset("context59", 576, 224, 0.0, 0.15, 1.2, True),
-    "coco_stuff": _preset("coco_stuff", 448, 224, 0.0, 0.05, 1.2, True),
-    "cityscapes": _preset("cityscapes", 688, 224, 0.0, 0.10, 3.0, False, halves=True),
-    "ade20k": _preset("ade20k", 576, 224, 0.0, 0.05, 1.2, False),
-    "open": _preset("open", 448, 224, 0.0, 0.2, 1.2, True),
-}
-
-
-# ------------------------------------------------------------------------------------------------ classes
-
-
-@dataclass(frozen=True)
-class Classes:
-    """Parsed class names: ``names[i]`` are class i's names, ``background`` its background index."""
-
-    names: tuple[tuple[str, ...], ...]
-    background: int | None = None
-    display: tuple[str, ...] = ()
-
-    @property
-    def queries(self) -> tuple[str, ...]:
-        return tuple(n for names in self.names for n in names)
-
-    @property
-    def query_class(self) -> list[int]:
-        return [i for i, names in enumerate(self.names) for _ in names]
-
-
-def parse_classes(classes: Any, background: int | None = None) -> Classes:
-    """Check and normalise class names (see the module docstring for the rules and errors)."""
-    if isinstance(classes, Classes) and background is None:
-        return classes
-    display: tuple[str, ...] = ()
-    if isinstance(classes, Classes):
-        display, classes = classes.display, classes.names
-    if isinstance(classes, ClassList):
-        display, background = classes.display, classes.background if background is None else background
-        classes = classes.names
-    if isinstance(classes, str):
-        raise ValueError("classes must be a list with one entry per class (synonyms of a class: 'a; b')")
-    parsed: list[tuple[str, ...]] = []
-    for i, entry in enumerate(classes or ()):
-        parts = entry.split(";") if isinstance(entry, str) else list(entry)
-        names = tuple(" ".join(str(p).split()) for p in parts if str(p).strip())
-        if not names:
-            raise ValueError(f"class {i} has no name (entry {entry!r})")
-        parsed.append(names)
-    if not parsed:
-        raise ValueError("no class names given: pass at least two classes, e.g. ['cat', 'dog', 'background']")
-    if len(parsed) < 2:
-        raise ValueError(f"at least two classes are needed to segment, got one: {'; '.join(parsed[0])!r} "
-                         "(add e.g. 'background', or check the separator between classes)")
-    if len(parsed) > MAX_CLASSES:
-        raise ValueError(f"{len(parsed)} classes given; at most {MAX_CLASSES} are supported "
-                         "(label maps are 8-bit indexed PNGs)")
-    seen: dict[str, int] = {}
-    for i, names in enumerate(parsed):
-        for name in names:
-            key = name.casefold()
-            if key in seen:
-                where = f"classes {seen[key]} and {i}" if seen[key] != i else f"class {i}"
-                raise ValueError(f"duplicate class name {name!r} ({where}); each name may appear once")
-            seen[key] = i
-    if background is None:
-        background = seen.get("background")
-    elif not 0 <= background < len(parsed):
-        raise ValueError(f"background index {background} is not a class index (0..{len(parsed) - 1})")
-    if len(display) != len(parsed):
-        display = tuple(names[0] for names in parsed)
-    return Classes(tuple(parsed), background, tuple(display))
-
-
-# ------------------------------------------------------------------------------------------------- result
 
 
 @dataclass
@@ -225,12 +139,14 @@ class TridentResult:
         return self.classes.display
 
     def to_record(self) -> dict[str, Any]:
-        """A JSON-able summary: classes, pixel share of each class present, timings, settings."""
+        """A JSON-able summary: classes, pixel share of each class present, timings, settings, and
+        ``reference``: whether the reference's behaviour ran (see the module docstring)."""
         counts = np.bincount(self.labels.ravel(), minlength=len(self.classes.names))
         total = max(1, self.labels.size)
         record = {
             "engine": "trident",
             "preset": self.config.preset,
+            "reference": self.config.reference,
             "classes": list(self.classes.display),
             "background": self.classes.background,
             "height": int(self.labels.shape[0]),
@@ -255,18 +171,15 @@ class TridentResult:
                 "overlay.png": self.overlay}
 
 
-# ------------------------------------------------------------------------------------------------- engine
-
-
 @dataclass
 class _SamView:
-    """One SAM encoder pass: the image columns [x0, x1), its last block's attention and values, and the
-    predictor state (the image embedding that refinement reuses)."""
+    """One SAM encoder pass: columns [x0, x1) of the image SAM sees, its last block's attention and
+    values over the token ``grid``, and the predictor state (the image embedding refinement reuses)."""
 
     x0: int
     x1: int
     grid: tuple[int, int]
-    attention: ops.SamAttention | None
+    attention: aggregate.SamAttention | None
     state: dict[str, Any]
 
 
@@ -316,8 +229,9 @@ class TridentEngine:
 
     def set_text_embeddings(self, queries: Sequence[str], embeddings: torch.Tensor,
                             clip_name: str | None = None) -> None:
-        """Put precomputed unit text embeddings [Q, D] for ``queries`` into the cache (benchmarks use this to
-        leave the once-per-class-list text encoding out of per-image timings)."""
+        """Put precomputed unit text embeddings [Q, D] for ``queries`` (a class list's ``unique_queries``)
+        into the cache (benchmarks use this to leave the once-per-class-list text encoding out of
+        per-image timings)."""
         if embeddings.shape[0] != len(queries):
             raise ValueError(f"{embeddings.shape[0]} embeddings for {len(queries)} names")
         with self._lock:
@@ -348,14 +262,15 @@ class TridentEngine:
                 background: int | None = None, return_probs: bool = True) -> TridentResult:
         """Segment ``image`` (path, bytes, PIL or RGB uint8 array) into ``classes``.
 
-        ``classes=None`` uses the preset's benchmark class list (presets other than "open").
+        ``classes=None`` uses the preset's benchmark class list (presets other than "open"), in the
+        reference's spelling when ``config.reference`` is on.
         """
         cfg = config or self.config
         cfg.validate()
         if classes is None:
-            if cfg.preset not in CLASS_LISTS:
+            if cfg.preset not in PRESETS or cfg.preset == "open":
                 raise ValueError("no class names given (the 'open' preset has no default class list)")
-            classes = CLASS_LISTS[cfg.preset]
+            classes = mode_for(cfg).class_list(cfg.preset)
         parsed = parse_classes(classes, background)
         if cfg.prob_thd > 0 and parsed.background is None:
             raise ValueError(f"prob_thd={cfg.prob_thd} turns uncertain pixels into background, but no class is "
@@ -367,10 +282,11 @@ class TridentEngine:
     def _segment(self, rgb: np.ndarray, classes: Classes, cfg: TridentConfig, return_probs: bool) -> TridentResult:
         timings: dict[str, float] = {}
         device = torch.device(self.hub.device)
+        mode = mode_for(cfg)
         started = time.perf_counter()
 
         with _stage(timings, "text", device):
-            text = self.text_embeddings(classes.queries, cfg.clip)
+            text = self.text_embeddings(classes.unique_queries, cfg.clip)
         clip = self.hub.get(cfg.clip)
         vfm = self.hub.get(cfg.vfm)
         sam = self.hub.get(cfg.sam)
@@ -381,73 +297,58 @@ class TridentEngine:
             patch = int(visual.patch_size[0])
             if cfg.window % patch:
                 raise ValueError(f"the window ({cfg.window}) must be a multiple of CLIP's patch ({patch})")
-            rh, rw = ops.resized_shape(height, width, cfg.short_side, patch, cfg.window, cfg.max_long_side)
-            resized = cv2.resize(rgb, (rw, rh), interpolation=cv2.INTER_LINEAR)
-            pixels = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None].float() / 255.0
-            boxes = ops.window_boxes(rh, rw, cfg.window, cfg.stride)
-            windows = ops.crop_windows(pixels, boxes)
+            pixels = mode.clip_pixels(rgb, cfg.short_side, cfg.max_long_side, patch, cfg.window, device)
+            rh, rw = pixels.shape[-2:]
+            boxes = splice.window_boxes(rh, rw, cfg.window, cfg.stride)
+            windows = splice.crop_windows(pixels, boxes)
 
         with _stage(timings, "dino", device):
             vfm_patch = int(getattr(vfm.config, "patch_size", 16))
             vfm_grid = (cfg.window // vfm_patch, cfg.window // vfm_patch)
-            vfm_in = ops.normalise(windows, ops.IMAGENET_MEAN, ops.IMAGENET_STD).to(vfm.dtype)
-            hidden = vfm(pixel_values=vfm_in, interpolate_pos_encoding=True).last_hidden_state
-            tokens = hidden[:, -vfm_grid[0] * vfm_grid[1]:]  # drop the class (and any register) tokens
-            weights = ops.proxy_attention_weights(tokens, cfg.beta, cfg.gamma)
+            vfm_in = splice.normalise(windows, splice.IMAGENET_MEAN, splice.IMAGENET_STD)
+            tokens = splice.vfm_tokens(vfm, vfm_in, mode.resize_pos)
+            weights = splice.proxy_attention_weights(tokens, cfg.beta, cfg.gamma)
 
         with _stage(timings, "clip", device):
-            x, clip_grid = ops.clip_trunk(visual, ops.normalise(windows, ops.CLIP_MEAN, ops.CLIP_STD))
-            out = ops.proxy_block(visual.transformer.resblocks[-1], x, clip_grid, weights, vfm_grid)
+            clip_in = splice.normalise(windows, splice.CLIP_MEAN, splice.CLIP_STD)
+            x, clip_grid = splice.clip_trunk(visual, clip_in, mode.resize_pos)
+            out = splice.proxy_block(visual.transformer.resblocks[-1], x, clip_grid, weights, vfm_grid)
             maps = out.float().transpose(1, 2).reshape(len(boxes), -1, *vfm_grid)
             if vfm_grid != clip_grid:
                 maps = F.interpolate(maps, size=clip_grid, mode="bilinear", align_corners=False)
             token_boxes = [tuple(v // patch for v in b) for b in boxes]
-            spliced = ops.splice(maps, token_boxes, (rh // patch, rw // patch))
+            spliced = splice.splice(maps, token_boxes, (rh // patch, rw // patch))
 
         predictor = self._predictor(sam)
+        sam_rgb = mode.sam_image(rgb, patch)
+        sam_width = sam_rgb.shape[1]
         with _stage(timings, "sam_encoder", device):
-            views = self._sam_views(predictor, rgb, cfg)
+            views = self._sam_views(predictor, sam_rgb, cfg)
 
         with _stage(timings, "aggregate", device):
-            logits = []
-            for view in views:
-                affinity = ops.sam_affinity(view.attention.attn, view.attention.values, cfg.cos_fac,
-                                            cfg.refine_neg_cos, cfg.cos_cap)
+            view_logits = []
+            for part, view in enumerate(views):
+                affinity = aggregate.sam_affinity(view.attention.attn, view.attention.values, cfg.cos_fac,
+                                                  cfg.refine_neg_cos, cfg.cos_cap)
                 view.attention = None  # [h, N, N]: free it before refinement
-                block = ops.crop_resize(spliced, view.x0 / width, view.x1 / width, view.grid)
+                block = mode.view_features(spliced, part, len(views), (view.x0, view.x1), sam_width, view.grid)
                 feats = affinity @ block.flatten(1).T  # [N, C]
                 feats = visual.ln_post(feats.to(visual.proj.dtype)) @ visual.proj
                 feats = F.normalize(feats.float(), dim=-1)
-                view_logits = (feats @ text.T).T.reshape(-1, *view.grid)
-                logits.append(F.interpolate(view_logits[None], size=(height, view.x1 - view.x0),
-                                            mode="bilinear", align_corners=False)[0])
-            query_probs = (cfg.logit_scale * torch.cat(logits, dim=2)).softmax(dim=0)
-            probs, start = [], 0
-            for names in classes.names:  # a class's probability: the max over its names
-                probs.append(query_probs[start:start + len(names)].amax(dim=0))
-                start += len(names)
-            probs = torch.stack(probs)
+                view_logits.append((feats @ text.T).T.reshape(-1, *view.grid))
+            logits = mode.join_logits(view_logits, [(v.x0, v.x1) for v in views], sam_width, (height, width))
+            probs = class_probabilities(logits, classes, cfg.logit_scale)
             best, coarse = probs.max(dim=0)
             if cfg.prob_thd > 0:
                 coarse[best < cfg.prob_thd] = classes.background
 
         labels = coarse
-        info: dict[str, Any] = {"resized": [rh, rw], "windows": len(boxes), "sam_passes": len(views),
-                                "sam_grid": [list(v.grid) for v in views], "prompts": 0, "kept_masks": 0,
+        info: dict[str, Any] = {"mode": mode.name, "resized": [rh, rw], "windows": len(boxes),
+                                "sam_passes": len(views), "sam_grid": [list(v.grid) for v in views],
+                                "prompts": 0, "kept_masks": 0,
                                 "truncated_names": self.truncated_names(classes.queries)}
         if cfg.refine:
-            with _stage(timings, "refine", device):
-                parts = []
-                for view in views:
-                    for key, value in view.state.items():
-                        setattr(predictor, key, value)
-                    part, stats = ops.sam_refine(predictor, probs[:, :, view.x0:view.x1],
-                                                 coarse[:, view.x0:view.x1], cfg.coarse_thresh, cfg.min_area,
-                                                 cfg.mask_coeff, cfg.sam_iou_thresh)
-                    parts.append(part)
-                    info["prompts"] += stats.prompted
-                    info["kept_masks"] += stats.kept
-                labels = torch.cat(parts, dim=1)
+            labels = self._refine(predictor, sam_rgb, views, probs, coarse, cfg, mode, timings, info)
         predictor.reset_image()
 
         labels_np = labels.to(torch.int32).cpu().numpy()
@@ -460,25 +361,60 @@ class TridentEngine:
             probs=probs.float().cpu().numpy() if return_probs else None, overlay=overlay, classes=classes,
             config=cfg, timings=timings, info=info, tiny=bool(self.hub.tiny))
 
-    def _sam_views(self, predictor: Any, rgb: np.ndarray, cfg: TridentConfig) -> list[_SamView]:
+    def _refine(self, predictor: Any, sam_rgb: np.ndarray, views: list[_SamView], probs: torch.Tensor,
+                coarse: torch.Tensor, cfg: TridentConfig, mode: OpenMode, timings: dict[str, float],
+                info: dict[str, Any]) -> torch.Tensor:
+        """SAM prompt refinement of each region the mode refines on its own; returns labels [H, W]."""
+        device = torch.device(self.hub.device)
+
+        def encode_whole() -> dict[str, Any]:
+            with _stage(timings, "sam_encoder", device):
+                info["sam_passes"] += 1
+                return self._encode(predictor, sam_rgb)[0]
+
+        regions = mode.refinement_views(views, probs.shape[2], sam_rgb.shape[1], encode_whole)
+        with _stage(timings, "refine", device):
+            parts = []
+            for x0, x1, state in regions:
+                for key, value in state.items():
+                    setattr(predictor, key, value)
+                part, stats = refine.sam_refine(predictor, probs[:, :, x0:x1], coarse[:, x0:x1], cfg.coarse_thresh,
+                                                cfg.min_area, cfg.mask_coeff, cfg.sam_iou_thresh, mode.prompts)
+                parts.append(part)
+                info["prompts"] += stats.prompted
+                info["kept_masks"] += stats.kept
+        return torch.cat(parts, dim=1)
+
+    def _sam_views(self, predictor: Any, image: np.ndarray, cfg: TridentConfig) -> list[_SamView]:
         """One SAM encoder pass per view (the whole image, or its two halves with ``split_halves``),
         recording the last block's attention; returns it with each view's predictor state."""
-        width = rgb.shape[1]
+        width = image.shape[1]
         cuts = [0, width // 2, width] if cfg.split_halves and width >= 2 else [0, width]
         encoder = predictor.model.image_encoder
         token = int(encoder.patch_embed.proj.kernel_size[0])
         views = []
         for x0, x1 in zip(cuts[:-1], cuts[1:]):
-            part = np.ascontiguousarray(rgb[:, x0:x1])
+            part = np.ascontiguousarray(image[:, x0:x1])
             ih, iw = predictor.transform.get_preprocess_shape(part.shape[0], part.shape[1], encoder.img_size)
             grid = (max(1, ih // token), max(1, iw // token))
-            # The capture patches the shared SAM's last block: no other engine runs SAM meanwhile.
-            with model_lock(predictor.model), ops.capture_sam_attention(encoder, grid) as captured:
-                predictor.set_image(part)
-            state = {"features": predictor.features, "original_size": predictor.original_size,
-                     "input_size": predictor.input_size, "is_image_set": True}
+            state, captured = self._encode(predictor, part, grid)
             views.append(_SamView(x0, x1, grid, captured, state))
         return views
+
+    @staticmethod
+    def _encode(predictor: Any, image: np.ndarray,
+                capture_grid: tuple[int, int] | None = None) -> tuple[dict[str, Any], aggregate.SamAttention | None]:
+        """``predictor.set_image(image)``; with ``capture_grid``, also the last block's attention over it.
+        Returns the predictor state (the image embedding and sizes) and the attention."""
+        encoder = predictor.model.image_encoder
+        # The capture patches the shared SAM's last block: no other engine runs SAM meanwhile.
+        capture = (aggregate.capture_sam_attention(encoder, capture_grid) if capture_grid
+                   else contextlib.nullcontext())
+        with model_lock(predictor.model), capture as captured:
+            predictor.set_image(image)
+        state = {"features": predictor.features, "original_size": predictor.original_size,
+                 "input_size": predictor.input_size, "is_image_set": True}
+        return state, captured
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
-"""Ray Data runner for :mod:`vision.batch` (``--ray``; ``pip install 'ray[data]'``, an optional dependency).
+"""The Ray Data runner of :mod:`vision.batch` (``--ray``; ``pip install 'ray[data]'``, an optional dependency).
 
 The driver turns the to-do items into a Ray dataset, maps the engine over it in a pool of actors (each
 calls ``make_processor()`` once, so models load once per actor, on the GPU Ray gives it) and receives
 each item's encoded files and record back; the driver then writes them with the same
-:class:`vision.batch.Writer` as the local runner, so a cluster run and a local run produce identical
+:class:`vision.batch.writer.Writer` as the local runner, so a cluster run and a local run produce identical
 files (and the same resume, safety and ``results.jsonl`` rules). The actors read the input files by
 path: on a multi-machine cluster the input folder must be on a filesystem every node can see.
 
@@ -25,7 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from vision.batch import BatchError, Item, Outcome, start_processor
+from vision.batch.errors import BatchError
+from vision.batch.items import Item
+from vision.batch.worker import Outcome, start_processor
+from vision.wording import pip_install
 
 _ROW_KEYS = ("id", "index", "path", "text", "params", "kind", "stem", "input_label")
 
@@ -36,7 +39,7 @@ def available() -> tuple[bool, str]:
         import ray  # noqa: F401
         import ray.data  # noqa: F401
     except Exception as err:  # ImportError, or a broken install
-        return False, f"ray[data] is not importable ({type(err).__name__}: {err}); pip install 'ray[data]'"
+        return False, f"ray[data] is not importable ({type(err).__name__}: {err}); {pip_install(repr('ray[data]'))}"
     return True, ""
 
 
@@ -89,7 +92,7 @@ def run(todo: list[Item], make_processor: Callable[[], Any], record: Callable[[I
             env["VISION_TINY"] = "1"
         env.update(options.get("env") or {})
         # Workers import what the driver imports: this `vision` package and the driver's sys.path.
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         paths = [root, *env.get("PYTHONPATH", os.environ.get("PYTHONPATH", "")).split(os.pathsep),
                  *(p for p in sys.path if p and os.path.isdir(p) and "-packages" not in p)]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))

@@ -1,0 +1,97 @@
+"""The one-command GPU benchmark (bench/gpu.py): its CPU dry run makes every part's table, the budget
+skips parts with a note, its full-size models are the published architectures, and the device command
+installs exactly what bench/gpu-wheels.sh collects."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import gpu  # noqa: E402
+from bench.common import full_size_model  # noqa: E402
+from bench.gpu.harness import same_bits  # noqa: E402
+
+
+def _bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    """``python -m vision bench gpu ARGS`` in a child process (it sets VISION_TINY and torch's threads)."""
+    out = tmp_path / "gpu.md"
+    done = subprocess.run([sys.executable, "-m", "vision", "bench", "gpu", *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1500)
+    return done, out.read_text(encoding="utf-8") if out.exists() else ""
+
+
+def _sections(report: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) for m in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", report, re.S | re.M)}
+
+
+def test_smoke_run_makes_every_table_and_the_machine_header(tmp_path):
+    done, report = _bench(tmp_path, "--device", "cpu", "--smoke", "--budget-s", "3000")  # a loaded CPU skips none
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert report.startswith("# GPU benchmark")
+    for line in ("- GPU: none (CPU run)", f"- torch {torch.__version__}", "- machine: ", "SMOKE RUN",
+                 'carry=[".whl"]'):
+        assert line in report
+    sections = _sections(report)
+    for _, title, _ in gpu.PARTS:
+        body = sections[title]
+        assert "\n| " in body, f"{title}: no table"
+        assert "Failed" not in body and "Skipped" not in body and "not run" not in body, body
+    deepcache = sections[gpu.PARTS[0][1]]
+    assert deepcache.count("N = 1 vs no cache: bit-identical") == 2  # DDIM and PLMS
+    assert "helper speed-up" in deepcache and "### PLMS" in deepcache
+    summary = sections["Summary"]
+    assert summary.count("| done |") == len(gpu.PARTS)
+    assert done.stdout.count("## ") >= len(gpu.PARTS)  # each part printed as it finished, too
+
+
+def test_a_spent_budget_skips_every_part_with_a_note(tmp_path):
+    done, report = _bench(tmp_path, "--device", "cpu", "--smoke", "--budget-s", "0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    sections = _sections(report)
+    for _, title, _ in gpu.PARTS:
+        assert sections[title].strip().startswith("**Skipped**: estimated"), sections[title]
+    assert sections["Summary"].count("| skipped |") == len(gpu.PARTS)
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    done, _ = _bench(tmp_path, "--device", "cpu", "--smoke", "--parts", "deepcache,nope")
+    assert done.returncode == 2 and "nope" in done.stderr
+
+
+@pytest.mark.parametrize("name, parameters", [
+    ("sd15_unet", 859_520_964), ("sdxl_unet", 2_567_463_684), ("sdxl_text_encoder_2", 694_659_840),
+    ("sam_b", 93_735_472), ("sam_h", 641_090_608), ("dinov2_b14", 86_580_480), ("clip_h14", 986_109_441),
+    ("ip_image_encoder_h", 632_076_800),
+])
+def test_full_size_models_are_the_published_architectures(name, parameters):
+    model = full_size_model(name, "meta", torch.float16)  # no memory, no compute
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert next(model.parameters()).dtype == torch.float16 and not model.training
+
+
+def test_default_models_follow_the_engines_defaults():
+    models = gpu.default_models()
+    assert models["trident"] == ["clip_b16", "dino_b16", "sam_b"]
+    assert {"ip_adapter_sd15", "ip_image_encoder_h", "sd15_unet"} <= set(models["story"])
+    assert "sd15_unet" in models["generate"] and "dinov2_b14" in models["ipseg"]
+
+
+def test_device_command_installs_what_the_wheel_script_collects():
+    script = (ROOT / "bench" / "gpu-wheels.sh").read_text()
+    install = re.search(r'echo "(python3 -m pip install .*?)"\n', script).group(1).replace("$dest", ".whl")
+    assert gpu.DEVICE_COMMAND.startswith(install)
+    assert len(gpu.DEVICE_COMMAND) <= 2000 and "--out $OUT/gpu.md" in gpu.DEVICE_COMMAND
+    for name in ("diffusers", "open_clip_torch", "segment-anything", "DeepCache", "ftfy"):
+        assert name in script
+
+
+def test_bit_identity_counts_nan_bits():
+    a = torch.tensor([1.0, float("nan")], dtype=torch.float16)
+    assert same_bits(a, a.clone()) and not torch.equal(a, a.clone())
+    assert not same_bits(a, torch.tensor([1.0, 2.0], dtype=torch.float16))

@@ -1,0 +1,316 @@
+"""The :class:`DeepCache` object: attaches to a pipeline or UNet, decides full vs retrieval per step, and
+holds the cached feature of the current generation (see the package docstring)."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vision.deepcache.layout import check_branch, unet_layout, unwrap
+from vision.deepcache.schedules import DeepCacheError, check_interval, check_schedule, check_steps, nonuniform
+from vision.deepcache.steps import StepPlan, timestep_value
+from vision.deepcache.unet_forward import LoraScale, unet_forward
+
+_ABSENT = object()
+_ATTACH_LOCK = threading.RLock()
+
+
+# ------------------------------------------------------------------------------------- forward dispatch
+
+
+class _Dispatch:
+    """The UNet's forward while at least one DeepCache is enabled on it (one per UNet)."""
+
+    def __init__(self, unet: Any, attr: str, previous: Any):
+        self.attr, self.previous = attr, previous
+        self.plain = previous if previous is not _ABSENT else type(unet).forward.__get__(unet)
+        self.by_thread: dict[int, "DeepCache"] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        cache = self.by_thread.get(threading.get_ident())
+        if cache is None:
+            return self.plain(*args, **kwargs)
+        return cache._forward(args, kwargs)
+
+
+def _forward_attr(unet: Any) -> str:
+    # accelerate's offload hooks replace forward and call ``_old_forward``: wrap that one instead
+    return "_old_forward" if hasattr(unet, "_hf_hook") and "_old_forward" in unet.__dict__ else "forward"
+
+
+def _pipeline_class(base: type, cache: "DeepCache") -> type:
+    """A subclass of the pipeline's class whose ``__call__`` begins a DeepCache generation."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != cache._thread:
+            return base.__call__(self, *args, **kwargs)
+        cache.begin()
+        try:
+            return base.__call__(self, *args, **kwargs)
+        finally:
+            cache.end()
+
+    return type(base.__name__, (base,), {"__call__": __call__, "__module__": base.__module__,
+                                         "__qualname__": base.__qualname__, "_deepcache_base": base,
+                                         "__doc__": base.__doc__})
+
+
+@dataclass
+class _Generation:
+    fresh: bool = True
+    signature: tuple | None = None
+    plan: StepPlan | None = None
+    num_steps: int | None = None
+    step: int = -1  # current step (absolute with a plan, relative without; see vision.deepcache.steps)
+    last_value: float | None = None
+    first_step: int = 0
+    full: bool = True  # decision of the current step
+    feature: torch.Tensor | None = None
+    calls: list[tuple[int, str]] = field(default_factory=list)  # (step, "full" | "partial" | "plain")
+
+
+class DeepCache:
+    """DeepCache on a diffusers SD/SDXL pipeline or a bare ``UNet2DConditionModel``.
+
+    Args:
+        target: a diffusers pipeline with a ``unet`` (its ``__call__`` then begins each generation and
+            its ``scheduler`` gives the step plan) or a ``UNet2DConditionModel``.
+        interval: N >= 1, full steps every N steps (1: every step full, output equals the plain UNet).
+        branch: skip branch b (0..11 for SD1.5, 0..8 for SDXL); see the package docstring.
+        schedule: ``"uniform"`` or ``"nonuniform"`` (``center`` c, an integer step, and ``power`` p > 1;
+            :mod:`vision.deepcache.schedules`).
+        reference: number steps as the paper's pipeline loop does (PNDM's duplicated timestep is a step
+            of its own; :mod:`vision.deepcache.steps`); off: one step per distinct timestep.
+        scheduler: for a bare UNet, the scheduler whose ``timesteps`` the calls follow (optional).
+        num_steps: for a bare UNet without a scheduler, T of the non-uniform schedule.
+        compile: ``True`` or a dict of ``torch.compile`` options to compile the UNet computation.
+
+    ``enable()`` / ``disable()`` or ``with DeepCache(...):``. ``begin()`` starts a new generation
+    explicitly (the cache is also reset automatically, see the package docstring). ``last_generation()``
+    summarises the decisions of the current (or last) generation.
+    """
+
+    def __init__(self, target: Any, interval: int = 3, branch: int = 1, schedule: str = "uniform",
+                 center: int = 15, power: float = 1.4, *, reference: bool = False, scheduler: Any = None,
+                 num_steps: int | None = None, compile: bool | dict = False):
+        unet = getattr(target, "unet", target)
+        self.pipeline = target if unet is not target else None
+        self.unet = unet
+        self._model = unwrap(unet)
+        self.layout = unet_layout(unet)
+        check_interval(interval)
+        check_branch(branch, self.layout)
+        self.interval, self.branch = int(interval), int(branch)
+        self.schedule = check_schedule(schedule, center, power)
+        self.center, self.power = center, power  # checked above when the schedule uses them
+        self.reference = bool(reference)
+        if num_steps is not None:
+            check_steps(num_steps, 1)
+        self.num_steps = num_steps
+        self.scheduler = scheduler
+        self._signature = inspect.signature(type(self._model).forward)
+        self._fn = self._unet_forward
+        if compile:
+            self._fn = torch.compile(self._unet_forward, **(compile if isinstance(compile, dict) else {}))
+        self._gen = _Generation()
+        self._thread: int | None = None
+        self._dispatch: _Dispatch | None = None
+        self.totals = {"generations": 0, "full": 0, "partial": 0, "plain": 0}
+
+    # -- attach / detach ----------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self._dispatch is not None
+
+    def enable(self) -> "DeepCache":
+        """Attach to the UNet (and pipeline) for calls from this thread."""
+        with _ATTACH_LOCK:
+            if self._dispatch is not None:
+                raise RuntimeError("this DeepCache is already enabled")
+            thread = threading.get_ident()
+            attr = _forward_attr(self.unet)
+            current = self.unet.__dict__.get(attr, _ABSENT)
+            dispatch = current if isinstance(current, _Dispatch) else None
+            if dispatch is not None and thread in dispatch.by_thread:
+                raise RuntimeError("another DeepCache is already enabled on this UNet in this thread; disable it first")
+            if self.pipeline is not None and hasattr(type(self.pipeline), "_deepcache_base"):
+                raise RuntimeError("this pipeline already has a DeepCache attached; disable it first")
+            if dispatch is None:
+                dispatch = _Dispatch(self.unet, attr, current)
+                self.unet.__dict__[attr] = dispatch
+            dispatch.by_thread[thread] = self
+            if self.pipeline is not None:
+                self.pipeline.__class__ = _pipeline_class(type(self.pipeline), self)
+            self._dispatch, self._thread = dispatch, thread
+            self.begin()
+        return self
+
+    def disable(self) -> None:
+        """Detach: the UNet (and pipeline) behave exactly as before :meth:`enable`."""
+        with _ATTACH_LOCK:
+            dispatch = self._dispatch
+            if dispatch is None:
+                return
+            dispatch.by_thread.pop(self._thread, None)
+            if not dispatch.by_thread and self.unet.__dict__.get(dispatch.attr) is dispatch:
+                if dispatch.previous is _ABSENT:
+                    del self.unet.__dict__[dispatch.attr]
+                else:
+                    self.unet.__dict__[dispatch.attr] = dispatch.previous
+            if self.pipeline is not None:
+                base = type(self.pipeline).__dict__.get("_deepcache_base")
+                if base is not None:
+                    self.pipeline.__class__ = base
+            self._dispatch, self._thread = None, None
+            self.end()
+
+    def __enter__(self) -> "DeepCache":
+        return self.enable()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.disable()
+
+    # -- generations --------------------------------------------------------------------------------
+
+    def begin(self, num_steps: int | None = None) -> None:
+        """Start a new generation: drop the cache; the next step is full. ``num_steps`` gives T for the
+        non-uniform schedule when neither a pipeline nor a scheduler tells it."""
+        if num_steps is not None:
+            check_steps(num_steps, 1)
+        self._gen = _Generation(num_steps=num_steps)
+
+    def end(self) -> None:
+        """Release the cached feature (called after each pipeline call and on disable)."""
+        self._gen.feature = None
+        self._gen.fresh = True
+
+    def last_generation(self) -> dict:
+        """Decisions of the current or last generation: steps, full steps and counts per call kind. Steps
+        are numbered as ``numbering`` says (``"paper loop index"`` in reference mode, else ``"distinct
+        timesteps"``; :mod:`vision.deepcache.steps`)."""
+        calls = self._gen.calls
+        full = sorted({s for s, kind in calls if kind == "full"})
+        return {"numbering": "paper loop index" if self.reference else "distinct timesteps",
+                "calls": len(calls), "steps": len({s for s, _ in calls}), "full_steps": full,
+                "full_calls": sum(k == "full" for _, k in calls), "partial_calls": sum(k == "partial" for _, k in calls),
+                "plain_calls": sum(k == "plain" for _, k in calls), "kinds": [k for _, k in calls]}
+
+    def _scheduler(self) -> Any:
+        return getattr(self.pipeline, "scheduler", None) if self.pipeline is not None else self.scheduler
+
+    def _start(self, signature: tuple) -> None:
+        gen = self._gen
+        if not gen.fresh or gen.calls:
+            self._gen = gen = _Generation(num_steps=gen.num_steps)
+        gen.fresh = False
+        gen.signature = signature
+        scheduler = self._scheduler()
+        gen.plan = StepPlan.of(getattr(scheduler, "timesteps", None)) if scheduler is not None else None
+        self.totals["generations"] += 1
+
+    def _decide(self, sample: torch.Tensor, timestep: Any) -> bool:
+        """Full step? One decision per step; starts a new generation when one is detected."""
+        gen = self._gen
+        signature = (tuple(sample.shape), sample.dtype, sample.device)
+        scheduler = self._scheduler()
+        if (gen.fresh or signature != gen.signature
+                or (gen.plan is not None and getattr(scheduler, "timesteps", None) is not gen.plan.source)):
+            self._start(signature)
+            gen = self._gen
+        step = gen.plan.step_of(timestep, self.reference) if gen.plan is not None else None
+        if gen.plan is not None and step is None:
+            gen.plan = None  # the calls do not follow the scheduler's timesteps: count steps by value
+        if gen.plan is None:
+            value = timestep_value(timestep)
+            if gen.last_value is not None and value > gen.last_value:  # timestep went up: a new generation
+                self._start(signature)
+                gen = self._gen
+                gen.plan = None
+            step = gen.step if value == gen.last_value else gen.step + 1
+            gen.last_value = value
+        elif gen.step >= 0 and step < gen.step:  # went back in the plan: a new generation
+            self._start(signature)
+            gen = self._gen
+        if step == gen.step and gen.calls:
+            return gen.full or gen.feature is None
+        if not gen.calls:
+            gen.first_step = step
+        gen.step = step
+        gen.full = gen.feature is None or step == gen.first_step or self._is_full(step, gen)
+        return gen.full
+
+    def _is_full(self, step: int, gen: _Generation) -> bool:
+        if self.interval == 1:
+            return True
+        if self.reference:  # the paper's loop: i counted from the first step run, T = the steps run
+            i = step - gen.first_step
+            uniform = self.schedule == "uniform"
+            total = (gen.plan.steps_from(gen.first_step) if gen.plan is not None
+                     else self._total(gen, required=not uniform))
+            if uniform:
+                return i % self.interval == 0 and (total is None or i < total)
+            return i in self._nonuniform(total)
+        if self.schedule == "uniform":
+            return (step - gen.first_step) % self.interval == 0
+        total = gen.plan.num_steps if gen.plan is not None else self._total(gen)
+        return step in self._nonuniform(total)
+
+    def _nonuniform(self, total: int) -> tuple[int, ...]:
+        return nonuniform(int(total), self.interval, int(self.center), float(self.power))[0]
+
+    def _total(self, gen: _Generation, required: bool = True) -> int | None:
+        """T given by ``begin(num_steps=)`` or ``num_steps=`` (no scheduler to read it from)."""
+        total = gen.num_steps or self.num_steps
+        if total is None and required:
+            raise DeepCacheError("the non-uniform schedule needs the number of steps T: attach DeepCache to the "
+                                 "pipeline, pass scheduler= or num_steps=, or call begin(num_steps=T)")
+        return total
+
+    # -- the forward ---------------------------------------------------------------------------------
+
+    def _forward(self, args: tuple, kwargs: dict) -> Any:
+        bound = self._signature.bind(self._model, *args, **kwargs)
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        a.pop("self", None)
+        return_dict = a.pop("return_dict")
+        intrablock = a.pop("down_intrablock_additional_residuals")
+        legacy_adapter = a["down_block_additional_residuals"] is not None and a["mid_block_additional_residual"] is None
+        gen = self._gen
+        if intrablock is not None or legacy_adapter:  # T2I-Adapter: run the plain UNet, next step full
+            out = self._dispatch.plain(*args, **kwargs)
+            gen.feature = None
+            gen.calls.append((gen.step, "plain"))
+            self.totals["plain"] += 1
+            return out
+        full = self._decide(a["sample"], a["timestep"])
+        gen = self._gen
+        cached = None if full else gen.feature
+        cak = a.pop("cross_attention_kwargs")
+        scale = 1.0
+        if cak is not None:
+            cak = dict(cak)
+            scale = cak.pop("scale", 1.0)
+        with LoraScale(self._model, scale):
+            sample, feature = self._fn(cached, cross_attention_kwargs=cak, **a)
+        if full:
+            gen.feature = feature
+        kind = "full" if full else "partial"
+        gen.calls.append((gen.step, kind))
+        self.totals[kind] += 1
+        if not return_dict:
+            return (sample,)
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=sample)
+
+
+    def _unet_forward(self, cached: torch.Tensor | None, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The UNet computation on this cache's branch (what ``compile=True`` compiles); see
+        :func:`vision.deepcache.unet_forward.unet_forward`."""
+        return unet_forward(self._model, self.layout, self.branch, cached, **inputs)

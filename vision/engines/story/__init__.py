@@ -1,0 +1,84 @@
+"""Story-Adapter: consistent long-story illustration by iterative Global Reference Cross-Attention.
+
+A story is a list of per-frame prompts. Round 0 draws every frame from its text alone (plain
+text-to-image, exactly the generation engine's output for the same seed). Each round r = 1..R then
+redraws every frame while it attends, through the IP-Adapter's cross-attention, to ALL frames of
+round r-1 (itself included):
+
+- the previous round's B images are resized to ``reference_size`` (256^2, as the reference code does),
+  encoded by the CLIP image encoder in ONE batched call per round, and projected by the IP-Adapter's
+  image projection to 4 tokens each;
+- the B x 4 tokens are passed as one adapter's image list (``ip_adapter_image_embeds`` of shape
+  [batch, B, dim]); diffusers' ``IPAdapterAttnProcessor2_0`` flattens them into ONE key/value sequence
+  of 4B tokens under a single softmax (concatenation, not averaging), so every cross-attention layer
+  computes ``Attn(Q, K_text, V_text) + lambda_r * Attn(Q, K_ip, V_ip)``;
+- the unconditional branch of classifier-free guidance sees the projection of zero embeddings;
+- ``lambda_r = linspace(lambda_start, lambda_end, R)[r - 1]`` (0.3 -> 0.5 by default);
+- one seed for every frame of every round.
+
+Every prompt is wrapped in a style template (the reference's comic / film / realistic texts, default
+comic, or none) and the reference's negative prompt is the default. Models all come from the hub:
+SD1.5 + ``ip_adapter_sd15`` + ``ip_image_encoder_h`` (``family="sd15"``, CFG 7.5, IP-Adapter's own
+default) or SDXL + ``ip_adapter_sdxl`` + ``ip_image_encoder_bigg`` (``family="sdxl"``, CFG 5.0, the SDXL
+pipeline default that the reference runs with) on the base checkpoint ``checkpoint``: RealVisXL V4.0
+(``realvisxl``, the paper's) by default for SDXL, or SDXL base 1.0 (``sdxl``). The IP-Adapter weights
+are put onto the SHARED UNet only inside :func:`ip_adapter_on`, which restores the UNet exactly
+afterwards. DeepCache (interval N = 3 by default) accelerates every pass.
+
+Presets (``StoryConfig.from_preset(name, **overrides)``; the manifest and the record name the preset and
+the mode): ``sd15`` (the default, fits a 16 GB GPU: SD1.5 at 512^2, DDIM 50 steps, DeepCache N = 3),
+``sdxl`` (RealVisXL V4.0 at 1024^2, DeepCache N = 3) and ``reference`` (the reference run: RealVisXL
+V4.0, DDIM 50 steps with scaled_linear betas 0.00085-0.012, steps_offset 1, clip_sample and
+set_alpha_to_one off, 1024^2, CFG 5.0, comic style, 10 rounds, lambda 0.3 -> 0.5, frames resized to
+256^2 before encoding, DeepCache off, ``reference=True``).
+
+Reference mode (``reference=True``) changes one behaviour: DeepCache, if a user turns it on, numbers its
+steps as the DeepCache paper's loop does (:mod:`vision.deepcache.steps`; identical for DDIM). Everything
+else the reference does is either what every mode does (GRCA as above, round 0 = text only, 256^2
+reference frames, CLIP's 224 preprocessing, zero-embedding uncond tokens, one seed) or a setting of the
+preset. Differences kept in every mode, with the reason: the initial noise comes from a CPU generator
+(the reference draws it on the GPU: ours does not depend on the device, and the reference's pixels
+cannot be matched anyway, as its attention processor computes baddbmm + softmax where diffusers calls
+scaled_dot_product_attention); the seed is ``seed`` (the reference draws a random one per run); the story
+comes from a file or a list (the reference hard-codes its stories and Robinson/Friday substitutions).
+
+The package: :mod:`.config` (settings, presets, styles, story input), :mod:`.adapter` (the IP-Adapter on
+the shared UNet, encoding of reference frames), :mod:`.engine` (the rounds), :mod:`.results` (progress
+events, the result), :mod:`.storyboard`, :mod:`.files` (the output folder's files).
+
+Output folder (written as rounds finish, every file atomically)::
+
+    round_00/frame_000.png ... round_00/storyboard_round_00.png
+    ...
+    round_RR/...
+    final/frame_000.png ...      the last round's frames
+    storyboard.png               grid of the final frames
+    manifest.json                arguments + hash, rounds done, file names, timings
+
+Rerunning with the same arguments and folder continues after the last COMPLETE round (a round is
+complete once its manifest entry is written) and gives the same final frames as an uninterrupted run.
+
+Story text files: one frame per line; leading/trailing whitespace is stripped and blank lines are
+skipped (they do not make empty frames). ``rounds=0`` runs round 0 only (text-to-image for every frame,
+no reference attention); those frames are then the final frames.
+
+Memory: besides the models, a run holds two rounds of frames (previous + current, B x H x W x 3 bytes
+each: 200 frames at 512^2 = 150 MiB per round), the B CLIP embeddings and the 4B reference tokens; the
+rounds before are on disk (:meth:`StoryResult.round_images` reads them back).
+"""
+
+from vision.engines.story.adapter import ip_adapter_on, reference_pixels, set_reference_scale
+from vision.engines.story.config import (DEFAULT_NEGATIVE, FAMILIES, MAX_FRAMES, PRESETS, STYLES, TINY_SIZE,
+                                         StoryConfig, StoryError, StoryFamily, load_story)
+from vision.engines.story.engine import StoryEngine, run_story
+from vision.engines.story.files import (MANIFEST, MANIFEST_FORMAT, STORYBOARD, atomic_write, frame_name, read_png,
+                                        round_dir, save_json, save_png)
+from vision.engines.story.results import StoryProgress, StoryResult
+from vision.engines.story.storyboard import (STORYBOARD_GAP, STORYBOARD_MAX_WIDTH, make_storyboard, storyboard_columns,
+                                             storyboard_layout)
+
+__all__ = ["StoryConfig", "StoryEngine", "StoryError", "StoryProgress", "StoryResult", "StoryFamily", "run_story",
+           "load_story", "ip_adapter_on", "reference_pixels", "set_reference_scale", "make_storyboard",
+           "storyboard_columns", "storyboard_layout", "frame_name", "round_dir", "save_png", "save_json", "read_png",
+           "atomic_write", "DEFAULT_NEGATIVE", "FAMILIES", "MAX_FRAMES", "PRESETS", "STYLES", "TINY_SIZE", "MANIFEST",
+           "MANIFEST_FORMAT", "STORYBOARD", "STORYBOARD_GAP", "STORYBOARD_MAX_WIDTH"]

@@ -1,0 +1,199 @@
+"""Story-Adapter settings (:class:`StoryConfig`, its named presets and the reference's style templates)
+and story input (:func:`load_story`)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the reference's, all styles
+
+# (prefix, suffix) wrapped around every frame prompt: the reference's templates (story-iter
+# ``ip_adapter.py``; story-adapter always uses "comic"), plus "none" (the prompt as written).
+STYLES: dict[str, tuple[str, str]] = {
+    "comic": ("best quality, high quality, comic ",
+              " . graphic illustration, comic art, graphic novel art, vibrant, highly detailed"),
+    "film": ("best quality, high quality, cinematic film still, ",
+             " . shallow depth of field, vignette, highly detailed, high budget, bokeh, cinemascope, moody, epic, "
+             "gorgeous, film grain, grainy"),
+    "realistic": ("best quality, high quality, ", ""),
+    "none": ("", ""),
+}
+
+
+@dataclass(frozen=True)
+class StoryFamily:
+    """An architecture's IP-Adapter (hub names), native frame size, default CFG scale and checkpoints
+    (generation-engine families of that architecture; the first is the default)."""
+
+    ip_adapter: str
+    image_encoder: str
+    size: int
+    guidance: float
+    checkpoints: tuple[str, ...]
+
+
+FAMILIES: dict[str, StoryFamily] = {
+    # IP-Adapter's own generate() defaults to CFG 7.5
+    "sd15": StoryFamily("ip_adapter_sd15", "ip_image_encoder_h", 512, 7.5, ("sd15",)),
+    # the reference never passes guidance_scale: the SDXL pipeline's default, 5.0; its checkpoint RealVisXL V4.0
+    "sdxl": StoryFamily("ip_adapter_sdxl", "ip_image_encoder_bigg", 1024, 5.0, ("realvisxl", "sdxl")),
+}
+
+TINY_SIZE = 64  # default frame size in tiny mode (the tiny UNet's native 8x8 latent)
+MAX_FRAMES = 1000
+
+
+class StoryError(ValueError):
+    """A story, configuration or output folder that cannot be used; the message says why."""
+
+
+@dataclass
+class StoryConfig:
+    """Settings of one story run; :meth:`from_preset` gives a named one (:data:`PRESETS`).
+
+    ``deepcache`` is the DeepCache interval N (0 = off; 1 = on with every step full, which equals off) on
+    UNet skip branch ``deepcache_branch``. ``family`` is the architecture (its IP-Adapter and image
+    encoder), ``checkpoint`` the base model's weights (None: the family's default, RealVisXL V4.0 for
+    SDXL), ``guidance`` the CFG scale (None: the family's default, 7.5 SD1.5 / 5.0 SDXL). ``reference``
+    turns on reference mode (see :mod:`vision.engines.story`); ``preset`` names the preset it came from.
+    """
+
+    preset: str = "sd15"
+    reference: bool = False
+    rounds: int = 10
+    lambda_start: float = 0.3
+    lambda_end: float = 0.5
+    steps: int = 50
+    guidance: float | None = None
+    size: int | None = None  # square frames; None = the family's native size (64 in tiny mode)
+    seed: int = 0
+    style: str = "comic"
+    negative_prompt: str = DEFAULT_NEGATIVE
+    deepcache: int = 3
+    deepcache_branch: int = 1
+    family: str = "sd15"
+    checkpoint: str | None = None
+    scheduler: str = "ddim"
+    reference_size: int = 256
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "StoryConfig":
+        if name not in PRESETS:
+            raise StoryError(f"unknown story preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise StoryError(f"unknown story preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.family not in FAMILIES:
+            raise StoryError(f"unknown model family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+        if self.checkpoint is not None and self.checkpoint not in FAMILIES[self.family].checkpoints:
+            raise StoryError(f"checkpoint {self.checkpoint!r} is not a {self.family} model; choose one of "
+                             f"{', '.join(FAMILIES[self.family].checkpoints)}")
+        if self.style not in STYLES:
+            raise StoryError(f"unknown style {self.style!r}; choose one of {', '.join(STYLES)}")
+        if not isinstance(self.rounds, int) or self.rounds < 0:
+            raise StoryError(f"rounds must be an integer >= 0 (0 = round 0 only), got {self.rounds!r}")
+        if self.steps < 1:
+            raise StoryError(f"steps must be >= 1, got {self.steps}")
+        if self.size is not None and (self.size < 8 or self.size % 8):
+            raise StoryError(f"size must be a positive multiple of 8, got {self.size}")
+        for name, minimum in (("deepcache", 0), ("deepcache_branch", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise StoryError(f"{name} must be an integer >= {minimum}, got {value!r}"
+                                 + (" (0 = DeepCache off)" if name == "deepcache" else ""))
+        if self.scheduler != "ddim":
+            from vision.engines.generate import GenerateError, scheduler_name
+
+            try:
+                self.scheduler = scheduler_name(self.scheduler)
+            except GenerateError as err:
+                raise StoryError(str(err)) from None
+        if self.reference_size < 1:
+            raise StoryError(f"reference_size must be >= 1, got {self.reference_size}")
+        for name in ("lambda_start", "lambda_end", "guidance"):
+            value = getattr(self, name)
+            if name == "guidance" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise StoryError(f"{name} must be a finite number, got {value!r}")
+        if self.guidance_scale() < 0:
+            raise StoryError(f"guidance must be >= 0 (<= 1 disables classifier-free guidance), got {self.guidance}")
+
+    def mode(self) -> str:
+        """Which preset and mode this is, for records and messages: "<preset> preset, reference mode" or
+        "<preset> preset, product mode"."""
+        return f"{self.preset} preset, {'reference' if self.reference else 'product'} mode"
+
+    def guidance_scale(self) -> float:
+        """The CFG scale: ``guidance``, or the family's default (7.5 SD1.5, 5.0 SDXL) when it is None."""
+        return float(FAMILIES[self.family].guidance if self.guidance is None else self.guidance)
+
+    def base_model(self) -> str:
+        """The generation-engine family of the base model's weights (``checkpoint`` or the default)."""
+        return self.checkpoint or FAMILIES[self.family].checkpoints[0]
+
+    def lambdas(self) -> list[float]:
+        """The reference weight of rounds 1..R: ``linspace(lambda_start, lambda_end, R)``."""
+        return [float(x) for x in np.linspace(self.lambda_start, self.lambda_end, self.rounds)]
+
+    def lambda_of(self, round_index: int) -> float:
+        return 0.0 if round_index == 0 else self.lambdas()[round_index - 1]
+
+    def resolved_size(self, tiny: bool) -> int:
+        if self.size is not None:
+            return self.size
+        return TINY_SIZE if tiny else FAMILIES[self.family].size
+
+    def styled(self, prompt: str) -> str:
+        prefix, suffix = STYLES[self.style]
+        return f"{prefix}{prompt}{suffix}"
+
+
+PRESETS: dict[str, StoryConfig] = {
+    # the product default: fits a 16 GB GPU (SD1.5 + IP-Adapter, 512^2), DeepCache N = 3
+    "sd15": StoryConfig(),
+    # SDXL + RealVisXL V4.0, 1024^2, CFG 5.0, DeepCache N = 3
+    "sdxl": StoryConfig(preset="sdxl", family="sdxl"),
+    # the reference run (jwmao1/story-adapter run.py): SDXL + RealVisXL V4.0 with ip-adapter_sdxl and the
+    # bigG encoder, DDIM 50 steps, 1024^2 (size None: 1024 with real weights, 64 in tiny mode), CFG 5.0,
+    # 10 rounds, lambda 0.3 -> 0.5, comic style, round frames resized to 256^2 before encoding, no DeepCache
+    "reference": StoryConfig(preset="reference", reference=True, family="sdxl", checkpoint="realvisxl",
+                             scheduler="ddim", steps=50, guidance=5.0, rounds=10, lambda_start=0.3, lambda_end=0.5,
+                             style="comic", negative_prompt=DEFAULT_NEGATIVE, deepcache=0, reference_size=256),
+}
+
+
+def load_story(story: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Frame prompts from a text file (one frame per line) or a list of strings.
+
+    Whitespace around a prompt is stripped; blank lines / blank strings are skipped (documented: they
+    never make an empty frame). An empty story is a :class:`StoryError`.
+    """
+    if isinstance(story, (str, os.PathLike)):
+        path = Path(story)
+        if not path.is_file():
+            raise StoryError(f"{path}: no such story file (one frame prompt per line)")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise StoryError(f"{path}: not a UTF-8 text file ({err})") from None
+        source = str(path)
+    else:
+        lines = list(story)
+        if not all(isinstance(line, str) for line in lines):
+            raise StoryError("a story is a list of strings (one prompt per frame)")
+        source = "the story"
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise StoryError(f"{source} has no frames: give at least one non-empty prompt (one frame per line)")
+    if len(prompts) > MAX_FRAMES:
+        raise StoryError(f"{source} has {len(prompts)} frames; at most {MAX_FRAMES} are supported per run")
+    return prompts

@@ -1,0 +1,303 @@
+"""The Story-Adapter engine: rounds of generation over the hub's shared models, written as they finish."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vision.engines.story.adapter import ip_adapter_on, reference_pixels, set_reference_scale
+from vision.engines.story.config import FAMILIES, StoryConfig, StoryError, load_story
+from vision.engines.story.files import (MANIFEST, MANIFEST_FORMAT, STORYBOARD, frame_name, read_png, round_dir,
+                                        save_json, save_png)
+from vision.engines.story.results import StoryProgress, StoryResult
+from vision.engines.story.storyboard import make_storyboard
+
+def _deepcache(pipe: Any, config: StoryConfig):
+    """Our DeepCache on the pipeline for the block (interval N, branch b, uniform); off for N = 0.
+
+    It begins a fresh cache at every ``pipe(...)`` call, i.e. every frame, and is active only in this
+    thread. Reference mode numbers its steps as the DeepCache paper's loop does."""
+    if not config.deepcache:
+        return contextlib.nullcontext()
+    from vision.deepcache import DeepCache, DeepCacheError
+
+    try:
+        return DeepCache(pipe, interval=config.deepcache, branch=config.deepcache_branch, reference=config.reference)
+    except DeepCacheError as err:
+        raise StoryError(str(err)) from None
+
+
+class StoryEngine:
+    """Runs Story-Adapter on the shared hub models. See the module docstring."""
+
+    def __init__(self, hub: Any = None):
+        from vision.hub import get_hub
+
+        self.hub = hub or get_hub()
+
+    # -- pieces -------------------------------------------------------------------------------------
+
+    def pipeline(self, config: StoryConfig) -> Any:
+        """The generation engine's text-to-image pipeline of the base model (``config.base_model()``) over
+        the hub's shared modules."""
+        from vision.engines.generate import build_pipeline
+
+        pipe = build_pipeline(self.hub, family=config.base_model(), scheduler=config.scheduler, img2img=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def image_encoder(self, config: StoryConfig) -> Any:
+        return self.hub.get(FAMILIES[config.family].image_encoder)
+
+    def encode_references(self, images: Sequence[np.ndarray], config: StoryConfig) -> torch.Tensor:
+        """All previous-round frames -> CLIP image embeddings [B, D], in ONE encoder call."""
+        encoder = self.image_encoder(config)
+        pixels = reference_pixels(images, config.reference_size, encoder.config.image_size)
+        param = next(encoder.parameters())
+        with torch.no_grad():
+            return encoder(pixels.to(device=param.device, dtype=param.dtype)).image_embeds
+
+    def _generate(self, pipe: Any, prompt: str, config: StoryConfig, size: int, ip_embeds: torch.Tensor | None,
+                  on_step: Callable[[int, int], Any] | None = None) -> np.ndarray:
+        """One frame (RGB uint8); ``on_step(steps done, loop length)`` after each denoising step."""
+        from vision.engines import generate
+
+        kwargs: dict[str, Any] = {}
+        if ip_embeds is not None:
+            kwargs["ip_adapter_image_embeds"] = [ip_embeds]
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = generate.step_callback(on_step)
+        images = pipe(prompt=config.styled(prompt), negative_prompt=config.negative_prompt or None,
+                      height=size, width=size, num_inference_steps=config.steps,
+                      guidance_scale=config.guidance_scale(), generator=generate.make_generator(config.seed),
+                      output_type="np", **kwargs).images
+        return (np.clip(images[0], 0, 1) * 255).round().astype(np.uint8)
+
+    # -- manifest -----------------------------------------------------------------------------------
+
+    def run_arguments(self, prompts: list[str], config: StoryConfig, size: int) -> dict[str, Any]:
+        """Everything that decides the frames; its hash identifies a run for resuming. ``mode`` says which
+        preset and mode ran; ``guidance`` and ``models`` are the resolved defaults."""
+        family = FAMILIES[config.family]
+        return {"prompts": prompts, "config": asdict(config), "size": size, "tiny": bool(self.hub.tiny),
+                "mode": config.mode(), "guidance": config.guidance_scale(),
+                "models": {"ip_adapter": family.ip_adapter, "image_encoder": family.image_encoder,
+                           "family": config.family, "checkpoint": config.base_model()}}
+
+    @staticmethod
+    def arguments_hash(arguments: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()
+
+    @staticmethod
+    def _valid_rounds(manifest: dict, out: Path, frames: int, size: int) -> list[int]:
+        """Rounds 0..k that the manifest marks done and whose frame files are all present and readable."""
+        done = []
+        for r in range(len(manifest.get("rounds_done", []))):
+            entry = manifest.get("rounds", {}).get(str(r))
+            if r not in manifest["rounds_done"] or not entry or len(entry.get("frames", [])) != frames:
+                break
+            try:
+                ok = all(Image.open(out / name).size == (size, size) for name in entry["frames"])
+            except OSError:
+                ok = False
+            if not ok:
+                break
+            done.append(r)
+        return done
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def run(self, story: str | os.PathLike | Sequence[str], config: StoryConfig | None = None,
+            output_dir: str | os.PathLike | None = None,
+            on_progress: Callable[[StoryProgress], Any] | None = None,
+            stop_after_round: int | None = None, overwrite: bool = False) -> StoryResult:
+        """Illustrate ``story`` (file or list of prompts), resuming from ``output_dir`` when it holds an
+        unfinished run with the same arguments.
+
+        ``stop_after_round=k`` returns after round k is written (``stopped_early``), as an interrupted
+        run would; rerunning continues from round k + 1. A folder that holds a run with OTHER arguments
+        is refused unless ``overwrite=True`` (which starts afresh there).
+        """
+        config = config or StoryConfig()
+        config.validate()
+        prompts = load_story(story)
+        tiny = bool(getattr(self.hub, "tiny", False))
+        size = config.resolved_size(tiny)
+        n, rounds = len(prompts), config.rounds
+        out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="vision-story-"))
+        out.mkdir(parents=True, exist_ok=True)
+
+        arguments = self.run_arguments(prompts, config, size)
+        digest = self.arguments_hash(arguments)
+        manifest = self._load_manifest(out)
+        if manifest is not None and manifest.get("args_hash") != digest and not overwrite:
+            raise StoryError(
+                f"{out} holds a story run with different arguments (prompts, settings or models); "
+                "use another output folder, or overwrite=True / --overwrite to start afresh there")
+        if manifest is None or manifest.get("args_hash") != digest:
+            if manifest is not None:  # overwrite: drop the other run's images so none is mistaken for ours
+                self._remove_run_files(out, manifest)
+            manifest = {"format": MANIFEST_FORMAT, "args_hash": digest, "arguments": arguments,
+                        "rounds_total": rounds, "rounds_done": [], "rounds": {}}
+        done = self._valid_rounds(manifest, out, n, size)
+        manifest["rounds_done"] = done
+        manifest["rounds"] = {str(r): manifest["rounds"][str(r)] for r in done}
+        manifest.pop("final", None)
+        manifest.pop("storyboard", None)
+        resumed_from = done[-1] if done else None
+        if tiny:
+            from vision.tiny import TINY_NOTICE
+
+            manifest["notice"] = TINY_NOTICE
+        save_json(out / MANIFEST, manifest)
+
+        def report(r: int, frame: int, message: str, step: int = 0, steps: int = 0) -> None:
+            if on_progress is not None:
+                on_progress(StoryProgress(r, rounds, frame, n, message, step, steps))
+
+        previous = ([read_png(out / name) for name in manifest["rounds"][str(resumed_from)]["frames"]]
+                    if resumed_from is not None else None)
+        first = 0 if resumed_from is None else resumed_from + 1
+        stopped = False
+        if first <= rounds:
+            report(first, 0, f"round {first}/{rounds}" + (f" (resumed after round {resumed_from})"
+                                                          if resumed_from is not None else ""))
+            pipe = self.pipeline(config)
+            adapter_ctx = contextlib.ExitStack()
+            with adapter_ctx:
+                processors = None
+                for r in range(first, rounds + 1):
+                    if r >= 1 and processors is None:
+                        state_dict = self.hub.get(FAMILIES[config.family].ip_adapter)
+                        processors = adapter_ctx.enter_context(ip_adapter_on(pipe.unet, state_dict))
+                    previous = self._round(pipe, processors, r, prompts, previous, config, size, out,
+                                           manifest, report)
+                    if stop_after_round is not None and r == stop_after_round and r < rounds:
+                        stopped = True
+                        break
+
+        files: dict[str, Any] = {"manifest": MANIFEST, "rounds": manifest["rounds"]}
+        result = StoryResult(prompts, config, out, size, list(manifest["rounds_done"]),
+                             {int(r): e["timings"] for r, e in manifest["rounds"].items()}, files,
+                             resumed_from=resumed_from, tiny=tiny, stopped_early=stopped)
+        if stopped:
+            return result
+        final = previous
+        final_names = [f"final/{frame_name(i, n)}" for i in range(n)]
+        for name, image in zip(final_names, final):
+            save_png(out / name, image)
+        board = make_storyboard(final)
+        save_png(out / STORYBOARD, board)
+        manifest["final"] = final_names
+        manifest["storyboard"] = STORYBOARD
+        save_json(out / MANIFEST, manifest)
+        files.update(final=final_names, storyboard=STORYBOARD)
+        result.final, result.storyboard = final, board
+        report(rounds + 1, 0, f"done: {n} frames, {rounds + 1} passes")
+        return result
+
+    def generate_round(self, pipe: Any, processors: list | None, r: int, prompts: list[str],
+                       previous: list[np.ndarray] | None, config: StoryConfig, size: int,
+                       on_frame: Callable[[int, np.ndarray], Any] | None = None,
+                       on_step: Callable[[int, int, int], Any] | None = None) -> tuple[list[np.ndarray], float]:
+        """All frames of round ``r`` (no files written) and the seconds spent encoding references.
+
+        Round 0 is plain text-to-image (``processors`` unused). Round r >= 1 needs the IP processors of
+        :func:`ip_adapter_on` on ``pipe.unet`` and the frames of round r-1: they are encoded once, and
+        every frame attends to all their 4B tokens at scale lambda_r. ``on_frame(i, frame)`` after frame
+        i, ``on_step(i, steps done, loop length)`` after each denoising step of frame i.
+        """
+        ip_embeds, encode_s = None, 0.0
+        if r >= 1:
+            start = time.perf_counter()
+            set_reference_scale(processors, config.lambda_of(r))
+            embeds = self.encode_references(previous, config)  # [B, D], one call for the whole round
+            encode_s = time.perf_counter() - start
+            unet_param = next(pipe.unet.parameters())
+            positive = embeds[None].to(device=unet_param.device, dtype=unet_param.dtype)  # [1, B, D]
+            # CFG: the pipeline splits [uncond; cond] along dim 0; uncond = projected zero embeddings.
+            cfg = config.guidance_scale() > 1
+            ip_embeds = torch.cat([torch.zeros_like(positive), positive]) if cfg else positive
+        frames = []
+        with _deepcache(pipe, config):
+            for i, prompt in enumerate(prompts):
+                step_report = None if on_step is None else functools.partial(on_step, i)
+                frames.append(self._generate(pipe, prompt, config, size, ip_embeds, step_report))
+                if on_frame is not None:
+                    on_frame(i, frames[-1])
+        return frames, encode_s
+
+    def _round(self, pipe: Any, processors: list | None, r: int, prompts: list[str],
+               previous: list[np.ndarray] | None, config: StoryConfig, size: int, out: Path,
+               manifest: dict, report: Callable[..., None]) -> list[np.ndarray]:
+        """:meth:`generate_round`, writing each frame as it is made, then the round's storyboard and
+        manifest entry (the round counts as done only once the manifest says so)."""
+        n, rounds = len(prompts), config.rounds
+        folder = round_dir(r)
+        names = [f"{folder}/{frame_name(i, n)}" for i in range(n)]
+
+        def on_frame(i: int, image: np.ndarray) -> None:
+            save_png(out / names[i], image)
+            report(r, i + 1, f"round {r}/{rounds}: frame {i + 1}/{n}")
+
+        def on_step(i: int, step: int, steps: int) -> None:
+            report(r, i, f"round {r}/{rounds}: frame {i + 1}/{n}, step {step}/{steps}", step, steps)
+
+        start = time.perf_counter()
+        frames, encode_s = self.generate_round(pipe, processors, r, prompts, previous, config, size, on_frame,
+                                               on_step)
+        board_name = f"{folder}/storyboard_{folder}.png"
+        save_png(out / board_name, make_storyboard(frames))
+        seconds = time.perf_counter() - start
+        manifest["rounds"][str(r)] = {
+            "frames": names, "storyboard": board_name, "lambda": config.lambda_of(r),
+            "timings": {"seconds": round(seconds, 3), "encode_seconds": round(encode_s, 3),
+                        "seconds_per_frame": round((seconds - encode_s) / n, 3)},
+        }
+        manifest["rounds_done"] = sorted(set(manifest["rounds_done"]) | {r})
+        save_json(out / MANIFEST, manifest)
+        return frames
+
+    @staticmethod
+    def _remove_run_files(out: Path, manifest: dict) -> None:
+        names = list(manifest.get("final", []))
+        if manifest.get("storyboard"):
+            names.append(manifest["storyboard"])
+        for entry in manifest.get("rounds", {}).values():
+            names += list(entry.get("frames", [])) + [entry.get("storyboard", "")]
+        for name in names:
+            path = out / name
+            if name and path.is_file() and out.resolve() in path.resolve().parents:
+                path.unlink()
+
+    @staticmethod
+    def _load_manifest(out: Path) -> dict | None:
+        path = out / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise StoryError(f"{path} is not a readable story manifest ({err}); remove it or use another "
+                             "output folder") from None
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            raise StoryError(f"{path} is not a story manifest ({MANIFEST_FORMAT}); use another output folder")
+        return data
+
+
+def run_story(story: str | os.PathLike | Sequence[str], config: StoryConfig | None = None,
+              output_dir: str | os.PathLike | None = None, hub: Any = None, **kwargs: Any) -> StoryResult:
+    """Convenience wrapper: ``StoryEngine(hub).run(story, config, output_dir, **kwargs)``."""
+    return StoryEngine(hub).run(story, config, output_dir, **kwargs)

@@ -1,0 +1,113 @@
+"""What a story run reports while it runs (:class:`StoryProgress`) and what it returns (:class:`StoryResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vision.engines.story.config import StoryConfig, StoryError
+from vision.engines.story.files import MANIFEST, frame_name, read_png
+
+@dataclass(frozen=True)
+class StoryProgress:
+    """One progress event: at the start of a round, after each denoising step of a frame, after each
+    frame, and at the end.
+
+    ``frame`` = frames done in ``round``; ``step`` of ``steps`` = denoising steps done of the frame in
+    progress (frame index ``frame``), both 0 in frame and round events. ``fraction`` is the share of all
+    (rounds + 1) x frames generations done, counting resumed rounds as done and the frame in progress
+    by its steps. The app maps it to ``gr.Progress(fraction, desc=message)``; the CLI to tqdm.
+    """
+
+    round: int
+    rounds: int
+    frame: int
+    frames: int
+    message: str
+    step: int = 0
+    steps: int = 0
+
+    @property
+    def fraction(self) -> float:
+        done = self.round * self.frames + self.frame + (self.step / self.steps if self.steps else 0.0)
+        return min(1.0, done / ((self.rounds + 1) * self.frames))
+
+
+@dataclass
+class StoryResult:
+    """What a story run made. Images are RGB uint8 [H, W, 3]; only the final frames and storyboard
+    are held in memory, every round's frames are files under ``output_dir``."""
+
+    prompts: list[str]
+    config: StoryConfig
+    output_dir: Path
+    size: int
+    rounds_done: list[int]
+    timings: dict[int, dict[str, float]]
+    files: dict[str, Any]
+    final: list[np.ndarray] | None = None
+    storyboard: np.ndarray | None = None
+    resumed_from: int | None = None  # the last complete round found in the folder, if any
+    tiny: bool = False
+    stopped_early: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.rounds_done) and self.rounds_done[-1] == self.config.rounds
+
+    def round_images(self, r: int) -> list[np.ndarray]:
+        """The frames of round ``r`` (read from the output folder)."""
+        if r not in self.rounds_done:
+            raise StoryError(f"round {r} was not generated (rounds done: {self.rounds_done})")
+        return [read_png(self.output_dir / name) for name in self.files["rounds"][str(r)]["frames"]]
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able summary: settings, prompts, rounds, lambdas, timings, files (relative paths)."""
+        from vision.tiny import TINY_NOTICE
+
+        record = {
+            "engine": "story",
+            "mode": self.config.mode(),
+            "prompts": self.prompts,
+            "styled_prompts": [self.config.styled(p) for p in self.prompts],
+            "config": asdict(self.config),
+            "guidance": self.config.guidance_scale(),
+            "checkpoint": self.config.base_model(),
+            "size": self.size,
+            "frames": len(self.prompts),
+            "rounds_done": self.rounds_done,
+            "complete": self.complete,
+            "lambdas": [self.config.lambda_of(r) for r in range(self.config.rounds + 1)],
+            "timings": {str(r): t for r, t in self.timings.items()},
+            "total_seconds": round(sum(t["seconds"] for t in self.timings.values()), 3),
+            "resumed_from": self.resumed_from,
+            "output_dir": str(self.output_dir),
+            "files": self.files,
+            "tiny": self.tiny,
+        }
+        if self.tiny:
+            record["notice"] = TINY_NOTICE
+        return record
+
+    def to_files(self) -> dict[str, Any]:
+        """``{suffix: image | dict}`` in the engine-result contract of :mod:`vision.batch`: the
+        storyboard, the final frames and the record (empty images for a run stopped early)."""
+        files: dict[str, Any] = {}
+        if self.storyboard is not None:
+            files["storyboard.png"] = self.storyboard
+        for i, frame in enumerate(self.final or []):
+            files[frame_name(i, len(self.prompts))] = frame
+        files["record.json"] = self.to_record()
+        return files
+
+    def paths(self) -> list[Path]:
+        """The files a user downloads, as written: storyboard, final frames, manifest (absolute)."""
+        out = []
+        if "storyboard" in self.files:
+            out.append(self.output_dir / self.files["storyboard"])
+        out += [self.output_dir / name for name in self.files.get("final", [])]
+        out.append(self.output_dir / MANIFEST)
+        return out

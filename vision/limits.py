@@ -1,0 +1,44 @@
+"""Limits on the diffusion settings a user picks, in one place for the CLI, the app and the engines.
+
+Checked up front, before any model loads, so that a value out of range is a clear message naming the
+option rather than an allocator error or a scheduler's complaint after the start-up:
+
+* ``MAX_STEPS``: the schedulers of SD1.5 and SDXL are trained on 1000 timesteps; diffusers refuses more
+  denoising steps, but only once the pipeline runs.
+* ``MAX_SIDE``: pixels per image side. 2048 is twice SDXL's native side (four times SD1.5's); memory
+  grows with the square of the side (``--size 100000`` asks for a 10-gigapixel image), and the VAE
+  works on 8x8-pixel latents, so a side is a multiple of ``SIDE_MULTIPLE``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+MAX_STEPS = 1000
+MAX_SIDE = 2048
+SIDE_MULTIPLE = 8
+
+
+class LimitError(ValueError):
+    """A setting outside its limit; the message names the setting and the allowed range."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_steps(steps: object, name: str = "steps") -> int:
+    """``steps`` if it is an integer in 1..MAX_STEPS, else :class:`LimitError` naming ``name``."""
+    if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
+        raise LimitError(f"{name} must be an integer from 1 to {MAX_STEPS} (the schedulers are trained on "
+                         f"{MAX_STEPS} timesteps), got {steps!r}")
+    return steps
+
+
+def check_side(side: object, name: str = "size") -> int:
+    """``side`` (pixels) if it is a multiple of 8 in 8..MAX_SIDE, else :class:`LimitError` naming ``name``."""
+    if not _is_int(side) or not SIDE_MULTIPLE <= side <= MAX_SIDE or side % SIDE_MULTIPLE:
+        raise LimitError(f"{name} must be a multiple of {SIDE_MULTIPLE} from {SIDE_MULTIPLE} to {MAX_SIDE} pixels "
+                         f"(the VAE works on 8x8-pixel latents; memory grows with the square of the side), "
+                         f"got {side!r}")
+    return side
