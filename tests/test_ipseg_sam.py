@@ -114,9 +114,14 @@ def test_real_sam_t_one_shot_on_a_flipped_scaled_photo():
         predictor.set_image(coffee)
         masks, scores, _ = predictor.predict(point_coords=np.array([[300.0, 235.0]]), point_labels=np.array([1]),
                                              multimask_output=True)
+    # SAM's best-scored mask for a click on the cup's body is the cup on its saucer (about 48% of the
+    # photo; the cup alone, 18%, scores lower). PerSAM's cascade keeps the highest predicted IoU too, so
+    # this is the object a one-shot run can be asked to find again.
     cup = masks[int(np.argmax(scores))]
-    assert 0.02 < cup.mean() < 0.5  # a cup, not a speck or the whole table
+    assert 0.1 < cup.mean() < 0.7  # an object, not a speck or the whole table
     target = cv2.resize(coffee[:, ::-1], (450, 300), interpolation=cv2.INTER_AREA)
     expected = cv2.resize(cup[:, ::-1].astype(np.uint8), (450, 300), interpolation=cv2.INTER_NEAREST).astype(bool)
-    result = IPSeg(IPSegConfig(features="sam", sam_model="sam_t"), hub=hub).segment(Prompt(coffee, mask=cup), target)
-    assert _iou(result.mask, expected) >= 0.7
+    for reference in (False, True):
+        config = IPSegConfig(features="sam", sam_model="sam_t", reference=reference)
+        result = IPSeg(config, hub=hub).segment(Prompt(coffee, mask=cup), target)
+        assert _iou(result.mask, expected) >= 0.7, reference
