@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vision.engines import ipseg_points as P
+from vision.engines.ipseg import points
+from vision.engines.ipseg.cascade import SamView
 from vision.engines.ipseg import (SD_HOOKS, IPSeg, IPSegConfig, IPSegError, IPSegWarning, Prompt, find_instances,
                                   run_hooked_unet)
 from vision.hub import ModelHub
@@ -94,7 +95,7 @@ def test_hooks_are_removed_when_the_pass_fails(tiny_hub):
 
 def test_engine_sd_features_on_the_grid(tiny_hub, photos):
     engine = IPSeg(TINY, hub=tiny_hub)
-    feats = engine.sd_features(photos["coffee"], 60)
+    feats = engine.extractor.sd(photos["coffee"], 60)
     up = list(reversed(tiny_hub.get("sd15_unet").config.block_out_channels))
     assert {k: tuple(v.shape) for k, v in feats.items()} == {"s5": (up[0], 60, 60), "s4": (up[1], 60, 60),
                                                               "s3": (up[2], 60, 60)}
@@ -226,6 +227,10 @@ class BlobPredictor:
         return np.repeat(mask[None], n, 0), np.linspace(0.9, 0.7, n), np.zeros((n, 256, 256), np.float32)
 
 
+def _view(predictor, hw=(300, 300)):
+    return SamView(predictor, hw, hw)
+
+
 def _two_blob_scene():
     sim = np.full((60, 60), 0.1, np.float32)
     sim[5:20, 5:20] = 0.9
@@ -238,15 +243,15 @@ def _two_blob_scene():
 
 def test_several_instances_then_stop():
     sim, blobs = _two_blob_scene()
-    presence, present, instances = find_instances(sim, (300, 300), BlobPredictor(blobs), IPSegConfig(max_instances=5))
+    presence, present, instances = find_instances(sim, _view(BlobPredictor(blobs)), IPSegConfig(max_instances=5))
     assert present and presence == pytest.approx(0.9)
     assert len(instances) == 2  # the background (0.1) is below 0.8 x the first score
     np.testing.assert_array_equal(instances[0].mask, blobs[0])
     np.testing.assert_array_equal(instances[1].mask, blobs[1])
     assert instances[0].score == pytest.approx(0.9) and instances[1].score == pytest.approx(0.8)
-    _, _, one = find_instances(sim, (300, 300), BlobPredictor(blobs), IPSegConfig())
+    _, _, one = find_instances(sim, _view(BlobPredictor(blobs)), IPSegConfig())
     assert len(one) == 1  # the paper's default: one mask
-    _, _, strict = find_instances(sim, (300, 300), BlobPredictor(blobs),
+    _, _, strict = find_instances(sim, _view(BlobPredictor(blobs)),
                                   IPSegConfig(max_instances=5, presence_threshold=0.85))
     assert len(strict) == 1  # the second blob's 0.8 is below the threshold
 
@@ -254,7 +259,7 @@ def test_several_instances_then_stop():
 def test_absent_below_the_presence_threshold(tiny_hub, photos):
     sim, blobs = _two_blob_scene()
     predictor = BlobPredictor(blobs)
-    presence, present, instances = find_instances(sim, (300, 300), predictor, IPSegConfig(presence_threshold=0.95))
+    presence, present, instances = find_instances(sim, _view(predictor), IPSegConfig(presence_threshold=0.95))
     assert not present and instances == [] and predictor.calls == 0
     result = IPSeg(IPSegConfig.fast(presence_threshold=2.0), hub=tiny_hub).segment(photos["chelsea"],
                                                                                   photos["coffee"])
@@ -308,8 +313,8 @@ def test_grid_to_pixels_of_the_engine_points(tiny_hub, photos):
     """The engine's points are the cell centres of its positive/negative cells (documented mapping)."""
     result = IPSeg(IPSegConfig.fast(), hub=tiny_hub).segment(photos["chelsea"], photos["coffee"])
     inst = result.concepts[0].instances[0]
-    np.testing.assert_allclose(inst.positive, P.cells_to_pixels(inst.positive_cells, (400, 600), 60))
-    np.testing.assert_allclose(inst.negative, P.cells_to_pixels(inst.negative_cells, (400, 600), 60))
+    np.testing.assert_allclose(inst.positive, points.cells_to_pixels(inst.positive_cells, (400, 600), 60))
+    np.testing.assert_allclose(inst.negative, points.cells_to_pixels(inst.negative_cells, (400, 600), 60))
 
 
 # -------------------------------------------------------------------------------------------------- CLI

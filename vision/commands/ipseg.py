@@ -1,10 +1,12 @@
 """``python -m vision ipseg --prompt IMG [--prompt-mask MASK | --prompt-box X0,Y0,X1,Y1] --input IMG_OR_DIR
---output DIR [--tiny]``: segment the prompt's concept in every input image (IPSeg).
+--output DIR [--preset default|paper|fast] [--features dino+sd|dino|sam] [--sam sam_t|sam_b|sam_h] [--tiny]``:
+segment the prompt's concept in every input image (IPSeg).
 
 Writes ``<stem>.mask.png`` and ``<stem>.overlay.png`` per input (plus ``<stem>.<concept>_<k>.inst.png``
-when several instances are found) and one ``results.jsonl`` line per input (presence score, points,
-timings); see :mod:`vision.batch` for resuming, sharding and errors.jsonl. The engine is
-:mod:`vision.engines.ipseg`; this module only maps options onto it.
+when several instances are found, and ``<stem>.heatmap.png`` with ``--heatmap``) and one ``results.jsonl``
+line per input (what ran: feature source and reference mode; presence score, points, timings); see
+:mod:`vision.batch` for resuming, sharding and errors.jsonl. The engine is :mod:`vision.engines.ipseg`;
+this module only maps options onto it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import functools
 import hashlib
 import sys
 from pathlib import Path
+
+from vision.engines.ipseg.config import FEATURES, PRESETS, SAM_MODELS  # no torch: --help stays quick
 
 NAME = "ipseg"
 HELP = "segment the concept shown in a prompt image in every input image (IPSeg)"
@@ -30,26 +34,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or box the foreground is found automatically")
     parser.add_argument("--prompt-box", action="append", metavar="X0,Y0,X1,Y1",
                         help="box of the concept on the prompt in pixels (instead of a mask)")
-    parser.add_argument("--fast", action="store_true",
-                        help="DINOv2 features only (no Stable Diffusion: faster, no SD weights needed)")
-    parser.add_argument("--sam", choices=("sam_b", "sam_h"), default="sam_b",
-                        help="SAM model (default sam_b; the paper uses sam_h)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                        help="default (our corrections of the reference, SAM-B); paper (reproduce the reference "
+                             "code: reference mode, SAM-H, DINOv2 + SD); fast (DINOv2 only)")
+    parser.add_argument("--features", choices=FEATURES, default=None,
+                        help="feature source: dino+sd (the paper's), dino (DINOv2 only), sam (SAM's image "
+                             "embedding: needs SAM alone); default: the preset's")
+    parser.add_argument("--fast", action="store_true", help="the same as --features dino")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
+                        help="reproduce the reference code, quirks included (default: the preset's)")
+    parser.add_argument("--sam", choices=SAM_MODELS, default=None,
+                        help="SAM model (default: the preset's, sam_b; the paper uses sam_h)")
+    parser.add_argument("--heatmap", action="store_true",
+                        help="also write <stem>.heatmap.png: the similarity map with the chosen points")
     parser.add_argument("--kshot", choices=("mean", "max"), default="mean",
                         help="several prompts: average their prototypes (mean) or take the best match (max)")
     parser.add_argument("--max-instances", type=int, default=1, help="masks per image (default 1)")
     parser.add_argument("--presence-threshold", type=float, default=None,
                         help="below this presence score an image gets no mask (absent); default: always a mask")
-    parser.add_argument("--seed", type=int, default=0, help="seed of k-means and the SD noise")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of k-means (and of the SD noise outside the paper preset); default: the preset's")
     batch.add_batch_arguments(parser)
 
 
-def make_processor(prompts: list, config) -> object:
+def make_processor(prompts: list, config, heatmap: bool = False) -> object:
     """One engine per worker; the prompt features are computed here, once (top level for Ray)."""
+    from vision import batch
     from vision.engines.ipseg import IPSeg
 
     engine = IPSeg(config)
     concepts = engine.prepare(prompts)
-    return lambda item: engine.segment(concepts, item.image(), name=item.id)
+
+    def process(item):
+        result = engine.segment(concepts, item.image(), name=item.id)
+        return batch.BatchResult(result.to_files(heatmaps=True), result.to_record()) if heatmap else result
+
+    return process
+
+
+def make_config(args: argparse.Namespace):
+    """The preset's config with the options given on the command line."""
+    from vision.engines.ipseg import IPSegConfig
+
+    if args.fast and args.features not in (None, "dino"):
+        raise ValueError(f"--fast means --features dino; it contradicts --features {args.features}")
+    changes = {"kshot": args.kshot, "max_instances": args.max_instances, "presence_threshold": args.presence_threshold}
+    given = {"features": "dino" if args.fast else args.features, "reference": args.reference,
+             "sam_model": args.sam, "seed": args.seed}
+    changes.update({k: v for k, v in given.items() if v is not None})
+    return IPSegConfig.from_preset(args.preset, **changes).validate()
 
 
 def _pair(values: list | None, n: int, flag: str) -> list:
@@ -78,7 +111,7 @@ def _digest(path: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from vision import batch
-    from vision.engines.ipseg import IPSegConfig, Prompt
+    from vision.engines.ipseg import Prompt
     from vision.hub import get_hub
 
     try:
@@ -88,16 +121,16 @@ def run(args: argparse.Namespace) -> int:
             if not Path(path).is_file():
                 raise ValueError(f"{path}: no such file")
         prompts = [Prompt(image, mask=mask, box=_box(box)) for image, mask, box in zip(args.prompt, masks, boxes)]
-        config = IPSegConfig(sam_model=args.sam, kshot=args.kshot, max_instances=args.max_instances,
-                             presence_threshold=args.presence_threshold, seed=args.seed)
-        if args.fast:
-            config = dataclasses.replace(config, sd_weight=0.0)
-        config.validate()
-        settings = {"config": dataclasses.asdict(config), "tiny": get_hub().tiny,
+        config = make_config(args)
+        settings = {"config": dataclasses.asdict(config), "tiny": get_hub().tiny, "heatmap": args.heatmap,
                     "prompts": [[p, _digest(p), m, _digest(m), b] for p, m, b in zip(args.prompt, masks, boxes)]}
     except (ValueError, OSError) as err:  # bad options (IPSegError for settings is a ValueError)
         print(f"ipseg: {err}", file=sys.stderr)
         return 2
+    described = config.describe()
+    print(f"ipseg: preset {args.preset}, features {config.features} ({config.mode}), reference mode "
+          f"{'on' if config.reference else 'off'}, SAM {config.sam_model} ({described['sam_frame']} frame)")
     # Prompt problems (empty mask, no salient region) and missing weights surface when the engine starts;
     # the batch runner reports them as a message and exit code 2.
-    return batch.run_from_args(args, functools.partial(make_processor, prompts, config), settings=settings)
+    return batch.run_from_args(args, functools.partial(make_processor, prompts, config, args.heatmap),
+                               settings=settings)

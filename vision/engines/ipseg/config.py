@@ -1,0 +1,143 @@
+"""IPSeg's settings (:class:`IPSegConfig`), its named presets and its error types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+FEATURES = ("dino+sd", "dino", "sam")  # the paper's DINOv2 + SD1.5, DINOv2 only, SAM's image embedding
+SAM_MODELS = ("sam_t", "sam_b", "sam_h")
+SD_FEATURES = ("s5", "s4", "s3")
+MODE_LABELS = {"dino+sd": "dinov2+sd15", "dino": "dinov2-only", "sam": "sam-embedding"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},  # the paper's features with our corrections, SAM-B as the light segmenter
+    "paper": {"reference": True, "features": "dino+sd", "sam_model": "sam_h", "seed": 0, "sd_noise_seed": 42},
+    "fast": {"features": "dino"},  # no Stable Diffusion: SD weights never loaded
+}
+
+
+class IPSegError(ValueError):
+    """An input IPSeg cannot use; the message says why and what to do (shown to the user as is)."""
+
+
+class IPSegWarning(UserWarning):
+    """An input IPSeg adjusted (e.g. a resized prompt mask); also listed in the result's ``notes``."""
+
+
+@dataclass(frozen=True)
+class IPSegConfig:
+    """Settings; the defaults are the paper's method (with SAM-B as the light segmenter) and our
+    corrections of the reference code. ``IPSegConfig.from_preset("paper")`` reproduces the reference
+    (see :mod:`vision.engines.ipseg.engine` for every behaviour ``reference`` changes).
+
+    ``features`` is the one way to choose the feature source: ``"dino+sd"`` (the paper's), ``"dino"``
+    (DINOv2 only, fast) or ``"sam"`` (the SAM image embedding the cascade computes anyway, PerSAM's
+    source: a run needs SAM alone). For backward compatibility ``sd_weight=0`` with ``"dino+sd"``
+    means ``"dino"``.
+    """
+
+    features: str = "dino+sd"
+    reference: bool = False  # reproduce the reference code (luckybird1994/IPSeg), quirks included
+    dino_model: str = "dinov2_b14"
+    dino_size: int = 840  # letterbox side for DINOv2 (840 / 14 = the 60x60 grid)
+    sd_weight: float = 0.1  # weight of the SD term (features "dino+sd")
+    sd_layer_weights: tuple[float, float, float] = (0.3, 0.2, 0.1)  # s5, s4, s3 (reference: s3, s4, s5)
+    sd_size: int = 960  # letterbox side for SD
+    sd_crop: int = 512  # reference mode: SD runs on overlapping crops of this side (SD1.5's native size)
+    sd_timestep: int = 100
+    sd_noise_seed: int | None = None  # seed of the SD noise; None: ``seed``
+    latent_scale: float = 0.18215
+    sam_model: str = "sam_b"  # "sam_t", "sam_b" or "sam_h" (the paper's)
+    top_k: int = 32
+    clusters: int = 4
+    kmeans_iters: int = 20
+    seed: int = 0  # k-means initialisation (and the SD noise unless sd_noise_seed is set)
+    kshot: str = "mean"  # several prompt images: "mean" of prototypes or per-cell "max" of similarities
+    presence_threshold: float | None = None  # below it a concept is "absent" (no mask); None: always a mask
+    max_instances: int = 1  # masks per concept per target
+    instance_ratio: float = 0.8  # extra instances (no threshold): score >= ratio x first instance's score
+    min_side: int = 14  # images with a shorter side are refused (one DINOv2 patch)
+
+    def __post_init__(self) -> None:
+        if self.features == "dino+sd" and self.sd_weight == 0:  # the old spelling of the fast mode
+            object.__setattr__(self, "features", "dino")
+
+    @classmethod
+    def from_preset(cls, name: str, **changes: Any) -> "IPSegConfig":
+        """A named preset (``"default"``, ``"paper"``, ``"fast"``; see :data:`PRESETS`) with ``changes``."""
+        if name not in PRESETS:
+            raise IPSegError(f"unknown IPSeg preset {name!r}; presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **changes})
+
+    @classmethod
+    def fast(cls, **changes: Any) -> "IPSegConfig":
+        """DINOv2-only fast mode: no Stable Diffusion features (and SD weights never loaded)."""
+        return cls.from_preset("fast", **changes)
+
+    @property
+    def use_sd(self) -> bool:
+        return self.features == "dino+sd"
+
+    @property
+    def use_dino(self) -> bool:
+        return self.features != "sam"
+
+    @property
+    def primary_feature(self) -> str:
+        """The feature the automatic prompt region is found in (and the grid comes from)."""
+        return "sam" if self.features == "sam" else "dino"
+
+    @property
+    def mode(self) -> str:
+        """The feature source as a label: ``dinov2+sd15``, ``dinov2-only`` or ``sam-embedding``."""
+        return MODE_LABELS[self.features]
+
+    @property
+    def noise_seed(self) -> int:
+        return self.seed if self.sd_noise_seed is None else self.sd_noise_seed
+
+    def feature_weights(self) -> dict[str, float]:
+        """Weight of each feature's cosine map in S. The reference applies ``sd_layer_weights`` to its
+        feature dict in the order it was saved, s3, s4, s5 (its comment says s5, s4, s3)."""
+        if self.features == "sam":
+            return {"sam": 1.0}
+        weights = {"dino": 1.0}
+        if self.use_sd:
+            order = SD_FEATURES[::-1] if self.reference else SD_FEATURES
+            weights.update({f: self.sd_weight * w for f, w in zip(order, self.sd_layer_weights)})
+        return weights
+
+    def validate(self) -> "IPSegConfig":
+        problems = []
+        if self.features not in FEATURES:
+            problems.append(f"features={self.features!r} must be one of {', '.join(FEATURES)}")
+        if self.dino_size <= 0 or self.dino_size % 14:
+            problems.append(f"dino_size={self.dino_size} must be a positive multiple of 14 (the patch size)")
+        if self.use_sd and (self.sd_size <= 0 or self.sd_size % 64):
+            problems.append(f"sd_size={self.sd_size} must be a positive multiple of 64 (latent divisible by 8)")
+        if self.use_sd and self.reference and (self.sd_crop <= 0 or self.sd_crop % 64):
+            problems.append(f"sd_crop={self.sd_crop} must be a positive multiple of 64")
+        if self.kshot not in ("mean", "max"):
+            problems.append(f"kshot={self.kshot!r} must be 'mean' or 'max'")
+        if self.sam_model not in SAM_MODELS:
+            problems.append(f"sam_model={self.sam_model!r} must be one of {', '.join(SAM_MODELS)}")
+        if self.top_k < 1 or self.clusters < 1 or self.kmeans_iters < 1 or self.max_instances < 1:
+            problems.append("top_k, clusters, kmeans_iters and max_instances must be >= 1")
+        if not 0 <= self.sd_timestep < 1000:
+            problems.append(f"sd_timestep={self.sd_timestep} must be in 0..999")
+        if problems:
+            raise IPSegError("invalid IPSeg settings: " + "; ".join(problems))
+        return self
+
+    def feature_key(self) -> tuple:
+        """The settings that change prompt prototypes (part of the prompt-cache key)."""
+        dino = (self.dino_model, self.dino_size) if self.use_dino else None
+        sd = (self.sd_size, self.sd_timestep, self.latent_scale, self.noise_seed, self.sd_crop) if self.use_sd else None
+        sam = self.sam_model if self.features == "sam" else None
+        return (self.features, self.reference, dino, sd, sam)
+
+    def describe(self) -> dict[str, Any]:
+        """What ran, for results records: feature source, reference mode on/off, SAM model and frame."""
+        return {"mode": self.mode, "features": self.features, "reference": self.reference,
+                "sam_model": self.sam_model, "sam_frame": "stretched-square" if self.reference else "aspect-kept"}

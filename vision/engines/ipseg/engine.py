@@ -1,0 +1,398 @@
+"""IPSeg: segment a visual concept in target images from an image prompt (training-free).
+
+Algorithm (spec: ``shared/specs/ipseg.md``; paper: IJCV 2024, reference ``luckybird1994/IPSeg``):
+
+1. **Features** (:mod:`~vision.engines.ipseg.features`; ``features=``). ``"dino+sd"`` (the paper's):
+   DINOv2-B/14 on the image letterboxed to 840 px, ``hidden_states[-1]`` (the last block *before* the
+   final LayerNorm), CLS dropped -> 60x60x768; and Stable Diffusion 1.5 on the image letterboxed to
+   960 px: VAE latent mean x 0.18215, noised at t = 100 with ``DDPMScheduler.add_noise`` (seeded noise),
+   one UNet pass with the empty-prompt embedding, forward hooks on ``up_blocks[0].resnets[1]`` (s5),
+   ``up_blocks[1].attentions[1]`` (s4) and ``up_blocks[2].attentions[1]`` (s3), the pass stopped after
+   the last of them. ``"dino"``: DINOv2 only (SD never loaded). ``"sam"`` (PerSAM's source): SAM's
+   image embedding [256, 64, 64], which the cascade computes anyway: a run needs SAM alone. Every map is
+   cut back to the cells that cover the image and resized (nearest) to the grid.
+2. **Prompt region** (:mod:`~vision.engines.ipseg.prompts`). The user's mask, box or scribble, else the
+   first principal component of the prompt's tokens, thresholded at its mean, centre = foreground
+   (``"auto-pca"``). Masks and boxes reach the grid by nearest sampling and a 3x3 erosion (fallback:
+   un-eroded, then every cell the mask touches); scribbles by "any pixel in the cell".
+3. **Prototype and similarity.** ``p_f`` = L2-normalised mean of the prompt's raw features over the
+   region; ``S = c_dino + 0.1 (0.3 c_s5 + 0.2 c_s4 + 0.1 c_s3)`` (``S = c_dino`` or ``c_sam`` for the
+   other sources). k-shot: ``kshot="mean"`` averages the per-image prototypes, ``"max"`` takes the
+   per-cell maximum of S.
+4. **Points** (:mod:`~vision.engines.ipseg.points`). k-means (K = 4, 20 iterations, seeded) of the 32
+   highest cells (positive) and the 32 lowest (negative).
+5. **SAM** (:mod:`~vision.engines.ipseg.cascade`). The target encoded ONCE (every concept and instance
+   reuses it; the reference encodes it three times, with the same result), then PerSAM's cascade.
+
+**Reference mode** (``reference=True``; on in the ``paper`` preset, with SAM-H and the reference's seeds:
+k-means 0, SD noise 42) reproduces the reference code (``perseg_test.sh``, ``ipseg_fss.py``, ODISE's
+``slide_forward``). What it changes:
+
+* SD runs on 2x2 overlapping 512 crops of the 960 square (offsets 0 and 448 per axis, latent 64 each),
+  every crop with the same noise (one ``randn(1, 4, 64, 64)`` of a generator seeded once), and each map
+  is averaged where crops overlap, at its own resolution (s5 15x15 from 8x8 crops at cells 0 and 7, s4
+  from 16x16 at 0 and 14, s3 from 32x32 at 0 and 28). Default: one pass on the whole square.
+* Undoing the letterbox keeps ``int(short / (long / n))`` cells of an n-cell axis, centred as
+  ``(n - kept) // 2`` (a 480x640 image keeps 11 of 15 s5 rows, 22 of 30 s4 rows, 46 of 60 s3/DINOv2
+  rows); default: every cell the image touches (13, 24, 46). Maps and the prompt mask are resized with
+  PyTorch ``nearest``; default: ``nearest-exact`` (cell centres).
+* The SD layer weights go to s3, s4, s5 in that order (0.3 c_s3 + 0.2 c_s4 + 0.1 c_s5): the reference
+  applies them in the order its extractor saved the maps (s2, s3, s4, s5 by stride, s2 skipped) while
+  its comment says s5, s4, s3. Default: the spec's 0.3 c_s5 + 0.2 c_s4 + 0.1 c_s3.
+* k-means starts from ``torch.randperm(32)[:4]`` of a generator seeded with 0 (re-seeded per call), runs
+  the reference's 20 ``cdist``/``argmin`` iterations, keeps centres fractional and drops NaN (emptied)
+  clusters, collapse included (see :func:`~vision.engines.ipseg.points.lloyd_reference`). Default:
+  k-means++ with centres rounded to cells.
+* SAM sees the target stretched to 1024x1024 (aspect not kept; OpenCV bilinear), points at
+  ``col * 1024/60 + 1024/120``; the cascade runs in that frame and the final mask is resized (nearest)
+  to the image. Default: ``SamPredictor``'s aspect-keeping frame (the same points in image pixels).
+
+**Differences from the reference in every mode**, each with its reason:
+
+* A cell's row is ``index // 60``. The reference's ``index / 60`` (true division) is a bug: it moves
+  every point down by ``col / 60`` of a cell.
+* The automatic prompt region is the PCA foreground above, not the reference's A2S-v2 / CoRNet saliency
+  map: that trained model cannot be installed here.
+* ODISE's implicit captioner is left out: its learned CLIP-image offsets to the empty-prompt embedding
+  and to the UNet's time embedding need ODISE's trained weights.
+* The letterboxes are resized bicubic (:func:`vision.imaging.letterbox`); the reference uses Lanczos.
+* An empty step-2 mask makes step 3 run without a box; the reference passes ``[0, 1023, 0, 1023]``, a
+  box with x0 = x1 = 0 (its x/y order is mixed up).
+* Masks come back at the image's size (the reference scores its 1024x1024 stretched masks).
+* An erosion that empties the prompt region falls back to the un-eroded region (the reference would
+  average no cells: NaN).
+
+Beyond the paper: a presence score (mean of the 32 highest S; below ``presence_threshold`` the concept
+is "absent": no mask), several instances per target (``max_instances``: after an instance, its cells and
+the cells its points came from are excluded and the next one is sought while the top-32 mean of the
+remaining cells stays >= ``presence_threshold``, or, with no threshold, >= ``instance_ratio`` x the first
+instance's score), several concepts per call, several prompt images per concept, a prompt cache (prompt
+image content + region + feature settings -> prototypes: a batch of N targets costs one prompt pass),
+progress per stage through a callback, and batches that keep the good targets when one fails.
+
+Awkward inputs (:class:`IPSegError`, a ``ValueError`` whose message is for the user): a prompt mask of
+another size is resized (nearest) with a warning when its aspect ratio matches the image within 5%, and
+refused otherwise; an empty mask, box or scribble is refused; a prompt with no salient region is refused
+with advice to give a mask or box; an image whose shorter side is below ``min_side`` (14 px) is refused.
+No presence threshold is set by default (the paper always answers with a mask): calibrate one on real
+weights for your data (the score is a cosine, about -1..1.06).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from vision.engines.ipseg import points as pts
+from vision.engines.ipseg.cascade import SamView, sam_cascade
+from vision.engines.ipseg.config import IPSegConfig, IPSegError
+from vision.engines.ipseg.features import FeatureExtractor, fused_similarity, prototype
+from vision.engines.ipseg.prompts import Concept, Prompt, as_concepts, auto_region, grid_region, mask_touches_grid, user_region
+from vision.engines.ipseg.results import IPSegBatch, ConceptResult, Instance, IPSegResult, TargetError
+from vision.imaging import ImageError, ImageInput, load_image
+
+ProgressCallback = Callable[[float, str], Any]  # (fraction done 0..1, the stage starting now)
+
+
+@dataclass
+class PromptFeatures:
+    """What a prompt image contributes: prototypes per feature type and the region they came from."""
+
+    prototypes: dict[str, torch.Tensor]  # feature -> [C], L2-normalised
+    region: np.ndarray  # bool [g, g]
+    source: str  # "mask", "box", "scribble" or "auto-pca"
+    grid_detail: str  # how the region reached the grid ("eroded", "uneroded", "touched", ...)
+    notes: list[str]
+
+
+class Progress:
+    """Reports each stage to ``callback(fraction, description)`` as it starts (``gradio.Progress`` takes
+    this call as is): ``targets`` x ``steps`` stages, then ``(1.0, "done")``."""
+
+    def __init__(self, callback: ProgressCallback | None, targets: int, steps: int):
+        self.callback, self.targets, self.steps = callback, max(targets, 1), max(steps, 1)
+        self.done = 0
+        self.label = ""
+
+    def start_target(self, index: int, label: str) -> None:
+        self.done = index * self.steps  # a target that failed part-way does not shift the next ones
+        self.label = label
+
+    def __call__(self, stage: str) -> None:
+        if self.callback is not None:
+            self.callback(min(self.done / (self.targets * self.steps), 1.0), f"{self.label}: {stage}")
+        self.done += 1
+
+    def finish(self) -> None:
+        if self.callback is not None:
+            self.callback(1.0, "done")
+
+
+# ---------------------------------------------------------------------------------------------- engine
+class IPSeg:
+    """The IPSeg pipeline on the shared models of a :class:`vision.hub.ModelHub`.
+
+    >>> engine = IPSeg()                                   # IPSegConfig.from_preset("paper") reproduces the reference
+    >>> result = engine.segment(Prompt("dog.jpg", mask="dog_mask.png"), "park.jpg")
+    >>> result.mask, result.presence, result.heatmap(), result.concepts[0].instances[0].positive
+    >>> results = engine.segment_batch({"dog": "dog.jpg", "ball": Prompt("ball.jpg", box=(10, 10, 90, 90))},
+    ...                                ["a.jpg", "b.jpg"], on_error="collect")   # prompts computed once
+    >>> results.errors                                     # [TargetError(index, name, message), ...]
+    """
+
+    def __init__(self, config: IPSegConfig | None = None, hub: Any = None, cache_size: int = 64):
+        from vision.hub import get_hub
+
+        self.config = (config or IPSegConfig()).validate()
+        self.hub = hub if hub is not None else get_hub()
+        self.extractor = FeatureExtractor(self.hub, self.config)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, PromptFeatures] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    # ----------------------------------------------------------------------------------------- public
+    def segment(self, concepts: Any, target: ImageInput, name: str = "",
+                progress: ProgressCallback | None = None) -> IPSegResult:
+        """Segment the concept(s) in one target image (see :func:`as_concepts` for ``concepts``);
+        ``progress(fraction, stage)`` is called as each stage starts."""
+        parsed = as_concepts(concepts)
+        tracker = Progress(progress, 1, self._steps(parsed))
+        tracker.start_target(0, name or "target")
+        result = self._segment(parsed, target, name, tracker)
+        tracker.finish()
+        return result
+
+    def segment_batch(self, concepts: Any, targets: Sequence[ImageInput], progress: ProgressCallback | None = None,
+                      on_error: str = "raise", names: Sequence[str] | None = None) -> IPSegBatch:
+        """Segment the concept(s) in every target; the prompt pass runs once for the whole batch.
+
+        ``names``: one per target for results and messages (default: the path of a path, else "").
+        ``on_error="raise"``: the first target that cannot be segmented raises :class:`IPSegError`
+        naming it. ``"collect"``: the other targets still run; the result lists the good ones and
+        ``.errors`` one :class:`TargetError` per failed target (bad image, too small, ...).
+        """
+        if on_error not in ("raise", "collect"):
+            raise ValueError(f"on_error={on_error!r} must be 'raise' or 'collect'")
+        if names is not None and len(names) != len(targets):
+            raise IPSegError(f"{len(names)} names for {len(targets)} targets")
+        parsed = as_concepts(concepts)
+        tracker = Progress(progress, len(targets), self._steps(parsed))
+        results, errors = [], []
+        for index, target in enumerate(targets):
+            name = names[index] if names is not None else str(target) if isinstance(target, (str, os.PathLike)) else ""
+            label = _display_name(name, target, index)
+            tracker.start_target(index, f"target {index + 1}/{len(targets)} ({label})")
+            try:
+                result = self._segment(parsed, target, name, tracker)
+            except IPSegError as err:
+                if on_error == "raise":
+                    raise IPSegError(f"{label}: {err}") from None
+                errors.append(TargetError(index, label, str(err)))
+                continue
+            result.index = index
+            results.append(result)
+        tracker.finish()
+        return IPSegBatch(results, errors)
+
+    def prepare(self, concepts: Any) -> list[Concept]:
+        """Compute (and cache) the prompt features now, e.g. once per batch worker. Returns the concepts
+        with their prompt images decoded, so that later cache lookups only hash pixels."""
+        prepared = []
+        for concept in as_concepts(concepts):
+            prompts = [dataclasses.replace(p, image=_load(p.image, "prompt image")) for p in concept.prompts]
+            for prompt in prompts:
+                self.prompt_features(prompt)
+            prepared.append(Concept(prompts, concept.name))
+        return prepared
+
+    def clear_cache(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+
+    def prompt_features(self, prompt: Prompt) -> tuple[PromptFeatures, bool]:
+        """The prompt's prototypes (cached by image content + region + feature settings) and whether they
+        came from the cache."""
+        cfg = self.config
+        image = _load(prompt.image, "prompt image")
+        self._check_size(image, "prompt image")
+        region = user_region(prompt, image.shape[:2])
+        key = (_digest(image), None if region is None else (region[0], _digest(region[1])), cfg.feature_key())
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return self._cache[key], True
+        features = self.extractor.features(image)
+        tokens = features[cfg.primary_feature]
+        if region is None:
+            (cells, detail), source, notes = auto_region(image, tokens), "auto-pca", []
+        else:
+            source, mask, notes = region
+            cells, detail = grid_region(source, mask, tokens.shape[-1], "nearest" if cfg.reference else "nearest-exact")
+        entry = PromptFeatures({f: prototype(feat, cells) for f, feat in features.items()}, cells, source, detail,
+                               list(notes))
+        with self._cache_lock:
+            self.cache_misses += 1
+            self._cache[key] = entry
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return entry, False
+
+    def features(self, image: np.ndarray, timings: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+        """The image's features on its grid (see :meth:`FeatureExtractor.features`)."""
+        return self.extractor.features(image, timings)
+
+    def empty_embedding(self) -> torch.Tensor:
+        """SD's empty-prompt text embedding [1, 77, D] (computed once per text encoder)."""
+        return self.extractor.empty_embedding()
+
+    def similarity(self, shots: list[PromptFeatures], target: dict[str, torch.Tensor]) -> np.ndarray:
+        """S on the target's grid (float32 [g, g]) from one concept's prompt shots and the target's
+        :meth:`features`; several shots are combined by ``config.kshot``."""
+        return fused_similarity([s.prototypes for s in shots], target, self.config.feature_weights(),
+                                self.config.kshot)
+
+    # ---------------------------------------------------------------------------------------- internals
+    def _steps(self, concepts: list[Concept]) -> int:
+        """Stages reported per target: each prompt image, the feature passes, SAM's encoder, each concept."""
+        feature_passes = {"dino+sd": 2, "dino": 1, "sam": 0}[self.config.features]
+        return sum(len(c.prompts) for c in concepts) + feature_passes + 1 + len(concepts)
+
+    def _check_size(self, image: np.ndarray, what: str) -> None:
+        h, w = image.shape[:2]
+        if min(h, w) < self.config.min_side:
+            raise IPSegError(f"the {what} is {w}x{h} pixels: smaller than one {self.config.min_side}-pixel "
+                             "DINOv2 patch on its shorter side; nothing to segment (use a larger image)")
+
+    def _segment(self, concepts: list[Concept], target: ImageInput, name: str, progress: Progress) -> IPSegResult:
+        cfg = self.config
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        shots_per_concept, cached, notes = [], True, []
+        n_prompts, k = sum(len(c.prompts) for c in concepts), 0
+        for concept in concepts:
+            shots = []
+            for prompt in concept.prompts:
+                k += 1
+                progress(f"prompt {k}/{n_prompts} features")
+                entry, hit = self.prompt_features(prompt)
+                cached &= hit
+                notes += [n for n in entry.notes if n not in notes]
+                shots.append(entry)
+            shots_per_concept.append(shots)
+        timings["prompt"] = time.perf_counter() - start  # loading + hashing only, when every prompt is cached
+        t0 = time.perf_counter()
+        image = _load(target, "target image")
+        self._check_size(image, "target image")
+        timings["load"] = time.perf_counter() - t0
+        view, feats = self._target_features(image, timings, progress)
+        timings.update(similarity=0.0, points=0.0, sam_decode=0.0)
+        results = []
+        for concept, shots in zip(concepts, shots_per_concept):
+            progress(f"points and SAM decoder ({concept.name})")
+            t0 = time.perf_counter()
+            sim = self.similarity(shots, feats)
+            timings["similarity"] += time.perf_counter() - t0
+            presence, present, instances = find_instances(sim, view, cfg, timings)
+            regions = [{"source": s.source, "grid": s.grid_detail} for s in shots]
+            results.append(ConceptResult(concept.name, presence, present, instances, sim, regions))
+        timings["total"] = time.perf_counter() - start
+        return IPSegResult(image, results, timings, cached, cfg, bool(getattr(self.hub, "tiny", False)), notes,
+                           name)
+
+    def _target_features(self, image: np.ndarray, timings: dict[str, float],
+                         progress: Progress) -> tuple[SamView, dict[str, torch.Tensor]]:
+        """The target encoded by SAM (once) and its features (with SAM features, from that encoding)."""
+        cfg = self.config
+        feats = None if cfg.features == "sam" else self.extractor.features(image, timings, on_stage=progress)
+        progress("SAM image encoder")
+        t0 = time.perf_counter()
+        # SAM is asked for after the feature models: a memory budget may offload those meanwhile.
+        view = SamView.encode(self.hub.get(cfg.sam_model), image, stretch=cfg.reference)
+        timings["sam_encode"] = time.perf_counter() - t0
+        if feats is None:
+            feats = self.extractor.features(image, timings, sam_view=view)
+        return view, feats
+
+
+def find_instances(sim: np.ndarray, view: SamView, config: IPSegConfig,
+                   timings: dict[str, float] | None = None) -> tuple[float, bool, list[Instance]]:
+    """Presence and instance masks of one concept from its similarity map S [g, g] over a target
+    encoded in ``view``. Returns (presence, present, instances).
+
+    presence = mean of the top-k values of S; below ``presence_threshold`` the concept is absent (no
+    instance). Otherwise instance 1 comes from the spec's points and cascade; each further instance
+    (up to ``max_instances``) is sought after excluding the cells of every mask found and the top-k cells
+    already used, while the top-k mean of the remaining cells stays >= ``presence_threshold`` (or, with
+    no threshold, >= ``instance_ratio`` x instance 1's score, and > 0). A further mask that is empty or
+    mostly (> 50%) inside earlier masks ends the search and is not returned. Points go to SAM in the
+    view's frame; instances hold them, and their masks, in image pixels.
+    """
+    cfg = config
+    timings = {} if timings is None else timings
+    grid = sim.shape[1]
+    presence = pts.top_k_mean(sim, cfg.top_k)
+    present = cfg.presence_threshold is None or presence >= cfg.presence_threshold
+    instances: list[Instance] = []
+    allowed = np.ones_like(sim, dtype=bool)
+    covered = np.zeros(view.image_hw, dtype=bool)
+    while present and len(instances) < cfg.max_instances and allowed.any():
+        score = pts.top_k_mean(sim, cfg.top_k, allowed)
+        if instances:
+            bar = cfg.presence_threshold if cfg.presence_threshold is not None else \
+                max(cfg.instance_ratio * instances[0].score, 0.0)
+            if score < bar:
+                break
+        t0 = time.perf_counter()
+        sel = pts.select_points(sim, cfg.top_k, cfg.clusters, cfg.kmeans_iters, cfg.seed, allowed, cfg.reference)
+        cells = np.concatenate([sel.positive, sel.negative])
+        labels = np.array([1] * len(sel.positive) + [0] * len(sel.negative))
+        timings["points"] = timings.get("points", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = sam_cascade(view.predictor, pts.cells_to_pixels(cells, view.frame_hw, grid), labels)
+        mask = view.mask_to_image(out.mask)
+        timings["sam_decode"] = timings.get("sam_decode", 0.0) + time.perf_counter() - t0
+        if instances and (not mask.any() or (mask & covered).sum() > 0.5 * mask.sum()):
+            break  # nothing new: an empty mask or mostly an instance already found
+        n_pos = len(sel.positive)
+        coords = pts.cells_to_pixels(cells, view.image_hw, grid)
+        instances.append(Instance(mask, score, out.iou, coords[:n_pos], coords[n_pos:], sel.positive,
+                                  sel.negative, out.box is not None))
+        covered |= mask
+        used = np.zeros_like(allowed)
+        used[sel.top_cells[:, 0], sel.top_cells[:, 1]] = True
+        allowed &= ~(mask_touches_grid(mask, grid) | used)
+    return presence, present, instances
+
+
+def _display_name(name: str, target: Any, index: int) -> str:
+    """How messages name a target: the file name of a path, else ``name``, else its position."""
+    if isinstance(target, (str, os.PathLike)):
+        return Path(target).name
+    return Path(name).name if name else f"target {index + 1}"
+
+
+def _load(source: ImageInput, what: str) -> np.ndarray:
+    try:
+        return load_image(source)
+    except ImageError as err:
+        raise IPSegError(f"{what}: {err}") from None
+
+
+def _digest(arr: np.ndarray) -> str:
+    h = hashlib.sha256(str((arr.shape, arr.dtype.str)).encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
