@@ -24,7 +24,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from vision import ui_helpers as ui
+from vision.ui import helpers as ui
 
 
 # ------------------------------------------------------------------------------------- the server

@@ -10,7 +10,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from vision import ui_helpers as ui  # noqa: E402
+from vision.ui import helpers as ui  # noqa: E402
 from vision.imaging import ImageError  # noqa: E402
 from vision.weights import WeightsMissingError  # noqa: E402
 
@@ -90,18 +90,18 @@ def test_gpu_decorator_is_a_no_op_without_spaces():
 
 
 def test_page_has_every_engine_endpoint_in_one_gpu_queue_group(tiny_hub):
-    import app
+    from vision.ui import layout
 
-    demo = app.build_demo(concurrency=1)
+    demo = layout.build_demo(concurrency=1)
     fns = {fn.api_name: fn for fn in demo.fns.values()}
     for name in ("ipseg", "trident", "generate", "generate_compare", "story"):
-        assert fns[name].concurrency_id == app.GPU_GROUP and fns[name].concurrency_limit == 1
-    assert demo._queue.max_size == app.QUEUE_MAX
+        assert fns[name].concurrency_id == layout.GPU_GROUP and fns[name].concurrency_limit == 1
+    assert demo._queue.max_size == layout.QUEUE_MAX
 
 
 def test_missing_weights_are_a_message_naming_the_download_command(monkeypatch, tmp_path):
-    import app
     from vision import weights
+    from vision.ui import trident_tab
     from vision.hub import ModelHub, get_hub, set_hub
 
     monkeypatch.setenv("VISION_OFFLINE", "1")
@@ -109,15 +109,15 @@ def test_missing_weights_are_a_message_naming_the_download_command(monkeypatch, 
     monkeypatch.setattr(weights, "_hf_cache_dir", lambda spec: None)  # and nothing in the HF cache
     previous = get_hub()
     set_hub(ModelHub(tiny=False, device="cpu"))
-    app._trident_engine.cache_clear()
+    trident_tab._trident_engine.cache_clear()
     try:
         image = ui.sample_paths(("chelsea",))["chelsea"]
         with pytest.raises(gr.Error) as caught:
-            app.run_trident(image, "cat\nbackground", "open", 0.0, True, "clip_b16")
+            trident_tab.run_trident(image, "cat\nbackground", "open", 0.0, True, "clip_b16")
         assert caught.value.title == "Model weights missing or damaged"
         assert "python -m vision weights download clip_b16" in caught.value.message
     finally:
-        app._trident_engine.cache_clear()
+        trident_tab._trident_engine.cache_clear()
         set_hub(previous)
 
 

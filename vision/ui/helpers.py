@@ -377,3 +377,10 @@ def parse_class_text(text: str | None) -> list[str]:
     if len(lines) == 1:
         return [part.strip() for part in lines[0].split(";") if part.strip()]
     return lines
+
+
+def tiny_prefix(hub) -> str:
+    """The tiny-mode notice that heads every result summary (empty with real weights)."""
+    from vision.tiny import TINY_NOTICE
+
+    return f"**{TINY_NOTICE}**\n\n" if hub.tiny else ""

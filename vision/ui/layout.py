@@ -1,0 +1,43 @@
+"""The whole page: the tiny-mode banner, one tab per engine, the Models tab, and the queue."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from vision.hub import get_hub
+from vision.tiny import TINY_NOTICE
+from vision.ui import helpers as ui
+from vision.ui.generate_tab import generate_tab
+from vision.ui.ipseg_tab import ipseg_tab
+from vision.ui.models_tab import models_panel, models_tab
+from vision.ui.story_tab import story_tab
+from vision.ui.trident_tab import trident_tab
+
+GPU_GROUP = "gpu"  # every engine event shares this concurrency group
+QUEUE_MAX = 64  # requests waiting beyond this are refused with "queue full" instead of piling up
+CSS = """
+#tiny-banner {background: #fff3cd; border: 2px solid #d39e00; border-radius: 8px; padding: 4px 12px;}
+#tiny-banner p {color: #5c4400; font-weight: 700; margin: 4px 0;}
+.toast-message-text {white-space: pre-wrap;}  /* multi-line errors (missing-weights advice) stay readable */
+"""
+TABS: list = [ipseg_tab, trident_tab, generate_tab, story_tab]
+
+
+def build_demo(concurrency: int = 1) -> gr.Blocks:
+    """The whole page, on the process-wide model hub (``set_hub`` it first; tiny with ``VISION_TINY=1``)."""
+    hub = get_hub()
+    ui.make_gradio_cache_atomic()
+    limits = dict(concurrency_limit=concurrency, concurrency_id=GPU_GROUP)
+    with gr.Blocks(title="Training-free vision", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# Training-free vision\nImage-prompt segmentation (IPSeg), open-vocabulary segmentation "
+                    "(Trident), Stable Diffusion with DeepCache, and long-story visualisation (Story-Adapter), "
+                    "all on shared foundation models.")
+        if hub.tiny:
+            gr.Markdown(f"⚠️ {TINY_NOTICE}", elem_id="tiny-banner")
+        with gr.Tabs():
+            for build_tab in TABS:
+                build_tab(hub, limits)
+            panel = models_tab(hub)
+        demo.load(lambda: models_panel(hub), outputs=panel, queue=False, api_visibility="undocumented")
+    demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=concurrency)
+    return demo
