@@ -51,3 +51,57 @@ def sam_t_hub(sam_t_weights):
     from vision.hub import ModelHub
 
     return ModelHub(tiny=False, device="cpu", weight_paths={"sam_t": str(sam_t_weights)})
+
+
+# ------------------------------------------------------------------------------------ the app server
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One tiny app server (``python app.py --tiny``) for every app test of the session."""
+    from app_harness import start_server, stop_server
+
+    srv = start_server(tmp_path_factory.mktemp("app"))
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """skimage.data photographs as small PNG files (tiny models do not need big images)."""
+    from vision.ui import helpers as ui
+
+    return ui.sample_paths(("astronaut", "coffee", "chelsea"), max_side=160)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium under Playwright (skips with the reason when either is missing)."""
+    from app_harness import CHROMIUM, CHROMIUM_ARGS
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium; .ci/run does)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page on the tiny server, as a user first opens it."""
+    from app_harness import BROWSER_TIMEOUT_MS
+    from playwright.sync_api import expect
+
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.set_default_timeout(BROWSER_TIMEOUT_MS)
+    expect.set_options(timeout=BROWSER_TIMEOUT_MS)
+    tab.goto(server.url)
+    yield tab
+    tab.close()

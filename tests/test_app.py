@@ -1,4 +1,4 @@
-"""The Gradio app end to end, in tiny mode: one server for this module (``python app.py --tiny``).
+"""The Gradio app end to end, in tiny mode, on the session's tiny server (``conftest.server``).
 
 - API: every engine through ``gradio_client`` with skimage.data photographs; outputs checked.
 - Errors: a bad image and an empty label list give a readable message; the next good request works.
@@ -9,113 +9,17 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from app_harness import click, editor, gallery, open_tab, png, shot
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from vision.ui import helpers as ui
-
-
-# ------------------------------------------------------------------------------------- the server
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 120
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.is_file() else ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(folder: Path, *extra: str) -> Server:
-    """Launch the tiny app with its own Gradio cache under ``folder``; return once it answers."""
-    port = free_port()
-    env = dict(os.environ, VISION_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
-               GRADIO_TEMP_DIR=str(folder / "gradio-cache"), VISION_DEVICE=os.environ.get("VISION_DEVICE", "cpu"))
-    log = folder / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--tiny", "--port", str(port), *extra],
-                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Server(f"http://127.0.0.1:{port}/", process, log)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"app.py exited with {process.returncode}:\n{server.log_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(server.url + "gradio_api/info", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.5)
-    stop_server(server)
-    raise RuntimeError(f"app.py did not answer within {START_TIMEOUT_S} s:\n{server.log_text()[-4000:]}")
-
-
-def stop_server(server: Server) -> None:
-    if server.alive():
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=15)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("app"))
-    yield srv
-    stop_server(srv)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def photos():
-    """skimage.data photographs as small PNG files (tiny models do not need big images)."""
-    return ui.sample_paths(("astronaut", "coffee", "chelsea"), max_side=160)
-
-
-def _png(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im)
-
-
-def _editor(path: str, layer: str | None = None) -> dict:
-    """An ImageEditor value as the browser sends it: the background, painted layers, the composite."""
-    return {"background": handle_file(path), "layers": [handle_file(layer)] if layer else [],
-            "composite": handle_file(path), "id": None}
-
-
-def _gallery(*paths: str) -> list[dict]:
-    return [{"image": handle_file(p), "caption": None} for p in paths]
 
 
 def _trident(client, image, classes="cat; kitten\ngrass\nbackground; wall", preset="open", prob=0.0, refine=True):
@@ -125,39 +29,39 @@ def _trident(client, image, classes="cat; kitten\ngrass\nbackground; wall", pres
 # ------------------------------------------------------------------------------------------- IPSeg
 def test_ipseg_api_painted_prompt_gives_masks_for_every_target(client, photos, tmp_path):
     prompt = photos["chelsea"]
-    h, w = _png(prompt).shape[:2]
+    h, w = png(prompt).shape[:2]
     layer = np.zeros((h, w, 4), np.uint8)
     layer[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = (255, 48, 48, 255)  # the painted concept
     Image.fromarray(layer).save(tmp_path / "layer.png")
     targets = [photos["chelsea"], photos["coffee"]]
     annotated, overlays, files, scores, summary = client.predict(
-        _editor(prompt, str(tmp_path / "layer.png")), _gallery(*targets), "mask", True, 2, 0.0, "sam_b",
+        editor(prompt, str(tmp_path / "layer.png")), gallery(*targets), "mask", True, 2, 0.0, "sam_b",
         api_name="/ipseg")
-    assert _png(annotated["image"]).shape[:2] == (h, w)
+    assert png(annotated["image"]).shape[:2] == (h, w)
     assert annotated["annotations"] and all(Path(a["image"]).is_file() for a in annotated["annotations"])
     assert len(overlays) == 2 and "presence" in overlays[0]["caption"]
     for target, overlay in zip(targets, overlays):
-        assert _png(overlay["image"]).shape[:2] == _png(target).shape[:2]
+        assert png(overlay["image"]).shape[:2] == png(target).shape[:2]
     masks = [f for f in files if f.endswith("_mask.png")]
     assert len(masks) == 2
     for target, mask in zip(targets, sorted(masks)):
-        m = _png(mask)
-        assert m.shape == _png(target).shape[:2] and set(np.unique(m)) <= {0, 255}
+        m = png(mask)
+        assert m.shape == png(target).shape[:2] and set(np.unique(m)) <= {0, 255}
     assert {row[0] for row in scores["data"]} == {1, 2}
     assert "from **mask**" in summary and "dinov2-only" in summary and "TINY MODE" in summary
 
 
 def test_ipseg_unpainted_prompt_uses_the_automatic_region(client, photos):
-    *_, summary = client.predict(_editor(photos["coffee"]), _gallery(photos["coffee"]), "mask", True, 1, 0.0,
+    *_, summary = client.predict(editor(photos["coffee"]), gallery(photos["coffee"]), "mask", True, 1, 0.0,
                                  "sam_b", api_name="/ipseg")
     assert "from **auto-pca**" in summary
 
 
 # ----------------------------------------------------------------------------------------- Trident
-def test_trident_api_gives_labels_and_a_label_png(client, photos):
+def test_trident_api_gives_labels_and_a_labelpng(client, photos):
     annotated, files, table, summary = _trident(client, photos["chelsea"], preset="voc21", prob=0.2)
-    h, w = _png(photos["chelsea"]).shape[:2]
-    assert _png(annotated["image"]).shape[:2] == (h, w)
+    h, w = png(photos["chelsea"]).shape[:2]
+    assert png(annotated["image"]).shape[:2] == (h, w)
     assert {a["label"] for a in annotated["annotations"]} <= {"cat", "grass", "background"}
     (labels_png,) = [f for f in files if f.endswith("_labels.png")]
     with Image.open(labels_png) as im:
@@ -179,14 +83,14 @@ GEN_ARGS = ("a lighthouse at dusk", "blurry", 3, 7.5, 5, "ddim", "sd15", 0, True
 
 def test_generate_api_gives_an_image(client):
     image, summary, files = client.predict(*GEN_ARGS, api_name="/generate")
-    assert _png(image).shape == (64, 64, 3)  # tiny models make 64x64 images
+    assert png(image).shape == (64, 64, 3)  # tiny models make 64x64 images
     assert "DeepCache N=2" in summary and "TINY MODE" in summary
     assert [Path(f).name for f in files] == ["deepcache.png"]
 
 
 def test_generate_compare_shows_both_images_and_the_speedup(client):
     cached, plain, summary, files = client.predict(*GEN_ARGS, api_name="/generate_compare")
-    assert _png(cached).shape == _png(plain).shape == (64, 64, 3)
+    assert png(cached).shape == png(plain).shape == (64, 64, 3)
     assert "Measured speed-up:" in summary and "without DeepCache" in summary
     assert sorted(Path(f).name for f in files) == ["deepcache.png", "without_deepcache.png"]
 
@@ -199,9 +103,9 @@ def test_story_api_returns_frames_storyboard_and_files(client):
     gallery, status, board, files = client.predict(STORY, "comic", 1, 3, 1, True, 3, api_name="/story")
     assert len(gallery) == 3
     for item in gallery:
-        assert _png(item["image"]).shape == (64, 64, 3)  # tiny frames are 64x64
+        assert png(item["image"]).shape == (64, 64, 3)  # tiny frames are 64x64
     assert "Round 1/1 done" in status and "Finished" in status and "TINY MODE" in status
-    h, w = _png(board).shape[:2]
+    h, w = png(board).shape[:2]
     assert w > 3 * 64 and h > 64  # three 64-px frames side by side, with gutters
     names = sorted(Path(f).name for f in files)
     assert names == ["frame_000.png", "frame_001.png", "frame_002.png", "manifest.json", "storyboard.png"]
@@ -240,7 +144,7 @@ def test_bad_image_is_a_readable_error_and_the_next_request_works(client, server
     with pytest.raises(AppError, match="holiday.png: not an image file"):
         _trident(client, str(bad))
     with pytest.raises(AppError, match="target image: .*holiday.png: not an image file"):
-        client.predict(_editor(photos["chelsea"]), _gallery(str(bad)), "mask", True, 1, 0.0, "sam_b",
+        client.predict(editor(photos["chelsea"]), gallery(str(bad)), "mask", True, 1, 0.0, "sam_b",
                        api_name="/ipseg")
     assert _tracebacks(server) == before  # a user's mistake is a message, not a stack trace in the log
     annotated, *_ = _trident(client, photos["chelsea"])
@@ -265,87 +169,68 @@ def test_empty_story_and_prompt_are_readable_errors(client):
         client.predict("", *GEN_ARGS[1:], api_name="/generate")
 
 
-# ----------------------------------------------------------------------------------------- browser
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+@pytest.fixture
+def shots(tmp_path):
+    folder = tmp_path / "screenshots"
+    folder.mkdir()
+    return folder
 
 
-@pytest.fixture(scope="module")
-def page(server):
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium; .ci/run does)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.set_default_timeout(90_000)
-        playwright_api.expect.set_options(timeout=90_000)  # tiny models on 2 CPU cores: seconds per action
-        tab.goto(server.url)
-        yield tab
-        browser.close()
-
-
-def _open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name, exact=True).click(no_wait_after=True)
-
-
-def _click(page, selector: str) -> None:
-    # no_wait_after: the image editor's canvas export keeps the page busy; results are awaited below.
-    page.locator(selector).click(no_wait_after=True)
-
-
-def _shot(page, folder: Path, name: str) -> Path:
-    path = folder / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 10_000
-    return path
-
-
-def test_browser_runs_every_tab(page, tmp_path):
+def test_browser_ipseg_tab_runs_its_prefilled_example(page, shots):
     from playwright.sync_api import expect
 
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
     expect(page.locator("#tiny-banner")).to_contain_text("TINY MODE")
-
     # IPSeg (the first tab): the prompt and the targets come pre-filled with skimage photographs.
     expect(page.locator("#ipseg-prompt canvas").first).to_be_visible()
-    _click(page, "#ipseg-run")
+    click(page, "#ipseg-run")
     expect(page.locator("#ipseg-summary")).to_contain_text("2 target(s)")
     expect(page.locator("#ipseg-annotated img").first).to_be_visible()
-    _shot(page, shots, "1_ipseg")
+    shot(page, shots, "1_ipseg")
 
-    _open_tab(page, "Trident")
-    _click(page, "#trident-run")
+
+def test_browser_trident_tab_labels_and_an_empty_class_list(page, shots):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Trident")
+    click(page, "#trident-run")
     expect(page.locator("#trident-summary")).to_contain_text("4 classes")
     expect(page.locator("#trident-annotated img").first).to_be_visible()
-    _shot(page, shots, "2_trident")
-
+    shot(page, shots, "2_trident")
     # An empty class list: an error message in the page (the API tests check that serving goes on).
     page.locator("#trident-classes textarea").fill("")
-    _click(page, "#trident-run")
+    click(page, "#trident-run")
     expect(page.locator(".toast-message-text").first).to_contain_text("no class names given")
-    _shot(page, shots, "2b_trident_error")
-    page.locator(".toast-close").first.click(no_wait_after=True)
+    shot(page, shots, "2b_trident_error")
 
-    _open_tab(page, "Generate")
-    _click(page, "#generate-compare")
+
+def test_browser_generate_tab_compares_with_and_without_deepcache(page, shots):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Generate")
+    click(page, "#generate-compare")
     expect(page.locator("#generate-summary")).to_contain_text("Measured speed-up")
     expect(page.locator("#generate-plain img").first).to_be_visible()
-    _shot(page, shots, "3_generate")
+    shot(page, shots, "3_generate")
 
-    _open_tab(page, "Story")
-    _click(page, "#story-run")
+
+def test_browser_story_tab_illustrates_the_example_story(page, shots):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Story")
+    click(page, "#story-run")
     expect(page.locator("#story-status")).to_contain_text("Finished", timeout=120_000)
     assert page.locator("#story-gallery img").count() >= 3
-    _shot(page, shots, "4_story")
+    shot(page, shots, "4_story")
 
-    _open_tab(page, "Models")
-    _click(page, "#models-refresh")
+
+def test_browser_models_tab_after_refresh(page, shots):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Models")
+    click(page, "#models-refresh")
     expect(page.locator("#models-table")).to_contain_text("tiny (random)")
     expect(page.locator("#models-summary")).to_contain_text("Models loaded")
-    _shot(page, shots, "5_models")
-    print(f"screenshots: {shots}")
+    shot(page, shots, "5_models")
 
 
 # -------------------------------------------------------------------------------------------- load
@@ -360,7 +245,7 @@ def test_load_20_concurrent_requests_queue_complete_and_memory_stays_bounded(cli
                 jobs.append(client.submit(handle_file(photos["coffee"]), "cup\nsaucer\nbackground", "open", 0.0,
                                           True, "clip_b16", api_name="/trident"))
             else:
-                jobs.append(client.submit(_editor(photos["chelsea"]), _gallery(photos["coffee"]), "mask", True, 1,
+                jobs.append(client.submit(editor(photos["chelsea"]), gallery(photos["coffee"]), "mask", True, 1,
                                           0.0, "sam_b", api_name="/ipseg"))
         deepest = 0
         while not all(job.done() for job in jobs):
