@@ -57,25 +57,43 @@ ON_ZERO_GPU = _on_zero_gpu()  # GPU calls run in another process there: pass the
 M_ARENA_MAX = -8  # glibc mallopt() parameter
 
 
+def _glibc() -> Any | None:
+    """The C library when it is glibc (it has ``mallopt``/``malloc_trim``), else None."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
 def limit_malloc_arenas(arenas: int = 2) -> bool:
     """Cap glibc's malloc arenas (call once at start-up, before the server's worker threads exist).
 
     Gradio runs handlers on a pool of up to 40 threads; glibc gives threads their own arenas, and
     the large, short-lived tensors of each request then fragment every arena, so the server's memory
-    climbs request after request. Two arenas keep it flat (as ``MALLOC_ARENA_MAX=2`` would).
-    Returns False where there is no glibc (macOS, Windows, musl); ``MALLOC_ARENA_MAX`` set by the
-    user wins.
+    climbs request after request. Two arenas slow that down (as ``MALLOC_ARENA_MAX=2`` would);
+    :func:`trim_freed_memory` after each request stops it. Returns False where there is no glibc
+    (macOS, Windows, musl); ``MALLOC_ARENA_MAX`` set by the user wins.
     """
-    import ctypes
-    import ctypes.util
+    if os.environ.get("MALLOC_ARENA_MAX") or _LIBC is None:
+        return False
+    return bool(_LIBC.mallopt(M_ARENA_MAX, int(arenas)))
 
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_ARENA_MAX, int(arenas)))
-    except (OSError, AttributeError):
-        return False
+
+def trim_freed_memory() -> None:
+    """Give the memory freed by a request back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Measured with tiny models, 60 Trident requests each from a fresh thread: resident memory rose
+    1119 -> 1267 MiB without it and stayed at 966-992 MiB with it. It takes a few milliseconds.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 # ------------------------------------------------------------------------------------ image cache
@@ -174,7 +192,8 @@ def _as_html_text(message: str) -> str:
 
 
 def friendly_errors(fn: Callable) -> Callable:
-    """Wrap a Gradio handler (function or generator) so that exceptions become ``gr.Error`` messages.
+    """Wrap a Gradio handler (function or generator) so that exceptions become ``gr.Error`` messages
+    and the memory a request freed goes back to the system afterwards (:func:`trim_freed_memory`).
 
     The wrapper keeps ``fn``'s signature, so ``gr.Progress`` defaults are still injected by Gradio.
     """
@@ -185,6 +204,8 @@ def friendly_errors(fn: Callable) -> Callable:
                 yield from fn(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 -- every error ends as a message, never a trace
                 raise to_gr_error(err) from None
+            finally:
+                trim_freed_memory()
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -193,6 +214,8 @@ def friendly_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
             raise to_gr_error(err) from None
+        finally:
+            trim_freed_memory()
     return wrapper
 
 
