@@ -131,7 +131,17 @@ def test_browser_trident_tab_uploads_a_photo_and_shows_every_map(page, photos, t
         expect(heatmaps).to_contain_text(name)
     expect(page.locator("#trident-howto")).to_contain_text("How to read this")
     shot(page, tmp_path, "trident")
+    # The benchmark Examples row runs as is: no class names, voc21's 21 classes and its threshold.
+    examples.get_by_text("voc21", exact=True).click()
+    expect(page.locator("#trident-preset input")).to_have_value("voc21")
+    click(page, "#trident-run")
+    expect(summary).to_contain_text("21 classes, preset voc21, mode reference (reference on")
+    expect(heatmaps.locator("img")).to_have_count(21)
+    expect(heatmaps).to_contain_text("aeroplane:")
+    shot(page, tmp_path, "trident_example")
     # An empty class list with the open preset: an error message in the page.
+    page.locator("#trident-preset input").fill("open")
+    page.keyboard.press("Enter")
     page.locator("#trident-classes input").fill("")
     click(page, "#trident-run")
     expect(page.locator(".toast-message-text").first).to_contain_text("no class names given")
