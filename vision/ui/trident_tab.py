@@ -51,8 +51,8 @@ def _probability_gallery(image: np.ndarray, probs: np.ndarray, names: tuple[str,
 
 def _summary(result, record: dict, truncated: list[str]) -> str:
     config = result.config
-    mode = ("mode **reference** (reference on: the reference code's behaviour)" if config.reference
-            else "mode **open** (reference off: the project's behaviour)")
+    behaviour = "the reference code's behaviour" if config.reference else "the project's behaviour"
+    mode = f"mode **{record['mode']}** (reference {'on' if config.reference else 'off'}: {behaviour})"
     return (f"{tiny_prefix(get_hub())}{len(result.class_names)} classes, preset **{config.preset}**, {mode}, "
             f"prob threshold {config.prob_thd:g}, refinement {'on' if config.refine else 'off'} "
             f"({record.get('kept_masks', 0)} SAM masks kept), {result.timings['total']:.2f} s."
