@@ -15,16 +15,6 @@ from vision.imaging import ImageError  # noqa: E402
 from vision.weights import WeightsMissingError  # noqa: E402
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("cat\ndog; puppy\n\nbackground", ["cat", "dog; puppy", "background"]),  # one class per line
-    ("cat; dog ;background", ["cat", "dog", "background"]),  # one line: ';' separates classes
-    ("  \n\n ", []),
-    (None, []),
-])
-def test_parse_class_text(text, expected):
-    assert ui.parse_class_text(text) == expected
-
-
 def test_editor_value_gives_the_image_and_the_painted_mask():
     background = np.full((20, 30, 4), 200, np.uint8)
     layer = np.zeros((20, 30, 4), np.uint8)
@@ -113,7 +103,7 @@ def test_missing_weights_are_a_message_naming_the_download_command(monkeypatch, 
     try:
         image = ui.sample_paths(("chelsea",))["chelsea"]
         with pytest.raises(gr.Error) as caught:
-            trident_tab.run_trident(image, "cat\nbackground", "open", 0.0, True, "clip_b16")
+            trident_tab.run_trident(image, "cat; background", "open", 0.0, True, "clip_b16")
         assert caught.value.title == "Model weights missing or damaged"
         assert "python -m vision weights download clip_b16" in caught.value.message
     finally:

@@ -249,3 +249,102 @@ def sample_image(name: str = "astronaut") -> np.ndarray:
 
 
 SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+STAMP_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
+STAMP_MIN_SCALE = 0.35  # cv2 font scale of ~8-px-high letters: the smallest that stays legible
+TINY_STAMP = "TINY MODE: random weights, output is noise"  # short enough to fit a small overlay
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    """Where :func:`stamp_text` puts a text: its ``lines`` at cv2 font ``scale`` and ``thickness``,
+    each line ``line_height`` pixels apart, ``margin`` pixels from the left edge; ``widths`` of the
+    lines and ``height`` of the whole strip in pixels."""
+
+    lines: tuple[str, ...]
+    scale: float
+    thickness: int
+    line_height: int
+    margin: int
+    widths: tuple[int, ...]
+
+    @property
+    def height(self) -> int:
+        return self.line_height * len(self.lines) + self.margin
+
+
+def _text_width(text: str, scale: float, thickness: int) -> int:
+    import cv2
+
+    return cv2.getTextSize(text, STAMP_FONT, scale, thickness)[0][0]
+
+
+def _wrap(words: list[str], scale: float, thickness: int, room: int) -> list[str]:
+    """Greedy word wrap: as many words per line as fit in ``room`` pixels (a longer word gets its own line)."""
+    lines: list[str] = []
+    for word in words:
+        if lines and _text_width(f"{lines[-1]} {word}", scale, thickness) <= room:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def fit_text(text: str, width: int, height: int | None = None, max_scale: float = 0.9) -> TextLayout:
+    """Lay ``text`` out to fit an image ``width`` pixels wide (``cv2.getTextSize`` measures each line).
+
+    The font scales with the width (0.6 at 900 px, between :data:`STAMP_MIN_SCALE` and ``max_scale``);
+    lines wrap at spaces; the font shrinks below the legible minimum only where one word alone would
+    not fit, or where the lines would cover more than half of ``height``. Every line then fits.
+    """
+    import cv2
+
+    words = text.split() or [""]
+    margin = max(2, width // 100)
+    room = max(1, width - 2 * margin)
+    scale = min(max_scale, max(STAMP_MIN_SCALE, 0.6 * width / 900))
+    while True:
+        thickness = 1 if scale < 0.8 else 2
+        lines = _wrap(words, scale, thickness, room)
+        widths = tuple(_text_width(line, scale, thickness) for line in lines)
+        (_, text_h), baseline = cv2.getTextSize("Ag", STAMP_FONT, scale, thickness)
+        layout = TextLayout(tuple(lines), scale, thickness, text_h + baseline + margin, margin, widths)
+        too_tall = height is not None and layout.height > height / 2 and len(lines) > 1
+        if (max(widths) <= room and not too_tall) or scale <= 0.05:
+            return layout
+        scale *= 0.9
+
+
+def stamp_text(image: np.ndarray, text: str, colour=(255, 255, 0), background=(0, 0, 0)) -> np.ndarray:
+    """RGB [H, W, 3] with ``text`` written across its top on a ``background`` strip, fitted to the
+    image's width (wrapped and scaled by :func:`fit_text`, so no word is cut off at the edge)."""
+    import cv2
+
+    out = np.ascontiguousarray(image).copy()
+    layout = fit_text(text, out.shape[1], out.shape[0])
+    cv2.rectangle(out, (0, 0), (out.shape[1], min(out.shape[0], layout.height)), background, thickness=-1)
+    for i, line in enumerate(layout.lines):
+        baseline_y = (i + 1) * layout.line_height - layout.margin // 2 - 1
+        cv2.putText(out, line, (layout.margin, baseline_y), STAMP_FONT, layout.scale, colour, layout.thickness,
+                    cv2.LINE_AA)
+    return out
+
+
+def heatmap(values: np.ndarray, image: np.ndarray | None = None, alpha: float = 0.6,
+            max_side: int | None = None) -> np.ndarray:
+    """A map of values in [0, 1] ([H, W] float) -> RGB uint8 [H, W, 3] in the JET colours (blue 0 ..
+    red 1, the same scale for every map, never normalised per map), blended over ``image`` (RGB
+    [H, W, 3]) with weight ``alpha`` when given; ``max_side`` shrinks the result to fit that many pixels."""
+    import cv2
+
+    if max_side and max(values.shape[:2]) > max_side:
+        factor = max_side / max(values.shape[:2])
+        size = (max(1, round(values.shape[0] * factor)), max(1, round(values.shape[1] * factor)))
+        values = resize(values.astype(np.float32), size)
+        image = None if image is None else np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+    levels = np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
+    colours = cv2.applyColorMap(levels, cv2.COLORMAP_JET)[..., ::-1]
+    if image is None:
+        return np.ascontiguousarray(colours)
+    return ((1 - alpha) * image + alpha * colours).round().astype(np.uint8)

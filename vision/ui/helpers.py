@@ -390,16 +390,23 @@ def mask_image(mask: np.ndarray):
     return mask_png(mask) if isinstance(mask, np.ndarray) and mask.dtype == bool else mask
 
 
-def parse_class_text(text: str | None) -> list[str]:
-    """Class names typed in a textbox -> one entry per class (the engine's ``"name; synonym"`` form).
+CLASS_SYNTAX = "classes separated by ';', synonyms of a class by '|'"
+CLASS_EXAMPLE = "cat|kitten; grass; background|sky"
 
-    Several lines: one class per line, ``;`` separates a class's synonyms. A single line: ``;``
-    separates classes. Blank lines are skipped; an empty text gives ``[]``.
+
+def parse_class_text(text: str | None) -> list[list[str]]:
+    """Class names typed in a textbox -> one list of names per class, in the CLI's syntax (``--labels``):
+    ``;`` separates classes and ``|`` a class's synonyms (``"cat|kitten; grass"`` -> ``[["cat", "kitten"],
+    ["grass"]]``). An empty text gives ``[]``; a line break is refused (ValueError): it is no separator
+    in that syntax, and reading it as one would make the textbox and the CLI disagree.
     """
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if len(lines) == 1:
-        return [part.strip() for part in lines[0].split(";") if part.strip()]
-    return lines
+    from vision.commands.trident import parse_labels
+
+    text = (text or "").strip()
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"Class names: write them on one line, {CLASS_SYNTAX} (e.g. '{CLASS_EXAMPLE}'); "
+                         "a line break does not separate classes.")
+    return parse_labels(text)
 
 
 def tiny_prefix(hub) -> str:

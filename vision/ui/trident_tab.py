@@ -12,6 +12,15 @@ from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
 
+HEATMAP_SIDE = 384  # heatmaps are shown at most this many pixels per side (one per class: keep them light)
+DEFAULT_CLASSES = "person|astronaut; rocket; flag; background|sky|wall"
+HOW_TO_READ = (
+    "**How to read this.** *Labels*: each pixel gets its most probable class, after SAM refinement "
+    "(masks SAM finds relabel whole regions); *coarse labels*: the same before refinement, so the two show "
+    "what SAM changed. *Probability maps*: one per class, on one scale for every class (blue 0 .. red 1); a "
+    "class's probability is the best of its synonyms'. With a probability threshold, pixels whose best "
+    "class is less probable than it become background.")
+
 
 @functools.lru_cache(maxsize=1)
 def _trident_engine():
@@ -23,37 +32,60 @@ def _trident_engine():
 
 @ui.GPU(duration=60)
 def _trident_segment(image: str, classes, config):
-    return _trident_engine().segment(image, classes, config=config, return_probs=False)
+    return _trident_engine().segment(image, classes, config=config, return_probs=True)
+
+
+def _label_view(image: np.ndarray, labels: np.ndarray, names: tuple[str, ...]):
+    """An ``AnnotatedImage`` value: the photo and one mask per class of ``labels`` [H, W], absent ones
+    too (the page colours a mask by its position in the list: both label maps then use one colour per class)."""
+    return image, [(labels == i, name) for i, name in enumerate(names)]
+
+
+def _probability_gallery(image: np.ndarray, probs: np.ndarray, names: tuple[str, ...], stamp) -> list:
+    """One (heatmap, caption) per class from ``probs`` [K, H, W]: the caption starts with the class name."""
+    from vision.imaging import heatmap
+
+    return [(stamp(heatmap(p, image, max_side=HEATMAP_SIDE)), f"{name}: max {p.max():.2f}, mean {p.mean():.2f}")
+            for name, p in zip(names, probs)]
+
+
+def _summary(result, record: dict, truncated: list[str]) -> str:
+    config = result.config
+    behaviour = "the reference code's behaviour" if config.reference else "the project's behaviour"
+    mode = f"mode **{record['mode']}** (reference {'on' if config.reference else 'off'}: {behaviour})"
+    return (f"{tiny_prefix(get_hub())}{len(result.class_names)} classes, preset **{config.preset}**, {mode}, "
+            f"prob threshold {config.prob_thd:g}, refinement {'on' if config.refine else 'off'} "
+            f"({record.get('kept_masks', 0)} SAM masks kept), {result.timings['total']:.2f} s."
+            + (f" Names truncated to CLIP's 77 tokens: {', '.join(truncated)}." if truncated else ""))
 
 
 @ui.friendly_errors
 def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progress=gr.Progress(track_tqdm=True)):
     """Open-vocabulary segmentation of an image into the given class names (Trident)."""
     from vision.engines.trident import TridentConfig
-    from vision.imaging import load_image
+    from vision.imaging import TINY_STAMP, load_image, stamp_text
 
     image = ui.require(ui.file_path(image), "an image")
     classes = ui.parse_class_text(class_text) or None  # None: the preset's own benchmark classes
     config = TridentConfig.from_preset(preset, prob_thd=float(prob_thd), refine=bool(refine), clip=clip_model)
     progress(0.0, desc="segmenting")
     result = _trident_segment(image, classes, config)
-    names, labels = result.class_names, result.labels
-    annotated = (load_image(image), [(labels == i, names[i]) for i in np.unique(labels).tolist()])
+    names = result.class_names
+    stamp = (lambda picture: stamp_text(picture, TINY_STAMP)) if result.tiny else (lambda picture: picture)
+    photo = load_image(image)
+    shown = stamp(photo)
     folder = ui.output_folder()
     stem = ui.safe_name(Path(image).stem, "image")
     files = [ui.save_png(value, folder, f"{stem}_{Path(name).stem}") for name, value in result.to_files().items()]
     record = result.to_record()
     share = record["pixel_fraction"]  # {class: fraction of the pixels}, classes present only
-    rows = [[i, name, "; ".join(result.classes.names[i]), round(100 * share.get(name, 0.0), 2)]
+    rows = [[i, name, " | ".join(result.classes.names[i]), round(100 * share.get(name, 0.0), 2)]
             for i, name in enumerate(names)]
     truncated = record.get("truncated_names") or []
     if truncated:
         ui.warn(f"Class names longer than CLIP's 77 tokens were truncated: {', '.join(truncated)}")
-    summary = (f"{tiny_prefix(get_hub())}{len(names)} classes, preset **{config.preset}**, prob threshold "
-               f"{config.prob_thd:g}, refinement {'on' if config.refine else 'off'} "
-               f"({record.get('kept_masks', 0)} SAM masks kept), {result.timings['total']:.2f} s."
-               + (f" Names truncated to CLIP's 77 tokens: {', '.join(truncated)}." if truncated else ""))
-    return annotated, files, rows, summary
+    return (_label_view(shown, result.labels, names), _label_view(shown, result.coarse, names),
+            _probability_gallery(photo, result.probs, names, stamp), files, rows, _summary(result, record, truncated))
 
 
 def trident_tab(hub: ModelHub, limits: dict) -> None:
@@ -67,30 +99,42 @@ def trident_tab(hub: ModelHub, limits: dict) -> None:
             with gr.Column():
                 image = gr.Image(label="Image", type="filepath", image_mode=None, sources=("upload", "clipboard"),
                                  value=samples["astronaut"], elem_id="trident-image")
-                classes = gr.Textbox(label="Class names", lines=4, elem_id="trident-classes",
-                                     value="person; astronaut\nrocket\nflag\nbackground; sky; wall",
-                                     info="one class per line (synonyms on a line: 'person; astronaut'), or all "
-                                          "on one line separated by ';'. Empty: the preset's benchmark classes.")
+                classes = gr.Textbox(label="Class names", lines=1, max_lines=1, elem_id="trident-classes",
+                                     value=DEFAULT_CLASSES, placeholder=ui.CLASS_EXAMPLE,
+                                     info=f"{ui.CLASS_SYNTAX}, as the CLI's --labels (e.g. '{ui.CLASS_EXAMPLE}'); "
+                                          "a class named 'background' is the background. Empty: the preset's "
+                                          "benchmark classes.")
                 with gr.Row():
-                    preset = gr.Dropdown(list(PRESETS), value="open", label="Preset", elem_id="trident-preset")
+                    preset = gr.Dropdown(list(PRESETS), value="open", label="Preset", elem_id="trident-preset",
+                                         info="benchmark presets run the reference code's behaviour")
                     clip_model = gr.Dropdown(["clip_b16", "clip_h14"], value="clip_b16", label="CLIP")
                 prob_thd = gr.Slider(0.0, 1.0, value=PRESETS["open"].prob_thd, step=0.01,
                                      label="Probability threshold (below it: background)")
                 refine = gr.Checkbox(value=True, label="SAM prompt refinement")
                 button = gr.Button("Segment", variant="primary", elem_id="trident-run")
             with gr.Column():
-                annotated = gr.AnnotatedImage(label="Labels", format="png", elem_id="trident-annotated")
-                summary = gr.Markdown(elem_id="trident-summary")
+                summary = gr.Markdown(label="Summary", elem_id="trident-summary")
+                with gr.Row():
+                    annotated = gr.AnnotatedImage(label="Labels (after SAM refinement)", format="png",
+                                                  elem_id="trident-annotated")
+                    coarse = gr.AnnotatedImage(label="Coarse labels (before SAM refinement)", format="png",
+                                               elem_id="trident-coarse")
+                heatmaps = gr.Gallery(label="Probability map of each class (blue 0 .. red 1)", columns=3,
+                                      height="auto", object_fit="contain", format="png",
+                                      elem_id="trident-heatmaps")
+                gr.Markdown(HOW_TO_READ, elem_id="trident-howto")
                 table = gr.Dataframe(headers=["index", "class", "names", "pixels (%)"], label="Classes",
                                      interactive=False)
                 files = gr.File(label="Download: label PNG (pixel = class index), coarse labels, overlay",
                                 file_count="multiple", elem_id="trident-files")
-        gr.Examples([[samples["astronaut"], "person; astronaut\nrocket\nflag\nbackground; sky; wall"],
-                     [samples["chelsea"], "cat; kitten; background"],
-                     [samples["coffee"], "cup\nsaucer\nspoon\ntable\nbackground"]],
-                    inputs=[image, classes], label="Examples (skimage.data photographs)")
+        gr.Examples([[samples["astronaut"], DEFAULT_CLASSES, "open"],
+                     [samples["chelsea"], "cat|kitten; grass; background|wall", "open"],
+                     [samples["coffee"], "cup; saucer; spoon; table; background", "open"],
+                     [samples["rocket"], "", "voc21"]],
+                    inputs=[image, classes, preset], elem_id="trident-examples",
+                    label="Examples (skimage.data photographs; no class names: the preset's benchmark classes)")
         preset.change(lambda name: PRESETS[name].prob_thd, preset, prob_thd, queue=False,
                       api_visibility="undocumented")
         button.click(run_trident, [image, classes, preset, prob_thd, refine, clip_model],
-                     [annotated, files, table, summary], api_name="trident", **limits,
+                     [annotated, coarse, heatmaps, files, table, summary], api_name="trident", **limits,
                      preprocess=False)  # the engine reads the upload itself: a bad file gets its own message

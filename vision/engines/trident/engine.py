@@ -100,7 +100,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -354,7 +353,7 @@ class TridentEngine:
         labels_np = labels.to(torch.int32).cpu().numpy()
         overlay = imaging.overlay_labels(rgb, labels_np, n_colours=len(classes.names))
         if self.hub.tiny:
-            overlay = _stamp_tiny(overlay)
+            overlay = imaging.stamp_text(overlay, imaging.TINY_STAMP)
         timings["total"] = time.perf_counter() - started
         return TridentResult(
             labels=labels_np, coarse=coarse.to(torch.int32).cpu().numpy(),
@@ -427,12 +426,3 @@ def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterat
         torch.cuda.synchronize(device)
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
-
-def _stamp_tiny(image: np.ndarray) -> np.ndarray:
-    """Write "TINY MODE - random weights, noise" across the top of an overlay."""
-    out = image.copy()
-    scale = max(0.4, min(out.shape[1] / 900, 1.5))
-    cv2.rectangle(out, (0, 0), (out.shape[1], int(28 * scale)), (0, 0, 0), thickness=-1)
-    cv2.putText(out, "TINY MODE: random weights, output is noise", (6, int(20 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
-                0.6 * scale, (255, 255, 0), max(1, int(scale)), cv2.LINE_AA)
-    return out
