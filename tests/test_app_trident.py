@@ -15,7 +15,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from vision.commands.trident import parse_labels
+from vision.engines.trident.classes import parse_class_text
 from vision.ui import helpers as ui
 
 
@@ -38,7 +38,7 @@ def annotation_masks(value) -> dict[str, np.ndarray]:
 ])
 def test_class_text_is_read_as_the_cli_reads_labels(text, expected):
     assert ui.parse_class_text(text) == expected
-    assert ui.parse_class_text(text) == parse_labels(text or "")
+    assert ui.parse_class_text(text) == parse_class_text(text or "")  # the library's (and the CLI's) reading
 
 
 def test_a_line_break_in_the_class_text_is_refused_with_the_syntax():

@@ -64,7 +64,7 @@ def test_templates_are_openais_80():
 @pytest.mark.parametrize("name", ["chelsea", "coffee", "astronaut"])
 def test_end_to_end_on_photos(engine, sam_encoder_calls, name):
     image = sample_image(name)
-    classes = ["cat", "cup; mug", "person", "background; sky; wall"]
+    classes = ["cat", "cup|mug", "person", "background|sky|wall"]
     result = engine.segment(image, classes, config=PRESETS["voc21"])
     h, w = image.shape[:2]
     assert result.labels.shape == (h, w) and result.coarse.shape == (h, w)
@@ -129,10 +129,11 @@ def test_bad_class_lists_are_clear_errors(engine):
     cases = {
         "no class names": [],
         "at least two classes": ["cat"],
-        "duplicate class name 'Cat'": ["cat", "dog; Cat"],
+        "duplicate class name 'Cat'": ["cat", "dog|Cat"],
         "at most 255": [f"thing {i}" for i in range(500)],
-        "class 1 has no name": ["cat", " ; "],
-        "one entry per class": "cat; dog",
+        "class 1 has no name": ["cat", " | "],
+        "class 1 .'dog; cat'. contains ';', which separates classes": ["cow", "dog; cat"],
+        "at least two classes are needed to segment, got one: 'cat.kitten'": "cat|kitten",
         "no class is the background": None,
     }
     for message, classes in cases.items():
@@ -147,7 +148,7 @@ def test_bad_class_lists_are_clear_errors(engine):
 
 def test_long_and_non_ascii_labels_work(engine):
     long_name = "a very long description of a fluffy striped cat " * 8
-    result = engine.segment(sample_image("chelsea"), [long_name, "Katze; 猫; čičák", "background"], config=FAST)
+    result = engine.segment(sample_image("chelsea"), [long_name, "Katze|猫|čičák", "background"], config=FAST)
     assert result.info["truncated_names"] == [" ".join(long_name.split())]
     assert result.labels.max() < 3
     e = engine.text_embeddings(("猫", "čičák", "cat"))
@@ -244,8 +245,17 @@ def test_cli_no_reference_switch():
     assert build_config(parser.parse_args([])).reference is False  # the open preset
 
 
-def test_parse_labels():
-    from vision.commands.trident import parse_labels
+def test_one_class_syntax_for_text_lists_and_label_files(tmp_path):
+    """';' separates classes and '|' synonyms in a text, in a list's entries and in a --labels-file
+    (which once separated synonyms with ';')."""
+    from vision.commands.trident import read_labels_file
+    from vision.engines.trident.classes import parse_class_text
 
-    assert parse_labels("cat; dog|puppy ;; background|sky|wall") == [["cat"], ["dog", "puppy"],
-                                                                     ["background", "sky", "wall"]]
+    text = "cat; dog|puppy ;; background|sky|wall"
+    assert parse_class_text(text) == [["cat"], ["dog", "puppy"], ["background", "sky", "wall"]]
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("# classes\ncat\ndog|puppy\n\nbackground|sky|wall\n", encoding="utf-8")
+    as_text, as_list, as_file = (parse_classes(text), parse_classes(["cat", "dog|puppy", "background|sky|wall"]),
+                                 parse_classes(read_labels_file(str(labels_file))))
+    assert as_text == as_list == as_file
+    assert as_text.names[1] == ("dog", "puppy") and as_text.background == 2

@@ -1,8 +1,8 @@
 """Class-name lists of the eight Trident benchmarks, as data.
 
 Each list holds the names fed to CLIP's text encoder, in the label order of the dataset's annotation
-files. A class may have several names: it is written ``"name; synonym; ..."`` and its probability is the
-maximum over its names. The background classes of VOC21 and COCO-Object are lists of stuff words (as in
+files. A class may have several names: it is written ``"name|synonym|..."`` (the project's one class
+syntax, :data:`SYNONYM_SEPARATOR`) and its probability is the maximum over its names. The background classes of VOC21 and COCO-Object are lists of stuff words (as in
 the ProxyCLIP/Trident reference); Pascal Context's 60th class is the single word "background". Names
 follow mmseg's dataset class names, except VOC's "boat" and "diningtable", which the reference queries
 as "ship" and "table" (their ``display`` names are the dataset's).
@@ -19,6 +19,10 @@ benchmark list is kept as it is (a user's list with a repeated name is refused).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# The one class syntax of the app, the CLI and the library: "cat|kitten; dog; background".
+CLASS_SEPARATOR = ";"
+SYNONYM_SEPARATOR = "|"
 
 # The 26 stuff words that stand for VOC21's background class.
 VOC_BACKGROUND_WORDS: tuple[str, ...] = (
@@ -106,7 +110,7 @@ ADE20K: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ClassList:
-    """The classes of one benchmark: ``names[i]`` is class i (``"name; synonym; ..."``), ``background``
+    """The classes of one benchmark: ``names[i]`` is class i (``"name|synonym|..."``), ``background``
     the index of the background class or ``None``, ``display`` one short name per class for tables.
     A benchmark list runs as it is: a name repeated across its classes is kept (see the module docstring)."""
 
@@ -116,15 +120,15 @@ class ClassList:
 
     def __post_init__(self):
         if not self.display:
-            object.__setattr__(self, "display", tuple(n.split(";")[0].strip() for n in self.names))
+            object.__setattr__(self, "display", tuple(n.split(SYNONYM_SEPARATOR)[0].strip() for n in self.names))
 
 
 _VOC_DISPLAY = tuple("boat" if n == "ship" else "diningtable" if n == "table" else n for n in VOC20)
 
 CLASS_LISTS: dict[str, ClassList] = {
-    "voc21": ClassList(("; ".join(VOC_BACKGROUND_WORDS), *VOC20), 0, ("background", *_VOC_DISPLAY)),
+    "voc21": ClassList((SYNONYM_SEPARATOR.join(VOC_BACKGROUND_WORDS), *VOC20), 0, ("background", *_VOC_DISPLAY)),
     "context60": ClassList(("background", *CONTEXT59), 0),
-    "coco_object": ClassList(("; ".join(COCO_OBJECT_BACKGROUND_WORDS), *COCO_OBJECT), 0,
+    "coco_object": ClassList((SYNONYM_SEPARATOR.join(COCO_OBJECT_BACKGROUND_WORDS), *COCO_OBJECT), 0,
                              ("background", *COCO_OBJECT)),
     "voc20": ClassList(VOC20, None, _VOC_DISPLAY),
     "context59": ClassList(CONTEXT59),

@@ -6,8 +6,8 @@ refinement) and ``<stem>.overlay.png`` are written, plus one line per image in `
 (classes, pixel share per class, timings); failures go to ``errors.jsonl`` and a rerun resumes.
 
 Classes: ``--labels`` separates classes with ";" and a class's synonyms with "|"
-(``"cat; dog|puppy; background|sky|wall"``); ``--labels-file`` reads one class per line with synonyms
-separated by ";" (the benchmark files' format). A class named "background" is the background class.
+(``"cat; dog|puppy; background|sky|wall"``), the app's and the library's syntax too; ``--labels-file``
+reads one class per line, synonyms separated by "|". A class named "background" is the background class.
 Without either, a benchmark preset (``--preset voc21`` ...) uses its own class list.
 
 Benchmark presets reproduce the reference code's behaviour (``reference`` mode, in ``results.jsonl``);
@@ -26,13 +26,8 @@ NAME = "trident"
 HELP = "open-vocabulary semantic segmentation from class names (Trident: CLIP + DINO + SAM)"
 
 
-def parse_labels(text: str) -> list[list[str]]:
-    """``"cat; dog|puppy; background"`` -> ``[["cat"], ["dog", "puppy"], ["background"]]``."""
-    return [[n.strip() for n in part.split("|") if n.strip()] for part in text.split(";") if part.strip()]
-
-
 def read_labels_file(path: str) -> list[str]:
-    """One class per line (synonyms separated by ";"); blank lines and ``#`` comments skipped."""
+    """One class per line (synonyms separated by "|"); blank lines and ``#`` comments skipped."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [line for line in (raw.strip() for raw in lines) if line and not line.startswith("#")]
 
@@ -43,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--labels", help='classes separated by ";", synonyms of a class by "|" '
                         '(e.g. "cat; dog|puppy; background")')
-    parser.add_argument("--labels-file", metavar="FILE", help='one class per line, synonyms separated by ";"')
+    parser.add_argument("--labels-file", metavar="FILE", help='one class per line, synonyms separated by "|"')
     parser.add_argument("--preset", choices=list(PRESETS), default="open",
                         help="settings (and, without --labels, classes) of a benchmark; default: open")
     parser.add_argument("--prob-thd", type=float, default=None,
@@ -91,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if args.labels and args.labels_file:
             raise ValueError("give either --labels or --labels-file, not both")
         if args.labels is not None:
-            classes = parse_classes(parse_labels(args.labels))
+            classes = parse_classes(args.labels)
         elif args.labels_file:
             classes = parse_classes(read_labels_file(args.labels_file))
         elif config.preset in CLASS_LISTS:

@@ -400,13 +400,13 @@ def parse_class_text(text: str | None) -> list[list[str]]:
     ["grass"]]``). An empty text gives ``[]``; a line break is refused (ValueError): it is no separator
     in that syntax, and reading it as one would make the textbox and the CLI disagree.
     """
-    from vision.commands.trident import parse_labels
+    from vision.engines.trident.classes import parse_class_text as parse
 
     text = (text or "").strip()
     if "\n" in text or "\r" in text:
         raise ValueError(f"Class names: write them on one line, {CLASS_SYNTAX} (e.g. '{CLASS_EXAMPLE}'); "
                          "a line break does not separate classes.")
-    return parse_labels(text)
+    return parse(text)
 
 
 def tiny_prefix(hub) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from vision.classnames import ClassList
+from vision.classnames import CLASS_SEPARATOR, SYNONYM_SEPARATOR, ClassList
 
 MAX_CLASSES = 255  # label maps are written as 8-bit indexed PNGs
 
@@ -39,14 +39,23 @@ class Classes:
         return [position[q] for q in self.queries]
 
 
+def parse_class_text(text: str) -> list[list[str]]:
+    """The one class syntax (app, CLI, library): ``;`` separates classes, ``|`` a class's synonyms.
+    ``"cat; dog|puppy; background"`` -> ``[["cat"], ["dog", "puppy"], ["background"]]``; empty parts
+    and surrounding spaces are dropped."""
+    return [[n.strip() for n in part.split(SYNONYM_SEPARATOR) if n.strip()]
+            for part in text.split(CLASS_SEPARATOR) if part.strip()]
+
+
 def parse_classes(classes: Any, background: int | None = None) -> Classes:
     """Check and normalise class names.
 
-    ``classes``: a list with one entry per class, an entry being ``"name; synonym; ..."`` or a list of
-    names; or a benchmark :class:`~vision.classnames.ClassList`; or a :class:`Classes`. Errors
+    ``classes``: a text in the class syntax (:func:`parse_class_text`: ``"cat|kitten; dog"``); a list
+    with one entry per class, an entry being ``"name|synonym|..."`` or a list of names; a benchmark
+    :class:`~vision.classnames.ClassList`; or a :class:`Classes`. Errors
     (:class:`ValueError`, with the reason): no classes, a single class, more than :data:`MAX_CLASSES`,
-    an empty class, a name used twice (case-insensitive) in a user's list, a background index out of
-    range. A benchmark list runs as it is: a name it repeats across classes (COCO-Object's "bed") is
+    an empty class, a name used twice (case-insensitive) in a user's list, a ";" inside one class's
+    entry, a background index out of range. A benchmark list runs as it is: a name it repeats across classes (COCO-Object's "bed") is
     kept and ties with its first class, which wins. The background class is ``background``, else the
     benchmark's, else the class one of whose names is "background".
     """
@@ -60,18 +69,21 @@ def parse_classes(classes: Any, background: int | None = None) -> Classes:
         display, background = classes.display, classes.background if background is None else background
         classes = classes.names
     if isinstance(classes, str):
-        raise ValueError("classes must be a list with one entry per class (synonyms of a class: 'a; b')")
+        classes = parse_class_text(classes)
     parsed: list[tuple[str, ...]] = []
     for i, entry in enumerate(classes or ()):
-        parts = entry.split(";") if isinstance(entry, str) else list(entry)
+        if isinstance(entry, str) and CLASS_SEPARATOR in entry:
+            raise ValueError(f"class {i} ({entry!r}) contains {CLASS_SEPARATOR!r}, which separates classes: give one "
+                             f"entry per class and separate a class's synonyms with {SYNONYM_SEPARATOR!r}")
+        parts = entry.split(SYNONYM_SEPARATOR) if isinstance(entry, str) else list(entry)
         names = tuple(" ".join(str(p).split()) for p in parts if str(p).strip())
         if not names:
             raise ValueError(f"class {i} has no name (entry {entry!r})")
         parsed.append(names)
     if not parsed:
-        raise ValueError("no class names given: pass at least two classes, e.g. ['cat', 'dog', 'background']")
+        raise ValueError("no class names given: pass at least two classes, e.g. 'cat; dog; background'")
     if len(parsed) < 2:
-        raise ValueError(f"at least two classes are needed to segment, got one: {'; '.join(parsed[0])!r} "
+        raise ValueError(f"at least two classes are needed to segment, got one: {SYNONYM_SEPARATOR.join(parsed[0])!r} "
                          "(add e.g. 'background', or check the separator between classes)")
     if len(parsed) > MAX_CLASSES:
         raise ValueError(f"{len(parsed)} classes given; at most {MAX_CLASSES} are supported "

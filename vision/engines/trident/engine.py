@@ -78,7 +78,9 @@ in fp16 (prompt encoder and mask decoder in fp32). SAM stays fp32 because SAM-H 
 garbage and the hub's SAM is shared with the other engines; the fp32 attention costs little next to the
 encoders. So reference mode reproduces the reference's arithmetic, not its fp16 rounding.
 
-Class names: a list with one entry per class; an entry is ``"name; synonym; ..."`` (or a list of names).
+Class names, in the project's one syntax: a text ``"cat|kitten; dog; background"`` (``;`` between
+classes, ``|`` between a class's synonyms), or a list with one entry per class, an entry being
+``"name|synonym|..."`` or a list of names.
 The background class is the one given by ``background=`` or else the class one of whose names is
 "background". Inputs are checked: no classes, a single class, more than :data:`MAX_CLASSES` classes, an
 empty class, or a name used twice in a user's list raise :class:`ValueError` with the reason; names longer than CLIP's
