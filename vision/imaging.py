@@ -215,16 +215,9 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, n_
 
 
 def tiny_banner(image: np.ndarray) -> np.ndarray:
-    """RGB [H, W, 3] with a black top strip saying the models are tiny random-weight ones (tiny mode)."""
-    from PIL import ImageDraw
-
-    from vision.tiny import TINY_NOTICE
-
-    canvas = Image.fromarray(image)
-    draw = ImageDraw.Draw(canvas)
-    draw.rectangle([0, 0, canvas.width, 12], fill=(0, 0, 0))
-    draw.text((2, 0), TINY_NOTICE, fill=(255, 255, 0))
-    return np.asarray(canvas)
+    """RGB [H, W, 3] with the tiny-mode notice (random-weight models, noise) across its top, fitted to
+    the image's width (:func:`stamp_text`)."""
+    return stamp_text(image, TINY_STAMP)
 
 
 def label_png(labels: np.ndarray) -> Image.Image:

@@ -63,7 +63,7 @@ def _summary(result, record: dict, truncated: list[str]) -> str:
 def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progress=gr.Progress(track_tqdm=True)):
     """Open-vocabulary segmentation of an image into the given class names (Trident)."""
     from vision.engines.trident import TridentConfig
-    from vision.imaging import TINY_STAMP, load_image, stamp_text
+    from vision.imaging import load_image, tiny_banner
 
     image = ui.require(ui.file_path(image), "an image")
     classes = ui.parse_class_text(class_text) or None  # None: the preset's own benchmark classes
@@ -71,7 +71,7 @@ def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progres
     progress(0.0, desc="segmenting")
     result = _trident_segment(image, classes, config)
     names = result.class_names
-    stamp = (lambda picture: stamp_text(picture, TINY_STAMP)) if result.tiny else (lambda picture: picture)
+    stamp = tiny_banner if result.tiny else (lambda picture: picture)
     photo = load_image(image)
     shown = stamp(photo)
     folder = ui.output_folder()

@@ -355,7 +355,7 @@ class TridentEngine:
         labels_np = labels.to(torch.int32).cpu().numpy()
         overlay = imaging.overlay_labels(rgb, labels_np, n_colours=len(classes.names))
         if self.hub.tiny:
-            overlay = imaging.stamp_text(overlay, imaging.TINY_STAMP)
+            overlay = imaging.tiny_banner(overlay)
         timings["total"] = time.perf_counter() - started
         return TridentResult(
             labels=labels_np, coarse=coarse.to(torch.int32).cpu().numpy(),
