@@ -55,8 +55,8 @@ def _generation_summary(result) -> str:
     calls = result.deepcache
     if calls:
         lines.append(f"DeepCache N={config['deepcache']}, branch {config['branch']}, {config['schedule']}: "
-                     f"{plural(calls['full_calls'], 'full UNet call')} and {plural(calls['partial_calls'], 'partial')}"
-                     f" (full steps {calls['full_steps']}).")
+                     f"{plural(calls['full_calls'], 'full UNet call')} and "
+                     f"{plural(calls['partial_calls'], 'partial call')} (full steps {calls['full_steps']}).")
     else:
         lines.append("DeepCache off: every step runs the full UNet.")
     if result.speedup is not None:
