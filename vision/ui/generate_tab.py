@@ -1,4 +1,5 @@
-"""The Generate tab: Stable Diffusion text-to-image with DeepCache, and the with/without comparison."""
+"""The Generate tab: Stable Diffusion text-to-image or image-to-image with DeepCache, and the
+with/without comparison as a before/after slider with the measured speed-up."""
 
 from __future__ import annotations
 
@@ -10,33 +11,52 @@ from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
 
+TINY_STEPS = 4  # the tab's default steps in tiny mode (outputs are noise: keep runs short)
+HOW_TO_READ = ("How to read this: the summary gives the time of the run and how many UNet calls DeepCache "
+               "skipped (partial calls run only the shallow branch). In *Compare*, drag the slider: left of the "
+               "line is the image without DeepCache, right of it the image with DeepCache, from the same seed; "
+               "the speed-up is the plain run's time over the cached run's, measured one after the other.")
+
 
 @ui.GPU(duration=180)
-def _generate(prompt: str, config):
+def _generate(prompt: str, config, image: str | None, on_progress=None):
     from vision.engines.generate import generate
 
-    return generate(prompt, config, hub=get_hub())
+    return generate(prompt, config, image=image, hub=get_hub(), on_progress=on_progress)
 
 
-def _generate_config(negative, steps, guidance, seed, scheduler, family, size, use_deepcache, interval, branch,
-                     schedule, compare: bool):
+def _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
+                     branch, schedule, strength, compare: bool):
+    """The preset's :class:`GenerateConfig` with the tab's settings; steps and size checked against
+    :mod:`vision.limits` (the CLI's limits) before any model loads."""
     from vision.engines.generate import GenerateConfig
+    from vision.limits import check_side, check_steps
 
-    size = int(size) if size else None
-    return GenerateConfig(family=family, scheduler=scheduler, steps=int(steps), guidance=float(guidance),
-                          negative_prompt=(negative or "").strip() or None, width=size, height=size,
-                          seed=int(seed), deepcache=int(interval) if use_deepcache or compare else 0,
-                          branch=int(branch), schedule=schedule, compare=compare)
+    steps = check_steps(int(steps), "Steps")
+    size = check_side(int(size), "Size") if size else None
+    return GenerateConfig.from_preset(
+        preset or "default", family=family, scheduler=scheduler, steps=steps, guidance=float(guidance),
+        negative_prompt=(negative or "").strip() or None, width=size, height=size, seed=int(seed),
+        deepcache=int(interval) if use_deepcache or compare else 0, branch=int(branch), schedule=schedule,
+        strength=float(strength), compare=compare)
+
+
+def _mode(config: dict) -> str:
+    return f"preset **{config['preset']}**, {'reference' if config['reference'] else 'product'} mode"
 
 
 def _generation_summary(result) -> str:
+    from vision.wording import plural
+
+    config = result.config
+    kind = f"image-to-image (strength {config['strength']:g})" if result.img2img else "text-to-image"
+    lines = [f"{tiny_prefix(get_hub())}{kind}, {result.width}x{result.height}, {plural(config['steps'], 'step')} "
+             f"({config['scheduler']}), seed {result.seeds[0]}, {_mode(config)}: **{result.seconds:.2f} s**"]
     calls = result.deepcache
-    lines = [f"{tiny_prefix(get_hub())}{result.width}x{result.height}, {result.config['steps']} steps "
-             f"({result.config['scheduler']}), seed {result.seeds[0]}: **{result.seconds:.2f} s**"]
     if calls:
-        lines.append(f"DeepCache N={result.config['deepcache']}, branch {result.config['branch']}, "
-                     f"{result.config['schedule']}: {calls['full_calls']} full and {calls['partial_calls']} "
-                     f"partial UNet calls (full steps {calls['full_steps']}).")
+        lines.append(f"DeepCache N={config['deepcache']}, branch {config['branch']}, {config['schedule']}: "
+                     f"{plural(calls['full_calls'], 'full UNet call')} and "
+                     f"{plural(calls['partial_calls'], 'partial call')} (full steps {calls['full_steps']}).")
     else:
         lines.append("DeepCache off: every step runs the full UNet.")
     if result.speedup is not None:
@@ -54,54 +74,81 @@ def _generation_files(result) -> list[str]:
             for suffix, image in result.to_files().items()]
 
 
+def _step_progress(progress):
+    """The engine's per-denoising-step reports as ``gr.Progress`` updates (None on ZeroGPU, whose GPU
+    process cannot call back into the page)."""
+    if ui.ON_ZERO_GPU:
+        return None
+    return lambda p: progress(p.fraction, desc=p.message)
+
+
 @ui.friendly_errors
-def run_generate(prompt, negative, steps, guidance, seed, scheduler, family, size, use_deepcache, interval, branch,
-                 schedule, progress=gr.Progress(track_tqdm=True)):
-    """Text-to-image with Stable Diffusion, DeepCache on or off."""
+def run_generate(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
+                 branch, schedule, init_image, strength, progress=gr.Progress()):
+    """Text-to-image (or image-to-image from ``init_image``) with Stable Diffusion, DeepCache on or off."""
     ui.require((prompt or "").strip(), "a prompt")
-    config = _generate_config(negative, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                              branch, schedule, compare=False)
-    progress(0.0, desc="generating")
-    result = _generate(prompt, config)
+    config = _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache,
+                              interval, branch, schedule, strength, compare=False)
+    progress(0.0, desc="loading the models")
+    result = _generate(prompt, config, ui.file_path(init_image), _step_progress(progress))
     return result.images[0], _generation_summary(result), _generation_files(result)
 
 
 @ui.friendly_errors
-def run_compare(prompt, negative, steps, guidance, seed, scheduler, family, size, use_deepcache, interval, branch,
-                schedule, progress=gr.Progress(track_tqdm=True)):
-    """The same seed with and without DeepCache: both images and the measured speed-up."""
+def run_compare(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
+                branch, schedule, init_image, strength, progress=gr.Progress()):
+    """The same seed without and with DeepCache: a before/after slider and the measured speed-up."""
     ui.require((prompt or "").strip(), "a prompt")
     if int(interval) < 2:
         raise ValueError("DeepCache interval N must be at least 2 to compare (N=1 runs every step in full).")
-    config = _generate_config(negative, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                              branch, schedule, compare=True)
-    progress(0.0, desc="generating without and with DeepCache")
-    result = _generate(prompt, config)
-    return result.images[0], result.baseline_images[0], _generation_summary(result), _generation_files(result)
+    config = _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache,
+                              interval, branch, schedule, strength, compare=True)
+    progress(0.0, desc="loading the models")
+    result = _generate(prompt, config, ui.file_path(init_image), _step_progress(progress))
+    before_after = (result.baseline_images[0], result.images[0])
+    return before_after, _generation_summary(result), _generation_files(result)
+
+
+def preset_settings(name: str, tiny: bool) -> tuple:
+    """The tab's controls as preset ``name`` sets them (steps, guidance, scheduler, family, size,
+    DeepCache on, N, branch, schedule); tiny mode keeps its short runs and native size."""
+    from vision.engines.generate import GenerateConfig
+
+    c = GenerateConfig.from_preset(name)
+    return (TINY_STEPS if tiny else c.steps, c.guidance, c.scheduler, c.family, 0 if tiny else (c.width or 0),
+            c.deepcache > 0, max(1, c.deepcache), c.branch, c.schedule)
 
 
 def generate_tab(hub: ModelHub, limits: dict) -> None:
-    from vision.engines.generate import FAMILIES, SCHEDULERS, GenerateConfig
+    from vision.engines.generate import FAMILIES, PRESETS, SCHEDULERS, GenerateConfig
+    from vision.limits import MAX_SIDE, MAX_STEPS, SIDE_MULTIPLE
 
     defaults = GenerateConfig()
     with gr.Tab("Generate", id="generate"):
         gr.Markdown("**Stable Diffusion with DeepCache**: DeepCache reuses the deep UNet features of a full "
                     "step for the next N-1 steps and runs only the shallow branch in between. "
-                    "*Compare* runs the same seed with and without it and measures the speed-up.")
+                    "*Compare* runs the same seed with and without it and measures the speed-up. Upload a start "
+                    "image for image-to-image.")
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="generate-prompt",
                                     value="a lighthouse on a cliff at sunset, oil painting")
                 negative = gr.Textbox(label="Negative prompt", value="lowres, blurry, worst quality")
+                preset = gr.Dropdown(list(PRESETS), value=defaults.preset, label="Preset",
+                                     info="paper: the DeepCache paper's SD1.5 setting (PLMS 50 steps, N=5, "
+                                          "reference mode)")
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=4 if hub.tiny else 50, step=1, label="Steps")
+                    steps = gr.Slider(1, MAX_STEPS, value=TINY_STEPS if hub.tiny else defaults.steps, step=1,
+                                      label="Steps")
                     guidance = gr.Slider(0.0, 15.0, value=defaults.guidance, step=0.5, label="Guidance (CFG)")
                 with gr.Row():
                     seed = gr.Number(value=defaults.seed, precision=0, minimum=0, label="Seed")
-                    scheduler = gr.Dropdown(list(SCHEDULERS), value="pndm", label="Scheduler")
+                    scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Scheduler")
                 with gr.Row():
-                    family = gr.Dropdown(list(FAMILIES), value=defaults.family, label="Model")
-                    size = gr.Slider(0, 1024, value=0, step=64, label="Size (0 = the model's native size)")
+                    family = gr.Dropdown(list(FAMILIES), value=defaults.family, label="Model",
+                                         info="realvisxl: RealVisXL V4.0, an SDXL fine-tune")
+                    size = gr.Slider(0, MAX_SIDE, value=0, step=SIDE_MULTIPLE,
+                                     label="Size (0 = the model's native size, or the start image's)")
                 with gr.Group():
                     with gr.Row():
                         use_deepcache = gr.Checkbox(value=True, label="DeepCache")
@@ -109,18 +156,29 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
                         branch = gr.Slider(0, 5, value=defaults.branch, step=1, label="Branch",
                                            info="0 fastest, 1 the paper's")
                     schedule = gr.Radio(["uniform", "nonuniform"], value=defaults.schedule, label="Schedule")
+                with gr.Accordion("Image-to-image", open=False):
+                    init_image = gr.Image(label="Start image (empty = text-to-image)", type="filepath",
+                                          sources=["upload", "clipboard"], elem_id="generate-init")
+                    strength = gr.Slider(0.05, 1.0, value=defaults.strength, step=0.05, label="Strength",
+                                         info="how much of the start image is re-drawn (1 = all of it)")
                 with gr.Row():
                     button = gr.Button("Generate", variant="primary", elem_id="generate-run")
                     compare = gr.Button("Compare with and without DeepCache", elem_id="generate-compare")
             with gr.Column():
-                with gr.Row():
-                    image = gr.Image(label="Result (with DeepCache when on)", format="png", interactive=False,
-                                     elem_id="generate-image")
-                    plain = gr.Image(label="Without DeepCache (compare)", format="png", interactive=False,
-                                     elem_id="generate-plain")
-                summary = gr.Markdown(elem_id="generate-summary")
+                image = gr.Image(label="Result (with DeepCache when on)", format="png", interactive=False,
+                                 elem_id="generate-image")
+                slider = gr.ImageSlider(label="Compare: without DeepCache | with DeepCache", format="png",
+                                        interactive=False, elem_id="generate-slider")
+                summary = gr.Markdown(label="Summary", elem_id="generate-summary")
                 files = gr.File(label="Download (PNG)", file_count="multiple")
-        inputs = [prompt, negative, steps, guidance, seed, scheduler, family, size, use_deepcache, interval, branch,
-                  schedule]
+                gr.Markdown(HOW_TO_READ)
+        inputs = [prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
+                  branch, schedule, init_image, strength]
+        gr.Examples([["a red fox in the snow, watercolour", "blurry", "default", TINY_STEPS if hub.tiny else 30,
+                      7.5, 7, defaults.scheduler, "sd15", 0, True, 3, 1, "uniform", None, defaults.strength]],
+                    inputs=inputs, label="Example (click, then Generate or Compare)")
+        preset.input(lambda name: preset_settings(name, hub.tiny), preset,
+                     [steps, guidance, scheduler, family, size, use_deepcache, interval, branch, schedule],
+                     queue=False, api_visibility="undocumented")
         button.click(run_generate, inputs, [image, summary, files], api_name="generate", **limits)
-        compare.click(run_compare, inputs, [image, plain, summary, files], api_name="generate_compare", **limits)
+        compare.click(run_compare, inputs, [slider, summary, files], api_name="generate_compare", **limits)

@@ -10,6 +10,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -184,11 +185,19 @@ def _release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _as_html_text(message: str) -> str:
-    """Error toasts render HTML: escape it (the page's CSS keeps the message's line breaks)."""
-    import html
+MARKUP = re.compile(r"<(?=[A-Za-z/!?])|&(?=[A-Za-z0-9#])")  # where HTML would start a tag or a character reference
 
-    return html.escape(message, quote=False)
+
+def _as_html_text(message: str) -> str:
+    """``message`` as it must reach ``gr.Error`` so that the page shows it as written and API clients get it plain.
+
+    Gradio sends the same message to both: gradio_client passes it on verbatim, the page renders it as
+    (sanitised) HTML. Escaping everything reached API clients as ``&gt;=``; not escaping would make the page
+    drop text such as ``<class 'int'>`` as an unknown tag. So only the two places where HTML would read
+    markup are escaped: ``<`` before a letter, ``/``, ``!`` or ``?`` (a tag or comment) and ``&`` before a
+    letter, digit or ``#`` (a character reference). ``>=``, ``a < b`` and ``x & y`` pass unchanged.
+    """
+    return MARKUP.sub(lambda m: "&lt;" if m.group() == "<" else "&amp;", message)
 
 
 def friendly_errors(fn: Callable) -> Callable:

@@ -9,7 +9,7 @@ from vision.tiny import TINY_NOTICE
 from vision.ui import helpers as ui
 from vision.ui.generate_tab import generate_tab
 from vision.ui.ipseg_tab import ipseg_tab
-from vision.ui.models_tab import models_panel, models_tab
+from vision.ui.models_tab import models_tab
 from vision.ui.story_tab import story_tab
 from vision.ui.trident_tab import trident_tab
 
@@ -37,7 +37,6 @@ def build_demo(concurrency: int = 1) -> gr.Blocks:
         with gr.Tabs():
             for build_tab in TABS:
                 build_tab(hub, limits)
-            panel = models_tab(hub)
-        demo.load(lambda: models_panel(hub), outputs=panel, queue=False, api_visibility="undocumented")
+            models_tab(hub)
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=concurrency)
     return demo

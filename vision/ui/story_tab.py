@@ -1,4 +1,5 @@
-"""The Story tab: Story-Adapter, one frame per line, updated after every round."""
+"""The Story tab: Story-Adapter, one frame per line, updated after every round; every round's frames
+stay viewable (the iteration is the method: a round selector steps through them)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
 
+TINY_ROUNDS, TINY_STEPS = 1, 2  # the tab's defaults in tiny mode (outputs are noise: keep runs short)
+HOW_TO_READ = ("How to read this: round 0 draws each frame from its text alone; every later round redraws all "
+               "frames while attending to all frames of the round before, so characters and style converge. "
+               "Pick a round to see its frames and storyboard; the downloads are the last round's.")
+
 
 def _story_round_view(result, r: int) -> tuple[list[tuple[str, str]], str]:
     """Gallery items (frame file, caption) of round ``r`` and its storyboard (the final one when done)."""
     entry = result.files["rounds"][str(r)]
     items = [(str(result.output_dir / name), f"{i + 1}. {prompt}")
              for i, (name, prompt) in enumerate(zip(entry["frames"], result.prompts))]
-    board = result.files["storyboard"] if result.complete else entry["storyboard"]
+    board = result.files["storyboard"] if result.complete and r == result.config.rounds else entry["storyboard"]
     return items, str(result.output_dir / board)
 
 
@@ -31,58 +37,111 @@ def _story_round(prompts: list[str], config, out: Path, r: int, on_progress=None
     return StoryEngine(get_hub()).run(prompts, config, out, on_progress=on_progress, stop_after_round=r)
 
 
-@ui.friendly_errors
-def run_story(story_text, style, rounds, seed, steps, use_deepcache, interval,
-              progress=gr.Progress(track_tqdm=True)):
-    """Illustrate a story (one frame per line); yields the gallery after every round, then the storyboard."""
+def _round_choices(done: int) -> list[tuple[str, int]]:
+    return [(f"round {r}", r) for r in range(done + 1)]
+
+
+def story_config(preset, style, rounds, seed, steps, use_deepcache, interval):
+    """The preset's :class:`StoryConfig` with the tab's settings (steps checked against :mod:`vision.limits`)."""
     from vision.engines.story import StoryConfig
+    from vision.limits import check_steps
+
+    config = StoryConfig.from_preset(preset or "sd15", rounds=int(rounds), seed=int(seed),
+                                     steps=check_steps(int(steps), "Denoising steps"), style=style,
+                                     deepcache=int(interval) if use_deepcache else 0)
+    config.validate()
+    return config
+
+
+@ui.friendly_errors
+def run_story(story_text, preset, style, rounds, seed, steps, use_deepcache, interval,
+              progress=gr.Progress()):
+    """Illustrate a story (one frame per line); yields the gallery after every round, then the storyboard,
+    with the round selector and the stored rounds' views."""
+    from vision.wording import plural
 
     ui.require((story_text or "").strip(), "a story (one frame prompt per line)")
-    config = StoryConfig(rounds=int(rounds), seed=int(seed), steps=int(steps), style=style,
-                         deepcache=int(interval) if use_deepcache else 0)
+    config = story_config(preset, style, rounds, seed, steps, use_deepcache, interval)
     tiny = tiny_prefix(get_hub())
     out = ui.output_folder() / "story"
+    views: dict[str, tuple[list, str]] = {}
     # Frame-level progress from the engine; on ZeroGPU (separate GPU process) the page gets round-level only.
     on_progress = None if ui.ON_ZERO_GPU else (lambda p: progress(p.fraction, desc=p.message))
     for r in range(config.rounds + 1):
         progress(r / (config.rounds + 1), desc=f"round {r}/{config.rounds}")
         result = _story_round(story_text.splitlines(), config, out, r, on_progress)
         items, board = _story_round_view(result, r)
-        status = (f"{tiny}Round {r}/{config.rounds} done ({len(items)} frames, reference weight "
-                  f"{config.lambda_of(r):.2f}, {result.timings[r]['seconds']:.1f} s).")
+        views[str(r)] = (items, board)
+        status = (f"{tiny}{config.mode()}, {config.base_model()}. Round {r}/{config.rounds} done "
+                  f"({plural(len(items), 'frame')}, reference weight {config.lambda_of(r):.2f}, "
+                  f"{result.timings[r]['seconds']:.1f} s).")
         if result.complete:
-            status += f" Finished: {len(items)} frames after {config.rounds + 1} passes."
-        yield items, status, board, [str(p) for p in result.paths()] if result.complete else None
+            status += (f" Finished: {plural(len(items), 'frame')} after "
+                       f"{plural(config.rounds + 1, 'pass', 'passes')}.")
+        files = [str(p) for p in result.paths()] if result.complete else None
+        yield (items, status, board, files, gr.update(choices=_round_choices(r), value=r), dict(views))
+
+
+def show_round(views: dict | None, r):
+    """The stored frames and storyboard of round ``r`` (from the run's state; nothing is recomputed)."""
+    if not views or r is None or str(int(r)) not in views:
+        raise gr.Error("Run the story first: the rounds appear here as they finish.")
+    items, board = views[str(int(r))]
+    return gr.update(value=items, label=f"Frames (round {int(r)})"), board
+
+
+def preset_settings(name: str, tiny: bool) -> tuple:
+    """The tab's controls as story preset ``name`` sets them (style, rounds, steps, DeepCache on, N);
+    tiny mode keeps its short runs."""
+    from vision.engines.story import StoryConfig
+
+    c = StoryConfig.from_preset(name)
+    return (c.style, TINY_ROUNDS if tiny else c.rounds, TINY_STEPS if tiny else c.steps, c.deepcache > 0,
+            max(2, c.deepcache or StoryConfig().deepcache))
 
 
 def story_tab(hub: ModelHub, limits: dict) -> None:
-    from vision.engines.story import STYLES, StoryConfig
+    from vision.engines.story import PRESETS, STYLES, StoryConfig
+    from vision.limits import MAX_STEPS
 
     defaults = StoryConfig()
+    example = ("a red fox wakes up in a snowy forest\nthe fox crosses a frozen river\n"
+               "the fox finds a warm cabin at dusk")
     with gr.Tab("Story", id="story"):
         gr.Markdown("**Story-Adapter**: one frame per line. Round 0 draws each frame from its text; every "
                     "further round redraws all frames while attending to all frames of the round before, "
                     "so characters and style converge. The gallery updates after each round.")
         with gr.Row():
             with gr.Column():
-                story = gr.Textbox(label="Story (one frame per line)", lines=6, elem_id="story-text",
-                                   value="a red fox wakes up in a snowy forest\nthe fox crosses a frozen river\n"
-                                         "the fox finds a warm cabin at dusk")
+                story = gr.Textbox(label="Story (one frame per line)", lines=6, elem_id="story-text", value=example)
+                preset = gr.Dropdown(list(PRESETS), value=defaults.preset, label="Preset",
+                                     info="sd15: SD1.5 (fits 16 GB); sdxl: RealVisXL V4.0; reference: the "
+                                          "reference run (SDXL RealVisXL, DDIM 50, 10 rounds, no DeepCache)")
                 with gr.Row():
-                    style = gr.Dropdown(list(STYLES), value="comic", label="Style")
-                    rounds = gr.Slider(0, 10, value=1 if hub.tiny else defaults.rounds, step=1,
+                    style = gr.Dropdown(list(STYLES), value=defaults.style, label="Style")
+                    rounds = gr.Slider(0, 10, value=TINY_ROUNDS if hub.tiny else defaults.rounds, step=1,
                                        label="Rounds (after round 0)")
                 with gr.Row():
                     seed = gr.Number(value=defaults.seed, precision=0, label="Seed (all frames, all rounds)")
-                    steps = gr.Slider(1, 100, value=2 if hub.tiny else 30, step=1, label="Denoising steps")
+                    steps = gr.Slider(1, MAX_STEPS, value=TINY_STEPS if hub.tiny else defaults.steps, step=1,
+                                      label="Denoising steps")
                 with gr.Row():
-                    deepcache = gr.Checkbox(value=True, label="DeepCache")
+                    deepcache = gr.Checkbox(value=defaults.deepcache > 0, label="DeepCache")
                     interval = gr.Slider(2, 10, value=defaults.deepcache, step=1, label="DeepCache interval N")
                 button = gr.Button("Illustrate the story", variant="primary", elem_id="story-run")
             with gr.Column():
+                round_pick = gr.Radio([], label="Round to view", elem_id="story-round")
                 gallery = gr.Gallery(label="Frames (latest round)", columns=4, height="auto", elem_id="story-gallery")
-                status = gr.Markdown(elem_id="story-status")
+                status = gr.Markdown(label="Status", elem_id="story-status")
                 board = gr.Image(label="Storyboard", type="filepath", interactive=False, elem_id="story-board")
                 files = gr.File(label="Download: storyboard, final frames, manifest", file_count="multiple")
-        button.click(run_story, [story, style, rounds, seed, steps, deepcache, interval],
-                     [gallery, status, board, files], api_name="story", **limits)
+                gr.Markdown(HOW_TO_READ)
+        views = gr.State({})
+        inputs = [story, preset, style, rounds, seed, steps, deepcache, interval]
+        gr.Examples([[example, "sd15", "comic", TINY_ROUNDS if hub.tiny else 2, 0, TINY_STEPS if hub.tiny else 30,
+                      True, 3]], inputs=inputs, label="Example (click, then Illustrate the story)")
+        preset.input(lambda name: preset_settings(name, hub.tiny), preset, [style, rounds, steps, deepcache, interval],
+                     queue=False, api_visibility="undocumented")
+        button.click(run_story, inputs, [gallery, status, board, files, round_pick, views], api_name="story",
+                     **limits)
+        round_pick.input(show_round, [views, round_pick], [gallery, board], queue=False, api_visibility="undocumented")

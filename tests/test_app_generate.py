@@ -1,0 +1,100 @@
+"""The Generate tab on the session's tiny app server: text-to-image, image-to-image, the DeepCache
+comparison slider, per-step progress, presets and limits, plain-text errors over the API, and the page."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from app_harness import click, open_tab, png
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+
+from vision.ui import helpers as ui
+
+# prompt, negative, preset, steps, guidance, seed, scheduler, family, size, DeepCache, N, branch, schedule,
+# start image, strength
+GEN_ARGS = ("a lighthouse at dusk", "blurry", "default", 3, 7.5, 5, "ddim", "sd15", 0, True, 2, 1, "uniform", None,
+            0.75)
+
+
+def _args(**changes):
+    names = ("prompt", "negative", "preset", "steps", "guidance", "seed", "scheduler", "family", "size", "deepcache",
+             "interval", "branch", "schedule", "image", "strength")
+    values = dict(zip(names, GEN_ARGS))
+    values.update(changes)
+    return [values[n] for n in names]
+
+
+def test_generate_api_gives_an_image(client):
+    image, summary, files = client.predict(*GEN_ARGS, api_name="/generate")
+    assert png(image).shape == (64, 64, 3)  # tiny models make 64x64 images
+    assert "text-to-image" in summary and "DeepCache N=2" in summary and "TINY MODE" in summary
+    assert "preset **default**, product mode" in summary and "3 steps" in summary
+    assert [Path(f).name for f in files] == ["deepcache.png"]
+
+
+def test_generate_image_to_image_keeps_the_start_images_size(client, photos):
+    image, summary, _ = client.predict(*_args(image=handle_file(photos["coffee"]), strength=0.5, steps=4),
+                                       api_name="/generate")
+    h, w = png(photos["coffee"]).shape[:2]
+    assert png(image).shape == (h // 8 * 8, w // 8 * 8, 3)  # the start image's size, to the VAE's 8 px
+    assert "image-to-image (strength 0.5)" in summary
+
+
+def test_generate_paper_preset_is_reported_as_reference_mode(client):
+    _, summary, _ = client.predict(*_args(preset="paper", scheduler="pndm", interval=5), api_name="/generate")
+    assert "preset **paper**, reference mode" in summary and "(pndm)" in summary
+
+
+def test_generate_compare_gives_a_before_after_slider_and_the_speedup(client):
+    (before, after), summary, files = client.predict(*GEN_ARGS, api_name="/generate_compare")
+    assert png(before).shape == png(after).shape == (64, 64, 3)
+    assert "Measured speed-up:" in summary and "without DeepCache" in summary
+    assert sorted(Path(f).name for f in files) == ["deepcache.png", "without_deepcache.png"]
+
+
+def test_generate_reports_progress_per_denoising_step(client):
+    job = client.submit(*_args(steps=12), api_name="/generate_compare")
+    seen = set()
+    while not job.done():
+        for unit in job.status().progress_data or []:
+            if unit.progress is not None:
+                seen.add(round(unit.progress, 3))
+        time.sleep(0.01)
+    job.result(timeout=120)
+    assert len(seen) >= 3, f"progress values seen: {sorted(seen)}"  # 2 runs x 12 steps report 24 values
+
+
+def test_generate_limits_come_from_vision_limits(client, server):
+    from vision.limits import MAX_STEPS
+
+    with pytest.raises(AppError, match="prompt"):
+        client.predict(*_args(prompt=""), api_name="/generate")
+    with pytest.raises(AppError, match=str(MAX_STEPS)):
+        client.predict(*_args(steps=MAX_STEPS + 1), api_name="/generate")
+    assert server.alive()
+
+
+def test_generate_api_outputs_are_named(client):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/generate", "/generate_compare", "/story", "/models"):
+        labels = [r["label"] for r in info[name]["returns"]]
+        assert all(label and not label.startswith("value_") for label in labels), (name, labels)
+
+
+def test_html_text_escapes_only_markup():
+    assert ui._as_html_text("steps must be >= 1 & < 1000") == "steps must be >= 1 & < 1000"
+    assert ui._as_html_text("got <class 'int'> &amp;") == "got &lt;class 'int'> &amp;amp;"
+
+
+def test_browser_generate_tab_compare_shows_the_slider_and_the_speedup(page):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Generate")
+    click(page, "#generate-compare")
+    expect(page.locator("#generate-summary")).to_contain_text("Measured speed-up")
+    expect(page.locator("#generate-slider img")).to_have_count(2)
+    sources = page.locator("#generate-slider img").evaluate_all("imgs => imgs.map(i => i.src)")
+    assert len(set(sources)) == 2 and all(sources), sources  # before and after are two different images

@@ -1,0 +1,73 @@
+"""The Story tab on the session's tiny app server: frames, storyboard and files over the API, one update
+per round, presets (incl. SDXL and reference), wording, errors, and stepping through rounds in the page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from app_harness import click, open_tab, png
+from gradio_client.exceptions import AppError
+
+STORY = "a red fox in the snow\nthe fox crosses a frozen river\nthe fox finds a cabin"
+
+
+def test_story_api_returns_frames_storyboard_and_files(client):
+    gallery, status, board, files, round_pick = client.predict(STORY, "sd15", "comic", 1, 3, 1, True, 3,
+                                                               api_name="/story")
+    assert len(gallery) == 3
+    for item in gallery:
+        assert png(item["image"]).shape == (64, 64, 3)  # tiny frames are 64x64
+    assert "Round 1/1 done" in status and "TINY MODE" in status and "sd15 preset, product mode" in status
+    assert "Finished: 3 frames after 2 passes" in status
+    assert round_pick["value"] == 1 and [c[1] for c in round_pick["choices"]] == [0, 1]  # every round viewable
+    h, w = png(board).shape[:2]
+    assert w > 3 * 64 and h > 64  # three 64-px frames side by side, with gutters
+    names = sorted(Path(f).name for f in files)
+    assert names == ["frame_000.png", "frame_001.png", "frame_002.png", "manifest.json", "storyboard.png"]
+
+
+def test_story_streams_one_update_per_round_with_singular_wording(client):
+    job = client.submit("a fox", "sd15", "none", 2, 0, 1, False, 3, api_name="/story")
+    job.result(timeout=120)
+    outputs = job.outputs()
+    statuses = [o[1] for o in outputs]
+    assert len(outputs) == 3, statuses  # rounds 0, 1, 2
+    assert all(f"Round {r}/2 done (1 frame," in s for r, s in enumerate(statuses)), statuses
+    assert "Finished: 1 frame after 3 passes" in statuses[-1]
+    assert outputs[0][3] is None and len(outputs[-1][3]) == 3  # downloads come with the final round
+
+
+@pytest.mark.parametrize("preset, mode", [("sdxl", "sdxl preset, product mode, realvisxl"),
+                                          ("reference", "reference preset, reference mode, realvisxl")])
+def test_story_sdxl_presets_run_and_say_which_mode(client, preset, mode):
+    gallery, status, *_ = client.predict("a fox", preset, "comic", 0, 0, 1, False, 3, api_name="/story")
+    assert len(gallery) == 1 and mode in status
+
+
+def test_story_errors_are_plain_text(client):
+    with pytest.raises(AppError, match="story"):
+        client.predict("  \n ", "sd15", "comic", 1, 0, 1, True, 3, api_name="/story")
+    with pytest.raises(AppError) as err:
+        client.predict("a fox", "sd15", "comic", 0, -1, 1, True, 3, api_name="/story")
+    assert "seed must be an integer >= 0" in str(err.value) and "&gt;" not in str(err.value)
+
+
+def test_browser_story_tab_steps_through_the_rounds(page):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Story")
+    page.locator("#story-text textarea").fill("a fox\nthe fox runs")
+    click(page, "#story-run")
+    expect(page.locator("#story-status")).to_contain_text("Finished", timeout=120_000)
+    frames = page.locator("#story-gallery img")
+    expect(frames).to_have_count(2)
+    last = frames.evaluate_all("imgs => imgs.map(i => i.src)")
+    page.locator("#story-round label", has_text="round 0").click()
+    expect(page.locator("#story-gallery")).to_contain_text("round 0")
+    expect(frames).to_have_count(2)
+    first = frames.evaluate_all("imgs => imgs.map(i => i.src)")
+    assert first != last  # round 0's frames are other images than the final round's
+    page.locator("#story-round label", has_text="round 1").click()
+    expect(page.locator("#story-gallery")).to_contain_text("round 1")
+    assert frames.evaluate_all("imgs => imgs.map(i => i.src)") == last
