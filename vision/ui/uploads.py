@@ -1,0 +1,101 @@
+"""Image uploads checked before Gradio decodes them: a bad file is a message naming the uploaded file.
+
+Gradio's ``Image`` and ``ImageEditor`` decode an upload in their ``preprocess``; a 0-byte, truncated or
+non-image file then ends in Gradio's internal "Could not preprocess input component ..." (with a
+traceback in the log), and a 20000x20000 PNG is decoded (seconds of CPU, gigabytes) before anything
+refuses it. The components here check every uploaded file first with :func:`vision.imaging.load_image`,
+which reads the header and refuses an image over the pixel limit *before* decoding it, and raise a
+``gr.Error`` that names the file as the user uploaded it (never Gradio's temporary path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from vision.imaging import ImageError, load_image
+from vision.ui import helpers as ui
+
+
+def check_image_file(path: str, name: str | None = None, what: str = "image") -> None:
+    """Raise :class:`ImageError` ``"<what>: <name>: <reason>"`` unless ``path`` is a usable image.
+
+    ``name``: the file name the user uploaded (default: the path's own name). Images over the pixel
+    limit are refused on their header, before decoding.
+    """
+    name = name or Path(path).name
+    try:
+        load_image(path)
+    except ImageError as err:
+        raise ImageError(f"{what}: {str(err).replace(str(path), name)}") from None
+
+
+def _file_of(value: Any) -> tuple[str, str] | None:
+    """(path, uploaded name) of a FileData model or dict as Gradio passes it raw; None for no file."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        path, orig = value.get("path"), value.get("orig_name")
+    else:
+        path, orig = getattr(value, "path", None), getattr(value, "orig_name", None)
+    return (str(path), orig or Path(str(path)).name) if path else None
+
+
+def check_files(values: list[Any], what: str) -> None:
+    """:func:`check_image_file` on every file among ``values`` (FileData or dicts; None skipped)."""
+    for value in values:
+        found = _file_of(value)
+        if found is not None:
+            check_image_file(*found, what=what)
+
+
+class CheckedImageEditor(gr.ImageEditor):
+    """A ``gr.ImageEditor`` whose uploads are checked (:func:`check_image_file`) before Gradio decodes
+    them; ``what`` names the input in messages (e.g. "prompt image")."""
+
+    is_template = True  # the page uses the ImageEditor's own front end
+    what = "image"  # how messages name the input; set it on the instance (the page config reads __init__'s
+    # parameters, so an extra constructor argument would hide the component's own settings)
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is not None and payload.id is None:  # blob payloads (id set) come as bytes, not files
+            try:
+                check_files([payload.background, *(payload.layers or []), payload.composite], self.what)
+            except ImageError as err:
+                raise ui.to_gr_error(err) from None
+        return super().preprocess(payload)
+
+
+class CheckedImage(gr.Image):
+    """A ``gr.Image`` whose upload is checked (:func:`check_image_file`) before Gradio decodes it."""
+
+    is_template = True  # the page uses the Image's own front end
+    what = "image"  # how messages name the input; set it on the instance (the page config reads __init__'s
+    # parameters, so an extra constructor argument would hide the component's own settings)
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is not None and payload.path is not None:
+            try:
+                check_files([payload], self.what)
+            except ImageError as err:
+                raise ui.to_gr_error(err) from None
+        return super().preprocess(payload)
+
+
+def checked_editor_upload(what: str):
+    """An ``ImageEditor.upload`` handler (``preprocess=False``): a bad upload shows the reason in the
+    page and clears the editor, so the previous image is not used by mistake."""
+
+    def on_upload(value: dict | None):
+        if not value:
+            return gr.skip()
+        try:
+            check_files([value.get("background")], what)
+        except ImageError as err:
+            ui.warn(str(err))
+            return None
+        return gr.skip()
+
+    return on_upload
