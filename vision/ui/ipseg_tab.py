@@ -159,7 +159,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                 prompt.what = "prompt image"
                 prompt_upload = gr.UploadButton("Upload a prompt image", file_types=["image"], size="sm",
                                                 elem_id="ipseg-prompt-upload")
-                box = gr.Textbox(label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
+                box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
                                  placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
                 targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
                                      columns=3, height=220, elem_id="ipseg-targets",

@@ -103,9 +103,9 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
                                      sources=("upload", "clipboard"), elem_id="segment-image")
                 kind = gr.Radio(list(CLICK_KINDS), value=CLICK_KINDS[0], label="A click adds",
                                 elem_id="segment-kind")
-                points = gr.Textbox(label="Points: x, y, label (1 foreground, 0 background); ';' between points",
+                points = gr.Textbox("", label="Points: x, y, label (1 foreground, 0 background); ';' between points",
                                     placeholder="120, 80, 1; 40, 200, 0", elem_id="segment-points")
-                box = gr.Textbox(label="Box: x0, y0, x1, y1 (pixels)", placeholder="empty: no box",
+                box = gr.Textbox("", label="Box: x0, y0, x1, y1 (pixels)", placeholder="empty: no box",
                                  elem_id="segment-box")
                 with gr.Row():
                     sam_model = gr.Dropdown(list(SAM_MODELS), value=default_sam(hub), label="Segmenter (SAM)",
