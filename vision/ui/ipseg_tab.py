@@ -10,7 +10,7 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
-from vision.ui.uploads import CheckedImageEditor, checked_upload
+from vision.ui.uploads import check_before_decoding, checked_upload
 
 
 @functools.lru_cache(maxsize=4)
@@ -151,12 +151,12 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     "foreground. More prompt images of the concept (k-shot) and other concepts are optional.")
         with gr.Row():
             with gr.Column():
-                prompt = CheckedImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
-                                            type="numpy", format="png", layers=False, transforms=(),
-                                            sources=("clipboard",), elem_id="ipseg-prompt",
-                                            value=samples["chelsea"],
-                                            brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
-                prompt.what = "prompt image"
+                prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
+                                     type="numpy", format="png", layers=False, transforms=(),
+                                     sources=("clipboard",), elem_id="ipseg-prompt",
+                                     value=samples["chelsea"],
+                                     brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
+                check_before_decoding(prompt, "prompt image")
                 prompt_upload = gr.UploadButton("Upload a prompt image", file_types=["image"], size="sm",
                                                 elem_id="ipseg-prompt-upload")
                 box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",

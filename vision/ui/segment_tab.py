@@ -11,7 +11,7 @@ import gradio as gr
 from vision.hub import SAM_MODELS, ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
-from vision.ui.uploads import CheckedImage
+from vision.ui.uploads import check_before_decoding
 
 CLICK_KINDS = ("foreground point", "background point", "box corner")
 MULTIMASK = {"auto (3 masks for a lone click)": None, "3 masks": True, "1 mask": False}
@@ -99,8 +99,9 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
                     "chosen below; two *box corner* clicks make a box. Points and the box can also be typed.")
         with gr.Row():
             with gr.Column():
-                image = CheckedImage(label="Image (click on the object)", type="filepath",
-                                     sources=("upload", "clipboard"), elem_id="segment-image")
+                image = gr.Image(label="Image (click on the object)", type="filepath",
+                                 sources=("upload", "clipboard"), elem_id="segment-image")
+                check_before_decoding(image, "image")
                 kind = gr.Radio(list(CLICK_KINDS), value=CLICK_KINDS[0], label="A click adds",
                                 elem_id="segment-kind")
                 points = gr.Textbox("", label="Points: x, y, label (1 foreground, 0 background); ';' between points",

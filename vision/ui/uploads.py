@@ -3,7 +3,7 @@
 Gradio's ``Image`` and ``ImageEditor`` decode an upload in their ``preprocess``; a 0-byte, truncated or
 non-image file then ends in Gradio's internal "Could not preprocess input component ..." (with a
 traceback in the log), and a 20000x20000 PNG is decoded (seconds of CPU, gigabytes) before anything
-refuses it. The components here check every uploaded file first with :func:`vision.imaging.load_image`,
+refuses it. The helpers here check every uploaded file first with :func:`vision.imaging.load_image`,
 which reads the header and refuses an image over the pixel limit *before* decoding it, and raise a
 ``gr.Error`` that names the file as the user uploaded it (never Gradio's temporary path).
 """
@@ -51,37 +51,25 @@ def check_files(values: list[Any], what: str) -> None:
             check_image_file(*found, what=what)
 
 
-class CheckedImageEditor(gr.ImageEditor):
-    """A ``gr.ImageEditor`` whose uploads are checked (:func:`check_image_file`) before Gradio decodes
-    them; ``what`` names the input in messages (e.g. "prompt image")."""
+def check_before_decoding(component: Any, what: str) -> Any:
+    """Make a ``gr.Image`` or ``gr.ImageEditor`` check every uploaded file (:func:`check_image_file`)
+    before its own ``preprocess`` decodes it; a bad file is a ``gr.Error`` naming it, ``what`` naming the
+    input ("prompt image"). Returns the component. (The check wraps the instance's ``preprocess``: a
+    subclass would make Gradio write a ``.pyi`` stub beside this module at every import.)"""
+    decode = component.preprocess
 
-    is_template = True  # the page uses the ImageEditor's own front end
-    what = "image"  # how messages name the input; set it on the instance (the page config reads __init__'s
-    # parameters, so an extra constructor argument would hide the component's own settings)
-
-    def preprocess(self, payload: Any) -> Any:
-        if payload is not None and payload.id is None:  # blob payloads (id set) come as bytes, not files
+    def preprocess(payload: Any) -> Any:
+        if payload is not None and getattr(payload, "id", None) is None:  # editor blobs (id set) are not files
+            files = [payload.background, *(payload.layers or []), payload.composite] \
+                if hasattr(payload, "background") else [payload]
             try:
-                check_files([payload.background, *(payload.layers or []), payload.composite], self.what)
+                check_files(files, what)
             except ImageError as err:
                 raise ui.to_gr_error(err) from None
-        return super().preprocess(payload)
+        return decode(payload)
 
-
-class CheckedImage(gr.Image):
-    """A ``gr.Image`` whose upload is checked (:func:`check_image_file`) before Gradio decodes it."""
-
-    is_template = True  # the page uses the Image's own front end
-    what = "image"  # how messages name the input; set it on the instance (the page config reads __init__'s
-    # parameters, so an extra constructor argument would hide the component's own settings)
-
-    def preprocess(self, payload: Any) -> Any:
-        if payload is not None and payload.path is not None:
-            try:
-                check_files([payload], self.what)
-            except ImageError as err:
-                raise ui.to_gr_error(err) from None
-        return super().preprocess(payload)
+    component.preprocess = preprocess
+    return component
 
 
 def checked_upload(what: str):
