@@ -4,7 +4,7 @@
   features / preset / SAM choices and the mode that ran; progress that moves; named outputs.
 - Bad files: a bad prompt (0-byte, truncated, text named .png, a 20000x20000 header) is a message naming
   the uploaded file; one bad target is listed by name while the good ones are answered.
-- Browser: the Examples row with a box, and a bad prompt upload that clears the prompt.
+- Browser: the Examples row with a box runs as is.
 """
 
 from __future__ import annotations
@@ -186,29 +186,3 @@ def test_browser_ipseg_box_example_runs_as_is(page, tmp_path):
     expect(page.locator("#ipseg-heatmaps img").first).to_be_visible()
     assert page.locator("#ipseg-heatmaps img").count() >= 2  # a heatmap beside each target's mask
     shot(page, tmp_path, "1_ipseg_box_example")
-
-
-def test_browser_a_bad_prompt_upload_shows_why_and_clears_the_prompt(page, tmp_path):
-    from playwright.sync_api import expect
-
-    bad = tmp_path / "notes.png"
-    bad.write_text("this is not a PNG")
-    expect(page.locator("#ipseg-prompt canvas").first).to_be_visible()
-    with page.expect_file_chooser() as chooser:
-        click(page, "#ipseg-prompt-upload")
-    chooser.value.set_files(str(bad))
-    expect(page.locator(".toast-message-text").first).to_contain_text("prompt image: notes.png: not an image file")
-    click(page, "#ipseg-run")  # the previous prompt (chelsea) must not be used
-    expect(page.get_by_text("Please upload a prompt image")).to_be_visible()
-    shot(page, tmp_path, "1c_ipseg_bad_prompt")
-
-
-def test_the_prompt_upload_button_passes_good_files_and_clears_bad_ones(photos, tmp_path, monkeypatch):
-    from vision.ui import uploads
-
-    warnings = []
-    monkeypatch.setattr(uploads.ui, "warn", warnings.append)
-    on_upload = uploads.checked_upload("prompt image")
-    assert on_upload(photos["coffee"]) == photos["coffee"]
-    bad, _ = _bad_file("huge", tmp_path, photos["coffee"])
-    assert on_upload(str(bad)) is None and warnings and warnings[0].startswith("prompt image: huge.png: ")

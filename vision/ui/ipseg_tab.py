@@ -10,7 +10,7 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
-from vision.ui.uploads import check_before_decoding, checked_upload
+from vision.ui.uploads import check_before_decoding
 
 
 @functools.lru_cache(maxsize=4)
@@ -153,12 +153,10 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
             with gr.Column():
                 prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
                                      type="numpy", format="png", layers=False, transforms=(),
-                                     sources=("clipboard",), elem_id="ipseg-prompt",
+                                     sources=("upload", "clipboard"), elem_id="ipseg-prompt",
                                      value=samples["chelsea"],
                                      brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
                 check_before_decoding(prompt, "prompt image")
-                prompt_upload = gr.UploadButton("Upload a prompt image", file_types=["image"], size="sm",
-                                                elem_id="ipseg-prompt-upload")
                 box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
                                  placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
                 targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
@@ -207,8 +205,6 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                   concepts, concept_name, kshot]
         button.click(run_ipseg, inputs, [annotated, overlays, heatmaps, files, scores, summary, state],
                      api_name="ipseg", **limits)
-        # queued: a warning reaches the page only through the queue's event stream
-        prompt_upload.upload(checked_upload("prompt image"), prompt_upload, prompt, api_visibility="undocumented")
         overlays.select(_pick_target, state, annotated, api_visibility="undocumented", queue=False)
 
 

@@ -70,24 +70,3 @@ def check_before_decoding(component: Any, what: str) -> Any:
 
     component.preprocess = preprocess
     return component
-
-
-def checked_upload(what: str):
-    """An ``UploadButton.upload`` handler that feeds an image input: a usable file becomes the input's
-    value; a bad one shows the reason in the page (naming the file) and clears the input, so the previous
-    image is not used by mistake. The file is checked on the server before the browser draws it (the
-    ImageEditor's own upload waits forever on a file the browser cannot decode, and would decode a
-    20000x20000 image in the tab)."""
-
-    def on_upload(value: Any):
-        found = _file_of(value) if not isinstance(value, str) else (value, Path(value).name)
-        if found is None:
-            return gr.skip()
-        try:
-            check_image_file(*found, what=what)
-        except ImageError as err:
-            ui.warn(str(err))
-            return None
-        return found[0]
-
-    return on_upload
