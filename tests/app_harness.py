@@ -44,14 +44,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(folder: Path, *extra: str) -> Server:
-    """Launch the tiny app with its own Gradio cache under ``folder``; return once it answers."""
+def start_server(folder: Path, *extra: str, tiny: bool = True) -> Server:
+    """Launch the app (tiny unless ``tiny=False``) with its own Gradio cache under ``folder``; return once
+    it answers."""
     port = free_port()
     env = dict(os.environ, VISION_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
                GRADIO_TEMP_DIR=str(folder / "gradio-cache"), VISION_DEVICE=os.environ.get("VISION_DEVICE", "cpu"))
     log = folder / "server.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--tiny", "--port", str(port), *extra],
+        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *(["--tiny"] if tiny else []),
+                                    "--port", str(port), *extra],
                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = Server(f"http://127.0.0.1:{port}/", process, log)
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -423,3 +423,42 @@ def tiny_prefix(hub) -> str:
     from vision.tiny import TINY_NOTICE
 
     return f"**{TINY_NOTICE}**\n\n" if hub.tiny else ""
+
+
+def parse_numbers(text: str | None, size: int, field: str) -> list[list[float]]:
+    """Typed groups of numbers -> one list per group. Groups are separated by ``;`` or new lines,
+    numbers by ``,`` or spaces; each group has ``size`` numbers (``size=3`` also takes ``x,y``: label 1).
+
+    >>> parse_numbers("10,20; 30 40 0", 3, "points")
+    [[10.0, 20.0, 1.0], [30.0, 40.0, 0.0]]
+    """
+    groups = [g.strip() for g in (text or "").replace("\n", ";").split(";") if g.strip()]
+    out = []
+    for i, group in enumerate(groups):
+        try:
+            numbers = [float(v) for v in group.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"{field}: {group!r} is not a list of numbers") from None
+        if size == 3 and len(numbers) == 2:
+            numbers.append(1.0)
+        if len(numbers) != size:
+            raise ValueError(f"{field}: {group!r} has {len(numbers)} numbers, expected {size}"
+                             + (" (x, y and optionally a label 1/0)" if size == 3 else ""))
+        out.append(numbers)
+    return out
+
+
+def parse_box(text: str | None, field: str = "box") -> list[float] | None:
+    """``"x0, y0, x1, y1"`` -> 4 numbers; empty text -> None."""
+    boxes = parse_numbers(text, 4, field)
+    if len(boxes) > 1:
+        raise ValueError(f"{field}: one box only, got {len(boxes)}")
+    return boxes[0] if boxes else None
+
+
+def name_uploads(message: str, paths: list[str]) -> str:
+    """``message`` with each of ``paths`` (Gradio's temporary copies) replaced by its file name, the
+    name the user uploaded it under (Gradio keeps it as the copy's name)."""
+    for path in sorted({p for p in paths if p}, key=len, reverse=True):
+        message = message.replace(str(path), Path(path).name)
+    return message

@@ -10,6 +10,7 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
+from vision.ui.uploads import check_before_decoding
 
 
 @functools.lru_cache(maxsize=4)
@@ -27,93 +28,183 @@ def _sd_weights_present() -> bool:
 
 
 @ui.GPU(duration=120)
-def _ipseg_segment(config, prompt, targets: list[str]):
-    return _ipseg_engine(config).segment_batch(prompt, targets)
+def _ipseg_segment(config, concepts, targets: list[str], names: list[str], progress=None):
+    return _ipseg_engine(config).segment_batch(concepts, targets, progress=progress, on_error="collect", names=names)
+
+
+FEATURE_CHOICES = [("as the preset", "preset"), ("DINOv2 + Stable Diffusion 1.5 (the paper's)", "dino+sd"),
+                   ("DINOv2 only", "dino"), ("SAM image embedding (PerSAM's; needs SAM alone)", "sam")]
+SAM_CHOICES = [("as the preset (default: sam_b, paper: sam_h)", "preset"), ("sam_t (MobileSAM-class TinyViT)", "sam_t"),
+               ("sam_b (ViT-B)", "sam_b"), ("sam_h (ViT-H, the paper's)", "sam_h")]
+HOW_TO_READ = ("**How to read this:** *Masks* tints each instance found; the *heatmap* beside it is the similarity "
+               "of every part of the target to the prompt's concept (blue: unlike, red: like; scaled per image), "
+               "and the dots on both are the point prompts IPSeg chose from it for SAM (green: positive, red: "
+               "negative). *Presence* is the mean of the highest similarities: compare it across targets.")
+
+
+def ipseg_config(preset: str, features: str, sam_model: str, fast: bool, **settings):
+    """The run's :class:`IPSegConfig`: the preset, then the tab's choices ("preset" keeps the preset's);
+    ``fast`` drops Stable Diffusion from DINOv2 + SD features."""
+    from vision.engines.ipseg import IPSegConfig
+    from vision.engines.ipseg.config import PRESETS
+
+    chosen = {**PRESETS.get(preset, {}), **settings}
+    if features != "preset":
+        chosen["features"] = features
+    if sam_model != "preset":
+        chosen["sam_model"] = sam_model
+    if fast and chosen.get("features", "dino+sd") == "dino+sd":
+        chosen["features"] = "dino"
+    return IPSegConfig.from_preset(preset, **chosen).validate()
+
+
+def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value, concept_name):
+    """The tab's prompts -> IPSeg concepts: the editor's image (its painting, or the box, or the automatic
+    region) with the extra k-shot images, then one concept per image of the other-concepts gallery
+    (named after the file). Also returns the prompt files (to name them in messages)."""
+    from vision.engines.ipseg import Concept, Prompt
+
+    image, painted = ui.editor_image_and_mask(prompt_value)
+    box = ui.parse_box(box_text, "prompt box")
+    if box is not None and painted is not None:
+        raise ValueError("prompt: give a painted region or a box, not both (clear the painting or the box)")
+    region = {region_kind: painted} if painted is not None else {"box": box} if box is not None else {}
+    shots, others = ui.gallery_paths(shots_value), ui.gallery_paths(concepts_value)
+    name = (concept_name or "").strip() or "concept"
+    concepts = [Concept([Prompt(image, **region), *(Prompt(p) for p in shots)], name)]
+    taken = {name}
+    for path in others:
+        other = ui.safe_name(Path(path).stem, "concept")
+        while other in taken:
+            other += "_"
+        taken.add(other)
+        concepts.append(Concept([Prompt(path)], other))
+    return concepts, shots + others
 
 
 @ui.friendly_errors
-def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, threshold, sam_model,
-              progress=gr.Progress(track_tqdm=True)):
-    """Segment the prompt's concept in every target image (IPSeg)."""
-    from vision.engines.ipseg import IPSegConfig, Prompt
-
-    image, painted = ui.editor_image_and_mask(prompt_value)
+def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, threshold, sam_model, features="preset",
+              preset="default", box_text="", shots_value=None, concepts_value=None, concept_name="concept",
+              kshot="mean", progress=gr.Progress(track_tqdm=True)):
+    """Segment the prompt's concept(s) in every target image (IPSeg); a bad target is listed, not fatal."""
     targets = ui.require(ui.gallery_paths(targets_value), "one or more target images")
-    prompt = Prompt(image, **({region_kind: painted} if painted is not None else {}))
-    settings = dict(max_instances=int(instances), sam_model=sam_model,
-                    presence_threshold=float(threshold) if threshold and threshold > 0 else None)
-    config = IPSegConfig.fast(**settings) if fast else IPSegConfig(**settings)
+    concepts, prompt_files = prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value,
+                                             concept_name)
+    config = ipseg_config(preset, features, sam_model, bool(fast), max_instances=int(instances), kshot=kshot,
+                          presence_threshold=float(threshold) if threshold and threshold > 0 else None)
+    names = [Path(t).name for t in targets]
     progress(0.0, desc=f"segmenting {len(targets)} target(s), {config.mode}")
-    results = _ipseg_segment(config, prompt, targets)
+    try:
+        results = _ipseg_segment(config, concepts, targets, names, progress)
+    except ValueError as err:  # name uploads as the user knows them, not Gradio's temporary copies
+        raise type(err)(ui.name_uploads(str(err), prompt_files + targets)) from None
+    failed = [f"{e.name}: {ui.name_uploads(e.message, targets)}" for e in results.errors]
+    if not results:
+        raise ValueError("no target could be segmented:\n" + "\n".join(failed))
+    if failed:
+        ui.warn(f"{len(failed)} target(s) skipped:\n" + "\n".join(failed))
     folder = ui.output_folder()
-    annotated, overlays, files, rows = [], [], [], []
-    for t, result in enumerate(results):
+    annotated, overlays, heatmaps, files, rows = [], [], [], [], []
+    for result in results:
+        t = result.index
         stem = f"{t + 1:02d}_{ui.safe_name(Path(targets[t]).stem, 'target')}"
         labels = [(inst.mask, f"{c.name} {k + 1} (score {inst.score:.3f})")
                   for c in result.concepts for k, inst in enumerate(c.instances)]
         annotated.append((result.image, labels))
-        overlay = result.overlay()
-        c0 = result.concepts[0]
-        overlays.append((overlay, f"{t + 1}: {'present' if c0.present else 'absent'}, "
-                                  f"presence {c0.presence:.3f}, {len(result.masks)} mask(s)"))
-        for name, value in result.to_files().items():
+        presences = ", ".join(f"{c.name} {'present' if c.present else 'absent'} {c.presence:.3f}" for c in result.concepts)
+        overlays.append((result.overlay(), f"{t + 1} {names[t]}: {presences}; {len(result.masks)} mask(s)"))
+        for k, c in enumerate(result.concepts):
+            lo, hi = float(c.similarity.min()), float(c.similarity.max())
+            heatmaps.append((result.heatmap(k), f"{t + 1} {names[t]}: {c.name} similarity {lo:.2f} (blue) to {hi:.2f} (red)"))
+        for name, value in result.to_files(heatmaps=True).items():
             files.append(ui.save_png(ui.mask_image(value), folder, f"{stem}_{Path(name).stem}"))
         for c in result.concepts:
-            head = [t + 1, Path(targets[t]).name, c.name, c.present, round(c.presence, 4)]
+            head = [t + 1, names[t], c.name, c.present, round(c.presence, 4)]
             rows += [head + [k + 1, round(inst.score, 4), round(inst.sam_iou, 4), int(inst.mask.sum())]
                      for k, inst in enumerate(c.instances)] or [head + [0, None, None, 0]]  # absent: no mask
     region = results[0].concepts[0].prompt_regions[0]
     notes = "; ".join(dict.fromkeys(n for r in results for n in r.notes))
     if notes:
         ui.warn(notes)
-    summary = (f"{tiny_prefix(get_hub())}{len(results)} target(s), mode **{config.mode}**, "
-               f"SAM `{config.sam_model}`, prompt region from **{region['source']}** ({region['grid']}), "
-               f"{sum(r.timings['total'] for r in results):.2f} s." + (f" Notes: {notes}" if notes else ""))
-    return annotated[0], overlays, files, rows, summary, annotated
+    shots = len(concepts[0].prompts)
+    summary = (f"{tiny_prefix(get_hub())}{len(results)} target(s), preset **{preset}**, mode **{config.mode}**, "
+               f"reference mode **{'on' if config.reference else 'off'}**, SAM `{config.sam_model}`, "
+               f"{len(concepts)} concept(s) ({', '.join(c.name for c in concepts)}), {shots} prompt image(s) for "
+               f"{concepts[0].name}" + (f" (k-shot {config.kshot})" if shots > 1 else "") +
+               f", prompt region from **{region['source']}** ({region['grid']}), "
+               f"{sum(r.timings['total'] for r in results):.2f} s." + (f" Notes: {notes}" if notes else "")
+               + (f"\n\n**{len(failed)} target(s) failed:** " + "; ".join(failed) if failed else "")
+               + f"\n\n{HOW_TO_READ}")
+    return annotated[0], overlays, heatmaps, files, rows, summary, annotated
 
 
 IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instance", "score", "SAM IoU", "area (px)"]
 
 
 def ipseg_tab(hub: ModelHub, limits: dict) -> None:
+    from vision.engines.ipseg.config import PRESETS
+
     samples = ui.sample_paths()
     with gr.Tab("IPSeg", id="ipseg"):
         gr.Markdown("**IPSeg**: show a concept in a prompt image and find it in target images. Paint over the "
-                    "concept with the brush, or leave the prompt unpainted to use its automatic foreground.")
+                    "concept with the brush, type a box, or leave the prompt unpainted to use its automatic "
+                    "foreground. More prompt images of the concept (k-shot) and other concepts are optional.")
         with gr.Row():
             with gr.Column():
                 prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
-                                        type="numpy", format="png", layers=False, transforms=(),
-                                        sources=("upload", "clipboard"), elem_id="ipseg-prompt",
-                                        value=samples["chelsea"],
-                                        brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
+                                     type="numpy", format="png", layers=False, transforms=(),
+                                     sources=("upload", "clipboard"), elem_id="ipseg-prompt",
+                                     value=samples["chelsea"],
+                                     brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
+                check_before_decoding(prompt, "prompt image")
+                box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
+                                 placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
                 targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
                                      columns=3, height=220, elem_id="ipseg-targets",
                                      value=[samples["chelsea"], samples["coffee"]])
+                with gr.Accordion("More prompts: k-shot images, other concepts", open=False):
+                    concept_name = gr.Textbox(value="concept", label="Name of the prompt's concept")
+                    shots = gr.Gallery(label="More prompt images of this concept (k-shot; automatic region each)",
+                                       type="filepath", interactive=True, columns=4, height=140, elem_id="ipseg-shots")
+                    kshot = gr.Radio(["mean", "max"], value="mean", label="k-shot: combine the prompt images by",
+                                     info="mean of their prototypes, or the per-pixel max of their similarities")
+                    concepts = gr.Gallery(label="Other concepts (one prompt image each, named after the file; "
+                                                "automatic region)", type="filepath", interactive=True, columns=4,
+                                          height=140, elem_id="ipseg-concepts")
                 with gr.Accordion("Options", open=False):
+                    preset = gr.Radio(list(PRESETS), value="default", label="Preset",
+                                      info="paper: reproduces the reference code (reference mode, SAM-H); "
+                                           "fast: DINOv2 only")
+                    features = gr.Dropdown(FEATURE_CHOICES, value="preset", label="Features")
                     region_kind = gr.Radio(["mask", "scribble"], value="mask", label="Painting marks",
                                            info="mask: painted over the whole concept; scribble: a few strokes on it")
                     fast = gr.Checkbox(value=hub.tiny or not _sd_weights_present(),
-                                       label="Fast mode (DINOv2 only, no Stable Diffusion features)")
+                                       label="Skip Stable Diffusion (DINOv2 + SD features become DINOv2 only)")
                     instances = gr.Slider(1, 8, value=1, step=1, label="Instances per target (max)")
                     threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Presence threshold",
                                           info="below it a target answers 'absent'; 0 = always a mask")
-                    sam_model = gr.Dropdown(["sam_b", "sam_h"], value="sam_b", label="Segmenter (SAM)")
+                    sam_model = gr.Dropdown(SAM_CHOICES, value="preset", label="Segmenter (SAM)")
                 button = gr.Button("Segment", variant="primary", elem_id="ipseg-run")
             with gr.Column():
                 annotated = gr.AnnotatedImage(label="Masks (click a result below to show another target)",
                                               format="png", elem_id="ipseg-annotated")
-                overlays = gr.Gallery(label="All targets: masks and point prompts (green +, red -)", columns=3,
-                                      format="png", height=220, elem_id="ipseg-overlays")
-                summary = gr.Markdown(elem_id="ipseg-summary")
+                with gr.Row():
+                    overlays = gr.Gallery(label="Masks and point prompts (green +, red -)", columns=2,
+                                          format="png", height=220, elem_id="ipseg-overlays")
+                    heatmaps = gr.Gallery(label="Similarity heatmaps (blue low, red high) and the points",
+                                          columns=2, format="png", height=220, elem_id="ipseg-heatmaps")
+                summary = gr.Markdown(label="Summary", elem_id="ipseg-summary")
                 scores = gr.Dataframe(headers=IPSEG_HEADERS, label="Scores", interactive=False)
-                files = gr.File(label="Download masks and overlays (PNG)", file_count="multiple")
+                files = gr.File(label="Download masks, overlays and heatmaps (PNG)", file_count="multiple")
         state = gr.State([], time_to_live=3600)  # every target's annotated image
-        gr.Examples([[samples["astronaut"], [samples["astronaut"], samples["rocket"]]],
-                     [samples["coffee"], [samples["coffee"], samples["chelsea"]]]],
-                    inputs=[prompt, targets], label="Examples (skimage.data photographs)")
-        button.click(run_ipseg, [prompt, targets, region_kind, fast, instances, threshold, sam_model],
-                     [annotated, overlays, files, scores, summary, state], api_name="ipseg", **limits)
+        gr.Examples([[samples["astronaut"], [samples["astronaut"], samples["rocket"]], ""],
+                     [samples["coffee"], [samples["coffee"], samples["chelsea"]], ""],
+                     [samples["chelsea"], [samples["chelsea"], samples["coffee"]], "60, 20, 390, 300"]],
+                    inputs=[prompt, targets, box], label="Examples (skimage.data photographs; then click Segment)")
+        inputs = [prompt, targets, region_kind, fast, instances, threshold, sam_model, features, preset, box, shots,
+                  concepts, concept_name, kshot]
+        button.click(run_ipseg, inputs, [annotated, overlays, heatmaps, files, scores, summary, state],
+                     api_name="ipseg", **limits)
         overlays.select(_pick_target, state, annotated, api_visibility="undocumented", queue=False)
 
 

@@ -10,6 +10,7 @@ from vision.ui import helpers as ui
 from vision.ui.generate_tab import generate_tab
 from vision.ui.ipseg_tab import ipseg_tab
 from vision.ui.models_tab import models_tab
+from vision.ui.segment_tab import segment_tab
 from vision.ui.story_tab import story_tab
 from vision.ui.trident_tab import trident_tab
 
@@ -20,7 +21,7 @@ CSS = """
 #tiny-banner p {color: #5c4400; font-weight: 700; margin: 4px 0;}
 .toast-message-text {white-space: pre-wrap;}  /* multi-line errors (missing-weights advice) stay readable */
 """
-TABS: list = [ipseg_tab, trident_tab, generate_tab, story_tab]
+TABS: list = [ipseg_tab, segment_tab, trident_tab, generate_tab, story_tab]
 
 
 def build_demo(concurrency: int = 1) -> gr.Blocks:

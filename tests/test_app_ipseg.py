@@ -1,0 +1,187 @@
+"""The IPSeg tab: the ``/ipseg`` API and the page, on the session's tiny server (``conftest.server``).
+
+- API: painted, boxed and automatic prompt regions, k-shot prompts, several concepts, heatmaps, the
+  features / preset / SAM choices and the mode that ran; progress that moves; named outputs.
+- Bad files: a bad prompt (0-byte, truncated, text named .png, a 20000x20000 header) is a message naming
+  the uploaded file; one bad target is listed by name while the good ones are answered.
+- Browser: the Examples row with a box runs as is.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_harness import click, editor, gallery, png, shot
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+
+def _ipseg(client, prompt, targets, *, fast=True, instances=1, sam="sam_b", features="preset", preset="default",
+           box="", shots=(), concepts=(), name="concept", kshot="mean", submit=False):
+    args = (prompt, gallery(*targets), "mask", fast, instances, 0.0, sam, features, preset, box,
+            gallery(*shots) if shots else None, gallery(*concepts) if concepts else None, name, kshot)
+    if submit:
+        return client.submit(*args, api_name="/ipseg")
+    return client.predict(*args, api_name="/ipseg")
+
+
+def test_ipseg_api_painted_prompt_gives_masks_for_every_target(client, photos, tmp_path):
+    prompt = photos["chelsea"]
+    h, w = png(prompt).shape[:2]
+    layer = np.zeros((h, w, 4), np.uint8)
+    layer[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = (255, 48, 48, 255)  # the painted concept
+    Image.fromarray(layer).save(tmp_path / "layer.png")
+    targets = [photos["chelsea"], photos["coffee"]]
+    annotated, overlays, heatmaps, files, scores, summary = _ipseg(
+        client, editor(prompt, str(tmp_path / "layer.png")), targets, instances=2)
+    assert png(annotated["image"]).shape[:2] == (h, w)
+    assert annotated["annotations"] and all(Path(a["image"]).is_file() for a in annotated["annotations"])
+    assert len(overlays) == 2 and "present" in overlays[0]["caption"]
+    assert len(heatmaps) == 2 and "similarity" in heatmaps[0]["caption"]
+    for target, overlay, heatmap in zip(targets, overlays, heatmaps):
+        assert png(overlay["image"]).shape[:2] == png(heatmap["image"]).shape[:2] == png(target).shape[:2]
+        assert not np.array_equal(png(overlay["image"]), png(heatmap["image"]))
+    masks = [f for f in files if f.endswith("_mask.png")]
+    assert len(masks) == 2 and len([f for f in files if f.endswith("_heatmap.png")]) == 2
+    for target, mask in zip(targets, sorted(masks)):
+        m = png(mask)
+        assert m.shape == png(target).shape[:2] and set(np.unique(m)) <= {0, 255}
+    assert {row[0] for row in scores["data"]} == {1, 2}
+    assert "from **mask**" in summary and "dinov2-only" in summary and "TINY MODE" in summary
+    assert "reference mode **off**" in summary and "preset **default**" in summary
+    assert "How to read this" in summary
+
+
+def test_ipseg_unpainted_prompt_uses_the_automatic_region(client, photos):
+    *_, summary = _ipseg(client, editor(photos["coffee"]), [photos["coffee"]])
+    assert "from **auto-pca**" in summary
+
+
+def test_ipseg_box_kshot_and_several_concepts_in_one_run(client, photos):
+    _, overlays, heatmaps, _, scores, summary = _ipseg(
+        client, editor(photos["chelsea"]), [photos["astronaut"]], box="20, 20, 120, 90",
+        shots=[photos["coffee"]], concepts=[photos["astronaut"]], name="cat", kshot="max")
+    other = Path(photos["astronaut"]).stem  # the other concept is named after its file
+    assert "from **box**" in summary and f"2 concept(s) (cat, {other})" in summary
+    assert "2 prompt image(s) for cat (k-shot max)" in summary
+    assert [row[2] for row in scores["data"]] == ["cat", other]
+    assert len(heatmaps) == 2  # one per concept of the target
+    assert [h["caption"].split(" similarity")[0].split(": ")[1] for h in heatmaps] == ["cat", other]
+    assert "cat" in overlays[0]["caption"] and other in overlays[0]["caption"]
+
+
+@pytest.mark.parametrize("features, preset, sam, mode, reference, sam_used", [
+    ("sam", "default", "sam_t", "sam-embedding", "off", "sam_t"),
+    ("dino", "paper", "preset", "dinov2-only", "on", "sam_h"),
+])
+def test_ipseg_features_preset_and_sam_choices_show_what_ran(client, photos, features, preset, sam, mode,
+                                                              reference, sam_used):
+    *_, summary = _ipseg(client, editor(photos["coffee"]), [photos["coffee"]], fast=False, features=features,
+                         preset=preset, sam=sam)
+    assert f"preset **{preset}**" in summary and f"mode **{mode}**" in summary
+    assert f"reference mode **{reference}**" in summary and f"SAM `{sam_used}`" in summary
+
+
+def test_ipseg_progress_moves_through_the_stages(client, photos):
+    job = _ipseg(client, editor(photos["coffee"]), [photos["coffee"]], submit=True)
+    seen = set()
+    while not job.done():
+        status = job.status()
+        seen |= {(round(p.progress, 4), p.desc) for p in status.progress_data or [] if p.progress is not None}
+        time.sleep(0.01)
+    job.result(timeout=120)
+    fractions = {f for f, _ in seen}
+    assert len(fractions) > 1, seen
+    assert max(fractions) > 0, seen
+
+
+def test_ipseg_outputs_are_named_in_the_api(client):
+    returns = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/ipseg"]["returns"]
+    labels = [r["label"] for r in returns]
+    assert not [label for label in labels if label.startswith("value_")], labels
+
+
+# --------------------------------------------------------------------------------------- bad files
+def _png_header(width: int, height: int) -> bytes:
+    """The start of a width x height RGB PNG: its header and a first row of pixel data (a few bytes on disk;
+    decoded in full it would be width x height x 3 bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1 + 3 * width)))
+
+
+def _bad_file(kind: str, folder: Path, photo: str) -> tuple[Path, str]:
+    """(file, the reason the message must give)."""
+    path = folder / f"{kind}.png"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path, "the file is empty"
+    if kind == "truncated":
+        data = Path(photo).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return path, "truncated or damaged"
+    if kind == "text":
+        path.write_text("this is not a PNG")
+        return path, "not an image file"
+    path.write_bytes(_png_header(20000, 20000))
+    return path, "(20000x20000 pixels exceeds the limit|refused as a decompression bomb)"
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "text", "huge"])
+def test_a_bad_prompt_file_is_a_message_naming_it(client, server, photos, tmp_path, kind):
+    bad, reason = _bad_file(kind, tmp_path, photos["coffee"])
+    before = server.log_text().count("Traceback")
+    start = time.monotonic()
+    with pytest.raises(AppError) as caught:
+        _ipseg(client, editor(str(bad)), [photos["coffee"]])
+    message = str(caught.value)
+    assert re.search(f"prompt image: {bad.name}: {reason}", message), message
+    assert "Could not preprocess" not in message and str(tmp_path) not in message and "gradio" not in message.lower()
+    assert time.monotonic() - start < 20  # refused on the header, not after decoding 400 megapixels
+    assert server.log_text().count("Traceback") == before
+
+
+def test_one_bad_target_is_listed_and_the_good_ones_are_answered(client, server, photos, tmp_path):
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"this is not a PNG")
+    before = server.log_text().count("Traceback")
+    _, overlays, heatmaps, files, scores, summary = _ipseg(
+        client, editor(photos["chelsea"]), [photos["chelsea"], str(bad), photos["coffee"]])
+    assert {row[0] for row in scores["data"]} == {1, 3}
+    assert [row[1] for row in scores["data"]] == ["chelsea-160.png", "coffee-160.png"]
+    assert len(overlays) == len(heatmaps) == 2
+    assert "**1 target(s) failed:** holiday.png: target image: holiday.png: not an image file" in summary
+    assert str(tmp_path) not in summary and "gradio" not in summary.lower()
+    with pytest.raises(AppError, match="no target could be segmented:\nholiday.png: target image: holiday.png: "
+                                       "not an image file"):
+        _ipseg(client, editor(photos["chelsea"]), [str(bad)])
+    assert server.log_text().count("Traceback") == before  # a user's mistake is a message, not a stack trace
+    assert server.alive()
+
+
+# ----------------------------------------------------------------------------------------- browser
+def test_browser_ipseg_box_example_runs_as_is(page, tmp_path):
+    from playwright.sync_api import expect
+
+    expect(page.locator("#tiny-banner")).to_contain_text("TINY MODE")
+    # IPSeg (the first tab) opens pre-filled; the Examples row with a box fills the prompt, targets and box.
+    expect(page.locator("#ipseg-prompt canvas").first).to_be_visible()
+    page.locator("tbody tr").filter(has_text="60, 20, 390, 300").click()
+    expect(page.locator("#ipseg-box textarea")).to_have_value("60, 20, 390, 300")
+    click(page, "#ipseg-run")
+    summary = page.locator("#ipseg-summary")
+    expect(summary).to_contain_text("2 target(s)")
+    expect(summary).to_contain_text("prompt region from box")
+    expect(summary).to_contain_text("How to read this")
+    expect(page.locator("#ipseg-annotated img").first).to_be_visible()
+    expect(page.locator("#ipseg-heatmaps img").first).to_be_visible()
+    assert page.locator("#ipseg-heatmaps img").count() >= 2  # a heatmap beside each target's mask
+    shot(page, tmp_path, "1_ipseg_box_example")

@@ -1,0 +1,125 @@
+"""The Segment tab: the ``/segment`` API on the session's tiny server, and a click on a coin in Chromium
+on a server with the real ``sam_t`` weights (the shown mask is that coin)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from app_harness import open_tab, png, shot
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from test_segment import coin_regions, deepest_point, iou
+
+AUTO = "auto (3 masks for a lone click)"
+
+
+def _segment(client, image, points="", box="", sam="sam_t", masks=AUTO):
+    return client.predict(handle_file(image), points, box, sam, masks, api_name="/segment")
+
+
+def test_segment_api_a_click_gives_three_masks_and_a_mask_png(client, photos):
+    overlay, mask_file, downloads, scores, summary = _segment(client, photos["chelsea"], "80, 60, 1")
+    h, w = png(photos["chelsea"]).shape[:2]
+    assert png(overlay).shape[:2] == (h, w)
+    mask = png(mask_file)
+    assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+    rows = scores["data"]
+    assert [r[0] for r in rows] == [1, 2, 3] and rows[0][1] >= rows[1][1] >= rows[2][1]  # best first
+    assert rows[0][2] == int((mask > 0).sum())  # the PNG is the best mask
+    assert sorted(p.rsplit(".", 2)[-2] for p in downloads) == ["overlay", "rle"]
+    assert "TINY MODE" in summary and "`sam_t`" in summary and "1 click(s)" in summary
+    assert "How to read this" in summary
+
+
+def test_segment_api_points_and_a_box_give_one_mask(client, photos):
+    *_, scores, summary = _segment(client, photos["chelsea"], "80, 60; 10, 10, 0", "20, 20, 140, 100", "sam_b")
+    assert len(scores["data"]) == 1
+    assert "2 click(s), a box" in summary and "`sam_b`" in summary
+
+
+@pytest.mark.parametrize("points, box, message", [
+    ("900, 10, 1", "", "outside the"),
+    ("", "", "give at least one point or a box"),
+    ("1, 2, 3, 4", "", "points: '1, 2, 3, 4' has 4 numbers"),
+    ("", "10, 10, 10, 50", "zero area"),
+])
+def test_segment_api_bad_prompts_are_messages_naming_the_field(client, photos, points, box, message):
+    with pytest.raises(AppError, match=message):
+        _segment(client, photos["chelsea"], points, box)
+
+
+def test_segment_api_a_bad_image_names_the_uploaded_file(client, tmp_path):
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"this is not a PNG")
+    with pytest.raises(AppError) as caught:
+        _segment(client, str(bad), "1, 1")
+    message = str(caught.value)
+    assert "image: holiday.png: not an image file" in message and "Could not preprocess" not in message
+    assert str(tmp_path) not in message and "gradio" not in message.lower()
+
+
+def test_segment_api_outputs_are_named(client):
+    returns = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/segment"]["returns"]
+    labels = [r["label"] for r in returns]
+    assert not [label for label in labels if label.startswith("value_")], labels
+
+
+# ------------------------------------------------------------------------------ real weights, browser
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory, sam_t_weights):
+    """The app with real models (not tiny); only sam_t is used here, from the converted weights."""
+    from app_harness import start_server, stop_server
+
+    srv = start_server(tmp_path_factory.mktemp("app_real"), tiny=False)
+    yield srv
+    stop_server(srv)
+
+
+def _click_image_pixel(page, selector: str, x: float, y: float) -> None:
+    """Click the displayed image at pixel (x, y) of the image itself (the page scales it to fit)."""
+    img = page.locator(selector)
+    geometry = img.evaluate("e => {const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height, "
+                            "e.naturalWidth, e.naturalHeight]}")
+    left, top, width, height, natural_w, natural_h = geometry
+    scale = min(width / natural_w, height / natural_h)  # object-fit: contain
+    off_x, off_y = (width - natural_w * scale) / 2, (height - natural_h * scale) / 2
+    page.mouse.click(left + off_x + (x + 0.5) * scale, top + off_y + (y + 0.5) * scale)
+
+
+def test_browser_a_click_on_a_coin_shows_that_coin_with_real_sam_t(browser, real_server, tmp_path):
+    from app_harness import BROWSER_TIMEOUT_MS
+    from playwright.sync_api import expect
+    from skimage import data
+
+    regions = coin_regions()
+    coin = regions[2]
+    x, y = deepest_point(coin)
+    coins_png = tmp_path / "coins.png"
+    Image.fromarray(data.coins()).save(coins_png)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(BROWSER_TIMEOUT_MS)
+    try:
+        page.goto(real_server.url)
+        open_tab(page, "Segment")
+        page.locator("#segment-image input[type=file]").set_input_files(str(coins_png))
+        shown = "#segment-image img"
+        expect(page.locator(shown).first).to_be_visible()
+        page.wait_for_function("s => {const e = document.querySelector(s); return e && e.naturalWidth > 0}", arg=shown)
+        _click_image_pixel(page, shown, x, y)
+        expect(page.locator("#segment-summary")).to_contain_text("Best mask", timeout=BROWSER_TIMEOUT_MS)
+        summary = page.locator("#segment-summary").inner_text()
+        assert "TINY" not in summary and "sam_t" in summary
+        clicked = [float(v) for v in page.locator("#segment-points textarea").input_value().split(",")]
+        assert abs(clicked[0] - x) <= 2 and abs(clicked[1] - y) <= 2 and clicked[2] == 1
+        href = page.locator("#segment-mask a").first.get_attribute("href")
+        response = page.request.get(href if href.startswith("http") else real_server.url.rstrip("/") + href)
+        assert response.ok
+        mask = np.asarray(Image.open(io.BytesIO(response.body()))) > 0
+        assert mask.shape == coin.shape
+        assert iou(mask, coin) > 0.8, f"IoU {iou(mask, coin):.3f} of the shown mask with the clicked coin"
+        shot(page, tmp_path, "segment_coin")
+    finally:
+        page.close()
