@@ -3,7 +3,6 @@ skips parts with a note, its full-size models are the published architectures, a
 installs exactly what bench/gpu-wheels.sh collects."""
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,20 +17,38 @@ from bench.common import full_size_model  # noqa: E402
 from bench.gpu.harness import same_bits  # noqa: E402
 
 
-def _bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
-    """``python -m vision bench gpu ARGS`` in a child process (it sets VISION_TINY and torch's threads)."""
-    out = tmp_path / "gpu.md"
-    done = subprocess.run([sys.executable, "-m", "vision", "bench", "gpu", *args, "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1500)
-    return done, out.read_text(encoding="utf-8") if out.exists() else ""
+class Done:
+    """What a run of the benchmark's ``main`` left: its exit code, what it printed, its report."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch, capsys):
+    """``python -m vision bench gpu ARGS``, in-process (the child process only added imports): the
+    environment variables and torch thread count it sets are restored afterwards."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("VISION_TINY", "1")  # main() sets it with --smoke; monkeypatch restores the original
+    monkeypatch.setenv("VISION_OFFLINE", "1")
+
+    def run(*args: str) -> tuple[Done, str]:
+        out = tmp_path / "gpu.md"
+        capsys.readouterr()
+        code = gpu.main([*args, "--out", str(out)])
+        printed = capsys.readouterr()
+        return Done(code, printed.out, printed.err), out.read_text(encoding="utf-8") if out.exists() else ""
+
+    yield run
+    torch.set_num_threads(threads)
 
 
 def _sections(report: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", report, re.S | re.M)}
 
 
-def test_smoke_run_makes_every_table_and_the_machine_header(tmp_path):
-    done, report = _bench(tmp_path, "--device", "cpu", "--smoke", "--budget-s", "3000")  # a loaded CPU skips none
+def test_smoke_run_makes_every_table_and_the_machine_header(bench):
+    done, report = bench( "--device", "cpu", "--smoke", "--budget-s", "3000")  # a loaded CPU skips none
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert report.startswith("# GPU benchmark")
     for line in ("- GPU: none (CPU run)", f"- torch {torch.__version__}", "- machine: ", "SMOKE RUN",
@@ -50,8 +67,8 @@ def test_smoke_run_makes_every_table_and_the_machine_header(tmp_path):
     assert done.stdout.count("## ") >= len(gpu.PARTS)  # each part printed as it finished, too
 
 
-def test_a_spent_budget_skips_every_part_with_a_note(tmp_path):
-    done, report = _bench(tmp_path, "--device", "cpu", "--smoke", "--budget-s", "0")
+def test_a_spent_budget_skips_every_part_with_a_note(bench):
+    done, report = bench( "--device", "cpu", "--smoke", "--budget-s", "0")
     assert done.returncode == 0, done.stderr[-2000:]
     sections = _sections(report)
     for _, title, _ in gpu.PARTS:
@@ -59,8 +76,8 @@ def test_a_spent_budget_skips_every_part_with_a_note(tmp_path):
     assert sections["Summary"].count("| skipped |") == len(gpu.PARTS)
 
 
-def test_bad_arguments_are_refused(tmp_path):
-    done, _ = _bench(tmp_path, "--device", "cpu", "--smoke", "--parts", "deepcache,nope")
+def test_bad_arguments_are_refused(bench):
+    done, _ = bench( "--device", "cpu", "--smoke", "--parts", "deepcache,nope")
     assert done.returncode == 2 and "nope" in done.stderr
 
 

@@ -4,18 +4,22 @@ The commands are read from the README's ``bash`` blocks. Apart from the set-up b
 venv, which this test runs in), each must run from the project folder right after the set-up command,
 so each starts with ``.venv/bin/python``. How each one runs here:
 
-* ``-m vision`` commands over inputs (ipseg, trident, eval, generate, story) run in tiny mode, in-process
-  (``vision.cli.main`` with the words after ``-m vision``: the models are built once), in a folder that
-  holds the inputs the README names, made from skimage.data photos; every run must succeed.
-* ``--help``, ``weights list`` and ``weights download`` run through bash from the project folder, exactly
-  as written; the download (gigabytes of weights) with every server unreachable: its failure message is
-  checked instead.
+* ``-m vision`` commands over inputs (ipseg, trident, segment, eval, generate, story) run in tiny mode,
+  in-process (``vision.cli.main`` with the words after ``-m vision``: the models are built once), in a
+  folder that holds the inputs the README names, made from skimage.data photos; every run must succeed.
+  The ``eval synthetic`` commands write datasets other commands read: they run first, when that folder
+  is made.
+* ``--help`` and ``weights download`` run through bash from the project folder, exactly as written (the
+  set-up's own form: a fresh ``.venv/bin/python`` process); the download (gigabytes of weights) with every
+  server unreachable: its failure message is checked instead. ``weights list`` runs in-process.
 * Benchmarks are long runs on full-size architectures (not tests): each README line runs with ``--help``.
-* The app's line is a synopsis (``[--tiny] [--host ...]``): ``app.py --help`` must list each option.
+* The app's line is a synopsis (``[--tiny] [--host ...]``): ``app.py --help`` (its parser, in-process) must
+  list each option.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
@@ -61,6 +65,24 @@ def test_the_readme_has_commands_and_a_set_up_block():
     assert not wrong, f"commands that do not run as written after the set-up (no {VENV_PYTHON}): {wrong}"
 
 
+def test_every_path_the_readmes_name_exists():
+    """Modules that became packages (vision/engines/ipseg/, vision/batch/, ...) left stale pointers."""
+    for readme in (ROOT / "README.md", ROOT / "weights" / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        paths = set(re.findall(r"\b((?:vision|bench|tests)/[\w./-]*\w/?)", text))
+        assert paths, readme
+        missing = sorted(p for p in paths if not (ROOT / p).exists())
+        assert not missing, f"{readme.relative_to(ROOT)} names paths that do not exist: {missing}"
+
+
+def test_the_weights_readme_lists_every_model_and_its_files():
+    text = (ROOT / "weights" / "README.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+) \| ([^|]+) \|", text, flags=re.M)}
+    for name, spec in weights.REGISTRY.items():
+        assert name in rows, f"weights/README.md has no row for {name}"
+        assert all(file in rows[name] for file in spec.files), (name, spec.files, rows[name])
+
+
 def test_the_defaults_and_limits_the_readme_states_are_the_code_s():
     from vision.engines.generate import GenerateConfig
     from vision.limits import MAX_SIDE, MAX_STEPS
@@ -100,6 +122,14 @@ def inputs(tmp_path_factory) -> Path:
     (voc / "ImageSets/Segmentation/val.txt").write_text("2008_000001\n")
     (root / "prompts.txt").write_text("a lighthouse at dusk\n# a comment\na bowl of cherries\n")
     (root / "story.txt").write_text("a knight walks into a misty forest\nthe knight meets a small dragon\n")
+    (root / "stories").mkdir()
+    (root / "stories" / "knight.txt").write_text("a knight walks into a misty forest\nthe knight meets a dragon\n")
+    with pytest.MonkeyPatch.context() as patch:  # the datasets the eval commands read
+        patch.chdir(root)
+        for command in _commands("dataset"):
+            words = shlex.split(command)[3:]
+            assert main(words) == 0, command
+            assert any((root / words[words.index("--root") + 1]).rglob("*.png")), command
     return root
 
 
@@ -109,8 +139,12 @@ def _kind(command: str) -> str:
         return "app"
     assert words[:3] == VISION, command
     rest = words[3:]
-    if rest == ["--help"] or rest[:1] == ["weights"]:
+    if rest == ["--help"] or rest[:2] == ["weights", "download"]:
         return "shell"
+    if rest[:2] == ["weights", "list"]:
+        return "listing"
+    if rest[:2] == ["eval", "synthetic"]:
+        return "dataset"
     return "bench" if rest[:1] == ["bench"] else "engine"
 
 
@@ -140,7 +174,11 @@ def test_engine_command_runs_as_written(command, inputs, tiny_hub, monkeypatch, 
         else:
             rows, bad = batch.read_jsonl(results)
             assert rows and not bad and all(r["status"] == "ok" for r in rows)
-    if words[0] == "eval":
+    if "--out" in words:  # an evaluation harness: per-item lines, its summary and table
+        out = inputs / words[words.index("--out") + 1]
+        assert (out / "summary.json").is_file() and (out / "table.txt").is_file(), sorted(out.iterdir())
+        assert "TINY MODE" in printed
+    if words[:2] == ["eval", "trident"]:
         assert "Trident voc21: 1 image," in printed and "TINY MODE" in printed
     if "--compare" in words:
         assert "x faster" in printed
@@ -149,7 +187,7 @@ def test_engine_command_runs_as_written(command, inputs, tiny_hub, monkeypatch, 
 def test_shell_commands_run_as_written(tmp_path):
     isolated = {"VISION_WEIGHTS_DIR": str(tmp_path / "weights"), "HF_HUB_CACHE": str(tmp_path / "hf")}
     commands = _commands("shell")
-    assert {shlex.split(c)[3] for c in commands} == {"--help", "weights"}
+    assert {shlex.split(c)[3] for c in commands} == {"--help", "weights"}  # the set-up's form, in a fresh process
     for command in commands:
         words = shlex.split(command)[3:]
         if words[:2] == ["weights", "download"]:
@@ -166,10 +204,16 @@ def test_shell_commands_run_as_written(tmp_path):
         else:
             out = _shell(command, **isolated)
             assert out.returncode == 0, out.stderr
-            if words == ["weights", "list"]:
-                assert all(name in out.stdout for name in weights.REGISTRY)
-            else:
-                assert out.stdout.startswith(f"usage: {VENV_PYTHON} -m vision ")
+            assert out.stdout.startswith(f"usage: {VENV_PYTHON} -m vision ")
+
+
+def test_weights_list_runs_as_written(tmp_path, monkeypatch, capsys):
+    (command,) = _commands("listing")
+    monkeypatch.setenv("VISION_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert main(shlex.split(command)[3:]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in weights.REGISTRY)
 
 
 @pytest.mark.parametrize("command", _commands("bench"))
@@ -181,9 +225,14 @@ def test_bench_command_is_valid(command, capsys):
     assert f"-m vision bench {words[1]}" in capsys.readouterr().out.splitlines()[0]
 
 
-def test_app_synopsis_matches_its_options():
+def test_app_synopsis_matches_its_options(monkeypatch, capsys):
+    """``app.py --help`` in-process: the app tests have imported Gradio by then (a child process re-imports it)."""
     (synopsis,) = _commands("app")
-    out = _shell(f"{VENV_PYTHON} app.py --help")
-    assert out.returncode == 0, out.stderr
+    monkeypatch.syspath_prepend(str(ROOT))
+    app = importlib.import_module("app")
+    with pytest.raises(SystemExit) as done:
+        app.parse_args(["--help"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
     options = re.findall(r"\[(--[a-z-]+)", synopsis)
-    assert options and all(option in out.stdout for option in options), (options, out.stdout)
+    assert options and all(option in printed for option in options), (options, printed)

@@ -22,6 +22,15 @@ def run(hub, tmp_path, prompts=PROMPTS, name="out", **kw):
     return S.StoryEngine(hub).run(prompts, cfg(**kw), tmp_path / name, **engine_kw)
 
 
+@pytest.fixture(scope="module")
+def two_rounds(tiny_hub, tmp_path_factory):
+    """One story of 2 frames, 2 rounds of 2 steps, and its progress events: read by several tests."""
+    events = []
+    result = run(tiny_hub, tmp_path_factory.mktemp("story"), PROMPTS[:2], rounds=2, steps=2,
+                 on_progress=events.append)
+    return result, events
+
+
 def test_round0_equals_the_generation_engine(tiny_hub, tmp_path):
     from vision.engines.generate import generate
 
@@ -116,9 +125,8 @@ def test_shared_unet_is_plain_again_after_a_story(tiny_hub, tmp_path):
     assert "forward" not in unet.__dict__  # DeepCache detached too
 
 
-def test_outputs_manifest_record_and_progress(tiny_hub, tmp_path):
-    events = []
-    result = run(tiny_hub, tmp_path, PROMPTS[:2], rounds=2, steps=2, on_progress=events.append)
+def test_outputs_manifest_record_and_progress(two_rounds):
+    result, events = two_rounds
     out = result.output_dir
     assert result.complete and result.rounds_done == [0, 1, 2] and not result.stopped_early
     for r in range(3):
@@ -155,9 +163,9 @@ def test_outputs_manifest_record_and_progress(tiny_hub, tmp_path):
     assert events[1].fraction == pytest.approx(0.5 / 6)  # half of the first of 3 x 2 frames
 
 
-def test_interrupt_and_resume_gives_identical_final_frames(tiny_hub, tmp_path):
+def test_interrupt_and_resume_gives_identical_final_frames(tiny_hub, tmp_path, two_rounds):
     kw = dict(prompts=PROMPTS[:2], rounds=2, steps=2)
-    full = run(tiny_hub, tmp_path, name="full", **kw)
+    full = two_rounds[0]  # the same story, run in one go
 
     partial = run(tiny_hub, tmp_path, name="resumed", stop_after_round=0, **kw)
     assert partial.stopped_early and partial.rounds_done == [0] and partial.final is None
