@@ -9,7 +9,7 @@ FIRST_OPEN_MS = 10_000  # the tab fills on its own, in seconds, without a click 
 
 
 def test_models_panel_lists_loaded_tiny_models(client, photos):
-    client.predict(handle_file(photos["coffee"]), "cup\nbackground", "open", 0.0, True, "clip_b16",
+    client.predict(handle_file(photos["coffee"]), "cup; background", "open", 0.0, True, "clip_b16",
                    api_name="/trident")
     summary, models, weights = client.predict(api_name="/models")
     assert "tiny (random weights)" in summary and "TINY MODE" in summary

@@ -5,8 +5,9 @@ inactive tab's components only when the tab is first opened, and an event whose 
 mounting while it is in flight loses its result and leaves them greyed with a frozen spinner
 (upstream gradio-app/gradio#12904 and #13429; the browser test saw it 4 times in 4 with ``demo.load``,
 and still in about 1 of 3 with one ``select`` event). So opening the tab sends the panel twice, the
-second time once the first has returned, when the components have mounted (first open filled in 6
-of 8 runs; a second open of the tab fills it).
+second time once the first has returned, when the components have mounted. The components are also
+built holding the panel as it was when the page was built, so a first open never shows an empty tab
+even where both updates are lost.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ def models_panel(hub: ModelHub):
 
 
 def models_tab(hub: ModelHub) -> list:
+    at_build = models_panel(hub)
     with gr.Tab("Models", id="models") as tab:
-        summary = gr.Markdown(label="Device summary", elem_id="models-summary")
-        models = gr.Dataframe(headers=ui.MODELS_HEADERS, label="Models (shared by every engine)",
+        summary = gr.Markdown(at_build[0], label="Device summary", elem_id="models-summary")
+        models = gr.Dataframe(at_build[1], headers=ui.MODELS_HEADERS, label="Models (shared by every engine)",
                               interactive=False, wrap=True, elem_id="models-table")
-        weights = gr.Dataframe(headers=ui.WEIGHTS_HEADERS, label="Weights on disk (downloaded on first use)",
-                               interactive=False, wrap=True, elem_id="models-weights")
+        weights = gr.Dataframe(at_build[2], headers=ui.WEIGHTS_HEADERS,
+                               label="Weights on disk (downloaded on first use)", interactive=False, wrap=True,
+                               elem_id="models-weights")
         refresh = gr.Button("Refresh", elem_id="models-refresh")
         gr.Markdown("How to read this: *loaded* models stay in memory and are shared by every tab; *weights* "
                     "says where each model's files are (present in `weights/`, cached by Hugging Face, or "
