@@ -76,3 +76,15 @@ def test_ipseg_cli_batch(tiny_hub, tmp_path):
     coco = json.loads((out / "coco.json").read_text())
     assert len(coco["images"]) == 1 and coco["annotations"]
     assert _cli(["ipseg", "--fast", "--prompt", str(prompt), "--input", str(src), "--output", str(src / "o")]) == 2
+
+
+def test_a_single_input_file_may_have_its_output_folder_beside_it(tiny_hub, tmp_path, monkeypatch):
+    """``trident --input cat.jpg --output out`` from the image's own folder was refused: "the output
+    folder ... is inside the input folder" (the file's folder was taken as the input folder)."""
+    src = _folder(tmp_path / "photos", names=("astronaut",))
+    monkeypatch.chdir(src)
+    argv = ["trident", "--labels", "cat; background", "--input", "astronaut.jpg", "--output", "out", "--no-progress"]
+    assert _cli(argv) == 0
+    assert [r["id"] for r in _rows(src / "out" / "results.jsonl")] == ["astronaut.jpg"]
+    assert _cli(["trident", "--labels", "cat; background", "--input", str(src), "--output", str(src / "out2"),
+                 "--no-progress"]) == 2  # a folder input still keeps its outputs out of it

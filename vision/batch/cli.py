@@ -86,9 +86,12 @@ def run_from_args(args: argparse.Namespace, make_processor: Callable[[], Any], *
         if out is None:
             raise BatchError("no output folder given (--output)")
         source = input_path if input_path is not None else getattr(args, "input", None)
+        # a single input file may have its outputs beside or below it (only that file is read)
+        allow_inside = getattr(args, "allow_output_inside_input", False) or (
+            source is not None and Path(source).is_file())
         if items is None:
             if inputs != "prompts" and source is not None:
-                check_output_folder(source, out, getattr(args, "allow_output_inside_input", False))
+                check_output_folder(source, out, allow_inside)
             items = items_from_args(args, inputs, source)
         if not items:
             print(f"batch: no input items found in {source}", file=sys.stderr)
@@ -112,7 +115,7 @@ def run_from_args(args: argparse.Namespace, make_processor: Callable[[], Any], *
                 set_hub(ModelHub(tiny=hub.tiny, device=device, memory_budget_gb=budget, weight_paths=hub.weight_paths))
         summary = run_batch(items, out, make_processor, batch_size=getattr(args, "batch_size", 1) or 1,
                             shard=getattr(args, "shard", None), settings=settings, input_root=root,
-                            allow_output_inside_input=getattr(args, "allow_output_inside_input", False),
+                            allow_output_inside_input=allow_inside,
                             overwrite=getattr(args, "overwrite", False),
                             progress=not getattr(args, "no_progress", False),
                             coco_json=getattr(args, "coco_json", None), ray=getattr(args, "ray", False),

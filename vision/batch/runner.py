@@ -76,7 +76,9 @@ def _common_root(items: Sequence[Item]) -> Path | None:
 
 def check_output_folder(input_path: str | os.PathLike | None, output: str | os.PathLike,
                         allow_output_inside_input: bool = False) -> None:
-    """Refuse an output folder equal to, or inside, the input folder (unless allowed), or a file."""
+    """Refuse an output folder equal to, or inside, the input folder (unless allowed), or a file.
+
+    A single input file has no such rule: only that file is read, and the writer never overwrites it."""
     out = Path(output).resolve()
     if out.exists() and not out.is_dir():
         raise BatchError(f"output {out} exists and is not a folder")
@@ -85,7 +87,9 @@ def check_output_folder(input_path: str | os.PathLike | None, output: str | os.P
     given = Path(input_path)
     if not given.exists():
         raise BatchError(f"{given}: no such file or folder")
-    root = given.resolve() if given.is_dir() else given.resolve().parent
+    if not given.is_dir():
+        return
+    root = given.resolve()
     if out == root:
         raise BatchError(f"the output folder {out} is the input folder; choose another one")
     if is_within(out, root) and not allow_output_inside_input:
