@@ -103,5 +103,8 @@ def page(browser, server):
     tab.set_default_timeout(BROWSER_TIMEOUT_MS)
     expect.set_options(timeout=BROWSER_TIMEOUT_MS)
     tab.goto(server.url)
+    # The first tab's image editor (a WebGL canvas, software-rendered here) keeps the page busy while it
+    # starts; a click on another tab meanwhile waited past the timeout. Start once it is up.
+    expect(tab.locator("#ipseg-prompt canvas").first).to_be_visible()
     yield tab
     tab.close()
