@@ -1,9 +1,11 @@
-"""The Segment tab: the ``/segment`` API on the session's tiny server, and a click on a coin in Chromium
+"""The Segment tab: the ``/segment`` API on the session's tiny server (clicks, a box, the everything mode), and a click on a coin in Chromium
 on a server with the real ``sam_t`` weights (the shown mask is that coin)."""
 
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +18,8 @@ from test_segment import coin_regions, deepest_point, iou
 AUTO = "auto (3 masks for a lone click)"
 
 
-def _segment(client, image, points="", box="", sam="sam_t", masks=AUTO):
-    return client.predict(handle_file(image), points, box, sam, masks, api_name="/segment")
+def _segment(client, image, points="", box="", sam="sam_t", masks=AUTO, *everything):
+    return client.predict(handle_file(image), points, box, sam, masks, *everything, api_name="/segment")
 
 
 def test_segment_api_a_click_gives_three_masks_and_a_mask_png(client, photos):
@@ -38,6 +40,38 @@ def test_segment_api_points_and_a_box_give_one_mask(client, photos):
     *_, scores, summary = _segment(client, photos["chelsea"], "80, 60; 10, 10, 0", "20, 20, 140, 100", "sam_b")
     assert len(scores["data"]) == 1
     assert "2 click(s), a box" in summary and "`sam_b`" in summary
+
+
+def test_segment_api_everything_mode_outputs_agree(client, photos):
+    """A 3x3 grid with the thresholds at 0 (random weights must still give masks): the labels PNG, the
+    union PNG, the RLE JSON and the table describe the same masks."""
+    from pycocotools import mask as coco_mask
+
+    overlay, mask_file, downloads, scores, summary = _segment(client, photos["chelsea"], "", "", "sam_t", AUTO,
+                                                              "everything", 3, 0.0, 0.0)
+    h, w = png(photos["chelsea"]).shape[:2]
+    files = {p.rsplit(".", 2)[-2]: p for p in downloads}
+    assert sorted(files) == ["labels", "overlay", "rle"]
+    assert png(overlay).shape[:2] == (h, w)
+    labels = np.asarray(Image.open(files["labels"]))
+    union = png(mask_file)
+    assert labels.shape == union.shape == (h, w) and np.array_equal(labels > 0, union == 255)
+    rle = json.loads(Path(files["rle"]).read_text())
+    rows = scores["data"]
+    assert rows and len(rle["masks"]) == len(rows) and rle["mode"] == "everything" and rle["size"] == [h, w]
+    masks = [coco_mask.decode({"size": m["segmentation"]["size"], "counts": m["segmentation"]["counts"].encode()})
+             for m in rle["masks"]]
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r[2] for r in rows] == [int(m.sum()) for m in masks] == sorted((r[2] for r in rows), reverse=True)
+    assert [r[1] for r in rows] == [round(m["score"], 4) for m in rle["masks"]]
+    assert all(r[3] is not None and 0 <= r[3] <= 1 for r in rows)  # stability
+    assert np.array_equal(np.any(masks, axis=0), union == 255) and labels.max() == len(rows)
+    assert f"{len(rows)} mask(s)" in summary and "3x3 points" in summary and "TINY MODE" in summary
+
+
+def test_segment_api_everything_mode_refuses_clicks(client, photos):
+    with pytest.raises(AppError, match="the everything mode takes no clicks"):
+        _segment(client, photos["chelsea"], "80, 60, 1", "", "sam_t", AUTO, "everything", 3, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("points, box, message", [

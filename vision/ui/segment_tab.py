@@ -1,4 +1,5 @@
-"""The Segment tab: SAM's interactive segmentation, clicks (foreground/background) and/or a box."""
+"""The Segment tab: SAM's interactive segmentation, clicks (foreground/background) and/or a box, and its
+"everything" mode (every mask SAM's automatic mask generator finds)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from vision.engines.segment import Segment, SegmentConfig
 from vision.hub import SAM_MODELS, ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
@@ -15,20 +17,37 @@ from vision.ui.uploads import check_before_decoding
 
 CLICK_KINDS = ("foreground point", "background point", "box corner")
 MULTIMASK = {"auto (3 masks for a lone click)": None, "3 masks": True, "1 mask": False}
-SEGMENT_HEADERS = ["mask", "SAM score (predicted IoU)", "area (px)"]
+MODES = ("prompts", "everything")
+SEGMENT_HEADERS = ["mask", "SAM score (predicted IoU)", "area (px)", "stability (everything mode)"]
+EVERYTHING_DEFAULTS = SegmentConfig()  # SAM's generator settings (the engine caps the grid on a CPU)
 HOW_TO_READ = ("**How to read this:** the blue tint is the best mask (SAM's highest predicted IoU); green dots "
                "are foreground clicks, red dots background clicks, the green frame the box. The score is SAM's "
                "own estimate of the mask's IoU with the object (1 = sure). With 3 masks, the table lists the "
                "others (whole, part, sub-part).")
+HOW_TO_READ_EVERYTHING = (
+    "**How to read this:** each colour is one mask SAM's automatic mask generator kept (a grid of clicks, "
+    "masks kept when SAM's predicted IoU and their stability pass the thresholds), largest first; where "
+    "masks overlap the larger one is listed first and the smaller drawn on top. Stability is how little "
+    "the mask changes when its threshold moves (1 = crisp). The mask PNG is the union; the labels PNG "
+    "holds mask *k* as value *k*.")
 
 
 @functools.lru_cache(maxsize=len(SAM_MODELS))
 def _segment_engine(sam_model: str):
     """One Segment engine per SAM model (each caches image embeddings: a click after the first on the
     same image runs the decoder only)."""
-    from vision.engines.segment import Segment, SegmentConfig
-
     return Segment(SegmentConfig(sam_model=sam_model), hub=get_hub())
+
+
+def _everything_engine(sam_model: str, points_per_side: int, pred_iou_thresh: float,
+                       stability_score_thresh: float) -> Segment:
+    """A Segment engine with the generator settings of one request, sharing the click engine's embedding
+    cache (everything mode after clicks on the same image skips the encoder, and the other way round)."""
+    config = SegmentConfig(sam_model=sam_model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                           stability_score_thresh=stability_score_thresh)
+    engine = Segment(config, hub=get_hub())
+    engine.cache = _segment_engine(sam_model).cache
+    return engine
 
 
 def default_sam(hub: ModelHub) -> str:
@@ -43,37 +62,77 @@ def _segment(sam_model: str, image: str, points: list, box, multimask):
     return _segment_engine(sam_model).segment(image, points, box, multimask=multimask, name=Path(image).name)
 
 
+@ui.GPU(duration=120)
+def _everything(image: str, *settings):
+    return _everything_engine(*settings).everything(image, name=Path(image).name)
+
+
 @ui.friendly_errors
-def run_segment(image, points_text, box_text, sam_model, multimask_choice):
-    """Masks of the object under the clicks and/or inside the box (SAM): overlay, mask PNG, scores."""
+def run_segment(image, points_text, box_text, sam_model, multimask_choice, mode="prompts",
+                points_per_side=EVERYTHING_DEFAULTS.points_per_side,
+                pred_iou_thresh=EVERYTHING_DEFAULTS.pred_iou_thresh,
+                stability_thresh=EVERYTHING_DEFAULTS.stability_score_thresh):
+    """SAM masks: in "prompts" mode of the object under the clicks and/or inside the box, in "everything"
+    mode every mask the automatic generator finds. Returns the overlay, the mask PNG (best mask or the
+    union), the downloads, the masks table and the summary."""
     image = ui.require(ui.file_path(image), "an image (then click on the object)")
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} must be one of {', '.join(MODES)}")
     points = ui.parse_numbers(points_text, 3, "points")
     box = ui.parse_box(box_text)
+    if mode == "everything" and (points or box):
+        raise ValueError("points/box: the everything mode takes no clicks or box (clear them, or use the prompts mode)")
     try:
-        result = _segment(sam_model, image, points, box, MULTIMASK.get(multimask_choice))
+        if mode == "everything":
+            result = _everything(image, sam_model, int(points_per_side), float(pred_iou_thresh), float(stability_thresh))
+        else:
+            result = _segment(sam_model, image, points, box, MULTIMASK.get(multimask_choice))
     except ValueError as err:  # name the upload as the user knows it, not Gradio's temporary copy
         raise type(err)(ui.name_uploads(str(err), [image])) from None
+    mask_file, downloads = _save_files(result, ui.safe_name(Path(image).stem, "image"))
+    stability = result.stability or [None] * len(result.masks)
+    rows = [[k + 1, round(s, 4), int(m.sum()), None if st is None else round(st, 4)]
+            for k, (m, s, st) in enumerate(zip(result.masks, result.scores, stability))]
+    return result.overlay(), mask_file, downloads, rows, _summary(result)
+
+
+def _save_files(result, stem: str) -> tuple[str, list[str]]:
+    """The engine's files in a fresh folder: the mask PNG, and the downloads (overlay PNG, labels PNG in
+    everything mode, COCO RLE JSON)."""
     folder = ui.output_folder()
-    stem = ui.safe_name(Path(image).stem, "image")
     files = result.to_files()
     mask_file = ui.save_png(ui.mask_image(files.pop("mask.png")), folder, f"{stem}.mask")
     downloads = [ui.save_png(files.pop("overlay.png"), folder, f"{stem}.overlay")]
+    if "labels.png" in files:
+        downloads.append(ui.save_png(files.pop("labels.png"), folder, f"{stem}.labels"))
     rle = folder / f"{stem}.rle.json"
     rle.write_text(json.dumps(files.pop("rle.json")))
     downloads.append(str(rle))
-    rows = [[k + 1, round(s, 4), int(m.sum())] for k, (m, s) in enumerate(zip(result.masks, result.scores))]
+    return mask_file, downloads
+
+
+def _summary(result) -> str:
     t = result.timings
-    encoder = "embedding from the cache (decoder only)" if result.embedding_cached else f"encoder {t['encoder']:.2f} s"
-    summary = (f"{tiny_prefix(get_hub())}Best mask: score **{result.scores[0]:.3f}**, "
-               f"{int(result.mask.sum())} px of {result.size[1]}x{result.size[0]}; {len(result.points)} click(s)"
-               f"{', a box' if result.box else ''}; SAM `{result.sam_model}`; {len(result.masks)} mask(s); "
-               f"{encoder}, decoder {1000 * t['decoder']:.0f} ms.\n\n{HOW_TO_READ}")
-    return result.overlay(), mask_file, downloads, rows, summary
+    encoder = f"encoder {t['encoder']:.2f} s"
+    size = f"{result.size[1]}x{result.size[0]}"
+    if result.mode == "everything":
+        notes = "".join(f" Note: {n}." for n in result.notes)
+        encoder = "embedding from the cache" if result.embedding_cached else encoder
+        return (f"{tiny_prefix(get_hub())}Everything: **{len(result.masks)} mask(s)** covering "
+                f"{int(result.mask.sum())} px of {size}; SAM `{result.sam_model}`; grid "
+                f"{result.points_per_side}x{result.points_per_side} points; {encoder}, generator "
+                f"{t['decoder']:.2f} s.{notes}\n\n{HOW_TO_READ_EVERYTHING}")
+    return (f"{tiny_prefix(get_hub())}Best mask: score **{result.scores[0]:.3f}**, "
+            f"{int(result.mask.sum())} px of {size}; {len(result.points)} click(s)"
+            f"{', a box' if result.box else ''}; SAM `{result.sam_model}`; {len(result.masks)} mask(s); "
+            f"{'embedding from the cache (decoder only)' if result.embedding_cached else encoder}, decoder {1000 * t['decoder']:.0f} ms.\n\n{HOW_TO_READ}")
 
 
-def add_click(points_text: str, box_text: str, corner, kind: str, evt: gr.SelectData):
+def add_click(points_text: str, box_text: str, corner, kind: str, mode: str, evt: gr.SelectData):
     """A click on the image (pixel coordinates ``evt.index``) -> the points text, the box text and the
-    pending box corner (the first of two corner clicks)."""
+    pending box corner (the first of two corner clicks). The everything mode takes no clicks."""
+    if mode == "everything":
+        return gr.skip(), gr.skip(), gr.skip()
     x, y = (int(v) for v in evt.index[:2])
     if kind == "box corner":
         if corner is None:
@@ -85,9 +144,10 @@ def add_click(points_text: str, box_text: str, corner, kind: str, evt: gr.Select
     return "; ".join(filter(None, [(points_text or "").strip(), f"{x}, {y}, {label}"])), box_text, None
 
 
-def segment_after_click(image, points_text, box_text, corner, sam_model, multimask_choice):
-    """Run after each click; waits (no output) while only the first box corner is set."""
-    if not (points_text or "").strip() and not (box_text or "").strip():
+def segment_after_click(image, points_text, box_text, corner, sam_model, multimask_choice, mode):
+    """Run after each click; waits (no output) while only the first box corner is set, and in the
+    everything mode (which takes no clicks: its Segment button runs it)."""
+    if mode == "everything" or (not (points_text or "").strip() and not (box_text or "").strip()):
         return (gr.skip(),) * 5
     return run_segment(image, points_text, box_text, sam_model, multimask_choice)
 
@@ -96,12 +156,16 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
     samples = ui.sample_paths(("coins", "chelsea"))
     with gr.Tab("Segment", id="segment"):
         gr.Markdown("**Segment** (SAM): upload a photo and click on an object. Each click adds a point of the kind "
-                    "chosen below; two *box corner* clicks make a box. Points and the box can also be typed.")
+                    "chosen below; two *box corner* clicks make a box. Points and the box can also be typed. The "
+                    "*everything* mode finds every mask SAM can (no clicks; press Segment).")
         with gr.Row():
             with gr.Column():
                 image = gr.Image(label="Image (click on the object)", type="filepath",
                                  sources=("upload", "clipboard"), elem_id="segment-image")
                 check_before_decoding(image, "image")
+                mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id="segment-mode",
+                                info="prompts: the object under your clicks / in the box; everything: every "
+                                     "mask SAM finds (click Segment)")
                 kind = gr.Radio(list(CLICK_KINDS), value=CLICK_KINDS[0], label="A click adds",
                                 elem_id="segment-kind")
                 points = gr.Textbox("", label="Points: x, y, label (1 foreground, 0 background); ';' between points",
@@ -112,24 +176,35 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
                     sam_model = gr.Dropdown(list(SAM_MODELS), value=default_sam(hub), label="Segmenter (SAM)",
                                             info="sam_t: MobileSAM-class TinyViT (real weights install here)")
                     multimask = gr.Dropdown(list(MULTIMASK), value=next(iter(MULTIMASK)), label="Masks")
+                with gr.Accordion("Everything mode: SAM's automatic mask generator", open=False):
+                    grid = gr.Slider(1, 64, value=EVERYTHING_DEFAULTS.points_per_side, step=1,
+                                     label="Points per side (a grid of n x n clicks)",
+                                     info=f"SAM's default 32; on a CPU the engine caps it at "
+                                          f"{EVERYTHING_DEFAULTS.cpu_points_per_side}")
+                    iou_thresh = gr.Slider(0.0, 1.0, value=EVERYTHING_DEFAULTS.pred_iou_thresh, step=0.01,
+                                           label="Keep masks with SAM's predicted IoU above")
+                    stability_thresh = gr.Slider(0.0, 1.0, value=EVERYTHING_DEFAULTS.stability_score_thresh,
+                                                 step=0.01, label="Keep masks with a stability above")
                 with gr.Row():
                     clear = gr.Button("Clear clicks", elem_id="segment-clear")
                     button = gr.Button("Segment", variant="primary", elem_id="segment-run")
             with gr.Column():
                 overlay = gr.Image(label="Mask overlay", format="png", interactive=False, elem_id="segment-overlay")
-                mask_file = gr.File(label="Mask PNG (best mask, 0/255)", elem_id="segment-mask")
+                mask_file = gr.File(label="Mask PNG (best mask, or the union of all in everything mode; 0/255)",
+                                    elem_id="segment-mask")
                 summary = gr.Markdown(label="Summary", elem_id="segment-summary")
-                scores = gr.Dataframe(headers=SEGMENT_HEADERS, label="Masks (best first)", interactive=False)
-                files = gr.File(label="Downloads: overlay PNG, COCO RLE of every mask (JSON)", file_count="multiple")
+                scores = gr.Dataframe(headers=SEGMENT_HEADERS, label="Masks (best first; everything mode: largest first)", interactive=False)
+                files = gr.File(label="Downloads: overlay PNG, labels PNG (everything mode), COCO RLE of every "
+                                      "mask (JSON)", file_count="multiple")
         corner = gr.State(None)
-        inputs = [image, points, box, sam_model, multimask]
+        inputs = [image, points, box, sam_model, multimask, mode, grid, iou_thresh, stability_thresh]
         outputs = [overlay, mask_file, files, scores, summary]
         gr.Examples([[samples["coins"], "155, 51, 1", ""], [samples["chelsea"], "", "60, 20, 390, 300"]],
                     inputs=[image, points, box], label="Examples (skimage.data photographs; click Segment)")
         button.click(run_segment, inputs, outputs, api_name="segment", **limits)
-        image.select(add_click, [points, box, corner, kind], [points, box, corner], queue=False,
+        image.select(add_click, [points, box, corner, kind, mode], [points, box, corner], queue=False,
                      api_visibility="undocumented").then(
-            segment_after_click, [image, points, box, corner, sam_model, multimask], outputs,
+            segment_after_click, [image, points, box, corner, sam_model, multimask, mode], outputs,
             api_visibility="undocumented", **limits)
-        for event in (image.upload, image.clear, clear.click):
+        for event in (image.upload, image.clear, clear.click, mode.change):
             event(lambda: ("", "", None), None, [points, box, corner], queue=False, api_visibility="undocumented")
