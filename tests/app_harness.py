@@ -110,6 +110,18 @@ def click(page, selector: str) -> None:
     page.locator(selector).click(no_wait_after=True)
 
 
+def click_image_pixel(page, selector: str, x: float, y: float) -> None:
+    """Click the displayed image at pixel (x, y) of the image itself (the page scales it to fit)."""
+    img = page.locator(selector)
+    img.scroll_into_view_if_needed()  # mouse clicks take viewport coordinates
+    geometry = img.evaluate("e => {const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height, "
+                            "e.naturalWidth, e.naturalHeight]}")
+    left, top, width, height, natural_w, natural_h = geometry
+    scale = min(width / natural_w, height / natural_h)  # object-fit: contain
+    off_x, off_y = (width - natural_w * scale) / 2, (height - natural_h * scale) / 2
+    page.mouse.click(left + off_x + (x + 0.5) * scale, top + off_y + (y + 0.5) * scale)
+
+
 def shot(page, folder: Path, name: str) -> Path:
     path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)

@@ -4,6 +4,8 @@
   features / preset / SAM choices and the mode that ran; progress that moves; named outputs.
 - Bad files: a bad prompt (0-byte, truncated, text named .png, a 20000x20000 header) is a message naming
   the uploaded file; one bad target is listed by name while the good ones are answered.
+- Click-to-mask: clicks on the prompt make its mask with SAM (real sam_t: a click on the coffee cup masks the
+  cup in the page's click view, and a run over the API uses that mask to find the cup in a flipped photo).
 - Browser: the Examples row with a box runs as is.
 """
 
@@ -17,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_harness import click, editor, gallery, png, shot
+from app_harness import click, click_image_pixel, editor, gallery, png, shot
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 
 def _ipseg(client, prompt, targets, *, fast=True, instances=1, sam="sam_b", features="preset", preset="default",
-           box="", shots=(), concepts=(), name="concept", kshot="mean", submit=False):
+           box="", shots=(), concepts=(), name="concept", kshot="mean", clicks="", submit=False):
     args = (prompt, gallery(*targets), "mask", fast, instances, 0.0, sam, features, preset, box,
-            gallery(*shots) if shots else None, gallery(*concepts) if concepts else None, name, kshot)
+            gallery(*shots) if shots else None, gallery(*concepts) if concepts else None, name, kshot, clicks)
     if submit:
         return client.submit(*args, api_name="/ipseg")
     return client.predict(*args, api_name="/ipseg")
@@ -86,6 +88,32 @@ def test_ipseg_features_preset_and_sam_choices_show_what_ran(client, photos, fea
                          preset=preset, sam=sam)
     assert f"preset **{preset}**" in summary and f"mode **{mode}**" in summary
     assert f"reference mode **{reference}**" in summary and f"SAM `{sam_used}`" in summary
+
+
+def test_ipseg_prompt_clicks_need_a_click_inside_the_prompt_and_no_other_region(client, photos):
+    coffee = editor(photos["coffee"])  # 160 x 107 px
+    with pytest.raises(AppError, match="a click on the prompt image"):
+        client.predict(coffee, "", "sam_t", "default", api_name="/ipseg_prompt_mask")
+    with pytest.raises(AppError, match=r"points\[0\]: \(900, 5\) is outside the 160x107 image"):
+        client.predict(coffee, "900, 5, 1", "sam_t", "default", api_name="/ipseg_prompt_mask")
+    with pytest.raises(AppError, match="prompt clicks: 'here' is not a list of numbers"):
+        _ipseg(client, coffee, [photos["coffee"]], clicks="here")
+    with pytest.raises(AppError, match="give one of a painted region, a box or clicks, not a box and clicks"):
+        _ipseg(client, coffee, [photos["coffee"]], box="10, 10, 50, 50", clicks="20, 20, 1")
+
+
+def test_clicks_made_on_another_image_than_the_prompt_are_refused():
+    """The page's click view may show an older prompt than the editor (a new upload or Examples row):
+    its clicks are refused with the way out; without a view (the API) the clicks are the caller's."""
+    from vision.engines.segment import image_key
+    from vision.ui.ipseg_tab import check_clicks_on
+
+    shown, prompt = np.zeros((4, 6, 3), np.uint8), np.ones((4, 6, 3), np.uint8)
+    check_clicks_on(prompt, image_key(prompt), "prompt clicks")
+    check_clicks_on(prompt, None, "prompt clicks")
+    with pytest.raises(ValueError, match="prompt clicks: the prompt image changed since it was shown for "
+                                         "clicking; press 'Show the prompt here'"):
+        check_clicks_on(prompt, image_key(shown), "prompt clicks")
 
 
 def test_ipseg_progress_moves_through_the_stages(client, photos):
@@ -185,3 +213,63 @@ def test_browser_ipseg_box_example_runs_as_is(page, tmp_path):
     expect(page.locator("#ipseg-heatmaps img").first).to_be_visible()
     assert page.locator("#ipseg-heatmaps img").count() >= 2  # a heatmap beside each target's mask
     shot(page, tmp_path, "1_ipseg_box_example")
+
+
+# ------------------------------------------------------------------ click-to-mask with real sam_t weights
+CUP_CLICK = (300, 235)  # on the body of the cup in skimage's coffee() (600 x 400)
+
+
+@pytest.fixture(scope="module")
+def coffee_files(tmp_path_factory):
+    """The full-size coffee photo, and the target: the same photo flipped left-right."""
+    from vision.imaging import sample_image
+
+    folder = tmp_path_factory.mktemp("coffee")
+    coffee = sample_image("coffee")
+    Image.fromarray(coffee).save(folder / "coffee.png")
+    Image.fromarray(np.ascontiguousarray(coffee[:, ::-1])).save(folder / "coffee_flipped.png")
+    return str(folder / "coffee.png"), str(folder / "coffee_flipped.png")
+
+
+def test_real_sam_t_a_click_on_the_cup_prompts_a_run_that_finds_it_flipped(real_server, sam_t_hub, coffee_files):
+    """/ipseg_prompt_mask shows SAM's mask for the click; /ipseg with the same click as the prompt region
+    (SAM features, sam_t) finds the cup in the flipped photo: IoU >= 0.7 with the flipped click mask."""
+    from gradio_client import Client
+
+    from vision.engines.segment import Segment, SegmentConfig
+
+    prompt, target = coffee_files
+    client = Client(real_server.url, verbose=False)
+    click_text = "{}, {}, 1".format(*CUP_CLICK)
+    view, note = client.predict(editor(prompt), click_text, "sam_t", "default", api_name="/ipseg_prompt_mask")
+    cup = Segment(SegmentConfig(sam_model="sam_t"), hub=sam_t_hub).segment(prompt, [[*CUP_CLICK, 1]]).mask
+    assert png(view).shape[:2] == cup.shape == (400, 600)
+    assert f"SAM `sam_t` mask from 1 click(s): {int(cup.sum())} px" in note and "TINY" not in note
+    *_, files, _, summary, = _ipseg(client, editor(prompt), [target], fast=False, sam="sam_t", features="sam",
+                                    clicks=click_text)
+    assert "from **mask** (SAM `sam_t` from 1 click(s))" in summary and "mode **sam-embedding**" in summary
+    (mask_file,) = [f for f in files if f.endswith("_mask.png")]
+    found, expected = png(mask_file) > 0, cup[:, ::-1]
+    iou = (found & expected).sum() / (found | expected).sum()
+    assert iou >= 0.7, f"IoU {iou:.3f} of the flipped target's mask with the flipped cup"
+
+
+def test_browser_real_sam_t_a_click_on_the_prompt_shows_the_cup_mask(real_page, tmp_path):
+    """The coffee example, then 'Show the prompt here' and a click on the cup: the note gives the mask SAM
+    (sam_t: the preset's sam_b has no weights here) made for that click."""
+    from playwright.sync_api import expect
+
+    page = real_page
+    page.locator("tbody tr").nth(1).click()  # the coffee row
+    expect(page.locator("#ipseg-prompt canvas").first).to_be_visible()
+    click(page, "#ipseg-click-show")
+    shown = "#ipseg-click img"
+    page.wait_for_function("s => {const e = document.querySelector(s); return e && e.naturalWidth === 600}",
+                           arg=shown)
+    click_image_pixel(page, shown, *CUP_CLICK)
+    note = page.locator("#ipseg-click-note")
+    expect(note).to_contain_text("SAM sam_t mask from 1 click(s)")  # as the page renders the markdown
+    area = int(re.search(r"(\d+) px", note.inner_text()).group(1))
+    assert 0.3 < area / (600 * 400) < 0.7, note.inner_text()  # the cup on its saucer (48%)
+    expect(page.locator("#ipseg-clicks textarea")).to_have_value(re.compile(r"^3\d\d, 2\d\d, 1$"))
+    shot(page, tmp_path, "ipseg_click_to_mask")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_harness import open_tab, png, shot
+from app_harness import click_image_pixel, open_tab, png, shot
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -102,58 +102,31 @@ def test_segment_api_outputs_are_named(client):
 
 
 # ------------------------------------------------------------------------------ real weights, browser
-@pytest.fixture(scope="module")
-def real_server(tmp_path_factory, sam_t_weights):
-    """The app with real models (not tiny); only sam_t is used here, from the converted weights."""
-    from app_harness import start_server, stop_server
-
-    srv = start_server(tmp_path_factory.mktemp("app_real"), tiny=False)
-    yield srv
-    stop_server(srv)
-
-
-def _click_image_pixel(page, selector: str, x: float, y: float) -> None:
-    """Click the displayed image at pixel (x, y) of the image itself (the page scales it to fit)."""
-    img = page.locator(selector)
-    geometry = img.evaluate("e => {const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height, "
-                            "e.naturalWidth, e.naturalHeight]}")
-    left, top, width, height, natural_w, natural_h = geometry
-    scale = min(width / natural_w, height / natural_h)  # object-fit: contain
-    off_x, off_y = (width - natural_w * scale) / 2, (height - natural_h * scale) / 2
-    page.mouse.click(left + off_x + (x + 0.5) * scale, top + off_y + (y + 0.5) * scale)
-
-
-def test_browser_a_click_on_a_coin_shows_that_coin_with_real_sam_t(browser, real_server, tmp_path):
-    from app_harness import BROWSER_TIMEOUT_MS
+def test_browser_a_click_on_a_coin_shows_that_coin_with_real_sam_t(real_page, real_server, tmp_path):
     from playwright.sync_api import expect
     from skimage import data
 
+    page = real_page
     regions = coin_regions()
     coin = regions[2]
     x, y = deepest_point(coin)
     coins_png = tmp_path / "coins.png"
     Image.fromarray(data.coins()).save(coins_png)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(BROWSER_TIMEOUT_MS)
-    try:
-        page.goto(real_server.url)
-        open_tab(page, "Segment")
-        page.locator("#segment-image input[type=file]").set_input_files(str(coins_png))
-        shown = "#segment-image img"
-        expect(page.locator(shown).first).to_be_visible()
-        page.wait_for_function("s => {const e = document.querySelector(s); return e && e.naturalWidth > 0}", arg=shown)
-        _click_image_pixel(page, shown, x, y)
-        expect(page.locator("#segment-summary")).to_contain_text("Best mask", timeout=BROWSER_TIMEOUT_MS)
-        summary = page.locator("#segment-summary").inner_text()
-        assert "TINY" not in summary and "sam_t" in summary
-        clicked = [float(v) for v in page.locator("#segment-points textarea").input_value().split(",")]
-        assert abs(clicked[0] - x) <= 2 and abs(clicked[1] - y) <= 2 and clicked[2] == 1
-        href = page.locator("#segment-mask a").first.get_attribute("href")
-        response = page.request.get(href if href.startswith("http") else real_server.url.rstrip("/") + href)
-        assert response.ok
-        mask = np.asarray(Image.open(io.BytesIO(response.body()))) > 0
-        assert mask.shape == coin.shape
-        assert iou(mask, coin) > 0.8, f"IoU {iou(mask, coin):.3f} of the shown mask with the clicked coin"
-        shot(page, tmp_path, "segment_coin")
-    finally:
-        page.close()
+    open_tab(page, "Segment")
+    page.locator("#segment-image input[type=file]").set_input_files(str(coins_png))
+    shown = "#segment-image img"
+    expect(page.locator(shown).first).to_be_visible()
+    page.wait_for_function("s => {const e = document.querySelector(s); return e && e.naturalWidth > 0}", arg=shown)
+    click_image_pixel(page, shown, x, y)
+    expect(page.locator("#segment-summary")).to_contain_text("Best mask")
+    summary = page.locator("#segment-summary").inner_text()
+    assert "TINY" not in summary and "sam_t" in summary
+    clicked = [float(v) for v in page.locator("#segment-points textarea").input_value().split(",")]
+    assert abs(clicked[0] - x) <= 2 and abs(clicked[1] - y) <= 2 and clicked[2] == 1
+    href = page.locator("#segment-mask a").first.get_attribute("href")
+    response = page.request.get(href if href.startswith("http") else real_server.url.rstrip("/") + href)
+    assert response.ok
+    mask = np.asarray(Image.open(io.BytesIO(response.body()))) > 0
+    assert mask.shape == coin.shape
+    assert iou(mask, coin) > 0.8, f"IoU {iou(mask, coin):.3f} of the shown mask with the clicked coin"
+    shot(page, tmp_path, "segment_coin")

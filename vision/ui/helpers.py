@@ -448,6 +448,12 @@ def parse_numbers(text: str | None, size: int, field: str) -> list[list[float]]:
     return out
 
 
+def append_point(points_text: str | None, x: int, y: int, label: int) -> str:
+    """A click added to typed points (``"x, y, label"`` groups separated by ``;``, as :func:`parse_numbers`
+    reads them)."""
+    return "; ".join(filter(None, [(points_text or "").strip(), f"{x}, {y}, {label}"]))
+
+
 def parse_box(text: str | None, field: str = "box") -> list[float] | None:
     """``"x0, y0, x1, y1"`` -> 4 numbers; empty text -> None."""
     boxes = parse_numbers(text, 4, field)

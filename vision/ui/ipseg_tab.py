@@ -58,17 +58,59 @@ def ipseg_config(preset: str, features: str, sam_model: str, fast: bool, **setti
     return IPSegConfig.from_preset(preset, **chosen).validate()
 
 
-def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value, concept_name):
-    """The tab's prompts -> IPSeg concepts: the editor's image (its painting, or the box, or the automatic
-    region) with the extra k-shot images, then one concept per image of the other-concepts gallery
-    (named after the file). Also returns the prompt files (to name them in messages)."""
+CLICK_LABELS = {"foreground (on the concept)": 1, "background (not the concept)": 0}
+
+
+@ui.GPU(duration=60)
+def _segment_prompt(sam_model: str, image, points: list):
+    from vision.ui.segment_tab import _segment_engine
+
+    return _segment_engine(sam_model).segment(image, points, name="prompt image")
+
+
+def click_sam(sam_model: str, preset: str) -> str:
+    """The SAM that masks clicks: the tab's choice; "preset": the preset's SAM where its weights are on
+    disk, else the Segment tab's default (sam_t when installed), so a click works on the weights at hand."""
+    from vision import weights
+    from vision.ui.segment_tab import default_sam
+
+    if sam_model != "preset":
+        return sam_model
+    sam = ipseg_config(preset, "preset", sam_model, False).sam_model
+    return sam if get_hub().tiny or weights.status(sam) != "missing" else default_sam(get_hub())
+
+
+def click_mask(image, clicks_text: str | None, sam_model: str, preset: str):
+    """Clicks on the prompt image (``"x, y, label; ..."``) -> SAM's best mask there (a
+    :class:`~vision.engines.segment.SegmentResult`; :func:`click_sam`, through the Segment engine, whose
+    embedding cache makes a click after the first cost the decoder only), or None without clicks."""
+    points = ui.parse_numbers(clicks_text, 3, "prompt clicks")
+    if not points:
+        return None
+    sam = click_sam(sam_model, preset)
+    result = _segment_prompt(sam, image, points)
+    if not result.mask.any():
+        raise ValueError(f"prompt clicks: SAM `{sam}` found no mask under {clicks_text.strip()!r}; click elsewhere "
+                         "or paint the concept with the brush")
+    return result
+
+
+def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value, concept_name, clicked=None):
+    """The tab's prompts -> IPSeg concepts: the editor's image (its painting, or the box, or the mask SAM
+    made from the clicks (``clicked``, bool [H, W]), or the automatic region) with the extra k-shot images,
+    then one concept per image of the other-concepts gallery (named after the file). Also returns the
+    prompt files (to name them in messages)."""
     from vision.engines.ipseg import Concept, Prompt
 
     image, painted = ui.editor_image_and_mask(prompt_value)
     box = ui.parse_box(box_text, "prompt box")
-    if box is not None and painted is not None:
-        raise ValueError("prompt: give a painted region or a box, not both (clear the painting or the box)")
-    region = {region_kind: painted} if painted is not None else {"box": box} if box is not None else {}
+    given = [name for name, value in (("a painted region", painted), ("a box", box), ("clicks", clicked))
+             if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"prompt: give one of a painted region, a box or clicks, not {' and '.join(given)} "
+                         "(clear the others)")
+    region = ({region_kind: painted} if painted is not None else {"box": box} if box is not None
+              else {"mask": clicked} if clicked is not None else {})
     shots, others = ui.gallery_paths(shots_value), ui.gallery_paths(concepts_value)
     name = (concept_name or "").strip() or "concept"
     concepts = [Concept([Prompt(image, **region), *(Prompt(p) for p in shots)], name)]
@@ -85,11 +127,16 @@ def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_v
 @ui.friendly_errors
 def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, threshold, sam_model, features="preset",
               preset="default", box_text="", shots_value=None, concepts_value=None, concept_name="concept",
-              kshot="mean", progress=gr.Progress(track_tqdm=True)):
-    """Segment the prompt's concept(s) in every target image (IPSeg); a bad target is listed, not fatal."""
+              kshot="mean", clicks_text="", shown_key=None, progress=gr.Progress(track_tqdm=True)):
+    """Segment the prompt's concept(s) in every target image (IPSeg); a bad target is listed, not fatal.
+    ``clicks_text``: clicks on the prompt image; SAM's mask there is the prompt region."""
     targets = ui.require(ui.gallery_paths(targets_value), "one or more target images")
+    image = ui.editor_image_and_mask(prompt_value)[0]
+    if (clicks_text or "").strip():
+        check_clicks_on(image, shown_key, "prompt clicks")
+    clicked = click_mask(image, clicks_text, sam_model, preset)
     concepts, prompt_files = prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value,
-                                             concept_name)
+                                             concept_name, None if clicked is None else clicked.mask)
     config = ipseg_config(preset, features, sam_model, bool(fast), max_instances=int(instances), kshot=kshot,
                           presence_threshold=float(threshold) if threshold and threshold > 0 else None)
     names = [Path(t).name for t in targets]
@@ -131,11 +178,52 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
                f"reference mode **{'on' if config.reference else 'off'}**, SAM `{config.sam_model}`, "
                f"{len(concepts)} concept(s) ({', '.join(c.name for c in concepts)}), {shots} prompt image(s) for "
                f"{concepts[0].name}" + (f" (k-shot {config.kshot})" if shots > 1 else "") +
-               f", prompt region from **{region['source']}** ({region['grid']}), "
+               f", prompt region from **{region['source']}**"
+               + (f" (SAM `{clicked.sam_model}` from {len(clicked.points)} click(s))" if clicked is not None else "") +
+               f" ({region['grid']}), "
                f"{sum(r.timings['total'] for r in results):.2f} s." + (f" Notes: {notes}" if notes else "")
                + (f"\n\n**{len(failed)} target(s) failed:** " + "; ".join(failed) if failed else "")
                + f"\n\n{HOW_TO_READ}")
     return annotated[0], overlays, heatmaps, files, rows, summary, annotated
+
+
+def check_clicks_on(image, shown_key: str | None, what: str) -> None:
+    """Refuse clicks made on a click view that showed another image than the prompt now in the editor
+    (``shown_key``: the :func:`~vision.engines.segment.image_key` of the image shown; None: no view, as
+    over the API, where the clicks are the caller's own)."""
+    from vision.engines.segment import image_key
+
+    if shown_key is not None and image_key(image) != shown_key:
+        raise ValueError(f"{what}: the prompt image changed since it was shown for clicking; press 'Show the "
+                         "prompt here' and click again (or clear the clicks)")
+
+
+@ui.friendly_errors
+def prompt_mask_from_clicks(prompt_value, clicks_text, sam_model="preset", preset="default", shown_key=None):
+    """Clicks on the prompt -> the click view (SAM's mask and the clicks drawn on the prompt image) and a
+    line on that mask. A run makes the same mask from the same clicks (the embedding is cached)."""
+    image, _ = ui.editor_image_and_mask(prompt_value)
+    check_clicks_on(image, shown_key, "prompt clicks")
+    result = ui.require(click_mask(image, clicks_text, sam_model, preset), "a click on the prompt image")
+    return result.overlay(), (f"{tiny_prefix(get_hub())}SAM `{result.sam_model}` mask from {len(result.points)} "
+                              f"click(s): {int(result.mask.sum())} px, score {result.scores[0]:.3f}. Segment uses "
+                              "it as the prompt region.")
+
+
+def add_prompt_click(clicks_text: str, kind: str, evt: gr.SelectData) -> str:
+    """A click on the click view (pixel coordinates of the prompt image) -> the clicks text."""
+    x, y = (int(v) for v in evt.index[:2])
+    return ui.append_point(clicks_text, x, y, CLICK_LABELS.get(kind, 1))
+
+
+@ui.friendly_errors
+def show_prompt_for_clicks(prompt_value):
+    """The editor's prompt image -> the click view (the plain image), no clicks, no note, and the key of
+    the image shown (clicks are checked against it: the editor may have changed since)."""
+    from vision.engines.segment import image_key
+
+    image, _ = ui.editor_image_and_mask(prompt_value)
+    return image, "", "", image_key(image)
 
 
 IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instance", "score", "SAM IoU", "area (px)"]
@@ -147,8 +235,9 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
     samples = ui.sample_paths()
     with gr.Tab("IPSeg", id="ipseg"):
         gr.Markdown("**IPSeg**: show a concept in a prompt image and find it in target images. Paint over the "
-                    "concept with the brush, type a box, or leave the prompt unpainted to use its automatic "
-                    "foreground. More prompt images of the concept (k-shot) and other concepts are optional.")
+                    "concept with the brush, click on it for SAM's mask, type a box, or leave the prompt "
+                    "unpainted to use its automatic foreground. More prompt images of the concept (k-shot) and "
+                    "other concepts are optional.")
         with gr.Row():
             with gr.Column():
                 prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
@@ -157,6 +246,22 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                                      value=samples["chelsea"],
                                      brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
                 check_before_decoding(prompt, "prompt image")
+                # open: the components of a closed accordion mount only when it opens, and an Examples row
+                # picked before that would not reach them
+                with gr.Accordion("Click to mask the prompt with SAM (instead of painting)", open=True):
+                    # empty until asked: the editor's value lags behind a new image (an upload or an Examples
+                    # row), so the view is filled on request and every click is checked against the editor
+                    click_view = gr.Image(None, label="Click on the concept: SAM masks it", type="numpy",
+                                          format="png", interactive=False, sources=(), height=260,
+                                          elem_id="ipseg-click")
+                    with gr.Row():
+                        show_here = gr.Button("Show the prompt here", elem_id="ipseg-click-show")
+                        click_kind = gr.Radio(list(CLICK_LABELS), value=next(iter(CLICK_LABELS)),
+                                              label="A click adds", elem_id="ipseg-click-kind")
+                    clicks = gr.Textbox("", label="Prompt clicks: x, y, label (1 on the concept, 0 not); ';' "
+                                        "between clicks", elem_id="ipseg-clicks")
+                    click_note = gr.Markdown("", elem_id="ipseg-click-note")
+                    shown_key = gr.State(None)  # image_key of the image in the click view
                 box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
                                  placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
                 targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
@@ -202,10 +307,18 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                      [samples["chelsea"], [samples["chelsea"], samples["coffee"]], "60, 20, 390, 300"]],
                     inputs=[prompt, targets, box], label="Examples (skimage.data photographs; then click Segment)")
         inputs = [prompt, targets, region_kind, fast, instances, threshold, sam_model, features, preset, box, shots,
-                  concepts, concept_name, kshot]
+                  concepts, concept_name, kshot, clicks, shown_key]
         button.click(run_ipseg, inputs, [annotated, overlays, heatmaps, files, scores, summary, state],
                      api_name="ipseg", **limits)
         overlays.select(_pick_target, state, annotated, api_visibility="undocumented", queue=False)
+        # the SAM mask is shown in the click view, never written into the editor (a painted layer written
+        # back from the server froze the editor in headless Chromium); a run makes it again from the clicks
+        click_view.select(add_prompt_click, [clicks, click_kind], clicks, queue=False,
+                          api_visibility="undocumented").then(
+            prompt_mask_from_clicks, [prompt, clicks, sam_model, preset, shown_key], [click_view, click_note],
+            api_name="ipseg_prompt_mask", **limits)
+        show_here.click(show_prompt_for_clicks, prompt, [click_view, clicks, click_note, shown_key], queue=False,
+                        api_visibility="undocumented")
 
 
 def _pick_target(state: list, evt: gr.SelectData):

@@ -141,7 +141,7 @@ def add_click(points_text: str, box_text: str, corner, kind: str, mode: str, evt
         box = (min(x0, x), min(y0, y), max(x0, x) + 1, max(y0, y) + 1)
         return points_text, ", ".join(str(v) for v in box), None
     label = 1 if kind == "foreground point" else 0
-    return "; ".join(filter(None, [(points_text or "").strip(), f"{x}, {y}, {label}"])), box_text, None
+    return ui.append_point(points_text, x, y, label), box_text, None
 
 
 def segment_after_click(image, points_text, box_text, corner, sam_model, multimask_choice, mode):
