@@ -166,15 +166,23 @@ def chelsea_file(tmp_path_factory, chelsea):
     return path
 
 
-def test_cli_reports_bad_options_and_bad_points(chelsea_file, tmp_path):
-    bad = run_cli("segment", "--tiny", "--image", str(chelsea_file), "--point", "1,2,3,4", "--output", str(tmp_path / "a"))
-    assert bad.returncode == 2 and "--point wants 2 or 3 comma-separated numbers" in bad.stderr
-    none = run_cli("segment", "--tiny", "--image", str(chelsea_file), "--output", str(tmp_path / "b"))
-    assert none.returncode == 2 and "give at least one --point" in none.stderr
-    out = tmp_path / "c"
-    outside = run_cli("segment", "--tiny", "--image", str(chelsea_file), "--point", "900,10", "--output", str(out),
-                      "--no-progress")
-    assert outside.returncode == 1
+def test_cli_reports_bad_options_and_bad_points(tiny_hub, one_torch_thread, chelsea_file, tmp_path, monkeypatch,
+                                               capsys):
+    """In-process (``vision.cli.main``, as ``python -m vision`` runs it): one interpreter start saved per case."""
+    from vision.cli import main
+    from vision.hub import set_hub
+
+    monkeypatch.setenv("VISION_TINY", "1")  # --tiny sets it; monkeypatch restores the original
+    image = ["segment", "--tiny", "--image", str(chelsea_file)]
+    try:
+        assert main([*image, "--point", "1,2,3,4", "--output", str(tmp_path / "a")]) == 2
+        assert "--point wants 2 or 3 comma-separated numbers" in capsys.readouterr().err
+        assert main([*image, "--output", str(tmp_path / "b")]) == 2
+        assert "give at least one --point" in capsys.readouterr().err
+        out = tmp_path / "c"
+        assert main([*image, "--point", "900,10", "--output", str(out), "--no-progress"]) == 1
+    finally:
+        set_hub(tiny_hub)  # --tiny made the CLI a hub of its own
     error = json.loads((out / "errors.jsonl").read_text().splitlines()[0])
     assert error["error"] == "SegmentError" and "points[0]: (900, 10) is outside" in error["reason"]
 

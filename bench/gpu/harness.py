@@ -50,10 +50,12 @@ class Scale:
     memory_steps: int = 10
 
 
-SMOKE = Scale(sd_size=64, sd_steps=6, intervals=(3,), sdxl_repeats=1, sdxl_size=64, sdxl_steps=4, sdxl_intervals=(3,),
-              compile_intervals=(3,), images=2, trident_repeats=1, dino_size=112, ipseg_sd_size=128, ipseg_targets=2,
-              ipseg_repeats=1, story_size=64, story_steps=3, story_frames=2, story_references=3, story_generated=1,
-              memory_steps=2)
+# The dry run: every code path of every part once, at the smallest sizes that still exercise it (N = 3 over 4
+# steps has full and partial steps; one branch; one image in the batch runner).
+SMOKE = Scale(sd_size=64, sd_steps=4, intervals=(3,), branches=(0,), sdxl_repeats=1, sdxl_size=64, sdxl_steps=4,
+              sdxl_intervals=(3,), compile_intervals=(3,), images=1, trident_repeats=1, dino_size=112,
+              ipseg_sd_size=128, ipseg_targets=2, ipseg_repeats=1, story_size=64, story_steps=3, story_frames=2,
+              story_references=3, story_generated=1, memory_steps=2)
 
 # Seconds per part: guesses for an H200 (full) and 2 shared CPU cores (smoke), builds included; rescaled by
 # measured / REFERENCE_S once part 1 has timed one no-cache generation.
