@@ -10,7 +10,7 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
-from vision.ui.uploads import check_before_decoding
+from vision.ui.uploads import check_before_decoding, checked_prompt_upload
 
 
 @functools.lru_cache(maxsize=4)
@@ -153,10 +153,16 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
             with gr.Column():
                 prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
                                      type="numpy", format="png", layers=False, transforms=(),
-                                     sources=("upload", "clipboard"), elem_id="ipseg-prompt",
+                                     sources=("clipboard",), elem_id="ipseg-prompt",
                                      value=samples["chelsea"],
                                      brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
                 check_before_decoding(prompt, "prompt image")
+                with gr.Row():  # uploads go through the server's check (the editor's own ignores a bad file)
+                    prompt_upload = gr.UploadButton("Upload a prompt image", file_types=["image"], type="filepath",
+                                                    size="sm", elem_id="ipseg-prompt-upload")
+                    prompt_status = gr.Markdown("", elem_id="ipseg-prompt-status")
+                prompt_upload.upload(checked_prompt_upload, prompt_upload, [prompt, prompt_status], queue=False,
+                                     api_visibility="undocumented")
                 box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
                                  placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
                 targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
