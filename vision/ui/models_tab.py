@@ -4,9 +4,10 @@ Gradio 6.17 mounts an inactive tab's components only when the tab is first opene
 outputs are still mounting can leave them greyed with a frozen spinner (upstream gradio-app/gradio#12904,
 #13429). The tab avoids both halves of that race:
 
-- its tables are Markdown, not ``gr.Dataframe``: on 2 loaded CPU cores the two 20-row Dataframes took
-  10-80 s of page time to mount (a CPU profile: the Dataframe's rows and Svelte's reactivity), the window
-  in which the refresh landed; Markdown tables mount in the time the tab takes to appear;
+- its tables are Markdown, not ``gr.Dataframe``: on 2 loaded CPU cores the two 23- and 29-row
+  Dataframes kept the page busy 10-80 s after the click (a CPU profile: the Dataframe's rows and Svelte's
+  reactivity; 1.5 s for the same tables in a two-tab app), the window in which the refresh could land;
+  with Markdown tables the filled tab showed 5-9 s after the click on the same machine;
 - the refresh sent when the tab is opened shows its progress on the always-mounted ``gr.Tabs`` container
   (``show_progress_on``), so no loading status is ever set on a component that is still mounting.
 
