@@ -468,3 +468,11 @@ def name_uploads(message: str, paths: list[str]) -> str:
     for path in sorted({p for p in paths if p}, key=len, reverse=True):
         message = message.replace(str(path), Path(path).name)
     return message
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table of ``rows`` under ``headers`` (a '|' inside a cell is escaped; empty cells stay empty)."""
+    def cells(values) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    return "\n".join([cells(headers), "|" + "---|" * len(headers), *(cells(row) for row in rows)])

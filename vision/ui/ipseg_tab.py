@@ -10,7 +10,7 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
-from vision.ui.uploads import check_before_decoding
+from vision.ui.uploads import check_before_decoding, checked_prompt_upload
 
 
 @functools.lru_cache(maxsize=4)
@@ -242,10 +242,16 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
             with gr.Column():
                 prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
                                      type="numpy", format="png", layers=False, transforms=(),
-                                     sources=("upload", "clipboard"), elem_id="ipseg-prompt",
+                                     sources=("clipboard",), elem_id="ipseg-prompt",
                                      value=samples["chelsea"],
                                      brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
                 check_before_decoding(prompt, "prompt image")
+                with gr.Row():  # uploads go through the server's check (the editor's own ignores a bad file)
+                    prompt_upload = gr.UploadButton("Upload a prompt image", file_types=["image"], type="filepath",
+                                                    size="sm", elem_id="ipseg-prompt-upload")
+                    prompt_status = gr.Markdown("", elem_id="ipseg-prompt-status")
+                prompt_upload.upload(checked_prompt_upload, prompt_upload, [prompt, prompt_status], queue=False,
+                                     api_visibility="undocumented")
                 # open: the components of a closed accordion mount only when it opens, and an Examples row
                 # picked before that would not reach them
                 with gr.Accordion("Click to mask the prompt with SAM (instead of painting)", open=True):

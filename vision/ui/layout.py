@@ -35,9 +35,9 @@ def build_demo(concurrency: int = 1) -> gr.Blocks:
                     "all on shared foundation models.")
         if hub.tiny:
             gr.Markdown(f"⚠️ {TINY_NOTICE}", elem_id="tiny-banner")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             for build_tab in TABS:
                 build_tab(hub, limits)
-            models_tab(hub)
+            models_tab(hub, tabs)
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=concurrency)
     return demo

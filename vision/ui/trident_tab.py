@@ -88,6 +88,28 @@ def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progres
             _probability_gallery(photo, result.probs, names, stamp), files, rows, _summary(result, record, truncated))
 
 
+EXAMPLES = [("astronaut", DEFAULT_CLASSES, "open"), ("chelsea", "cat|kitten; grass; background|wall", "open"),
+            ("coffee", "cup; saucer; spoon; table; background", "open"), ("rocket", "", "voc21")]
+
+
+def _examples(samples: dict[str, str], image, classes, preset, presets: list[str]) -> gr.Dataset:
+    """The Examples table; a click fills the image, the class names and the preset.
+
+    A ``gr.Dataset`` rather than ``gr.Examples``: in a tab mounted after the page loads, Gradio 6.17's
+    table leaves blank each cell whose example component another tab's Examples loaded first (here the
+    Textbox's, loaded by the IPSeg Examples; a page error "reading '1'" per row). The class lists are shown
+    with gr.Code's example, which no other table uses: plain text, as typed.
+    """
+    rows = [[samples[name], text, preset_name] for name, text, preset_name in EXAMPLES]
+    table = gr.Dataset(components=[gr.Image(render=False), gr.Code(render=False), gr.Dropdown(presets, render=False)],
+                       samples=rows, headers=["Image", "Class names", "Preset"], type="index",
+                       label="Examples (skimage.data photographs; no class names: the preset's benchmark classes)",
+                       elem_id="trident-examples")
+    table.click(lambda index: rows[index], table, [image, classes, preset], queue=False,
+                api_visibility="undocumented")
+    return table
+
+
 def trident_tab(hub: ModelHub, limits: dict) -> None:
     from vision.engines.trident import PRESETS
 
@@ -127,12 +149,7 @@ def trident_tab(hub: ModelHub, limits: dict) -> None:
                                      interactive=False)
                 files = gr.File(label="Download: label PNG (pixel = class index), coarse labels, overlay",
                                 file_count="multiple", elem_id="trident-files")
-        gr.Examples([[samples["astronaut"], DEFAULT_CLASSES, "open"],
-                     [samples["chelsea"], "cat|kitten; grass; background|wall", "open"],
-                     [samples["coffee"], "cup; saucer; spoon; table; background", "open"],
-                     [samples["rocket"], "", "voc21"]],
-                    inputs=[image, classes, preset], elem_id="trident-examples",
-                    label="Examples (skimage.data photographs; no class names: the preset's benchmark classes)")
+        _examples(samples, image, classes, preset, list(PRESETS))
         preset.change(lambda name: PRESETS[name].prob_thd, preset, prob_thd, queue=False,
                       api_visibility="undocumented")
         button.click(run_trident, [image, classes, preset, prob_thd, refine, clip_model],

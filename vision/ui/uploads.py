@@ -69,3 +69,23 @@ def check_before_decoding(component: Any, what: str) -> Any:
 
     component.preprocess = preprocess
     return component
+
+
+def checked_prompt_upload(path: str | None) -> tuple[Any, str]:
+    """(the prompt editor's new value, the status line) for a file chosen with the prompt's upload button.
+
+    The editor's own upload ignores a file its browser code cannot decode (0-byte, truncated, text named
+    .png): no event reaches the server and the previous prompt stays. The button sends every file here
+    first: a good one becomes the editor's background (a plain image, as the Examples set it); a bad one
+    clears the editor, so no stale prompt is segmented, and the status names the file and the reason.
+    """
+    if not path:
+        return None, ""
+    name = Path(path).name  # Gradio keeps the uploaded file's name in its cache path
+    try:
+        check_image_file(path, name, what="prompt image")
+    except ImageError as err:
+        message = f"{err}. The previous prompt was cleared: upload another image."
+        ui.warn(message)
+        return None, f"⚠️ {message}"
+    return path, f"Prompt image: {name}"
