@@ -43,6 +43,7 @@ an error that names the file.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -112,8 +113,8 @@ def load_rgb(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: not a readable image ({err})") from None
 
 
-class FewShotDataset:
-    """A dataset root in one of the layouts of the module docstring."""
+class FewShotDataset(ABC):
+    """A dataset root in one of the layouts of the module docstring (each layout a subclass)."""
 
     name = ""
     image_dir = ""
@@ -178,8 +179,10 @@ class FewShotDataset:
     def folds(self) -> list[int | None]:
         return FOLDS[self.name]
 
+    @abstractmethod
     def episodes(self, fold: int | None, shots: int, count: int | None, seed: int) -> list[Episode]:
-        raise NotImplementedError
+        """The episodes of ``fold`` (None: the dataset has no folds), ``shots`` supports each, ``count`` of
+        them (None: every query), drawn with ``seed``."""
 
     def _episode(self, i: int, fold: int | None, category: str, label: int | None, query: str,
                  supports: Sequence[str]) -> Episode:
