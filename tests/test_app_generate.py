@@ -3,6 +3,7 @@ comparison slider, per-step progress, presets and limits, plain-text errors over
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -98,3 +99,23 @@ def test_browser_generate_tab_compare_shows_the_slider_and_the_speedup(page):
     expect(page.locator("#generate-slider img")).to_have_count(2)
     sources = page.locator("#generate-slider img").evaluate_all("imgs => imgs.map(i => i.src)")
     assert len(set(sources)) == 2 and all(sources), sources  # before and after are two different images
+
+
+def test_browser_the_generate_and_story_examples_show_and_fill_their_text_in_tabs_opened_after_load(page):
+    """Each example shows its text in its label and a click fills the form (Gradio 6.17's examples table
+    was blank in these tabs when opened after the page loaded)."""
+    from playwright.sync_api import expect
+
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    open_tab(page, "Generate")
+    page.locator("#generate-prompt textarea").fill("something else")
+    expect(page.locator("#generate-example")).to_contain_text('"a red fox in the snow, watercolour", negative "blurry"')
+    click(page, "#generate-example")
+    expect(page.locator("#generate-prompt textarea")).to_have_value("a red fox in the snow, watercolour")
+    open_tab(page, "Story")
+    page.locator("#story-text textarea").fill("one frame")
+    expect(page.locator("#story-example")).to_contain_text("a red fox wakes up in a snowy forest / the fox crosses")
+    click(page, "#story-example")
+    expect(page.locator("#story-text textarea")).to_have_value(re.compile(r"^a red fox wakes up in a snowy forest\n"))
+    assert not [e for e in errors if "reading '" in e and "background_image" not in e], errors

@@ -174,9 +174,12 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
                 gr.Markdown(HOW_TO_READ)
         inputs = [prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
                   branch, schedule, init_image, strength]
-        gr.Examples([["a red fox in the snow, watercolour", "blurry", "default", TINY_STEPS if hub.tiny else 30,
-                      7.5, 7, defaults.scheduler, "sd15", 0, True, 3, 1, "uniform", None, defaults.strength]],
-                    inputs=inputs, label="Example (click, then Generate or Compare)")
+        example_steps = TINY_STEPS if hub.tiny else 30
+        ui.example_button(f'Example: "a red fox in the snow, watercolour", negative "blurry", {example_steps} steps, '
+                          f"{defaults.scheduler}, DeepCache N=3 (click, then Generate or Compare)",
+                          ["a red fox in the snow, watercolour", "blurry", "default", example_steps, 7.5, 7,
+                           defaults.scheduler, "sd15", 0, True, 3, 1, "uniform", None, defaults.strength],
+                          inputs, "generate-example")
         preset.input(lambda name: preset_settings(name, hub.tiny), preset,
                      [steps, guidance, scheduler, family, size, use_deepcache, interval, branch, schedule],
                      queue=False, api_visibility="undocumented")

@@ -448,6 +448,19 @@ def parse_numbers(text: str | None, size: int, field: str) -> list[list[float]]:
     return out
 
 
+def example_button(label: str, row: list, outputs: list, elem_id: str):
+    """One example as a button whose click fills ``outputs`` with ``row`` (the label says what it holds).
+
+    A button, not ``gr.Examples``: in a tab mounted after the page loads, Gradio 6.17's examples table
+    leaves blank every cell whose component another tab's table showed first (a page error "reading '0'"
+    per cell; the Generate and Story rows were blank). Returns the ``gr.Button``."""
+    import gradio as gr
+
+    button = gr.Button(label, size="sm", elem_id=elem_id)
+    button.click(lambda: tuple(row), None, outputs, queue=False, api_visibility="undocumented")
+    return button
+
+
 def append_point(points_text: str | None, x: int, y: int, label: int) -> str:
     """A click added to typed points (``"x, y, label"`` groups separated by ``;``, as :func:`parse_numbers`
     reads them)."""

@@ -138,8 +138,11 @@ def story_tab(hub: ModelHub, limits: dict) -> None:
                 gr.Markdown(HOW_TO_READ)
         views = gr.State({})
         inputs = [story, preset, style, rounds, seed, steps, deepcache, interval]
-        gr.Examples([[example, "sd15", "comic", TINY_ROUNDS if hub.tiny else 2, 0, TINY_STEPS if hub.tiny else 30,
-                      True, 3]], inputs=inputs, label="Example (click, then Illustrate the story)")
+        example_rounds = TINY_ROUNDS if hub.tiny else 2
+        ui.example_button(f"Example: {' / '.join(example.splitlines())} (sd15, comic, {example_rounds} rounds; "
+                          "click, then Illustrate the story)",
+                          [example, "sd15", "comic", example_rounds, 0, TINY_STEPS if hub.tiny else 30, True, 3],
+                          inputs, "story-example")
         preset.input(lambda name: preset_settings(name, hub.tiny), preset, [style, rounds, steps, deepcache, interval],
                      queue=False, api_visibility="undocumented")
         button.click(run_story, inputs, [gallery, status, board, files, round_pick, views], api_name="story",
