@@ -101,7 +101,7 @@ def test_browser_generate_tab_compare_shows_the_slider_and_the_speedup(page):
     assert len(set(sources)) == 2 and all(sources), sources  # before and after are two different images
 
 
-def test_browser_the_generate_and_story_examples_show_and_fill_their_text_in_tabs_opened_after_load(page):
+def test_browser_the_generate_story_and_segment_examples_show_and_fill_their_text_in_tabs_opened_after_load(page):
     """Each example shows its text in its label and a click fills the form (Gradio 6.17's examples table
     was blank in these tabs when opened after the page loaded)."""
     from playwright.sync_api import expect
@@ -118,4 +118,9 @@ def test_browser_the_generate_and_story_examples_show_and_fill_their_text_in_tab
     expect(page.locator("#story-example")).to_contain_text("a red fox wakes up in a snowy forest / the fox crosses")
     click(page, "#story-example")
     expect(page.locator("#story-text textarea")).to_have_value(re.compile(r"^a red fox wakes up in a snowy forest\n"))
+    open_tab(page, "Segment")
+    expect(page.locator("#segment-example-chelsea")).to_contain_text("the box 60, 20, 390, 300")
+    click(page, "#segment-example-chelsea")
+    expect(page.locator("#segment-box textarea")).to_have_value("60, 20, 390, 300")
+    expect(page.locator("#segment-image img").first).to_be_visible()
     assert not [e for e in errors if "reading '" in e and "background_image" not in e], errors

@@ -199,8 +199,12 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
         corner = gr.State(None)
         inputs = [image, points, box, sam_model, multimask, mode, grid, iou_thresh, stability_thresh]
         outputs = [overlay, mask_file, files, scores, summary]
-        gr.Examples([[samples["coins"], "155, 51, 1", ""], [samples["chelsea"], "", "60, 20, 390, 300"]],
-                    inputs=[image, points, box], label="Examples (skimage.data photographs; click Segment)")
+        with gr.Row():  # skimage.data photographs
+            ui.example_button("Example: coins, a click at 155, 51 (then Segment)", [samples["coins"], "155, 51, 1", ""],
+                              [image, points, box], "segment-example-coins")
+            ui.example_button("Example: chelsea, the box 60, 20, 390, 300 (then Segment)",
+                              [samples["chelsea"], "", "60, 20, 390, 300"], [image, points, box],
+                              "segment-example-chelsea")
         button.click(run_segment, inputs, outputs, api_name="segment", **limits)
         image.select(add_click, [points, box, corner, kind, mode], [points, box, corner], queue=False,
                      api_visibility="undocumented").then(
