@@ -80,13 +80,15 @@ def click_sam(sam_model: str, preset: str) -> str:
     return sam if get_hub().tiny or weights.status(sam) != "missing" else default_sam(get_hub())
 
 
-def click_mask(image, clicks_text: str | None, sam_model: str, preset: str):
+def click_mask(image, clicks_text: str | None, sam_model: str, preset: str, shown_key: str | None = None):
     """Clicks on the prompt image (``"x, y, label; ..."``) -> SAM's best mask there (a
     :class:`~vision.engines.segment.SegmentResult`; :func:`click_sam`, through the Segment engine, whose
-    embedding cache makes a click after the first cost the decoder only), or None without clicks."""
+    embedding cache makes a click after the first cost the decoder only), or None without clicks.
+    ``shown_key``: see :func:`check_clicks_on`."""
     points = ui.parse_numbers(clicks_text, 3, "prompt clicks")
     if not points:
         return None
+    check_clicks_on(image, shown_key, "prompt clicks")
     sam = click_sam(sam_model, preset)
     result = _segment_prompt(sam, image, points)
     if not result.mask.any():
@@ -131,10 +133,7 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
     """Segment the prompt's concept(s) in every target image (IPSeg); a bad target is listed, not fatal.
     ``clicks_text``: clicks on the prompt image; SAM's mask there is the prompt region."""
     targets = ui.require(ui.gallery_paths(targets_value), "one or more target images")
-    image = ui.editor_image_and_mask(prompt_value)[0]
-    if (clicks_text or "").strip():
-        check_clicks_on(image, shown_key, "prompt clicks")
-    clicked = click_mask(image, clicks_text, sam_model, preset)
+    clicked = click_mask(ui.editor_image_and_mask(prompt_value)[0], clicks_text, sam_model, preset, shown_key)
     concepts, prompt_files = prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value,
                                              concept_name, None if clicked is None else clicked.mask)
     config = ipseg_config(preset, features, sam_model, bool(fast), max_instances=int(instances), kshot=kshot,
@@ -203,8 +202,7 @@ def prompt_mask_from_clicks(prompt_value, clicks_text, sam_model="preset", prese
     """Clicks on the prompt -> the click view (SAM's mask and the clicks drawn on the prompt image) and a
     line on that mask. A run makes the same mask from the same clicks (the embedding is cached)."""
     image, _ = ui.editor_image_and_mask(prompt_value)
-    check_clicks_on(image, shown_key, "prompt clicks")
-    result = ui.require(click_mask(image, clicks_text, sam_model, preset), "a click on the prompt image")
+    result = ui.require(click_mask(image, clicks_text, sam_model, preset, shown_key), "a click on the prompt image")
     return result.overlay(), (f"{tiny_prefix(get_hub())}SAM `{result.sam_model}` mask from {len(result.points)} "
                               f"click(s): {int(result.mask.sum())} px, score {result.scores[0]:.3f}. Segment uses "
                               "it as the prompt region.")

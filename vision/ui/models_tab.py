@@ -30,16 +30,16 @@ HOW_TO_READ = ("How to read this: *loaded* models stay in memory and are shared 
                "downloaded on first use).")
 
 
-def models_panel(hub: ModelHub) -> tuple[str, str, str]:
-    """The page's panel: the device summary, the models table and the weights table, as Markdown."""
-    return (ui.device_summary(hub), ui.markdown_table(ui.MODELS_HEADERS, ui.models_table(hub)),
-            ui.markdown_table(ui.WEIGHTS_HEADERS, ui.weights_table()))
-
-
 def models_status(hub: ModelHub) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The panel for the API: the summary (Markdown) and each table as ``{"headers": [...], "data": rows}``."""
     return (ui.device_summary(hub), {"headers": ui.MODELS_HEADERS, "data": ui.models_table(hub)},
             {"headers": ui.WEIGHTS_HEADERS, "data": ui.weights_table()})
+
+
+def models_panel(hub: ModelHub) -> tuple[str, str, str]:
+    """The page's panel: :func:`models_status` with its tables as Markdown."""
+    summary, *tables = models_status(hub)
+    return (summary, *(ui.markdown_table(table["headers"], table["data"]) for table in tables))
 
 
 def models_tab(hub: ModelHub, tabs: gr.Tabs) -> list:
