@@ -295,9 +295,10 @@ def fuse_branches(visual: Any, attention: torch.Tensor, main: torch.Tensor, spat
 
 @dataclass
 class WindowOutput:
-    """One window's stages: merged ids on DINO's grid [rows, cols], the attention [N, N], the fused
-    features [N, E] and the logits [Q, h, w] over the (padded) crop."""
+    """One window's stages: DINO's unit q + k features [N, C], the merged ids on DINO's grid [rows, cols],
+    the attention [N, N], the fused features [N, E] and the logits [Q, h, w] over the (padded) crop."""
 
+    dino_features: torch.Tensor
     merged_ids: torch.Tensor
     attention: torch.Tensor
     features: torch.Tensor
@@ -322,7 +323,7 @@ def window_logits(visual: Any, vfm: Any, pixels: torch.Tensor, ids: torch.Tensor
     scores = F.normalize(feats.float(), dim=-1) @ text.float().T  # [N, Q]
     logits = scores.T.reshape(-1, *dino_grid)[None]
     logits = F.interpolate(logits, size=tuple(pixels.shape[-2:]), mode="bilinear", align_corners=False)[0]
-    return WindowOutput(merged, attention, feats, logits)
+    return WindowOutput(features[0], merged, attention, feats, logits)
 
 
 def centred_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
@@ -383,6 +384,25 @@ def map_correction(labels: torch.Tensor, ids: torch.Tensor, skip: int | None) ->
     if skip is None:
         return corrected
     return torch.where(ids == skip, labels, corrected)
+
+
+def classify(logits: torch.Tensor, classes: Any, logit_scale: float, prob_thd: float, ids: torch.Tensor,
+             rules: RegionRules) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits [Q, H, W] of ``classes.unique_queries`` at the original size -> (probabilities [K, H, W],
+    labels before map correction [H, W], labels after it [H, W]); reference ``postprocess_result``.
+
+    Softmax at ``logit_scale`` with a class's probability the max over its names
+    (:func:`~vision.engines.trident.classes.class_probabilities`), argmax, pixels whose best probability
+    is under ``prob_thd`` become ``classes.background``, then :func:`map_correction` over the region
+    ``ids`` [H, W] of the original image (the unsegmented id by ``rules``).
+    """
+    from vision.engines.trident.classes import class_probabilities
+
+    probs = class_probabilities(logits, classes, logit_scale)
+    best, coarse = probs.max(dim=0)
+    if prob_thd > 0:
+        coarse[best < prob_thd] = classes.background
+    return probs, coarse, map_correction(coarse, ids, rules.unsegmented(ids))
 
 
 def region_masks_at(ids: np.ndarray | torch.Tensor, size: Sequence[int], device: Any = "cpu") -> torch.Tensor:
