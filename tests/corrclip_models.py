@@ -11,6 +11,7 @@ CLIP grid and a 7x7 DINO grid, so CLIP's values are resized to DINO's grid as in
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -50,8 +51,10 @@ def clip_config() -> tuple[dict, dict]:
     return vision, text
 
 
+@functools.cache
 def build_clip() -> torch.nn.Module:
-    """open_clip ``CLIP`` (quick-GELU) with the settings of :func:`clip_config` and seeded weights."""
+    """open_clip ``CLIP`` (quick-GELU) with the settings of :func:`clip_config` and seeded weights (one
+    instance per process: tests must not change it)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     vision, text = clip_config()
@@ -59,6 +62,7 @@ def build_clip() -> torch.nn.Module:
     return seeded_fill(model, seed=1)
 
 
+@functools.cache
 def build_dino() -> torch.nn.Module:
     """transformers ``ViTModel`` in DINO ViT-B/8's layout (patch 8, LayerNorm eps 1e-6), seeded weights."""
     from transformers import ViTConfig, ViTModel
