@@ -228,3 +228,36 @@ def test_sam_t_region_masks_of_a_real_photo(sam_t_hub):
     values, counts = np.unique(ids, return_counts=True)
     assert ids.shape == rgb.shape[:2] and (values > 0).sum() >= 1
     assert counts[values > 0].max() > 0.3 * ids.size
+
+
+# -------------------------------------------------------------------------------------------- image level
+
+
+def test_corrclip_reference_class_strings():
+    """CorrCLIP's configs/cls_*.txt: "people" for "person" everywhere, COCO-Object's 16 background words
+    (no "bed"); otherwise Trident's reference strings (run-together multi-word names included)."""
+    from vision.classnames import CORRCLIP_REFERENCE_CLASS_LISTS, REFERENCE_CLASS_LISTS
+
+    for preset, classes in CORRCLIP_REFERENCE_CLASS_LISTS.items():
+        trident = REFERENCE_CLASS_LISTS[preset]
+        changed = [(a, b) for a, b in zip(trident.names, classes.names) if a != b]
+        assert ("person", "people") in changed and classes.display == trident.display
+        assert len(changed) == (2 if preset == "coco_object" else 1)
+    background = CORRCLIP_REFERENCE_CLASS_LISTS["coco_object"].names[0].split("|")
+    assert len(background) == 16 and "bed" not in background and background[:3] == ["sky", "wall", "tree"]
+    assert "trafficlight" in CORRCLIP_REFERENCE_CLASS_LISTS["cityscapes"].names
+
+
+@pytest.mark.parametrize("shape", [(37, 250), (300, 451)])
+def test_image_logits_have_the_images_size(tiny_hub, shape):
+    clip, dino = tiny_hub.get("clip_b16"), tiny_hub.get("dino_b8")
+    rgb = sample_image("chelsea")[: shape[0], : shape[1]]
+    ids = np.zeros(shape, np.int32)
+    ids[:, : shape[1] // 3] = 2
+    text = torch.nn.functional.normalize(torch.randn(3, clip.visual.proj.shape[1]), dim=-1)
+    calls = []
+    with torch.no_grad():
+        logits = corrclip.image_logits(clip.visual, dino, rgb, ids, text, 336, 2048, 336, 112, PRODUCT,
+                                       splice.resize_pos_embed, on_window=lambda i, n, out: calls.append((i, n)))
+    assert logits.shape == (3, *shape) and logits.isfinite().all()
+    assert calls[-1][0] == calls[-1][1] - 1 >= 1  # every window reported, several for a wide image

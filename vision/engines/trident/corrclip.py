@@ -326,6 +326,27 @@ def window_logits(visual: Any, vfm: Any, pixels: torch.Tensor, ids: torch.Tensor
     return WindowOutput(features[0], merged, attention, feats, logits)
 
 
+def image_logits(visual: Any, vfm: Any, rgb: np.ndarray, ids: np.ndarray, text: torch.Tensor, short_side: int,
+                 max_long_side: int, window: int, stride: int, rules: RegionRules, resize_pos: splice.PosResize,
+                 on_window: Callable[[int, int, WindowOutput], Any] | None = None) -> torch.Tensor:
+    """CorrCLIP's logits [Q, H, W] of an image ``rgb`` [H, W, 3] uint8 with its region ``ids`` [H, W].
+
+    The image is resized (bilinear, uint8) so its short side is ``short_side`` and its long side at most
+    ``max_long_side`` (mmseg's ``Resize(keep_ratio=True)``), the ids by nearest neighbour; the sliding
+    windows' logits (:func:`slide_logits`) are resized back to the image (bilinear).
+    """
+    import cv2
+
+    height, width = rgb.shape[:2]
+    size = splice.keep_ratio_shape(height, width, short_side, max_long_side)
+    resized = rgb if size == (height, width) else cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    device = text.device
+    pixels = torch.from_numpy(np.ascontiguousarray(resized)).to(device).permute(2, 0, 1)[None].float() / 255.0
+    slide = slide_logits(visual, vfm, pixels, region_masks_at(ids, size, device), text, window, stride, rules,
+                         resize_pos, on_window)
+    return F.interpolate(slide[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
 def centred_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) padding that brings each side to a multiple, split evenly (the extra
     pixel right/bottom): the reference's ``compute_padsize``."""
