@@ -108,7 +108,7 @@ def part_memory(run: Run) -> None:
             engine.generate_round(pipe, processors, 1, ["a knight"], references, config, s.story_size)
 
     calls = {
-        "trident": lambda: TridentEngine(run.hub).segment(image, ["cat", "dog", "person", "background"]),
+        "trident": lambda: TridentEngine(hub=run.hub)(image, ["cat", "dog", "person", "background"]),
         "ipseg": lambda: IPSegEngine(IPSegConfig(dino_size=s.dino_size, sd_size=s.ipseg_sd_size), hub=run.hub)(
             Prompt(photo(PROMPT_IMAGE), box=PROMPT_BOX), image),
         "generate": lambda: generate("a red fox in the snow", hub=run.hub, steps=s.memory_steps,
