@@ -83,7 +83,6 @@ def run_trident(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from vision.engines.trident import TridentConfig, TridentEngine
-    from vision.engines.trident.modes import mode_for
     from vision.metrics import LAYOUTS, DatasetError, dataset_samples, evaluate
     from vision.wording import plural
 
@@ -101,7 +100,7 @@ def run_trident(args: argparse.Namespace) -> int:
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    classes = mode_for(config).class_list(args.preset)
+    classes = config.class_list()
     engine = TridentEngine(config)
     tiny = bool(engine.hub.tiny)
     bar = tqdm(total=len(samples), unit="image", desc=f"trident {args.preset}")

@@ -77,9 +77,7 @@ def make_processor(classes: Any, config: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from vision import batch
-    from vision.classnames import CLASS_LISTS
     from vision.engines.trident import parse_classes
-    from vision.engines.trident.modes import mode_for
 
     try:
         config = build_config(args)
@@ -90,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
             classes = parse_classes(args.labels)
         elif args.labels_file:
             classes = parse_classes(read_labels_file(args.labels_file))
-        elif config.preset in CLASS_LISTS:
-            classes = parse_classes(mode_for(config).class_list(config.preset))
+        elif config.class_list() is not None:
+            classes = parse_classes(config.class_list())
         else:
             raise ValueError('no classes: give --labels "cat; dog; background" (or --labels-file, or a benchmark '
                              "--preset)")
