@@ -180,14 +180,23 @@ def test_region_cache_makes_each_image_once_per_setting(monkeypatch):
         made.append(spec.key)
         return np.full(rgb.shape[:2], len(made), np.int32)
 
+    class Hub:
+        def __init__(self):
+            self.sam = torch.nn.Linear(1, 1)
+
+        def get(self, name):
+            return self.sam
+
     monkeypatch.setattr(regions, "make_region_ids", fake)
-    cache = regions.RegionCache(size=4)
+    cache, hub = regions.RegionCache(size=4), Hub()
     image = np.zeros((8, 8, 3), np.uint8)
-    first = cache.get(None, image, regions.RegionSpec("sam_b", 8))
-    again = cache.get(None, image.copy(), regions.RegionSpec("sam_b", 8))
-    other = cache.get(None, image, regions.RegionSpec("sam_b", 16))
+    first = cache.get(hub, image, regions.RegionSpec("sam_b", 8))
+    again = cache.get(hub, image.copy(), regions.RegionSpec("sam_b", 8))
+    other = cache.get(hub, image, regions.RegionSpec("sam_b", 16))
     assert not first.cached and again.cached and again.seconds == 0.0 and np.array_equal(first.ids, again.ids)
     assert not other.cached and len(made) == 2 and cache.hits == 1
+    hub.sam = torch.nn.Linear(1, 1)  # another model (a reload): its own masks
+    assert not cache.get(hub, image, regions.RegionSpec("sam_b", 8)).cached and len(made) == 3
 
 
 def test_region_spec_problems_name_the_field():

@@ -119,7 +119,7 @@ from vision.engines.trident import aggregate, corrclip_run, refine, splice
 from vision.engines.trident.classes import Classes, class_probabilities, parse_classes
 from vision.engines.trident.config import TridentConfig, TridentError
 from vision.engines.trident.modes import OpenMode, mode_for
-from vision.engines.trident.regions import RegionCache
+from vision.engines.trident.regions import REGION_CACHE
 from vision.engines.trident.results import TridentResult
 from vision.hub import model_lock
 from vision.templates import OPENAI_IMAGENET_TEMPLATES
@@ -160,7 +160,7 @@ class TridentEngine(Engine):
 
     def __init__(self, config: TridentConfig | None = None, hub: Any = None):
         super().__init__(config, hub)
-        self.region_cache = RegionCache()  # CorrCLIP's region masks of recent images
+        self.region_cache = REGION_CACHE  # CorrCLIP's region masks of recent images, shared by every engine
         self._truncated: dict[tuple[str, ...], list[str]] = {}
         self._predictors: dict[int, Any] = {}
         self._lock = threading.RLock()

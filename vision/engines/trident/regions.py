@@ -17,13 +17,14 @@ Generators (``RegionSpec.generator``):
 Masks become an id map as the reference's ``generate_mask`` does: sorted by area, smallest first, each
 painted over the previous ones with the next id, so where masks overlap the larger one wins.
 
-:class:`RegionCache` keeps the id maps of recent images keyed by their content and the generator's
-settings, so a second class list on the same image costs no mask generation.
+:data:`REGION_CACHE` keeps the id maps of recent images keyed by their content and the generator (model
+and settings), so a second class list on the same image costs no mask generation.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,20 +136,24 @@ def mask2former_region_ids(model: Any, processor: Any, rgb: np.ndarray) -> np.nd
 
 
 class RegionCache:
-    """Makes and keeps id maps: ``get(hub, rgb, spec)`` -> :class:`RegionMasks`, at most ``size``
-    (image, settings) entries, least recently used dropped first."""
+    """Makes and keeps id maps: ``get(hub, rgb, spec)`` -> :class:`RegionMasks`, at most ``size`` entries
+    keyed by the image's content, the generator's settings and the generator model itself (a weak
+    reference tells a model reloaded at the same address apart), least recently used dropped first.
+    :data:`REGION_CACHE` is the one every engine shares, so a new engine (other settings) on the same
+    image and generator makes no new masks either."""
 
     def __init__(self, size: int = CACHE_SIZE):
-        self._cache: LRUCache[np.ndarray] = LRUCache(size)
+        self._cache: LRUCache[tuple[Any, np.ndarray]] = LRUCache(size)
 
     def get(self, hub: Any, rgb: np.ndarray, spec: RegionSpec) -> RegionMasks:
-        key = (content_key(rgb), spec.key)
+        model = hub.get(spec.generator)
+        key = (content_key(rgb), spec.key, id(model))
         found = self._cache.get(key)
-        if found is not None:
-            return RegionMasks(found, spec.label, 0.0, cached=True)
+        if found is not None and found[0]() is model:
+            return RegionMasks(found[1], spec.label, 0.0, cached=True)
         start = time.perf_counter()
         ids = make_region_ids(hub, rgb, spec)
-        self._cache.put(key, ids)
+        self._cache.put(key, (weakref.ref(model), ids))
         return RegionMasks(ids, spec.label, time.perf_counter() - start)
 
     def clear(self) -> None:
@@ -157,6 +162,9 @@ class RegionCache:
     @property
     def hits(self) -> int:
         return self._cache.hits
+
+
+REGION_CACHE = RegionCache()
 
 
 def make_region_ids(hub: Any, rgb: np.ndarray, spec: RegionSpec) -> np.ndarray:
