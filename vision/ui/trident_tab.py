@@ -157,6 +157,19 @@ def _examples(samples: dict[str, str], image, classes, preset, presets: list[str
     return table
 
 
+def _corrclip_options():
+    """CorrCLIP's own inputs (hidden until the Method is CorrCLIP): its mask generator and SAM's grid."""
+    from vision.engines.trident import PRESETS
+
+    default = PRESETS["corrclip"]
+    with gr.Row():
+        mask_generator = gr.Dropdown(MASK_GENERATORS, value=default.mask_generator, label="Region masks from",
+                                     visible=False, elem_id="trident-mask-generator")
+        points_per_side = gr.Slider(2, 64, value=default.points_per_side, step=1, label="SAM points per side",
+                                    visible=False, elem_id="trident-points")
+    return mask_generator, points_per_side
+
+
 def trident_tab(hub: ModelHub, limits: dict) -> None:
     from vision.engines.trident import PRESETS
     from vision.engines.trident.config import presets_of
@@ -184,13 +197,7 @@ def trident_tab(hub: ModelHub, limits: dict) -> None:
                 prob_thd = gr.Slider(0.0, 1.0, value=PRESETS["open"].prob_thd, step=0.01,
                                      label="Probability threshold (below it: background)")
                 refine = gr.Checkbox(value=True, label="SAM prompt refinement")
-                with gr.Row():
-                    mask_generator = gr.Dropdown(MASK_GENERATORS, value=PRESETS["corrclip"].mask_generator,
-                                                 label="Region masks from", visible=False,
-                                                 elem_id="trident-mask-generator")
-                    points_per_side = gr.Slider(2, 64, value=PRESETS["corrclip"].points_per_side, step=1,
-                                                label="SAM points per side", visible=False,
-                                                elem_id="trident-points")
+                mask_generator, points_per_side = _corrclip_options()
                 button = gr.Button("Segment", variant="primary", elem_id="trident-run")
             with gr.Column():
                 summary = gr.Markdown(label="Summary", elem_id="trident-summary")
