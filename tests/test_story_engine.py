@@ -38,22 +38,23 @@ def two_rounds(tiny_hub, tmp_path_factory):
     return result, events
 
 
-def test_round0_equals_the_generation_engine(tiny_hub, tmp_path):
-    from vision.engines.generate import generate
+def _generate(hub, prompt, **settings):
+    from vision.engines.generate import GenerateConfig, GenerateEngine
 
+    config = GenerateConfig(steps=3, seed=5, width=64, height=64, negative_prompt=S.DEFAULT_NEGATIVE, **settings)
+    return GenerateEngine(config, hub)(prompt).images[0]
+
+
+def test_round0_equals_the_generation_engine(tiny_hub, tmp_path):
     result = run(tiny_hub, tmp_path, PROMPTS[:2], rounds=0)
     for prompt, frame in zip(PROMPTS[:2], result.round_images(0)):  # the default style is the reference's comic
-        plain = generate(S.StoryConfig().styled(prompt), hub=tiny_hub, steps=3, seed=5, width=64, height=64,
-                         deepcache=3, negative_prompt=S.DEFAULT_NEGATIVE).images[0]
+        plain = _generate(tiny_hub, S.StoryConfig().styled(prompt), deepcache=3)
         assert np.array_equal(frame, plain)
 
 
 def test_round0_equals_generation_without_deepcache_too(tiny_hub, tmp_path):
-    from vision.engines.generate import generate
-
     result = run(tiny_hub, tmp_path, PROMPTS[:1], rounds=0, deepcache=0, style="comic")
-    plain = generate(S.StoryConfig(style="comic").styled(PROMPTS[0]), hub=tiny_hub, steps=3, seed=5, width=64,
-                     height=64, deepcache=0, negative_prompt=S.DEFAULT_NEGATIVE).images[0]
+    plain = _generate(tiny_hub, S.StoryConfig(style="comic").styled(PROMPTS[0]), deepcache=0)
     assert np.array_equal(result.final[0], plain)
 
 
@@ -130,7 +131,9 @@ def test_shared_unet_is_plain_again_after_a_story(tiny_hub, tmp_path):
     assert unet.encoder_hid_proj is None and unet.config.encoder_hid_dim_type is None
     with torch.no_grad():
         assert torch.equal(unet(x, 5, encoder_hidden_states=text).sample, before)
-    assert "forward" not in unet.__dict__  # DeepCache detached too
+    from vision.deepcache.cache import attached_hook
+
+    assert attached_hook(unet) is None and unet.forward.__func__ is type(unet).forward  # DeepCache detached too
 
 
 def test_outputs_manifest_record_and_progress(two_rounds):
