@@ -63,9 +63,9 @@ CLICK_LABELS = {"foreground (on the concept)": 1, "background (not the concept)"
 
 @ui.GPU(duration=60)
 def _segment_prompt(sam_model: str, image, points: list):
-    from vision.ui.segment_tab import _segment_engine
+    from vision.ui.segment_tab import segment_engine
 
-    return _segment_engine(sam_model).segment(image, points, name="prompt image")
+    return segment_engine(sam_model)(image, points, name="prompt image")
 
 
 def click_sam(sam_model: str, preset: str) -> str:
@@ -188,11 +188,11 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
 
 def check_clicks_on(image, shown_key: str | None, what: str) -> None:
     """Refuse clicks made on a click view that showed another image than the prompt now in the editor
-    (``shown_key``: the :func:`~vision.engines.segment.image_key` of the image shown; None: no view, as
+    (``shown_key``: the :func:`~vision.common.content_key` of the image shown; None: no view, as
     over the API, where the clicks are the caller's own)."""
-    from vision.engines.segment import image_key
+    from vision.common import content_key
 
-    if shown_key is not None and image_key(image) != shown_key:
+    if shown_key is not None and content_key(image) != shown_key:
         raise ValueError(f"{what}: the prompt image changed since it was shown for clicking; press 'Show the "
                          "prompt here' and click again (or clear the clicks)")
 
@@ -218,10 +218,10 @@ def add_prompt_click(clicks_text: str, kind: str, evt: gr.SelectData) -> str:
 def show_prompt_for_clicks(prompt_value):
     """The editor's prompt image -> the click view (the plain image), no clicks, no note, and the key of
     the image shown (clicks are checked against it: the editor may have changed since)."""
-    from vision.engines.segment import image_key
+    from vision.common import content_key
 
     image, _ = ui.editor_image_and_mask(prompt_value)
-    return image, "", "", image_key(image)
+    return image, "", "", content_key(image)
 
 
 IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instance", "score", "SAM IoU", "area (px)"]
@@ -265,7 +265,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     clicks = gr.Textbox("", label="Prompt clicks: x, y, label (1 on the concept, 0 not); ';' "
                                         "between clicks", elem_id="ipseg-clicks")
                     click_note = gr.Markdown("", elem_id="ipseg-click-note")
-                    shown_key = gr.State(None)  # image_key of the image in the click view
+                    shown_key = gr.State(None)  # content_key of the image in the click view
                 box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
                                  placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
                 targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
