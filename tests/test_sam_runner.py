@@ -178,3 +178,16 @@ def test_real_weights_embedding_and_masks_equal_torch(sam_t_hub, backend):
         for a, b in zip(ours.masks, theirs.masks):
             assert (a & b).sum() / max((a | b).sum(), 1) >= 0.99, name
         assert ours.backend == backend and ours.to_record()["backend"] == backend
+
+
+def test_the_page_says_which_backend_runs_and_uses_cpu_defaults(tiny_hub):
+    from vision.hub import ModelHub
+    from vision.sam.backends import resolve_backend
+    from vision.ui.layout import CPU_NOTE, cpu_preset
+    from vision.ui.models_tab import models_status
+
+    summary = models_status(tiny_hub)[0]
+    assert f"**SAM backend:** `{resolve_backend('auto', 'cpu')}` on `cpu`" in summary
+    assert cpu_preset(ModelHub(device="cpu")) and not cpu_preset(ModelHub(device="cuda"))
+    assert not cpu_preset(tiny_hub)  # tiny mode is for testing the app: no preset
+    assert "Need a GPU to be pleasant" in CPU_NOTE and "Trident" in CPU_NOTE

@@ -4,6 +4,6 @@
 
 from vision.sam.everything import EverythingSettings, everything
 from vision.sam.image import SamImage
-from vision.sam.runner import SamRunner
+from vision.sam.runner import SamRunner, runner_for
 
-__all__ = ["EverythingSettings", "SamImage", "SamRunner", "everything"]
+__all__ = ["EverythingSettings", "SamImage", "SamRunner", "everything", "runner_for"]

@@ -12,7 +12,8 @@ Every backend offers the same two calls (shapes as in :mod:`vision.sam.export`):
 reference, accepts everything ``predict_torch`` does (Trident's reference-mode unbatched mask prompt
 included) and is the only backend on CUDA. ``onnx`` (package ``onnxruntime``) and ``openvino`` (package
 ``openvino``) run the project's own ONNX exports (:mod:`vision.sam.export`) on the CPU with one thread
-per core; OpenVINO compiles the same ONNX file.
+per core; OpenVINO compiles the same ONNX file, in float32 (its default on CPUs with bf16 units is bf16,
+which moves the embedding by ~5e-2).
 
 ``auto`` (:func:`resolve_backend`): ``torch`` on a GPU; on a CPU the first installed of
 :data:`CPU_PREFERENCE`, the order ``bench sam`` measured (``bench/results/sam.md``).
@@ -153,8 +154,10 @@ def openvino_runtime(files: dict[str, Path], threads: int) -> tuple[Callable, Ca
     core = ov.Core()
 
     def compiled(path: Path) -> Callable[[dict], list]:
+        # f32: on CPUs with bf16 units OpenVINO's default precision is bf16 (embedding off by ~5e-2)
         model = core.compile_model(core.read_model(str(path)), "CPU",
-                                   {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+                                   {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                    "INFERENCE_PRECISION_HINT": "f32"})
         request = model.create_infer_request()
         lock = threading.Lock()  # one infer request: calls from several threads take turns
 
@@ -205,3 +208,18 @@ def make_backend(sam: Any, name: str, folder: Path | None, notes: list[str]) -> 
     except Exception as err:  # export or runtime failure: the torch path still answers
         notes.append(f"{name} unavailable, torch used: {err}")
         return TorchBackend(sam)
+
+
+def backend_summary(device: str) -> str:
+    """One Markdown line for the Models tab: the backend ``auto`` picks on ``device``, the installed
+    ones with their versions and the CPU threads they use."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    installed_now = ["torch " + torch.__version__]
+    for backend, package in PACKAGES.items():
+        try:
+            installed_now.append(f"{backend} ({package} {version(package)})")
+        except PackageNotFoundError:
+            installed_now.append(f"{backend}: not installed (pip install {package})")
+    return (f"**SAM backend:** `{resolve_backend('auto', device)}` on `{device}` (auto: torch on a GPU, the fastest "
+            f"installed on a CPU; {cpu_threads()} CPU threads); backends: {', '.join(installed_now)}")

@@ -182,9 +182,13 @@ def _on_cpu(sam: Any) -> Any:
 def export_folder(hub: Any, name: str) -> Path:
     """Where the exports of hub model ``name`` are kept: ``exports/`` in its weights folder; for tiny
     models, or a model put into the hub without a weights folder, ``<weights dir>/exports/<name>``
-    (file names carry the weights' checksum, so models never share a file by mistake)."""
+    (file names carry the weights' checksum, so models never share a file by mistake).
+    ``VISION_EXPORTS_DIR`` puts them in ``$VISION_EXPORTS_DIR/<name>`` instead (a read-only weights
+    folder, tests)."""
     from vision import weights
 
+    if os.environ.get("VISION_EXPORTS_DIR"):
+        return Path(os.environ["VISION_EXPORTS_DIR"]) / name
     if not getattr(hub, "tiny", False):
         try:
             return weights.resolve(name, getattr(hub, "weight_paths", {}).get(name), download=False) / "exports"

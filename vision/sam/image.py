@@ -19,6 +19,7 @@ square; full masks are logits or bools [H, W] of the original image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,3 +129,27 @@ class SamImage:
         flat = low_res.reshape(1, -1, *low_res.shape[-2:])
         full = self.model.postprocess_masks(flat, self.input_size, self.original_size)
         return full.reshape(*lead, *full.shape[-2:])
+
+
+class UpscaledMasks(Sequence):
+    """Masks bool [H, W] of an image from low-res logits [M, 256, 256], each upscaled on first access
+    (and kept): a caller who reads only the best mask pays for one upscale, not M. The first ``now``
+    are upscaled at once."""
+
+    def __init__(self, image: SamImage, low_res: torch.Tensor, now: int = 0):
+        self.image, self.low_res = image, low_res
+        self._done: dict[int, np.ndarray] = {}
+        for index in range(min(now, len(self))):
+            self[index]
+
+    def __len__(self) -> int:
+        return int(self.low_res.shape[0])
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]
+        if index not in self._done:
+            logits = self.image.upscale(self.low_res[index])
+            self._done[index] = (logits > self.image.mask_threshold).cpu().numpy()
+        return self._done[index]

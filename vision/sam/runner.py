@@ -92,3 +92,12 @@ class SamRunner:
         resized = ResizeLongestSide(self.sam.image_encoder.img_size).apply_image(image)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         return self.sam.preprocess(x.float()), tuple(resized.shape[:2])
+
+
+def runner_for(hub: Any, name: str, backend: str = "auto", cache_size: int = 1) -> SamRunner:
+    """A runner of hub model ``name`` on ``backend``, exporting beside its weights
+    (:func:`~vision.sam.export.export_folder`); the compiled backend is shared with every other runner of
+    that model."""
+    from vision.sam.export import export_folder
+
+    return SamRunner(hub.get(name), backend, cache_size, export_folder(hub, name))

@@ -230,7 +230,10 @@ IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instan
 def ipseg_tab(hub: ModelHub, limits: dict) -> None:
     from vision.engines.ipseg.config import PRESETS
 
+    from vision.ui.layout import cpu_preset
+
     samples = ui.sample_paths()
+    cpu = cpu_preset(hub)  # no GPU: SAM features and sam_t by default (seconds per target, not minutes)
     with gr.Tab("IPSeg", id="ipseg"):
         gr.Markdown("**IPSeg**: show a concept in a prompt image and find it in target images. Paint over the "
                     "concept with the brush, click on it for SAM's mask, type a box, or leave the prompt "
@@ -284,7 +287,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     preset = gr.Radio(list(PRESETS), value="default", label="Preset",
                                       info="paper: reproduces the reference code (reference mode, SAM-H); "
                                            "fast: DINOv2 only")
-                    features = gr.Dropdown(FEATURE_CHOICES, value="preset", label="Features")
+                    features = gr.Dropdown(FEATURE_CHOICES, value="sam" if cpu else "preset", label="Features")
                     region_kind = gr.Radio(["mask", "scribble"], value="mask", label="Painting marks",
                                            info="mask: painted over the whole concept; scribble: a few strokes on it")
                     fast = gr.Checkbox(value=hub.tiny or not _sd_weights_present(),
@@ -292,7 +295,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     instances = gr.Slider(1, 8, value=1, step=1, label="Instances per target (max)")
                     threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Presence threshold",
                                           info="below it a target answers 'absent'; 0 = always a mask")
-                    sam_model = gr.Dropdown(SAM_CHOICES, value="preset", label="Segmenter (SAM)")
+                    sam_model = gr.Dropdown(SAM_CHOICES, value="sam_t" if cpu else "preset", label="Segmenter (SAM)")
                 button = gr.Button("Segment", variant="primary", elem_id="ipseg-run")
             with gr.Column():
                 annotated = gr.AnnotatedImage(label="Masks (click a result below to show another target)",

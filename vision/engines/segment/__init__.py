@@ -30,8 +30,10 @@ by ``validate()``, naming the package. Every result and record says which backen
 
 ``reference=True`` (preset ``"sam"``) is SAM's own behaviour. Changed otherwise (the default):
 
-* on a CPU, the "everything" grid is capped at ``cpu_points_per_side``; small masks may be missed. The
-  result says so in ``notes``.
+* on a CPU, the "everything" grid is capped at ``cpu_points_per_side`` (8: 64 prompts, not 1024): the
+  decoder runs once per prompt (~1.7 GMAC each: its two-way transformer over the 4096 image tokens and
+  the mask upscaling), tens of seconds at 16x16 on 2 cores even on OpenVINO (``bench/results/cpu.md``);
+  small masks may be missed. The result says so in ``notes``.
 
 Progress (``progress`` callable, :class:`~vision.engines.contract.Progress`): "encoding" (skipped on a
 cache hit), "decoding"; the everything mode reports each batch of prompts (``batch``, ``batches``).
@@ -58,7 +60,8 @@ from vision.hub import SAM_MODELS
 from vision.imaging import MAX_PIXELS, ImageInput, load_image
 from vision.sam.backends import BACKENDS, missing_package
 from vision.sam.everything import EverythingSettings, everything
-from vision.sam.runner import SamRunner
+from vision.sam.image import UpscaledMasks
+from vision.sam.runner import SamRunner, runner_for
 
 __all__ = ["SegmentConfig", "SegmentEngine", "SegmentError", "SegmentResult", "Point", "Box", "PRESETS",
            "check_points", "check_box"]
@@ -83,7 +86,7 @@ class SegmentConfig(EngineConfig):
     min_side: int = 8  # px; smaller images are refused
     cache_size: int = 8  # encoded images kept (LRU; 4 MiB each for C = 256)
     points_per_side: int = 32  # everything mode: SAM's grid
-    cpu_points_per_side: int = 16  # ...capped to this on a CPU unless reference=True
+    cpu_points_per_side: int = 8  # ...capped to this on a CPU unless reference=True
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
@@ -125,11 +128,8 @@ class SegmentEngine(Engine):
         """The SAM runner (built on first use: it loads the model and, for onnx/openvino, its export)."""
         with self._runner_lock:
             if self._runner is None:
-                from vision.sam.export import export_folder
-
                 cfg = self.config
-                sam = self.hub.get(cfg.sam_model)
-                self._runner = SamRunner(sam, cfg.backend, cfg.cache_size, export_folder(self.hub, cfg.sam_model))
+                self._runner = runner_for(self.hub, cfg.sam_model, cfg.backend, cfg.cache_size)
                 self._backend_notes = list(self._runner.notes)
             return self._runner
 
@@ -188,11 +188,11 @@ class SegmentEngine(Engine):
             _labels(clicks, encoded.device), encoded.boxes_to_frame(rect)[None] if rect else None,
             multimask_output=multimask)
         order = iou[0].argsort(descending=True, stable=True)
-        masks = (encoded.upscale(low_res[0, order]) > encoded.mask_threshold).cpu().numpy()
+        masks = UpscaledMasks(encoded, low_res[0, order], now=1)  # the best mask now, the others when read
         decoder = time.perf_counter() - decode_start
         report.done()
         return SegmentResult(
-            image=rgb, masks=list(masks), scores=iou[0, order].tolist(), task="points", config=self.config,
+            image=rgb, masks=masks, scores=iou[0, order].tolist(), task="points", config=self.config,
             backend=self.runner.backend_name, points=clicks, box=rect, multimask=multimask, embedding_cached=cached,
             tiny=self.tiny, name=name, notes=self._notes(),
             timings={"encoder": 0.0 if cached else encoded.encoder_seconds, "decoder": decoder,

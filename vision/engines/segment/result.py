@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -18,7 +18,7 @@ class SegmentResult:
     """Masks for one image, best first (``task`` "points") or largest first (``task`` "everything")."""
 
     image: np.ndarray  # RGB uint8 [H, W, 3]
-    masks: list[np.ndarray]  # bool [H, W] each
+    masks: Sequence[np.ndarray]  # bool [H, W] each (prompt mode: each upscaled when first read)
     scores: list[float]  # SAM's predicted IoU of each mask
     task: str  # "points" (clicks and/or a box) or "everything"
     config: EngineConfig  # the SegmentConfig that ran
