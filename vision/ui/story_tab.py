@@ -10,6 +10,7 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
+from vision.ui.progress import engine_progress
 
 TINY_ROUNDS, TINY_STEPS = 1, 2  # the tab's defaults in tiny mode (outputs are noise: keep runs short)
 HOW_TO_READ = ("How to read this: round 0 draws each frame from its text alone; every later round redraws all "
@@ -34,7 +35,7 @@ def _story_round(prompts: list[str], config, out: Path, r: int, on_progress=None
     """
     from vision.engines.story import StoryEngine
 
-    return StoryEngine(get_hub()).run(prompts, config, out, on_progress=on_progress, stop_after_round=r)
+    return StoryEngine(config, get_hub())(prompts, out, progress=on_progress, stop_after_round=r)
 
 
 def _round_choices(done: int) -> list[tuple[str, int]]:
@@ -46,11 +47,9 @@ def story_config(preset, style, rounds, seed, steps, use_deepcache, interval):
     from vision.engines.story import StoryConfig
     from vision.limits import check_steps
 
-    config = StoryConfig.from_preset(preset or "sd15", rounds=int(rounds), seed=int(seed),
-                                     steps=check_steps(int(steps), "Denoising steps"), style=style,
-                                     deepcache=int(interval) if use_deepcache else 0)
-    config.validate()
-    return config
+    return StoryConfig.from_preset(preset or "sd15", rounds=int(rounds), seed=int(seed),
+                                   steps=check_steps(int(steps), "Denoising steps"), style=style,
+                                   deepcache=int(interval) if use_deepcache else 0).validate()
 
 
 @ui.friendly_errors
@@ -66,13 +65,13 @@ def run_story(story_text, preset, style, rounds, seed, steps, use_deepcache, int
     out = ui.output_folder() / "story"
     views: dict[str, tuple[list, str]] = {}
     # Frame-level progress from the engine; on ZeroGPU (separate GPU process) the page gets round-level only.
-    on_progress = None if ui.ON_ZERO_GPU else (lambda p: progress(p.fraction, desc=p.message))
+    on_progress = None if ui.ON_ZERO_GPU else engine_progress(progress)
     for r in range(config.rounds + 1):
         progress(r / (config.rounds + 1), desc=f"round {r}/{config.rounds}")
         result = _story_round(story_text.splitlines(), config, out, r, on_progress)
         items, board = _story_round_view(result, r)
         views[str(r)] = (items, board)
-        status = (f"{tiny}{config.mode()}, {config.base_model()}. Round {r}/{config.rounds} done "
+        status = (f"{tiny}{config.describe()}, {config.base_model()}. Round {r}/{config.rounds} done "
                   f"({plural(len(items), 'frame')}, reference weight {config.lambda_of(r):.2f}, "
                   f"{result.timings[r]['seconds']:.1f} s).")
         if result.complete:
