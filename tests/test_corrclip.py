@@ -178,7 +178,7 @@ def test_region_cache_makes_each_image_once_per_setting(monkeypatch):
 
     def fake(hub, rgb, spec):
         made.append(spec.key)
-        return np.full(rgb.shape[:2], len(made), np.int32)
+        return np.full(rgb.shape[:2], len(made), np.int32), "torch"
 
     class Hub:
         def __init__(self):
@@ -216,7 +216,8 @@ def test_caller_region_ids_are_checked_against_the_image():
 
 def test_mask2former_ids_in_tiny_mode(tiny_hub):
     rgb = sample_image("chelsea")[:60, :90]
-    ids = regions.make_region_ids(tiny_hub, rgb, regions.RegionSpec("mask2former"))
+    ids, backend = regions.make_region_ids(tiny_hub, rgb, regions.RegionSpec("mask2former"))
+    assert backend == "torch"
     assert ids.shape == rgb.shape[:2] and ids.dtype == np.int32 and ids.min() >= 0
 
 
@@ -233,7 +234,8 @@ def test_missing_mask2former_weights_name_the_command_and_the_path(tmp_path, mon
 def test_sam_t_region_masks_of_a_real_photo(sam_t_hub):
     """Real sam_t weights, 2 points per side: the cat photo gets regions, the largest most of the image."""
     rgb = sample_image("chelsea")
-    ids = regions.make_region_ids(sam_t_hub, rgb, regions.RegionSpec("sam_t", points_per_side=2))
+    ids, backend = regions.make_region_ids(sam_t_hub, rgb, regions.RegionSpec("sam_t", points_per_side=2))
+    assert backend in ("torch", "onnx", "openvino")
     values, counts = np.unique(ids, return_counts=True)
     assert ids.shape == rgb.shape[:2] and (values > 0).sum() >= 1
     assert counts[values > 0].max() > 0.3 * ids.size

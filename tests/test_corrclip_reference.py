@@ -58,7 +58,7 @@ def test_text_embeddings(models):
     hub.put("clip_b16", models[0])
     ref = np.load(FIXTURES / "regions.npz")["text"]
     queries = [name for names in cm.CLASS_NAMES for name in names]
-    close(TridentEngine(hub).text_embeddings(queries, "clip_b16"), ref, atol=2e-6)
+    close(TridentEngine(hub=hub).text_embeddings(queries), ref, atol=2e-6)  # the "open" preset: clip_b16
 
 
 def test_dino_value_features(run):

@@ -75,7 +75,8 @@ def segment(engine: Any, rgb: np.ndarray, classes: Classes, return_probs: bool, 
     timings["total"] = time.perf_counter() - started
     report.done()
     info = {"resized": list(size), "windows": count, "regions": masks.count, "mask_generator": masks.source,
-            "regions_cached": masks.cached, "truncated_names": engine.truncated_names(classes.queries)}
+            "mask_backend": masks.backend, "regions_cached": masks.cached,
+            "truncated_names": engine.truncated_names(classes.queries)}
     return TridentResult(
         labels=labels_np, coarse=coarse.to(torch.int32).cpu().numpy(),
         probs=probs.float().cpu().numpy() if return_probs else None,

@@ -4,9 +4,11 @@ An id map is [H, W] int32 over the original image: 0 where no mask lies, 1..R fo
 
 Generators (``RegionSpec.generator``):
 
-- ``sam_t`` / ``sam_b`` / ``sam_h``: ``segment_anything.SamAutomaticMaskGenerator`` on the hub's SAM,
-  with the reference's on-line SAM 2 settings (``points_per_side`` 8 in its code, 32 for the paper's
-  pre-generated masks; IoU and stability thresholds 0.4). Differences from the reference's
+- ``sam_t`` / ``sam_b`` / ``sam_h``: SAM's automatic generator (the project's :func:`vision.sam.everything`,
+  ``SamAutomaticMaskGenerator``'s algorithm on an image encoded once by :func:`vision.sam.runner_for`:
+  PyTorch on a GPU, the fastest installed CPU backend otherwise) on the hub's SAM, with the reference's
+  on-line SAM 2 settings (``points_per_side`` 8 in its code, 32 for the paper's pre-generated masks; IoU
+  and stability thresholds 0.4). Differences from the reference's
   ``SAM2AutomaticMaskGenerator(multimask_output=False)``: SAM (v1) instead of SAM 2 (the hub holds no
   SAM 2), and SAM v1's generator keeps its three masks per point (it has no single-mask switch; its
   box NMS then removes the duplicates).
@@ -79,13 +81,14 @@ class RegionSpec:
 
 @dataclass(frozen=True)
 class RegionMasks:
-    """An image's id map ``ids`` [H, W] int32 (0: no mask), how it was made, and the seconds it took
-    (0 when it came from the cache or the caller)."""
+    """An image's id map ``ids`` [H, W] int32 (0: no mask), how it was made (``source``; ``backend``: where
+    SAM ran), and the seconds it took (0 when it came from the cache or the caller)."""
 
     ids: np.ndarray
     source: str
     seconds: float = 0.0
     cached: bool = False
+    backend: str = ""
 
     @property
     def count(self) -> int:
@@ -104,18 +107,17 @@ def paint_by_area(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> np.nda
     return ids
 
 
-def sam_region_ids(sam: Any, rgb: np.ndarray, spec: RegionSpec) -> np.ndarray:
-    """Id map [H, W] int32 of ``rgb`` [H, W, 3] uint8 from ``SamAutomaticMaskGenerator`` on ``sam``."""
-    from segment_anything import SamAutomaticMaskGenerator
+def sam_region_ids(hub: Any, rgb: np.ndarray, spec: RegionSpec) -> tuple[np.ndarray, str]:
+    """Id map [H, W] int32 of ``rgb`` [H, W, 3] uint8 from SAM's automatic generator on hub model
+    ``spec.generator``, and the backend that ran it."""
+    from vision.sam import EverythingSettings, everything, runner_for
 
-    from vision.hub import model_lock
-
-    generator = SamAutomaticMaskGenerator(
-        sam, points_per_side=spec.points_per_side, pred_iou_thresh=spec.pred_iou_thresh,
-        stability_score_thresh=spec.stability_score_thresh, output_mode="binary_mask")
-    with model_lock(sam), torch.inference_mode():
-        found = generator.generate(np.ascontiguousarray(rgb))
-    return paint_by_area([m["segmentation"] for m in found], rgb.shape[:2])
+    runner = runner_for(hub, spec.generator)
+    encoded, _ = runner.encode(np.ascontiguousarray(rgb))
+    settings = EverythingSettings(points_per_side=spec.points_per_side, pred_iou_thresh=spec.pred_iou_thresh,
+                                  stability_score_thresh=spec.stability_score_thresh)
+    found = everything(encoded, settings)
+    return paint_by_area([m["segmentation"] for m in found], rgb.shape[:2]), runner.backend_name
 
 
 def mask2former_region_ids(model: Any, processor: Any, rgb: np.ndarray) -> np.ndarray:
@@ -143,18 +145,18 @@ class RegionCache:
     image and generator makes no new masks either."""
 
     def __init__(self, size: int = CACHE_SIZE):
-        self._cache: LRUCache[tuple[Any, np.ndarray]] = LRUCache(size)
+        self._cache: LRUCache[tuple[Any, np.ndarray, str]] = LRUCache(size)
 
     def get(self, hub: Any, rgb: np.ndarray, spec: RegionSpec) -> RegionMasks:
         model = hub.get(spec.generator)
         key = (content_key(rgb), spec.key, id(model))
         found = self._cache.get(key)
         if found is not None and found[0]() is model:
-            return RegionMasks(found[1], spec.label, 0.0, cached=True)
+            return RegionMasks(found[1], spec.label, 0.0, cached=True, backend=found[2])
         start = time.perf_counter()
-        ids = make_region_ids(hub, rgb, spec)
-        self._cache.put(key, (weakref.ref(model), ids))
-        return RegionMasks(ids, spec.label, time.perf_counter() - start)
+        ids, backend = make_region_ids(hub, rgb, spec)
+        self._cache.put(key, (weakref.ref(model), ids, backend))
+        return RegionMasks(ids, spec.label, time.perf_counter() - start, backend=backend)
 
     def clear(self) -> None:
         self._cache.clear()
@@ -167,12 +169,13 @@ class RegionCache:
 REGION_CACHE = RegionCache()
 
 
-def make_region_ids(hub: Any, rgb: np.ndarray, spec: RegionSpec) -> np.ndarray:
-    """The id map [H, W] int32 of ``rgb`` [H, W, 3] uint8 by ``spec``'s generator (models from ``hub``)."""
+def make_region_ids(hub: Any, rgb: np.ndarray, spec: RegionSpec) -> tuple[np.ndarray, str]:
+    """The id map [H, W] int32 of ``rgb`` [H, W, 3] uint8 by ``spec``'s generator (models from ``hub``), and
+    the backend that ran it ("torch", "onnx", "openvino")."""
     if spec.generator in SAM_GENERATORS:
-        return sam_region_ids(hub.get(spec.generator), rgb, spec)
+        return sam_region_ids(hub, rgb, spec)
     if spec.generator == "mask2former":
-        return mask2former_region_ids(hub.get("mask2former"), hub.get("mask2former_processor"), rgb)
+        return mask2former_region_ids(hub.get("mask2former"), hub.get("mask2former_processor"), rgb), "torch"
     raise ValueError(f"mask_generator must be one of {', '.join(GENERATORS)}, not {spec.generator!r}")
 
 
