@@ -67,3 +67,31 @@ def test_eval_corrclip_writes_tridents_table(tiny_hub, tmp_path, capsys):
     assert (summary["method"], summary["preset"], summary["benchmark"]) == ("corrclip", "corrclip_voc21", "voc21")
     assert summary["images"] == 2 and len(summary["per_class"]) == 21 and 0.0 <= summary["mIoU"] <= 1.0
     assert summary["config"]["points_per_side"] == 2 and summary["config"]["clip"] == "metaclip_b16"
+
+
+def test_eval_corrclip_on_pre_generated_region_masks(tiny_hub, tmp_path, capsys):
+    """--region-masks DIR: the reference's pre-generated masks (DIR/<stem>.npz, 'instance_mask'), checked
+    for every image before the run."""
+    from vision.cli import main
+
+    gts = [np.random.default_rng(i).integers(0, 21, (24, 32)) for i in range(2)]
+    root = voc_folder(tmp_path / "VOC2012", gts, names=("a", "b"))
+    masks = tmp_path / "region_masks"
+    masks.mkdir()
+    ids = np.zeros((24, 32), np.int64)
+    ids[:, 16:] = 7
+    np.savez(masks / "a.npz", instance_mask=ids)
+    argv = ["--tiny", "eval", "trident", "--method", "corrclip", "--preset", "voc20", "--root", str(root),
+            "--region-masks", str(masks), "--json", str(tmp_path / "s.json")]
+    assert main(argv) == 2
+    assert f"1 of 2 images have no masks file, e.g. {masks / 'b.npz'}" in capsys.readouterr().err
+    np.savez(masks / "b.npz", instance_mask=ids)
+    assert main(argv) == 0
+    assert f"region_masks={masks}" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["region_masks"] == str(masks) and summary["preset"] == "corrclip_voc20"
+    np.savez(masks / "b.npz", masks=ids)  # the wrong array name
+    assert main(argv) == 2
+    assert "has no 'instance_mask' array (has: masks)" in capsys.readouterr().err
+    assert main([*argv[:4], "trident", *argv[5:]]) == 2  # Trident takes no region masks
+    assert "--region-masks" in capsys.readouterr().err

@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 NAME = "eval"
 HELP = "reproduce a paper's numbers: trident / ipseg / generate / story evaluations (tables, JSONL, plots)"
@@ -74,7 +75,21 @@ def add_trident_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, metavar="DIR", help="the dataset folder (see vision/metrics.py)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
     parser.add_argument("--json", metavar="FILE", help="also write the summary (mIoU, per-class IoU) as JSON")
+    parser.add_argument("--region-masks", metavar="DIR", default=None,
+                        help="corrclip: pre-generated region masks instead of a mask generator, DIR/<image stem>.npz "
+                        "holding an 'instance_mask' id map (the reference's format: the paper's SAM 2 masks)")
     add_model_arguments(parser)
+
+
+def load_region_masks(folder: Path, image: Path) -> Any:
+    """The pre-generated region id map [H, W] of ``image``: ``folder/<stem>.npz``'s ``instance_mask``."""
+    import numpy as np
+
+    path = folder / f"{image.stem}.npz"
+    with np.load(path) as data:
+        if "instance_mask" not in data:
+            raise ValueError(f"--region-masks: {path} has no 'instance_mask' array (has: {', '.join(data.files)})")
+        return data["instance_mask"]
 
 
 def run_trident(args: argparse.Namespace) -> int:
@@ -92,6 +107,14 @@ def run_trident(args: argparse.Namespace) -> int:
         config = config_from_args(args, args.preset)
         benchmark = config.benchmark
         samples = dataset_samples(benchmark, args.root, args.limit)
+        masks = None if args.region_masks is None else Path(args.region_masks)
+        if masks is not None and (config.method != "corrclip" or not masks.is_dir()):
+            raise ValueError(f"--region-masks {masks}: " + ("not a folder" if config.method == "corrclip"
+                                                             else "applies to --method corrclip"))
+        missing = [] if masks is None else [s for s in samples if not (masks / f"{s.image.stem}.npz").is_file()]
+        if missing:
+            raise ValueError(f"--region-masks: {len(missing)} of {len(samples)} images have no masks file, e.g. "
+                             f"{masks / (missing[0].image.stem + '.npz')}")
     except (DatasetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -103,7 +126,8 @@ def run_trident(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     def predict(path: Path):
-        return engine(path, classes, return_probs=False).labels
+        regions = None if masks is None else load_region_masks(masks, path)
+        return engine(path, classes, return_probs=False, regions=regions).labels
 
     try:
         matrix = evaluate(predict, samples, len(classes.names), LAYOUTS[benchmark].reduce_zero_label,
@@ -112,19 +136,23 @@ def run_trident(args: argparse.Namespace) -> int:
         bar.close()
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as err:  # a damaged masks file or image: the message names it
+        bar.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     bar.close()
     seconds = time.perf_counter() - started
     if tiny:
         print("TINY MODE: random-weight models, these numbers are noise (for testing the harness).")
-    models = (f"mask_generator={config.regions.label}" if config.method == "corrclip"
-              else f"sam={config.sam} refine={'on' if config.refine else 'off'}")
+    regions = f"region_masks={masks}" if masks is not None else f"mask_generator={config.regions.label}"
+    models = regions if config.method == "corrclip" else f"sam={config.sam} refine={'on' if config.refine else 'off'}"
     print(f"{title} {benchmark}: {plural(matrix.images, 'image')}, {seconds:.1f} s "
           f"({seconds / max(1, matrix.images):.2f} s/image); preset={config.preset} clip={config.clip} "
           f"vfm={config.vfm} {models} reference={'on' if config.reference else 'off'}")
     print(matrix.table(classes.display))
     if args.json:
         summary = {"engine": "trident", "method": config.method, "preset": config.preset, "benchmark": benchmark,
-                   "mode": config.mode,
+                   "region_masks": None if masks is None else str(masks), "mode": config.mode,
                    "reference": config.reference, "root": str(args.root), "tiny": tiny, "seconds": round(seconds, 2),
                    "config": dataclasses.asdict(config),
                    **matrix.summary(classes.display)}
