@@ -51,7 +51,7 @@ def segment(engine: Any, rgb: np.ndarray, classes: Classes, return_probs: bool, 
     report(0.0, "text embeddings", stage=0, stages=4)
     with stage(timings, "text", device):
         text = engine.text_embeddings(classes.unique_queries)
-    report(0.05, f"region masks ({cfg.regions.label})", stage=1, stages=4)
+    report(0.05, f"region masks ({'given' if regions is not None else cfg.regions.label})", stage=1, stages=4)
     with stage(timings, "masks", device):
         masks = region_masks(engine, rgb, regions)
 
