@@ -33,14 +33,16 @@ The stages, as the paper describes them (arXiv 2411.10086) and as the reference 
 8. Map correction (:func:`map_correction`): every region of the original id map takes the label most
    of its pixels have.
 
-Where the code differs from the paper (the reference mode follows the code): the paper describes the
-unsegmented area's patches as interacting among themselves; the code lets them interact with any patch
-where S exceeds its mean, and says so in a comment (its "method 1", better in their experiments). The
-region-mean clustering, the value resize of step 5, the per-depth spatial layer counts, the 0.5/1.0
-branch weights, DBSCAN's eps and the temperature 4 are the code's (the paper gives no other numbers we
-could check: only its abstract and reviews were reachable here). The paper's results use pre-generated
-SAM 2 masks (32 points per side, README table "SAM2_32"); the code's on-line SAM 2 setting is 8 points
-per side, IoU and stability thresholds 0.4, one mask per point.
+Where the code differs from the paper (the reference mode follows the code). Only the paper's abstract
+and third-party summaries of its method were reachable here, so this list holds what those and the code
+itself state: (i) the summaries describe the unsegmented area's patches as interacting only among
+themselves; the code lets them interact with any patch where S exceeds its mean, and its comment says
+so (its "method 1", better in their experiments than "method 2", the within-area rule). (ii) The
+paper's results use pre-generated SAM 2 masks (32 points per side: its README's "SAM2_32" row, 51.0
+mIoU, the abstract's number); the code's on-line SAM 2 setting is 8 points per side, IoU and stability
+thresholds 0.4, one mask per point. The region-mean clustering, the value resize of step 5, the
+per-depth spatial block counts, the 1.0 / 0.5 branch weights, DBSCAN's eps 0.2 and the temperature 4
+are the code's numbers; we could not check them against the paper's text.
 
 Reference mode (``reference=True``) reproduces the code; the project's mode changes these behaviours
 (C1-C4), each for the reason given:
