@@ -119,8 +119,10 @@ def test_open_preset_needs_class_names_and_regions_need_corrclip(tiny_hub, cat):
 
 def test_bad_corrclip_settings_name_the_field():
     with pytest.raises(TridentError) as err:
-        TridentConfig.from_preset("corrclip", vfm="dinov2_b14", mask_generator="sam_x", points_per_side=0).validate()
+        TridentConfig.from_preset("corrclip", vfm="dinov2_b14", mask_generator="sam_x", points_per_side=0,
+                                  sam_backend="tpu").validate()
     message = str(err.value)
+    assert "sam_backend='tpu' must be one of auto, torch, onnx, openvino" in message
     assert "vfm must be one of dino_b8, dino_b16" in message and "mask_generator must be one of" in message
     assert "points_per_side must be in 1..128" in message
     with pytest.raises(TridentError, match="method='segformer' must be one of trident, corrclip"):

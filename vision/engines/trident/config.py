@@ -39,8 +39,9 @@ class TridentConfig(EngineConfig):
     ``method="corrclip"`` runs CorrCLIP (:mod:`vision.engines.trident.corrclip`, whose docstring lists its
     reference differences) with ``short_side``, ``window``, ``stride``, ``prob_thd``, ``logit_scale``,
     ``max_long_side``, ``clip``, ``vfm`` (DINO) and its region masks: ``mask_generator`` (``sam_t`` /
-    ``sam_b`` / ``sam_h`` / ``mask2former``) with, for SAM, ``points_per_side``, ``pred_iou_thresh`` and
-    ``stability_score_thresh``. Trident's other fields do not apply to it.
+    ``sam_b`` / ``sam_h`` / ``mask2former``) with, for SAM, ``points_per_side``, ``pred_iou_thresh``,
+    ``stability_score_thresh`` and ``sam_backend`` (where SAM runs). Trident's other fields do not apply
+    to it.
     """
 
     ENGINE: ClassVar[str] = "trident"
@@ -73,6 +74,7 @@ class TridentConfig(EngineConfig):
     points_per_side: int = 8
     pred_iou_thresh: float = 0.4
     stability_score_thresh: float = 0.4
+    sam_backend: str = "auto"
     reference: bool = False
 
     @property
@@ -99,7 +101,7 @@ class TridentConfig(EngineConfig):
     def regions(self) -> RegionSpec:
         """CorrCLIP's region-mask settings."""
         return RegionSpec(self.mask_generator, self.points_per_side, self.pred_iou_thresh,
-                          self.stability_score_thresh)
+                          self.stability_score_thresh, self.sam_backend)
 
     def problems(self) -> list[str]:
         if self.method not in METHODS:

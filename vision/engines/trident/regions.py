@@ -45,12 +45,14 @@ CACHE_SIZE = 16  # images whose region masks are kept
 class RegionSpec:
     """Which generator makes the region masks, and its settings (SAM only): ``points_per_side`` (the
     grid of point prompts), ``pred_iou_thresh`` and ``stability_score_thresh`` (masks below either are
-    dropped)."""
+    dropped), ``backend`` (where SAM runs: :mod:`vision.sam.backends`; "auto": PyTorch on a GPU, the
+    fastest installed on a CPU)."""
 
     generator: str = "sam_b"
     points_per_side: int = 8
     pred_iou_thresh: float = 0.4
     stability_score_thresh: float = 0.4
+    backend: str = "auto"
 
     def problems(self) -> list[str]:
         """One message per unusable setting, naming the field (empty when usable)."""
@@ -62,13 +64,20 @@ class RegionSpec:
         for name in ("pred_iou_thresh", "stability_score_thresh"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 found.append(f"{name} must be in 0..1, got {getattr(self, name)}")
+        from vision.sam.backends import BACKENDS, missing_package
+
+        if self.backend not in BACKENDS:
+            found.append(f"sam_backend={self.backend!r} must be one of {', '.join(BACKENDS)}")
+        elif missing_package(self.backend):
+            found.append(f"sam_backend: {missing_package(self.backend)}")
         return found
 
     @property
     def key(self) -> tuple[Any, ...]:
         """What the id map depends on besides the image."""
         if self.generator in SAM_GENERATORS:
-            return (self.generator, self.points_per_side, self.pred_iou_thresh, self.stability_score_thresh)
+            return (self.generator, self.points_per_side, self.pred_iou_thresh, self.stability_score_thresh,
+                    self.backend)
         return (self.generator,)
 
     @property
@@ -112,7 +121,7 @@ def sam_region_ids(hub: Any, rgb: np.ndarray, spec: RegionSpec) -> tuple[np.ndar
     ``spec.generator``, and the backend that ran it."""
     from vision.sam import EverythingSettings, everything, runner_for
 
-    runner = runner_for(hub, spec.generator)
+    runner = runner_for(hub, spec.generator, spec.backend)
     encoded, _ = runner.encode(np.ascontiguousarray(rgb))
     settings = EverythingSettings(points_per_side=spec.points_per_side, pred_iou_thresh=spec.pred_iou_thresh,
                                   stability_score_thresh=spec.stability_score_thresh)
