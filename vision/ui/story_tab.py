@@ -8,8 +8,8 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import helpers as ui
-from vision.ui.helpers import tiny_prefix
+from vision.ui import errors, examples, form, gpu, storage
+from vision.ui.notices import tiny_prefix
 
 TINY_ROUNDS, TINY_STEPS = 1, 2  # the tab's defaults in tiny mode (outputs are noise: keep runs short)
 HOW_TO_READ = ("How to read this: round 0 draws each frame from its text alone; every later round redraws all "
@@ -26,7 +26,7 @@ def _story_round_view(result, r: int) -> tuple[list[tuple[str, str]], str]:
     return items, str(result.output_dir / board)
 
 
-@ui.GPU(duration=300)
+@gpu.GPU(duration=300)
 def _story_round(prompts: list[str], config, out: Path, r: int, on_progress=None):
     """Run the story engine up to round ``r``; it resumes from its own folder, so each call adds one round.
 
@@ -53,20 +53,20 @@ def story_config(preset, style, rounds, seed, steps, use_deepcache, interval):
     return config
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def run_story(story_text, preset, style, rounds, seed, steps, use_deepcache, interval,
               progress=gr.Progress()):
     """Illustrate a story (one frame per line); yields the gallery after every round, then the storyboard,
     with the round selector and the stored rounds' views."""
     from vision.wording import plural
 
-    ui.require((story_text or "").strip(), "a story (one frame prompt per line)")
+    form.require((story_text or "").strip(), "a story (one frame prompt per line)")
     config = story_config(preset, style, rounds, seed, steps, use_deepcache, interval)
     tiny = tiny_prefix(get_hub())
-    out = ui.output_folder() / "story"
+    out = storage.output_folder() / "story"
     views: dict[str, tuple[list, str]] = {}
     # Frame-level progress from the engine; on ZeroGPU (separate GPU process) the page gets round-level only.
-    on_progress = None if ui.ON_ZERO_GPU else (lambda p: progress(p.fraction, desc=p.message))
+    on_progress = None if gpu.ON_ZERO_GPU else (lambda p: progress(p.fraction, desc=p.message))
     for r in range(config.rounds + 1):
         progress(r / (config.rounds + 1), desc=f"round {r}/{config.rounds}")
         result = _story_round(story_text.splitlines(), config, out, r, on_progress)
@@ -139,7 +139,7 @@ def story_tab(hub: ModelHub, limits: dict) -> None:
         views = gr.State({})
         inputs = [story, preset, style, rounds, seed, steps, deepcache, interval]
         example_rounds = TINY_ROUNDS if hub.tiny else 2
-        ui.example_button(f"Example: {' / '.join(example.splitlines())} (sd15, comic, {example_rounds} rounds; "
+        examples.example_button(f"Example: {' / '.join(example.splitlines())} (sd15, comic, {example_rounds} rounds; "
                           "click, then Illustrate the story)",
                           [example, "sd15", "comic", example_rounds, 0, TINY_STEPS if hub.tiny else 30, True, 3],
                           inputs, "story-example")
