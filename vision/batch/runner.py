@@ -159,7 +159,11 @@ def _run_claimed(writer: Writer, items: Sequence[Item], make_processor: Callable
     bar = _progress(len(todo), unit, progress)
 
     def record(item: Item, outcome: Outcome) -> None:
-        row = writer.commit(item, outcome)
+        try:
+            row = writer.commit(item, outcome)
+        except Exception as err:  # noqa: BLE001 -- one item's files or lines that cannot be written stop no run
+            row = {"status": "error", "reason": f"{type(err).__name__}: {err}"}
+            log(f"batch: {item.id}: its results could not be written ({row['reason']})")
         if row["status"] == "ok":
             summary.done += 1
         elif row["status"] == "skipped":
