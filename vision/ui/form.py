@@ -16,23 +16,34 @@ def require(value: Any, what: str) -> Any:
 
 
 def editor_image_and_mask(value: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """A ``gr.ImageEditor`` value (type="numpy") -> (RGB image, painted mask or None).
+    """A ``gr.ImageEditor`` value (files, ``type="filepath"``, or arrays) -> (RGB image, painted mask or None).
 
-    The image is the background (what the user uploaded); the mask is every pixel painted on any
-    layer (alpha > 0). An editor with nothing painted gives ``None``: the engine picks the region.
+    The image is the background (what the user uploaded) read by :func:`vision.imaging.load_image`, as the
+    CLI reads it; the mask is every pixel painted on any layer (alpha > 0). An editor with nothing painted
+    gives ``None``: the engine picks the region.
     """
-    from vision.imaging import array_to_rgb
+    from vision.imaging import load_image
 
     if not value or value.get("background") is None:
         raise ValueError("Please upload a prompt image (optionally paint over the concept).")
-    background = np.asarray(value["background"])
-    image = array_to_rgb(background)
+    image = load_image(value["background"])
     painted = np.zeros(image.shape[:2], dtype=bool)
     for layer in value.get("layers") or []:
-        layer = np.asarray(layer)
-        if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == painted.shape:
-            painted |= layer[..., 3] > 0
+        alpha = _alpha(layer)
+        if alpha is not None and alpha.shape == painted.shape:
+            painted |= alpha > 0
     return image, (painted if painted.any() else None)
+
+
+def _alpha(layer: Any) -> np.ndarray | None:
+    """The alpha channel [H, W] of an editor layer (a file or an RGBA array); None without one."""
+    from PIL import Image
+
+    if isinstance(layer, (str, bytes)) or hasattr(layer, "__fspath__"):
+        with Image.open(layer) as image:
+            return np.asarray(image.getchannel("A")) if "A" in image.getbands() else None
+    layer = np.asarray(layer)
+    return layer[..., 3] if layer.ndim == 3 and layer.shape[2] == 4 else None
 
 
 def file_path(value: Any) -> str | None:

@@ -157,7 +157,7 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
                                            info="0 fastest, 1 the paper's")
                     schedule = gr.Radio(["uniform", "nonuniform"], value=defaults.schedule, label="Schedule")
                 with gr.Accordion("Image-to-image", open=False):
-                    init_image = gr.Image(label="Start image (empty = text-to-image)", type="filepath",
+                    init_image = gr.Image(label="Start image (empty = text-to-image)", type="filepath", image_mode=None,
                                           sources=["upload", "clipboard"], elem_id="generate-init")
                     strength = gr.Slider(0.05, 1.0, value=defaults.strength, step=0.05, label="Strength",
                                          info="how much of the start image is re-drawn (1 = all of it)")

@@ -237,7 +237,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
         with gr.Row():
             with gr.Column():
                 prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
-                                     type="numpy", format="png", layers=False, transforms=(),
+                                     type="filepath", image_mode=None, format="png", layers=False, transforms=(),
                                      sources=("clipboard",), elem_id="ipseg-prompt",
                                      value=samples["chelsea"],
                                      brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))

@@ -146,7 +146,8 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
                     "*everything* mode finds every mask SAM can (no clicks; press Segment).")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(label="Image (click on the object)", type="filepath",
+                # image_mode=None: Gradio hands over the file as uploaded, decoded by vision.imaging.load_image as the CLI does
+                image = gr.Image(label="Image (click on the object)", type="filepath", image_mode=None,
                                  sources=("upload", "clipboard"), elem_id="segment-image")
                 check_before_decoding(image, "image")
                 mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id="segment-mode",
