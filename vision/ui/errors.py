@@ -13,6 +13,7 @@ import logging
 import re
 from typing import Callable
 
+from vision.engines.contract import Cancelled
 from vision.ui.memory import release_accelerator_memory, trim_freed_memory
 
 log = logging.getLogger("vision.app")
@@ -50,6 +51,8 @@ def to_gr_error(err: BaseException):
 
     if isinstance(err, gr.Error):
         return err
+    if isinstance(err, Cancelled):  # its client left (vision.ui.runs): nobody may be reading this
+        return gr.Error(as_html_text(str(err)), title="Stopped", duration=ERROR_SECONDS, print_exception=False)
     known = _user_message(err)
     if known is not None:
         title, message = known

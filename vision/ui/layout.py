@@ -6,7 +6,7 @@ import gradio as gr
 
 from vision.hub import get_hub
 from vision.tiny import TINY_NOTICE
-from vision.ui import storage
+from vision.ui import runs, storage
 from vision.ui.generate_tab import generate_tab
 from vision.ui.ipseg_tab import ipseg_tab
 from vision.ui.models_tab import models_tab
@@ -39,5 +39,6 @@ def build_demo(concurrency: int = 1) -> gr.Blocks:
             for build_tab in TABS:
                 build_tab(hub, limits)
             models_tab(hub, tabs)
+        demo.unload(runs.session_closed)  # a page closed or a client gone: its runs stop (vision.ui.runs)
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=concurrency)
     return demo
