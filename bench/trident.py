@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TridentConfig.from_preset(args.preset)
     classes = parse_classes(["cat", "dog", "background"] if args.preset == "open"
                             else mode_for(config).class_list(args.preset))
-    engine = TridentEngine(hub, config)
+    engine = TridentEngine(config, hub)
     embed_dim = hub.get(config.clip).text_projection.shape[1]
     generator = torch.Generator().manual_seed(0)
     names = classes.unique_queries
@@ -177,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.warmup + repeats):
         batches.clear()
         results = []
-        seconds = timed(lambda: results.append(engine.segment(image, classes, config=config, return_probs=False)),
-                        args.device)
+        seconds = timed(lambda: results.append(engine(image, classes, return_probs=False)), args.device)
         result, calls = results[0], list(batches)
         alone = forwards_alone(hub, image, config, calls, args.device)
         if i < args.warmup:

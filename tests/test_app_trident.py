@@ -80,7 +80,7 @@ def test_trident_api_reads_synonyms_after_a_bar_names_open_mode_and_fits_the_sta
     assert [row[1:3] for row in table["data"]] == [["person", "person | astronaut"], ["rocket", "rocket"],
                                                    ["background", "background"]]
     assert len(heatmaps) == 3
-    assert "preset **open**" in summary and "mode **open** (reference off" in summary
+    assert "preset **open**" in summary and "mode **product** (reference off" in summary
     assert "refinement off" in summary
     refined, before = annotation_masks(annotated), annotation_masks(coarse)
     assert all(np.array_equal(refined[k], before[k]) for k in refined)  # no refinement: coarse = labels

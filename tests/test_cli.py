@@ -18,7 +18,8 @@ from vision.cli import chosen_command, main
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "numpy", "PIL", "diffusers", "transformers", "gradio", "cv2", "vision.engines", "vision.batch")
 # An engine's package marker and its torch-free config (choices for the options) are all --help may load.
-LIGHT_ENGINE_MODULES = ("vision.engines", "vision.engines.ipseg", "vision.engines.ipseg.config")
+# torch-free modules the options need: the IPSeg config (its choices) and the contract its config builds on
+LIGHT_ENGINE_MODULES = ("vision.engines", "vision.engines.contract", "vision.engines.ipseg", "vision.engines.ipseg.config")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

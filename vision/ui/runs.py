@@ -23,6 +23,7 @@ from typing import Any, Callable, Generator
 import gradio as gr
 
 from vision.engines.contract import Cancelled
+from vision.ui.progress import engine_progress
 
 log = logging.getLogger("vision.app")
 
@@ -75,11 +76,12 @@ class Run:
     def progress(self, show: Callable[..., Any] | None = None) -> Callable[[Any], None]:
         """An engine ``progress`` callback: checks the run (:meth:`check`), then shows the event with
         ``show(fraction, desc=message)`` (a ``gr.Progress``) when given."""
+        forward = engine_progress(show)
+
         def report(event: Any) -> None:
             self.position = event.message
             self.check()
-            if show is not None:
-                show(event.fraction, desc=event.message)
+            forward(event)
 
         return report
 

@@ -11,6 +11,7 @@ import numpy as np
 from vision.hub import ModelHub, get_hub
 from vision.ui import errors, examples, form, gpu, notices, storage
 from vision.ui.notices import tiny_prefix
+from vision.ui.progress import engine_progress
 
 HEATMAP_SIDE = 384  # heatmaps are shown at most this many pixels per side (one per class: keep them light)
 DEFAULT_CLASSES = "person|astronaut; rocket; flag; background|sky|wall"
@@ -22,17 +23,17 @@ HOW_TO_READ = (
     "class is less probable than it become background.")
 
 
-@functools.lru_cache(maxsize=1)
-def _trident_engine():
-    """One shared Trident engine (it caches text embeddings per class list and is thread-safe)."""
+@functools.lru_cache(maxsize=4)
+def _trident_engine(config):
+    """One Trident engine per settings (thread-safe; text embeddings are cached across engines)."""
     from vision.engines.trident import TridentEngine
 
-    return TridentEngine(get_hub())
+    return TridentEngine(config, get_hub())
 
 
 @gpu.GPU(duration=60)
-def _trident_segment(image: str, classes, config):
-    return _trident_engine().segment(image, classes, config=config, return_probs=True)
+def _trident_segment(image: str, classes, config, progress=None):
+    return _trident_engine(config)(image, classes, return_probs=True, progress=engine_progress(progress))
 
 
 def _label_view(image: np.ndarray, labels: np.ndarray, names: tuple[str, ...]):
@@ -69,7 +70,7 @@ def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progres
     classes = form.parse_class_text(class_text) or None  # None: the preset's own benchmark classes
     config = TridentConfig.from_preset(preset, prob_thd=float(prob_thd), refine=bool(refine), clip=clip_model)
     progress(0.0, desc="segmenting")
-    result = _trident_segment(image, classes, config)
+    result = _trident_segment(image, classes, config, progress)
     names = result.class_names
     stamp = tiny_banner if result.tiny else (lambda picture: picture)
     photo = load_image(image)
