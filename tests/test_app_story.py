@@ -118,6 +118,28 @@ def test_an_abandoned_story_stops_at_its_next_step_and_frees_the_slot(server, ho
         leaving.close()
 
 
+def test_a_queued_request_whose_client_left_does_nothing(server, photos):
+    """#20.3: a /segment call waited 99 s for the slot after its client had gone, then ran anyway."""
+    import time
+
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+
+    blocker = Client(server.url, verbose=False)
+    story = blocker.submit("\n".join(f"queue frame {i}" for i in range(40)), "sd15", "none", 0, 0, 10, False, 3,
+                           api_name="/story")
+    _wait_until_running(story)
+    leaving = Client(server.url, verbose=False)
+    queued = leaving.submit(handle_file(photos["chelsea"]), "80, 60, 1", "", "sam_t", "1 mask", api_name="/segment")
+    while queued.status().code != Status.IN_QUEUE:
+        time.sleep(0.2)
+    leaving.close()
+    _wait_for_log(server, f"client gone (session {leaving.session_hash[:8]})")
+    story.cancel()
+    _wait_for_log(server, "segment stopped (client gone) at before it started")
+    blocker.close()
+
+
 def test_browser_story_tab_steps_through_the_rounds(page):
     from playwright.sync_api import expect
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import errors, examples, form, gpu, storage
+from vision.ui import errors, examples, form, gpu, runs, storage
 from vision.ui.notices import tiny_prefix
 
 TINY_STEPS = 4  # the tab's default steps in tiny mode (outputs are noise: keep runs short)
@@ -74,37 +74,41 @@ def _generation_files(result) -> list[str]:
             for suffix, image in result.to_files().items()]
 
 
-def _step_progress(progress):
-    """The engine's per-denoising-step reports as ``gr.Progress`` updates (None on ZeroGPU, whose GPU
-    process cannot call back into the page)."""
+def _step_progress(progress, run: runs.Run):
+    """The engine's per-denoising-step reports as ``gr.Progress`` updates, stopping the run when its client
+    leaves (None on ZeroGPU, whose GPU process cannot call back into the page)."""
     if gpu.ON_ZERO_GPU:
         return None
-    return lambda p: progress(p.fraction, desc=p.message)
+    return run.progress(progress)
 
 
 @errors.friendly_errors
 def run_generate(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                 branch, schedule, init_image, strength, progress=gr.Progress()):
+                 branch, schedule, init_image, strength, progress=gr.Progress(), request: gr.Request = None):
     """Text-to-image (or image-to-image from ``init_image``) with Stable Diffusion, DeepCache on or off."""
     form.require((prompt or "").strip(), "a prompt")
     config = _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache,
                               interval, branch, schedule, strength, compare=False)
+    run = runs.Run(request, "generate")
+    run.check()  # a request whose client left while it was queued does nothing
     progress(0.0, desc="loading the models")
-    result = _generate(prompt, config, form.file_path(init_image), _step_progress(progress))
+    result = _generate(prompt, config, form.file_path(init_image), _step_progress(progress, run))
     return result.images[0], _generation_summary(result), _generation_files(result)
 
 
 @errors.friendly_errors
 def run_compare(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                branch, schedule, init_image, strength, progress=gr.Progress()):
+                branch, schedule, init_image, strength, progress=gr.Progress(), request: gr.Request = None):
     """The same seed without and with DeepCache: a before/after slider and the measured speed-up."""
     form.require((prompt or "").strip(), "a prompt")
     if int(interval) < 2:
         raise ValueError("DeepCache interval N must be at least 2 to compare (N=1 runs every step in full).")
     config = _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache,
                               interval, branch, schedule, strength, compare=True)
+    run = runs.Run(request, "generate")
+    run.check()  # a request whose client left while it was queued does nothing
     progress(0.0, desc="loading the models")
-    result = _generate(prompt, config, form.file_path(init_image), _step_progress(progress))
+    result = _generate(prompt, config, form.file_path(init_image), _step_progress(progress, run))
     before_after = (result.baseline_images[0], result.images[0])
     return before_after, _generation_summary(result), _generation_files(result)
 

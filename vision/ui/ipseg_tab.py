@@ -8,10 +8,9 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import errors, examples, form, gpu, notices, storage, uploads
+from vision.ui import errors, examples, form, gpu, notices, runs, storage, uploads
 from vision.ui.notices import tiny_prefix
 from vision.ui.sam import default_sam, segment_engine
-from vision.ui.progress import engine_progress
 from vision.ui.uploads import check_before_decoding, checked_prompt_upload
 
 
@@ -30,9 +29,9 @@ def _sd_weights_present() -> bool:
 
 
 @gpu.GPU(duration=120)
-def _ipseg_segment(config, concepts, targets: list[str], names: list[str], progress=None):
-    return _ipseg_engine(config).segment_batch(concepts, targets, progress=engine_progress(progress),
-                                               on_error="collect", names=names)
+def _ipseg_segment(config, concepts, targets: list[str], names: list[str], on_progress=None):
+    return _ipseg_engine(config).segment_batch(concepts, targets, progress=on_progress, on_error="collect",
+                                               names=names)
 
 
 FEATURE_CHOICES = [("as the preset", "preset"), ("DINOv2 + Stable Diffusion 1.5 (the paper's)", "dino+sd"),
@@ -129,9 +128,12 @@ def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_v
 @errors.friendly_errors
 def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, threshold, sam_model, features="preset",
               preset="default", box_text="", shots_value=None, concepts_value=None, concept_name="concept",
-              kshot="mean", clicks_text="", shown_key=None, progress=gr.Progress(track_tqdm=True)):
+              kshot="mean", clicks_text="", shown_key=None, progress=gr.Progress(track_tqdm=True),
+              request: gr.Request = None):
     """Segment the prompt's concept(s) in every target image (IPSeg); a bad target is listed, not fatal.
     ``clicks_text``: clicks on the prompt image; SAM's mask there is the prompt region."""
+    run = runs.Run(request, "ipseg")
+    run.check()  # a request whose client left while it was queued does nothing (it stops between stages too)
     targets = form.require(form.gallery_paths(targets_value), "one or more target images")
     clicked = click_mask(form.editor_image_and_mask(prompt_value)[0], clicks_text, sam_model, preset, shown_key)
     concepts, prompt_files = prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value,
@@ -141,7 +143,7 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
     names = [Path(t).name for t in targets]
     progress(0.0, desc=f"segmenting {len(targets)} target(s), {config.feature_source}")
     try:
-        results = _ipseg_segment(config, concepts, targets, names, progress)
+        results = _ipseg_segment(config, concepts, targets, names, run.progress(progress))
     except ValueError as err:  # name uploads as the user knows them, not Gradio's temporary copies
         raise type(err)(uploads.name_uploads(str(err), prompt_files + targets)) from None
     failed = [f"{e.name}: {uploads.name_uploads(e.message, targets)}" for e in results.errors]

@@ -40,6 +40,7 @@ def session_closed(request: gr.Request) -> None:
     session = getattr(request, "session_hash", None)
     if not session:
         return
+    log.info("client gone (session %s): its runs stop", session[:8])
     now = time.monotonic()
     with _lock:
         _closed[session] = now

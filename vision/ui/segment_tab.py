@@ -10,7 +10,7 @@ import gradio as gr
 
 from vision.engines.segment import Segment, SegmentConfig
 from vision.hub import SAM_MODELS, ModelHub, get_hub
-from vision.ui import errors, examples, form, gpu, storage, uploads
+from vision.ui import errors, examples, form, gpu, runs, storage, uploads
 from vision.ui.notices import tiny_prefix
 from vision.ui.sam import default_sam, segment_engine
 from vision.ui.uploads import check_before_decoding
@@ -57,10 +57,11 @@ def _everything(image: str, *settings):
 def run_segment(image, points_text, box_text, sam_model, multimask_choice, mode="prompts",
                 points_per_side=EVERYTHING_DEFAULTS.points_per_side,
                 pred_iou_thresh=EVERYTHING_DEFAULTS.pred_iou_thresh,
-                stability_thresh=EVERYTHING_DEFAULTS.stability_score_thresh):
+                stability_thresh=EVERYTHING_DEFAULTS.stability_score_thresh, request: gr.Request = None):
     """SAM masks: in "prompts" mode of the object under the clicks and/or inside the box, in "everything"
     mode every mask the automatic generator finds. Returns the overlay, the mask PNG (best mask or the
     union), the downloads, the masks table and the summary."""
+    runs.Run(request, "segment").check()  # a request whose client left while it was queued does nothing
     image = form.require(form.file_path(image), "an image (then click on the object)")
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r} must be one of {', '.join(MODES)}")

@@ -9,9 +9,8 @@ import gradio as gr
 import numpy as np
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import errors, examples, form, gpu, notices, storage
+from vision.ui import errors, examples, form, gpu, notices, runs, storage
 from vision.ui.notices import tiny_prefix
-from vision.ui.progress import engine_progress
 
 HEATMAP_SIDE = 384  # heatmaps are shown at most this many pixels per side (one per class: keep them light)
 DEFAULT_CLASSES = "person|astronaut; rocket; flag; background|sky|wall"
@@ -32,8 +31,8 @@ def _trident_engine(config):
 
 
 @gpu.GPU(duration=60)
-def _trident_segment(image: str, classes, config, progress=None):
-    return _trident_engine(config)(image, classes, return_probs=True, progress=engine_progress(progress))
+def _trident_segment(image: str, classes, config, on_progress=None):
+    return _trident_engine(config)(image, classes, return_probs=True, progress=on_progress)
 
 
 def _label_view(image: np.ndarray, labels: np.ndarray, names: tuple[str, ...]):
@@ -61,7 +60,8 @@ def _summary(result, record: dict, truncated: list[str]) -> str:
 
 
 @errors.friendly_errors
-def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progress=gr.Progress(track_tqdm=True)):
+def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progress=gr.Progress(track_tqdm=True),
+                request: gr.Request = None):
     """Open-vocabulary segmentation of an image into the given class names (Trident)."""
     from vision.engines.trident import TridentConfig
     from vision.imaging import load_image, tiny_banner
@@ -70,7 +70,9 @@ def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progres
     classes = form.parse_class_text(class_text) or None  # None: the preset's own benchmark classes
     config = TridentConfig.from_preset(preset, prob_thd=float(prob_thd), refine=bool(refine), clip=clip_model)
     progress(0.0, desc="segmenting")
-    result = _trident_segment(image, classes, config, progress)
+    run = runs.Run(request, "trident")
+    run.check()  # a request whose client left while it was queued does nothing (it stops between stages too)
+    result = _trident_segment(image, classes, config, run.progress(progress))
     names = result.class_names
     stamp = tiny_banner if result.tiny else (lambda picture: picture)
     photo = load_image(image)
