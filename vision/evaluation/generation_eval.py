@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import sys
 import time
@@ -153,17 +152,17 @@ def evaluate_settings(prompts: Sequence[str], base: Any, settings: Sequence[Sett
                       on_run: Any = None) -> dict[Setting, Totals]:
     """Generate every prompt with the baseline and each setting (same seeds), write the images, score
     them; returns the totals per setting (the baseline first)."""
-    from vision.engines.generate import generate
+    from vision.engines.generate import GenerateEngine
 
     runs = [Setting(0, base.branch), *settings]
     totals = {s: Totals() for s in runs}
-    generate(list(prompts[:1]), dataclasses.replace(base, deepcache=0, steps=min(2, base.steps), compare=False))
+    GenerateEngine(base.replace(deepcache=0, steps=min(2, base.steps), compare=False))(list(prompts[:1]))
     for start in range(0, len(prompts), batch):
         chunk = list(prompts[start:start + batch])
         for setting in runs:
-            config = dataclasses.replace(base, deepcache=setting.interval, branch=setting.branch,
-                                         seed=base.seed + start, compare=False)
-            result = generate(chunk, config)
+            config = base.replace(deepcache=setting.interval, branch=setting.branch, seed=base.seed + start,
+                                  compare=False)
+            result = GenerateEngine(config)(chunk)
             scores = scorer.clip_score(result.images, chunk) if scorer is not None else [None] * len(chunk)
             total = totals[setting]
             total.seconds += result.seconds
@@ -279,7 +278,7 @@ def make_settings(args: argparse.Namespace, base: Any, unet: Any) -> list[Settin
                           f"got {intervals}")
     settings = [Setting(n, b) for n in intervals for b in branches]
     for s in settings:
-        dataclasses.replace(base, deepcache=s.interval, branch=s.branch).validate()
+        base.replace(deepcache=s.interval, branch=s.branch).validate()
         DeepCache(unet, interval=s.interval, branch=s.branch, schedule=base.schedule, center=base.center,
                   power=base.power)  # refuses a branch the UNet does not have (never enabled here)
     return settings

@@ -125,9 +125,7 @@ def engine_config(args: argparse.Namespace) -> Any:
 
     overrides = {**R.parse_settings(args.set), "rounds": args.rounds, "steps": args.steps, "size": args.size,
                  "deepcache": args.deepcache, "seed": args.seed, "style": args.style, "family": args.family}
-    config = R.make_config(StoryConfig, args.preset, overrides)
-    config.validate()
-    return config
+    return R.make_config(StoryConfig, args.preset, overrides).validate()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,8 +167,8 @@ def evaluate_stories(engine: Any, scorer: Any, stories: Sequence[Story], config:
     done_before = 0
     for story in stories:
         frames = len(story.prompts)
-        result = engine.run(list(story.prompts), config, out / "stories" / story.name, overwrite=overwrite,
-                            on_progress=lambda p: on_frames and on_frames(done_before + p.round * p.frames + p.frame))
+        result = engine(list(story.prompts), out / "stories" / story.name, overwrite=overwrite,
+                        progress=lambda p: on_frames and on_frames(done_before + p["round"] * p["frames"] + p["frame"]))
         done_before += frames * (config.rounds + 1)
         for r in result.rounds_done:
             scores = score_round(scorer, story, result.round_images(r))
@@ -204,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         out = R.output_folder(args.out)
         stories = load_stories(args.stories, args.limit)
         config = engine_config(args)
-        engine = StoryEngine()
+        engine = StoryEngine(config)
         scorer = ClipScorer.from_hub(args.scorer, engine.hub)
     except R.USER_ERRORS as err:
         print(f"error: {R.message(err)}", file=sys.stderr)

@@ -20,9 +20,9 @@ HOW_TO_READ = ("How to read this: the summary gives the time of the run and how 
 
 @gpu.GPU(duration=180)
 def _generate(prompt: str, config, image: str | None, on_progress=None):
-    from vision.engines.generate import generate
+    from vision.engines.generate import GenerateEngine
 
-    return generate(prompt, config, image=image, hub=get_hub(), on_progress=on_progress)
+    return GenerateEngine(config, get_hub())(prompt, image=image, progress=on_progress)
 
 
 def _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
@@ -41,20 +41,20 @@ def _generate_config(preset, negative, steps, guidance, seed, scheduler, family,
         strength=float(strength), compare=compare)
 
 
-def _mode(config: dict) -> str:
-    return f"preset **{config['preset']}**, {'reference' if config['reference'] else 'product'} mode"
+def _mode(config) -> str:
+    return f"preset **{config.preset}**, {config.mode} mode"
 
 
 def _generation_summary(result) -> str:
     from vision.wording import plural
 
     config = result.config
-    kind = f"image-to-image (strength {config['strength']:g})" if result.img2img else "text-to-image"
-    lines = [f"{tiny_prefix(get_hub())}{kind}, {result.width}x{result.height}, {plural(config['steps'], 'step')} "
-             f"({config['scheduler']}), seed {result.seeds[0]}, {_mode(config)}: **{result.seconds:.2f} s**"]
+    kind = f"image-to-image (strength {config.strength:g})" if result.img2img else "text-to-image"
+    lines = [f"{tiny_prefix(get_hub())}{kind}, {result.width}x{result.height}, {plural(config.steps, 'step')} "
+             f"({config.scheduler}), seed {result.seeds[0]}, {_mode(config)}: **{result.seconds:.2f} s**"]
     calls = result.deepcache
     if calls:
-        lines.append(f"DeepCache N={config['deepcache']}, branch {config['branch']}, {config['schedule']}: "
+        lines.append(f"DeepCache N={config.deepcache}, branch {config.branch}, {config.schedule}: "
                      f"{plural(calls['full_calls'], 'full UNet call')} and "
                      f"{plural(calls['partial_calls'], 'partial call')} (full steps {calls['full_steps']}).")
     else:

@@ -65,7 +65,7 @@ CLICK_LABELS = {"foreground (on the concept)": 1, "background (not the concept)"
 
 @gpu.GPU(duration=60)
 def _segment_prompt(sam_model: str, image, points: list):
-    return segment_engine(sam_model).segment(image, points, name="prompt image")
+    return segment_engine(sam_model)(image, points, name="prompt image")
 
 
 def click_sam(sam_model: str, preset: str) -> str:
@@ -190,11 +190,11 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
 
 def check_clicks_on(image, shown_key: str | None, what: str) -> None:
     """Refuse clicks made on a click view that showed another image than the prompt now in the editor
-    (``shown_key``: the :func:`~vision.engines.segment.image_key` of the image shown; None: no view, as
+    (``shown_key``: the :func:`~vision.common.content_key` of the image shown; None: no view, as
     over the API, where the clicks are the caller's own)."""
-    from vision.engines.segment import image_key
+    from vision.common import content_key
 
-    if shown_key is not None and image_key(image) != shown_key:
+    if shown_key is not None and content_key(image) != shown_key:
         raise ValueError(f"{what}: the prompt image changed since it was shown for clicking; press 'Show the "
                          "prompt here' and click again (or clear the clicks)")
 
@@ -220,10 +220,10 @@ def add_prompt_click(clicks_text: str, kind: str, evt: gr.SelectData) -> str:
 def show_prompt_for_clicks(prompt_value):
     """The editor's prompt image -> the click view (the plain image), no clicks, no note, and the key of
     the image shown (clicks are checked against it: the editor may have changed since)."""
-    from vision.engines.segment import image_key
+    from vision.common import content_key
 
     image, _ = form.editor_image_and_mask(prompt_value)
-    return image, "", "", image_key(image)
+    return image, "", "", content_key(image)
 
 
 IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instance", "score", "SAM IoU", "area (px)"]
@@ -232,7 +232,10 @@ IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instan
 def ipseg_tab(hub: ModelHub, limits: dict) -> None:
     from vision.engines.ipseg.config import PRESETS
 
+    from vision.ui.layout import cpu_preset
+
     samples = examples.sample_paths()
+    cpu = cpu_preset(hub)  # no GPU: SAM features and sam_t by default (seconds per target, not minutes)
     with gr.Tab("IPSeg", id="ipseg"):
         gr.Markdown("**IPSeg**: show a concept in a prompt image and find it in target images. Paint over the "
                     "concept with the brush, click on it for SAM's mask, type a box, or leave the prompt "
@@ -267,7 +270,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     clicks = gr.Textbox("", label="Prompt clicks: x, y, label (1 on the concept, 0 not); ';' "
                                         "between clicks", elem_id="ipseg-clicks")
                     click_note = gr.Markdown("", elem_id="ipseg-click-note")
-                    shown_key = gr.State(None)  # image_key of the image in the click view
+                    shown_key = gr.State(None)  # content_key of the image in the click view
                 box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
                                  placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
                 targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
@@ -286,7 +289,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     preset = gr.Radio(list(PRESETS), value="default", label="Preset",
                                       info="paper: reproduces the reference code (reference mode, SAM-H); "
                                            "fast: DINOv2 only")
-                    features = gr.Dropdown(FEATURE_CHOICES, value="preset", label="Features")
+                    features = gr.Dropdown(FEATURE_CHOICES, value="sam" if cpu else "preset", label="Features")
                     region_kind = gr.Radio(["mask", "scribble"], value="mask", label="Painting marks",
                                            info="mask: painted over the whole concept; scribble: a few strokes on it")
                     fast = gr.Checkbox(value=hub.tiny or not _sd_weights_present(),
@@ -294,7 +297,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     instances = gr.Slider(1, 8, value=1, step=1, label="Instances per target (max)")
                     threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Presence threshold",
                                           info="below it a target answers 'absent'; 0 = always a mask")
-                    sam_model = gr.Dropdown(SAM_CHOICES, value="preset", label="Segmenter (SAM)")
+                    sam_model = gr.Dropdown(SAM_CHOICES, value="sam_t" if cpu else "preset", label="Segmenter (SAM)")
                 button = gr.Button("Segment", variant="primary", elem_id="ipseg-run")
             with gr.Column():
                 annotated = gr.AnnotatedImage(label="Masks (click a result below to show another target)",

@@ -22,6 +22,16 @@ CSS = """
 .toast-message-text {white-space: pre-wrap;}  /* multi-line errors (missing-weights advice) stay readable */
 """
 TABS: list = [ipseg_tab, segment_tab, trident_tab, generate_tab, story_tab]
+CPU_NOTE = ("**No GPU here: the CPU preset.** Interactive on a CPU: **Segment** (SAM `sam_t` on ONNX Runtime / "
+            "OpenVINO: a click in tens of milliseconds once the photo is encoded) and **IPSeg** with SAM features "
+            "and `sam_t` (the defaults here: seconds per target). Need a GPU to be pleasant: IPSeg with DINOv2 + "
+            "Stable Diffusion features, **Trident** (CLIP + DINO + SAM-B), **Generate** and **Story** (Stable "
+            "Diffusion: minutes per image on a CPU).")
+
+
+def cpu_preset(hub) -> bool:
+    """Whether the page uses its CPU defaults: real models (not tiny) and no CUDA device."""
+    return not hub.tiny and not str(hub.device).startswith("cuda")
 
 
 def build_demo(concurrency: int = 1) -> gr.Blocks:
@@ -35,6 +45,8 @@ def build_demo(concurrency: int = 1) -> gr.Blocks:
                     "all on shared foundation models.")
         if hub.tiny:
             gr.Markdown(f"⚠️ {TINY_NOTICE}", elem_id="tiny-banner")
+        if cpu_preset(hub):
+            gr.Markdown(CPU_NOTE, elem_id="cpu-note")
         with gr.Tabs() as tabs:
             for build_tab in TABS:
                 build_tab(hub, limits)

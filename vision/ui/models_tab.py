@@ -31,8 +31,12 @@ HOW_TO_READ = ("How to read this: *loaded* models stay in memory and are shared 
 
 
 def models_status(hub: ModelHub) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The panel for the API: the summary (Markdown) and each table as ``{"headers": [...], "data": rows}``."""
-    return (tables.device_summary(hub), {"headers": tables.MODELS_HEADERS, "data": tables.models_table(hub)},
+    """The panel for the API: the summary (Markdown, with the SAM backend) and each table as
+    ``{"headers": [...], "data": rows}``."""
+    from vision.sam.backends import backend_summary
+
+    summary = f"{tables.device_summary(hub)}\n\n{backend_summary(hub.device)}"
+    return (summary, {"headers": tables.MODELS_HEADERS, "data": tables.models_table(hub)},
             {"headers": tables.WEIGHTS_HEADERS, "data": tables.weights_table()})
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import functools
 
-from vision.engines.segment import Segment, SegmentConfig
+from vision.engines.segment import SegmentConfig, SegmentEngine
 from vision.hub import SAM_MODELS, ModelHub, get_hub
 
 
 @functools.lru_cache(maxsize=len(SAM_MODELS))
-def segment_engine(sam_model: str) -> Segment:
-    """The Segment engine of ``sam_model`` on the process's hub (it caches image embeddings: a click after
-    the first on the same image runs the decoder only)."""
-    return Segment(SegmentConfig(sam_model=sam_model), hub=get_hub())
+def segment_engine(sam_model: str) -> SegmentEngine:
+    """The app's Segment engine of each SAM model on the process's hub (default backend: the fastest on this
+    machine); it caches encoded images, so a click after the first on the same image runs the decoder only."""
+    return SegmentEngine(SegmentConfig(sam_model=sam_model), hub=get_hub())
 
 
 def default_sam(hub: ModelHub) -> str:

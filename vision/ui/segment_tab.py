@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from vision.engines.segment import Segment, SegmentConfig
+from vision.engines.segment import SegmentConfig, SegmentEngine
 from vision.hub import SAM_MODELS, ModelHub, get_hub
 from vision.ui import errors, examples, form, gpu, runs, storage, uploads
 from vision.ui.notices import tiny_prefix
@@ -33,19 +33,16 @@ HOW_TO_READ_EVERYTHING = (
 
 
 def _everything_engine(sam_model: str, points_per_side: int, pred_iou_thresh: float,
-                       stability_score_thresh: float) -> Segment:
-    """A Segment engine with the generator settings of one request, sharing the click engine's embedding
-    cache (everything mode after clicks on the same image skips the encoder, and the other way round)."""
-    config = SegmentConfig(sam_model=sam_model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
-                           stability_score_thresh=stability_score_thresh)
-    engine = Segment(config, hub=get_hub())
-    engine.cache = segment_engine(sam_model).cache
-    return engine
+                       stability_score_thresh: float) -> SegmentEngine:
+    """A Segment engine with the generator settings of one request, sharing the click engine's encoded
+    images (everything mode after clicks on the same image skips the encoder, and the other way round)."""
+    return segment_engine(sam_model).with_config(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                                                 stability_score_thresh=stability_score_thresh)
 
 
 @gpu.GPU(duration=60)
 def _segment(sam_model: str, image: str, points: list, box, multimask):
-    return segment_engine(sam_model).segment(image, points, box, multimask=multimask, name=Path(image).name)
+    return segment_engine(sam_model)(image, points, box, multimask=multimask, name=Path(image).name)
 
 
 @gpu.GPU(duration=120)
@@ -102,7 +99,7 @@ def _summary(result) -> str:
     t = result.timings
     encoder = f"encoder {t['encoder']:.2f} s"
     size = f"{result.size[1]}x{result.size[0]}"
-    if result.mode == "everything":
+    if result.task == "everything":
         notes = "".join(f" Note: {n}." for n in result.notes)
         encoder = "embedding from the cache" if result.embedding_cached else encoder
         return (f"{tiny_prefix(get_hub())}Everything: **{len(result.masks)} mask(s)** covering "

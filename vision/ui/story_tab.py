@@ -34,7 +34,7 @@ def _story_round(prompts: list[str], config, out: Path, r: int, on_progress=None
     """
     from vision.engines.story import StoryEngine
 
-    return StoryEngine(get_hub()).run(prompts, config, out, on_progress=on_progress, stop_after_round=r)
+    return StoryEngine(config, get_hub())(prompts, out, progress=on_progress, stop_after_round=r)
 
 
 def _round_choices(done: int) -> list[tuple[str, int]]:
@@ -46,11 +46,9 @@ def story_config(preset, style, rounds, seed, steps, use_deepcache, interval):
     from vision.engines.story import StoryConfig
     from vision.limits import check_steps
 
-    config = StoryConfig.from_preset(preset or "sd15", rounds=int(rounds), seed=int(seed),
-                                     steps=check_steps(int(steps), "Denoising steps"), style=style,
-                                     deepcache=int(interval) if use_deepcache else 0)
-    config.validate()
-    return config
+    return StoryConfig.from_preset(preset or "sd15", rounds=int(rounds), seed=int(seed),
+                                   steps=check_steps(int(steps), "Denoising steps"), style=style,
+                                   deepcache=int(interval) if use_deepcache else 0).validate()
 
 
 def story_prompts(story_text: str | None) -> list[str]:
@@ -89,7 +87,7 @@ def run_story(story_text, preset, style, rounds, seed, steps, use_deepcache, int
                                               idle=(gr.skip(),) * 6)
         items, board = _story_round_view(result, r)
         views[str(r)] = (items, board)
-        status = (f"{tiny}{config.mode()}, {config.base_model()}. Round {r}/{config.rounds} done "
+        status = (f"{tiny}{config.describe()}, {config.base_model()}. Round {r}/{config.rounds} done "
                   f"({plural(len(items), 'frame')}, reference weight {config.lambda_of(r):.2f}, "
                   f"{result.timings[r]['seconds']:.1f} s).")
         if result.complete:

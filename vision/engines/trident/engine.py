@@ -179,13 +179,13 @@ class TridentResult:
 @dataclass
 class _SamView:
     """One SAM encoder pass: columns [x0, x1) of the image SAM sees, its last block's attention and
-    values over the token ``grid``, and the predictor state (the image embedding refinement reuses)."""
+    values over the token ``grid``, and the encoded image (a ``SamImage``: the embedding refinement reuses)."""
 
     x0: int
     x1: int
     grid: tuple[int, int]
     attention: aggregate.SamAttention | None
-    state: dict[str, Any]
+    state: Any
 
 
 class TridentEngine(Engine):
@@ -272,12 +272,13 @@ class TridentEngine(Engine):
             return self._segment(rgb, parsed, return_probs, ProgressReporter(progress))
 
     def _predictor(self, sam: Any) -> Any:
-        from segment_anything import SamPredictor
+        """The torch :class:`~vision.sam.SamRunner` of ``sam`` (its encoder's attention is recorded)."""
+        from vision.sam import SamRunner
 
-        predictor = self._predictors.get(id(sam))
-        if predictor is None or predictor.model is not sam:
-            predictor = self._predictors[id(sam)] = SamPredictor(sam)
-        return predictor
+        runner = self._predictors.get(id(sam))
+        if runner is None or runner.sam is not sam:
+            runner = self._predictors[id(sam)] = SamRunner(sam, backend="torch", cache_size=1)
+        return runner
 
     def _stage(self, report: ProgressReporter, timings: dict[str, float], name: str):
         """Report stage ``name`` as starting, then time it (a context manager)."""
@@ -307,7 +308,6 @@ class TridentEngine(Engine):
         if cfg.refine:
             report(STAGES["refine"], STAGE_MESSAGES["refine"], stage=len(STAGES) - 1, stages=len(STAGES))
             labels = self._refine(predictor, sam_rgb, views, probs, coarse, cfg, mode, timings, info)
-        predictor.reset_image()
         labels_np = labels.to(torch.int32).cpu().numpy()
         overlay = imaging.overlay_labels(rgb, labels_np, n_colours=len(classes.names))
         timings["total"] = time.perf_counter() - started
@@ -375,10 +375,11 @@ class TridentEngine(Engine):
     def _refine(self, predictor: Any, sam_rgb: np.ndarray, views: list[_SamView], probs: torch.Tensor,
                 coarse: torch.Tensor, cfg: TridentConfig, mode: OpenMode, timings: dict[str, float],
                 info: dict[str, Any]) -> torch.Tensor:
-        """SAM prompt refinement of each region the mode refines on its own; returns labels [H, W]."""
+        """SAM prompt refinement of each region the mode refines on its own; returns labels [H, W].
+        ``predictor``: the SAM runner; each region's state is its encoded image (a ``SamImage``)."""
         device = torch.device(self.hub.device)
 
-        def encode_whole() -> dict[str, Any]:
+        def encode_whole() -> Any:
             with stage(timings, "sam_encoder", device):
                 info["sam_passes"] += 1
                 return self._encode(predictor, sam_rgb)[0]
@@ -386,10 +387,8 @@ class TridentEngine(Engine):
         regions = mode.refinement_views(views, probs.shape[2], sam_rgb.shape[1], encode_whole)
         with stage(timings, "refine", device):
             parts = []
-            for x0, x1, state in regions:
-                for key, value in state.items():
-                    setattr(predictor, key, value)
-                part, stats = refine.sam_refine(predictor, probs[:, :, x0:x1], coarse[:, x0:x1], cfg.coarse_thresh,
+            for x0, x1, encoded in regions:
+                part, stats = refine.sam_refine(encoded, probs[:, :, x0:x1], coarse[:, x0:x1], cfg.coarse_thresh,
                                                 cfg.min_area, cfg.mask_coeff, cfg.sam_iou_thresh, mode.prompts)
                 parts.append(part)
                 info["prompts"] += stats.prompted
@@ -398,15 +397,17 @@ class TridentEngine(Engine):
 
     def _sam_views(self, predictor: Any, image: np.ndarray, cfg: TridentConfig) -> list[_SamView]:
         """One SAM encoder pass per view (the whole image, or its two halves with ``split_halves``),
-        recording the last block's attention; returns it with each view's predictor state."""
+        recording the last block's attention; returns it with each view's encoded image."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
         width = image.shape[1]
         cuts = [0, width // 2, width] if cfg.split_halves and width >= 2 else [0, width]
-        encoder = predictor.model.image_encoder
+        encoder = predictor.sam.image_encoder
         token = int(encoder.patch_embed.proj.kernel_size[0])
         views = []
         for x0, x1 in zip(cuts[:-1], cuts[1:]):
             part = np.ascontiguousarray(image[:, x0:x1])
-            ih, iw = predictor.transform.get_preprocess_shape(part.shape[0], part.shape[1], encoder.img_size)
+            ih, iw = ResizeLongestSide.get_preprocess_shape(part.shape[0], part.shape[1], encoder.img_size)
             grid = (max(1, ih // token), max(1, iw // token))
             state, captured = self._encode(predictor, part, grid)
             views.append(_SamView(x0, x1, grid, captured, state))
@@ -414,15 +415,14 @@ class TridentEngine(Engine):
 
     @staticmethod
     def _encode(predictor: Any, image: np.ndarray,
-                capture_grid: tuple[int, int] | None = None) -> tuple[dict[str, Any], aggregate.SamAttention | None]:
-        """``predictor.set_image(image)``; with ``capture_grid``, also the last block's attention over it.
-        Returns the predictor state (the image embedding and sizes) and the attention."""
-        encoder = predictor.model.image_encoder
+                capture_grid: tuple[int, int] | None = None) -> tuple[Any, aggregate.SamAttention | None]:
+        """``image`` encoded by the runner ``predictor`` (torch, never cached); with ``capture_grid``,
+        also the last block's attention over it. Returns the encoded image (a ``SamImage``: the
+        embedding and sizes refinement predicts from) and the attention."""
+        encoder = predictor.sam.image_encoder
         # The capture patches the shared SAM's last block: no other engine runs SAM meanwhile.
         capture = (aggregate.capture_sam_attention(encoder, capture_grid) if capture_grid
                    else contextlib.nullcontext())
-        with model_lock(predictor.model), capture as captured:
-            predictor.set_image(image)
-        state = {"features": predictor.features, "original_size": predictor.original_size,
-                 "input_size": predictor.input_size, "is_image_set": True}
-        return state, captured
+        with model_lock(predictor.sam), capture as captured:
+            encoded, _ = predictor.encode(image, cache=False)
+        return encoded, captured

@@ -1,0 +1,210 @@
+"""The generation engine: :class:`GenerateEngine` (see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vision.common import synchronize
+from vision.engines.contract import Engine, ProgressCallback, ProgressReporter
+from vision.engines.generate.config import GenerateConfig, GenerateError, size_problem
+from vision.engines.generate.pipelines import (
+    assemble_pipeline,
+    default_size,
+    family_parts,
+    make_generator,
+    step_callback,
+)
+from vision.engines.generate.results import GenerationResult
+from vision.hub import model_lock
+
+CACHE_NAMES = {"deepcache": "DeepCache", "taylorseer": "TaylorSeer", "pab": "PAB", "fastercache": "FasterCache",
+               "none": "a cache"}
+
+
+@dataclasses.dataclass
+class _Job:
+    """One call's checked inputs: what the pipeline is called with, and notes for the user."""
+
+    prompts: list[str]
+    seeds: list[int]
+    width: int
+    height: int
+    init: Any = None  # PIL start image (img2img), at width x height
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def arguments(self, config: GenerateConfig) -> dict[str, Any]:
+        """The pipeline's keyword arguments (without generators and callbacks)."""
+        kwargs: dict[str, Any] = {"prompt": self.prompts, "num_inference_steps": config.steps,
+                                  "guidance_scale": float(config.guidance), "output_type": "pil"}
+        if config.negative_prompt:
+            kwargs["negative_prompt"] = [config.negative_prompt] * len(self.prompts)
+        if self.init is not None:
+            kwargs.update(image=[self.init] * len(self.prompts), strength=float(config.strength))
+        else:
+            kwargs.update(width=self.width, height=self.height)
+        return kwargs
+
+
+class GenerateEngine(Engine):
+    """Stable Diffusion text-to-image / image-to-image with a cache, on the hub's shared models.
+
+    ``GenerateEngine(config=None, hub=None)(prompts, image=None, progress=None)`` -> :class:`GenerationResult`.
+    ``progress`` receives a :class:`~vision.engines.contract.Progress` after every denoising step of every
+    timed run, position ``{"run", "runs", "step", "steps"}`` (run: 1-based number of the current run,
+    compare mode's plain run first; step: loop iterations done of ``steps``, the pipeline's loop length).
+    A ``progress`` that raises :class:`~vision.engines.contract.Cancelled` stops the run at that step;
+    the cache and the model lock are released on the way out.
+    """
+
+    CONFIG = GenerateConfig
+
+    def __call__(self, prompts: str | Sequence[str], image: Any = None,
+                 progress: ProgressCallback | None = None) -> GenerationResult:
+        config = self.config
+        # 1. the inputs: prompts, seeds, size, the start image
+        job = self._job(prompts, image)
+        # 2. the pipeline over the hub's shared modules, with a fresh scheduler
+        pipe = assemble_pipeline(config.arch, family_parts(self.hub, config.family), config.scheduler,
+                                 img2img=job.init is not None)
+        pipe.set_progress_bar_config(disable=True)
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        reporter = ProgressReporter(progress)
+        runs = 2 if config.compare else 1
+        # 3. the timed runs, holding the shared denoiser (no other engine changes it meanwhile)
+        with model_lock(denoiser), _memory_advice(job):
+            baseline = baseline_seconds = None
+            name = CACHE_NAMES.get(config.cache_method, config.cache_method)
+            if config.compare:  # warm-up off the clock, then the plain run with the same seeds
+                self._run(pipe, job, None, num_inference_steps=2, output_type="latent",
+                          **({"strength": 1.0} if job.init is not None else {}))
+                baseline, baseline_seconds = self._run(pipe, job, None, **self._reports(
+                    reporter, 0, runs, f"without {name}"))
+            cache = self._cache(pipe)
+            label = f"with {name}" if cache is not None else "denoising"
+            images, seconds = self._run(pipe, job, cache, **self._reports(reporter, runs - 1, runs, label))
+        return GenerationResult(
+            config=config, images=images, prompts=job.prompts, seeds=job.seeds, width=job.width, height=job.height,
+            seconds=seconds, cache=self._cache_summary(cache), baseline_images=baseline,
+            baseline_seconds=baseline_seconds, img2img=job.init is not None, tiny=self.tiny,
+            models=self._models(), notes=job.notes)
+
+    # -- steps --------------------------------------------------------------------------------------
+
+    def _job(self, prompts: str | Sequence[str], image: Any) -> _Job:
+        """Checked prompts, seeds (``seed + i``), the output size and the start image, before any model runs."""
+        from PIL import Image
+
+        from vision.imaging import load_image
+
+        config = self.config
+        items = check_prompts(prompts)
+        seeds = [config.seed + i for i in range(len(items))]
+        if image is None:
+            side = default_size(self.hub, config.family)
+            return _Job(items, seeds, *_checked_size(config.width or side, config.height or side))
+        init = load_image(image)
+        h0, w0 = init.shape[:2]
+        width, height = _checked_size(config.width or max(8, w0 // 8 * 8), config.height or max(8, h0 // 8 * 8))
+        if int(config.steps * config.strength) < 1:
+            raise GenerateError(f"steps x strength = {config.steps} x {config.strength} leaves no denoising step; "
+                                "raise steps or strength")
+        pil = Image.fromarray(init)
+        notes = []
+        if pil.size != (width, height):
+            pil = pil.resize((width, height), Image.Resampling.LANCZOS)
+            notes.append(f"start image resized from {w0}x{h0} to {width}x{height}")
+        return _Job(items, seeds, width, height, init=pil, notes=notes)
+
+    def _cache(self, pipe: Any) -> Any:
+        """The cache of the run (a context manager) or None."""
+        from vision.deepcache import DeepCache, DeepCacheError
+
+        c = self.config
+        if c.cache_method == "none":
+            return None
+        try:
+            return DeepCache(pipe, interval=c.deepcache, branch=c.branch, schedule=c.schedule, center=c.center,
+                             power=c.power, reference=c.reference)
+        except DeepCacheError as err:
+            raise GenerateError(str(err)) from None
+
+    def _run(self, pipe: Any, job: _Job, cache: Any, **extra: Any) -> tuple[Any, float]:
+        """One pipeline call with the job's seeds (under ``cache`` when given): (uint8 images, seconds)."""
+        generators = [make_generator(s) for s in job.seeds]
+        device = pipe.device
+        with cache if cache is not None else contextlib.nullcontext():
+            synchronize(device)
+            start = time.perf_counter()
+            out = pipe(**{**job.arguments(self.config), **extra}, generator=generators)
+            synchronize(device)
+            seconds = time.perf_counter() - start
+        if extra.get("output_type") == "latent":
+            return None, seconds
+        return [np.asarray(im.convert("RGB")) for im in out.images], seconds
+
+    @staticmethod
+    def _reports(reporter: ProgressReporter, run: int, runs: int, label: str) -> dict[str, Any]:
+        """Pipeline arguments that report each denoising step of run ``run`` (0-based) of ``runs``."""
+        if reporter.callback is None:
+            return {}
+
+        def report(step: int, steps: int) -> None:
+            reporter((run + step / max(1, steps)) / runs, f"{label}: step {step}/{steps}",
+                     run=run + 1, runs=runs, step=step, steps=steps)
+
+        return {"callback_on_step_end": step_callback(report)}
+
+    def _cache_summary(self, cache: Any) -> dict | None:
+        c = self.config
+        if cache is None:
+            return None
+        gen = cache.last_generation()
+        calls = {key: gen[key] for key in ("numbering", "steps", "full_steps", "full_calls", "partial_calls",
+                                           "plain_calls")}
+        return {"method": "deepcache", "interval": c.deepcache, "branch": c.branch, "schedule": c.schedule,
+                "calls": calls}
+
+    def _models(self) -> dict[str, str]:
+        from vision.engines.generate.config import family_spec
+
+        spec = family_spec(self.config.family)
+        return {role: spec[role] for role in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2",
+                                              "text_encoder_3") if role in spec}
+
+
+def check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """The prompts as a non-empty list of strings (GenerateError naming what is wrong)."""
+    items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else []
+    if not items:
+        raise GenerateError("no prompts given (the prompt list is empty)")
+    bad = [p for p in items if not isinstance(p, str)]
+    if bad:
+        raise GenerateError(f"prompts must be strings, got {type(bad[0]).__name__}")
+    return items
+
+
+def _checked_size(width: int, height: int) -> tuple[int, int]:
+    problems = size_problem("width", width) + size_problem("height", height)
+    if problems:
+        raise GenerateError("; ".join(problems))
+    return width, height
+
+
+@contextlib.contextmanager
+def _memory_advice(job: _Job) -> Any:
+    """Re-raise a CUDA out-of-memory error (same type) with what to change; the caches and LoRAs are
+    released by the contexts it leaves, and the allocator's cached blocks here."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        torch.cuda.empty_cache()
+        raise torch.OutOfMemoryError(
+            f"out of GPU memory generating {len(job.prompts)} image(s) of {job.width}x{job.height}: generate fewer "
+            f"prompts at once or a smaller size, or set VISION_MEMORY_BUDGET_GB so that the hub moves unused "
+            f"models to the CPU ({err})") from err
