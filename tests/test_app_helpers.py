@@ -128,6 +128,34 @@ def test_missing_weights_are_a_message_naming_the_download_command(monkeypatch, 
         set_hub(previous)
 
 
+def test_tabs_say_which_models_are_missing_before_a_run(monkeypatch, tmp_path):
+    """#20.5: the page names each tab's missing models and the download size before anything runs; a run
+    then names every missing model at once."""
+    from vision import weights
+    from vision.hub import ModelHub, get_hub, set_hub
+    from vision.ui import layout, story_tab
+
+    monkeypatch.setenv("VISION_OFFLINE", "1")
+    monkeypatch.setenv("VISION_WEIGHTS_DIR", str(tmp_path))  # an empty weights folder
+    monkeypatch.setattr(weights, "_hf_cache_dir", lambda spec: None)  # and nothing in the HF cache
+    previous = get_hub()
+    set_hub(ModelHub(tiny=False, device="cpu"))
+    try:
+        demo = layout.build_demo()
+        notes = {block.elem_id: block.value for block in demo.blocks.values()
+                 if (block.elem_id or "").endswith("-missing")}
+        assert set(notes) == {f"{e}-missing" for e in ("ipseg", "segment", "trident", "generate", "story")}
+        story_note = notes["story-missing"]
+        for name in weights.models_for("story"):
+            assert name in story_note and f"{weights.spec(name).size_mb} MB" in story_note
+        assert "weights download --for story" in story_note and "--tiny" in story_note
+        with pytest.raises(gr.Error) as caught:
+            list(story_tab.run_story("a fox", "sd15", "comic", 0, 0, 1, False, 3))
+        assert all(name in caught.value.message for name in weights.models_for("story"))
+    finally:
+        set_hub(previous)
+
+
 @pytest.mark.parametrize("make, value", [
     (lambda: gr.Image(format="png"), np.full((16, 16, 3), 200, np.uint8)),
     (lambda: gr.Gallery(format="png"), [(np.full((16, 16, 3), 200, np.uint8), "a caption")]),

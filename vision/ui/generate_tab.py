@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import errors, examples, form, gpu, runs, storage
+from vision.ui import errors, examples, form, gpu, notices, runs, storage
 from vision.ui.notices import tiny_prefix
 
 TINY_STEPS = 4  # the tab's default steps in tiny mode (outputs are noise: keep runs short)
@@ -129,6 +129,7 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
 
     defaults = GenerateConfig()
     with gr.Tab("Generate", id="generate"):
+        notices.missing_weights_note(hub, "generate")
         gr.Markdown("**Stable Diffusion with DeepCache**: DeepCache reuses the deep UNet features of a full "
                     "step for the next N-1 steps and runs only the shallow branch in between. "
                     "*Compare* runs the same seed with and without it and measures the speed-up. Upload a start "

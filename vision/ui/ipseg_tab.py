@@ -237,6 +237,8 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
     samples = examples.sample_paths()
     cpu = cpu_preset(hub)  # no GPU: SAM features and sam_t by default (seconds per target, not minutes)
     with gr.Tab("IPSeg", id="ipseg"):
+        notices.missing_weights_note(hub, "ipseg", ipseg_config("default", "sam" if cpu else "preset", "sam_t" if cpu
+                                                                else "preset", hub.tiny or not _sd_weights_present()))
         gr.Markdown("**IPSeg**: show a concept in a prompt image and find it in target images. Paint over the "
                     "concept with the brush, click on it for SAM's mask, type a box, or leave the prompt "
                     "unpainted to use its automatic foreground. More prompt images of the concept (k-shot) and "

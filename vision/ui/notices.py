@@ -20,3 +20,15 @@ def warn(message: str) -> None:
 
     log.warning(message)
     gr.Warning(message)
+
+
+def missing_weights_note(hub, engine: str, config: object = None):
+    """A Markdown line under a tab's title naming the models its default settings need that are not on disk,
+    with the size to download and the command (``elem_id`` ``<engine>-missing``; hidden when none is
+    missing, and in tiny mode)."""
+    import gradio as gr
+
+    from vision.weights import missing_note
+
+    text = "" if hub.tiny else missing_note(engine, config)
+    return gr.Markdown(text, visible=bool(text), elem_id=f"{engine}-missing")

@@ -10,7 +10,7 @@ import gradio as gr
 
 from vision.engines.segment import SegmentConfig, SegmentEngine
 from vision.hub import SAM_MODELS, ModelHub, get_hub
-from vision.ui import errors, examples, form, gpu, runs, storage, uploads
+from vision.ui import errors, examples, form, gpu, notices, runs, storage, uploads
 from vision.ui.notices import tiny_prefix
 from vision.ui.sam import default_sam, segment_engine
 from vision.ui.uploads import check_before_decoding
@@ -139,6 +139,7 @@ def segment_after_click(image, points_text, box_text, corner, sam_model, multima
 def segment_tab(hub: ModelHub, limits: dict) -> None:
     samples = examples.sample_paths(("coins", "chelsea"))
     with gr.Tab("Segment", id="segment"):
+        notices.missing_weights_note(hub, "segment", SegmentConfig(sam_model=default_sam(hub)))
         gr.Markdown("**Segment** (SAM): upload a photo and click on an object. Each click adds a point of the kind "
                     "chosen below; two *box corner* clicks make a box. Points and the box can also be typed. The "
                     "*everything* mode finds every mask SAM can (no clicks; press Segment).")

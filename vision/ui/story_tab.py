@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import errors, examples, form, gpu, runs, storage
+from vision.ui import errors, examples, form, gpu, notices, runs, storage
 from vision.ui.notices import tiny_prefix
 
 TINY_ROUNDS, TINY_STEPS = 1, 2  # the tab's defaults in tiny mode (outputs are noise: keep runs short)
@@ -123,6 +123,7 @@ def story_tab(hub: ModelHub, limits: dict) -> None:
     example = ("a red fox wakes up in a snowy forest\nthe fox crosses a frozen river\n"
                "the fox finds a warm cabin at dusk")
     with gr.Tab("Story", id="story"):
+        notices.missing_weights_note(hub, "story")
         gr.Markdown("**Story-Adapter**: one frame per line. Round 0 draws each frame from its text; every "
                     "further round redraws all frames while attending to all frames of the round before, "
                     "so characters and style converge. The gallery updates after each round.")

@@ -114,10 +114,11 @@ def _examples(samples: dict[str, str], image, classes, preset, presets: list[str
 
 
 def trident_tab(hub: ModelHub, limits: dict) -> None:
-    from vision.engines.trident import PRESETS
+    from vision.engines.trident import PRESETS, TridentConfig
 
     samples = examples.sample_paths()
     with gr.Tab("Trident", id="trident"):
+        notices.missing_weights_note(hub, "trident", TridentConfig.from_preset("open"))
         gr.Markdown("**Trident**: open-vocabulary semantic segmentation from class names (CLIP + DINO proxy "
                     "attention on spliced windows, SAM global aggregation and SAM prompt refinement).")
         with gr.Row():
