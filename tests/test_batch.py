@@ -701,11 +701,12 @@ def test_ray_runner_matches_local_runner(tmp_path):
     if not ok:
         pytest.skip(f"Ray runner not tested: {why}")
     src = make_folder(tmp_path / "in")
+    Image.fromarray(np.full((6, 6, 3), 220, np.uint8)).save(src / os.fsdecode(b"chat_\xe9\xff.png"))  # not UTF-8
     local, remote = tmp_path / "local", tmp_path / "ray"
     s_local = run(src, local, batch_size=2)
     s_ray = run(src, remote, batch_size=2, ray=True,
                 ray_options={"init": {"num_cpus": 2}, "num_actors": 2, "num_gpus": 0})
-    assert (s_ray.done, s_ray.failed) == (s_local.done, s_local.failed) == (12, 4)
+    assert (s_ray.done, s_ray.failed) == (s_local.done, s_local.failed) == (13, 4)
     assert output_files(local) == output_files(remote), "a Ray run writes the same files as a local run"
 
     def strip(rows):
