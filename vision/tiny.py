@@ -39,7 +39,7 @@ def dino_b16() -> Any:
     from transformers import ViTConfig, ViTModel
 
     cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                    patch_size=16, image_size=224)
+                    patch_size=16, image_size=224, layer_norm_eps=1e-6)  # as vision.builders.dino_v1 loads it
     return _seeded(lambda: ViTModel(cfg, add_pooling_layer=False))
 
 

@@ -22,6 +22,7 @@ from vision.engines.generate.pipelines import (
 )
 from vision.engines.generate.results import GenerationResult
 from vision.hub import model_lock
+from vision.weights import ensure_present
 
 CACHE_NAMES = {"deepcache": "DeepCache", "taylorseer": "TaylorSeer", "pab": "PAB", "fastercache": "FasterCache",
                "none": "a cache"}
@@ -67,8 +68,10 @@ class GenerateEngine(Engine):
     def __call__(self, prompts: str | Sequence[str], image: Any = None,
                  progress: ProgressCallback | None = None) -> GenerationResult:
         config = self.config
-        # 1. the inputs: prompts, seeds, size, the start image
+        # 1. the inputs: prompts, seeds, size, the start image; every missing model named at once
         job = self._job(prompts, image)
+        if not getattr(config, "model", None):  # a user's checkpoint brings its own parts
+            ensure_present(self.hub, list(self._models().values()), "generate")
         # 2. the pipeline over the hub's shared modules, with a fresh scheduler
         pipe = assemble_pipeline(config.arch, family_parts(self.hub, config.family), config.scheduler,
                                  img2img=job.init is not None)

@@ -24,6 +24,7 @@ from vision.engines.story.files import (MANIFEST, MANIFEST_FORMAT, STORYBOARD, f
                                         save_json, save_png)
 from vision.engines.story.results import StoryResult, story_progress
 from vision.engines.story.storyboard import make_storyboard
+from vision.weights import ensure_present, models_for
 
 def _deepcache(pipe: Any, config: StoryConfig):
     """Our DeepCache on the pipeline for the block (interval N, branch b, uniform); off for N = 0.
@@ -141,6 +142,7 @@ class StoryEngine(Engine):
         """
         config = self.config
         prompts = load_story(story)
+        ensure_present(self.hub, models_for("story", config), "story")  # every missing model named at once
         size = config.resolved_size(self.tiny)
         n, rounds = len(prompts), config.rounds
         out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="vision-story-"))

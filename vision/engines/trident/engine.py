@@ -115,6 +115,7 @@ from vision.engines.trident.config import PRESETS, TridentConfig, TridentError
 from vision.engines.trident.modes import OpenMode, mode_for
 from vision.hub import model_lock
 from vision.templates import OPENAI_IMAGENET_TEMPLATES
+from vision.weights import ensure_present, models_for
 
 CLIP_CONTEXT = 77
 TEXT_BATCH = 640  # prompts per text-encoder forward
@@ -268,6 +269,7 @@ class TridentEngine(Engine):
             raise TridentError(f"prob_thd={cfg.prob_thd} turns uncertain pixels into background, but no class is "
                                "the background: add a 'background' class or set prob_thd to 0")
         rgb = imaging.load_image(image)
+        ensure_present(self.hub, models_for("trident", cfg), "trident")  # every missing model named at once
         with self._lock:
             return self._segment(rgb, parsed, return_probs, ProgressReporter(progress))
 
