@@ -88,7 +88,7 @@ intra-block residuals. ControlNet residuals, IP-Adapter, LoRA scales, FreeU, GLI
 conditioning are supported.
 """
 
-from vision.deepcache.cache import DeepCache
+from vision.deepcache.cache import DeepCache, cache_for
 from vision.deepcache.layout import branch_info, num_branches
 from vision.deepcache.schedules import (
                                         SCHEDULES,
@@ -99,5 +99,5 @@ from vision.deepcache.schedules import (
                                         uniform_full_steps,
 )
 
-__all__ = ["DeepCache", "uniform_full_steps", "nonuniform_full_steps", "full_steps", "check_schedule",
+__all__ = ["DeepCache", "cache_for", "uniform_full_steps", "nonuniform_full_steps", "full_steps", "check_schedule",
            "DeepCacheError", "num_branches", "branch_info", "SCHEDULES"]

@@ -309,3 +309,15 @@ class DeepCache:
         """The UNet computation on this cache's branch (what ``compile=True`` compiles); see
         :func:`vision.deepcache.unet_forward.unet_forward`."""
         return unet_forward(self._model, self.layout, self.branch, cached, **inputs)
+
+
+def cache_for(pipe: Any, error: type[Exception], interval: int, **options: Any) -> DeepCache | None:
+    """The engines' one way to put DeepCache on a pipeline: ``DeepCache(pipe, interval, **options)``, or
+    None when ``interval`` is 0 (off); an unusable setting (a branch the UNet does not have, a bad
+    schedule) is re-raised as the engine's ``error`` with DeepCache's message, which names the setting."""
+    if not interval:
+        return None
+    try:
+        return DeepCache(pipe, interval=interval, **options)
+    except DeepCacheError as err:
+        raise error(str(err)) from None
