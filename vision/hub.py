@@ -32,6 +32,8 @@ from vision import builders, tiny, weights
 
 Builder = Callable[[Path, str, torch.dtype], Any]
 
+MAX_USER_MODELS = 3  # user checkpoints / ControlNets kept loaded at once (an SDXL checkpoint is ~7 GB in fp16)
+
 # Every SAM the hub holds (all ``segment_anything`` ``Sam`` objects), lightest first. ``sam_t`` has
 # MobileSAM's TinyViT encoder: no ViT attention blocks (Trident's global aggregation needs them).
 SAM_MODELS = ("sam_t", "sam_b", "sam_h")
@@ -153,6 +155,7 @@ class ModelHub:
         self._slots: dict[str, _Slot] = {}
         self._locks = {name: threading.Lock() for name in ENTRIES}
         self._budget_lock = threading.RLock()
+        self._user: dict[str, str] = {}  # key of a user model -> its source (file, folder or repo)
 
     @staticmethod
     def names() -> list[str]:
@@ -223,10 +226,35 @@ class ModelHub:
         return name in self._slots
 
     def unload(self, name: str) -> None:
-        with self._locks[name]:
+        with self._lock_of(name):
             self._slots.pop(name, None)
+            self._user.pop(name, None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    # -- the user's own models (checkpoints, LoRA-free modules, ControlNets from their files) --------------
+
+    def get_user(self, key: str, load: Callable[[], Any], source: str) -> Any:
+        """A model from the user's own file, folder or repo, under ``key`` (e.g. ``checkpoint:<path>``):
+        loaded once by ``load()`` and shared like the registry's models, in the memory budget, listed by
+        :meth:`status` (``source`` says where it came from). At most :data:`MAX_USER_MODELS` stay loaded:
+        loading one more drops the least recently used (its memory is freed when no run holds it)."""
+        with self._lock_of(key):
+            slot = self._slots.get(key)
+            if slot is None:
+                obj = load()
+                slot = self._slots[key] = _Slot(obj, time.monotonic())
+                self._user[key] = source
+                self.load_counts[key] = self.load_counts.get(key, 0) + 1
+            slot.last_used = time.monotonic()
+        for stale in sorted(self._user, key=lambda k: self._slots[k].last_used)[:-MAX_USER_MODELS]:
+            self.unload(stale)
+        self._fit_budget(key)
+        return slot.obj
+
+    def _lock_of(self, name: str) -> threading.Lock:
+        with self._budget_lock:
+            return self._locks.setdefault(name, threading.Lock())
 
     def status(self) -> list[dict[str, Any]]:
         """One row per known model: loaded?, device, dtype, memory (MiB), weights present?"""
@@ -243,6 +271,12 @@ class ModelHub:
                 "weights": "tiny (random)" if self.tiny else
                 ("bundled" if entry.weights is None else weights.status(entry.weights)),
             })
+        for key, source in list(self._user.items()):
+            slot = self._slots.get(key)
+            if slot is not None:
+                rows.append({"name": key, "loaded": True, "device": _device_of(slot.obj),
+                             "dtype": str(_dtype_of(slot.obj)).replace("torch.", ""),
+                             "memory_mb": round(module_bytes(slot.obj) / 2**20, 1), "weights": f"user: {source}"})
         return rows
 
 

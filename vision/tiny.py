@@ -145,7 +145,8 @@ def sd15_text_encoder() -> Any:
     return _text_encoder()
 
 
-SDXL_TINY_TEXT = (16, 16)  # hidden widths of the two tiny SDXL text encoders
+SDXL_TINY_TEXT = (16, 24)  # hidden widths of the two tiny SDXL text encoders (they differ, as 768 and 1280 do:
+# diffusers tells the two apart by width when it loads a single-file SDXL checkpoint)
 SDXL_TINY_TIME_DIM = 8
 
 

@@ -13,13 +13,8 @@ import torch
 from vision.common import synchronize
 from vision.engines.contract import Engine, ProgressCallback, ProgressReporter
 from vision.engines.generate.config import GenerateConfig, GenerateError, size_problem
-from vision.engines.generate.pipelines import (
-    assemble_pipeline,
-    default_size,
-    family_parts,
-    make_generator,
-    step_callback,
-)
+from vision.engines.generate.models import loras_applied, pipeline_parts
+from vision.engines.generate.pipelines import assemble_pipeline, default_size, make_generator, step_callback
 from vision.engines.generate.results import GenerationResult
 from vision.hub import model_lock
 
@@ -69,30 +64,48 @@ class GenerateEngine(Engine):
         config = self.config
         # 1. the inputs: prompts, seeds, size, the start image
         job = self._job(prompts, image)
-        # 2. the pipeline over the hub's shared modules, with a fresh scheduler
-        pipe = assemble_pipeline(config.arch, family_parts(self.hub, config.family), config.scheduler,
-                                 img2img=job.init is not None)
+        # 2. the pipeline over the hub's shared modules (or a checkpoint's), with a fresh scheduler
+        parts, arch, checkpoint = pipeline_parts(self.hub, config.family, config.model)
+        pipe = assemble_pipeline(arch, parts, config.scheduler, img2img=job.init is not None)
         pipe.set_progress_bar_config(disable=True)
-        denoiser = getattr(pipe, "unet", None) or pipe.transformer
-        reporter = ProgressReporter(progress)
-        runs = 2 if config.compare else 1
-        # 3. the timed runs, holding the shared denoiser (no other engine changes it meanwhile)
-        with model_lock(denoiser), _memory_advice(job):
-            baseline = baseline_seconds = None
-            name = CACHE_NAMES.get(config.cache_method, config.cache_method)
-            if config.compare:  # warm-up off the clock, then the plain run with the same seeds
-                self._run(pipe, job, None, num_inference_steps=2, output_type="latent",
-                          **({"strength": 1.0} if job.init is not None else {}))
-                baseline, baseline_seconds = self._run(pipe, job, None, **self._reports(
-                    reporter, 0, runs, f"without {name}"))
-            cache = self._cache(pipe)
-            label = f"with {name}" if cache is not None else "denoising"
-            images, seconds = self._run(pipe, job, cache, **self._reports(reporter, runs - 1, runs, label))
+        # 3. the LoRAs and the timed runs, holding the shared modules they change (no other engine
+        #    changes them meanwhile); LoRAs and cache are released on the way out, also on Cancelled
+        with self._locks(pipe), _memory_advice(job), loras_applied(pipe, config.loras) as loras:
+            runs = self._runs(pipe, job, ProgressReporter(progress))
+        images, seconds, baseline, baseline_seconds, cache = runs
         return GenerationResult(
             config=config, images=images, prompts=job.prompts, seeds=job.seeds, width=job.width, height=job.height,
             seconds=seconds, cache=self._cache_summary(cache), baseline_images=baseline,
             baseline_seconds=baseline_seconds, img2img=job.init is not None, tiny=self.tiny,
-            models=self._models(), notes=job.notes)
+            models=self._models(parts, checkpoint), checkpoint=checkpoint.record() if checkpoint else None,
+            loras=loras, notes=job.notes)
+
+    def _runs(self, pipe: Any, job: _Job, reporter: ProgressReporter) -> tuple:
+        """Compare mode: a warm-up off the clock and the plain run; then the run with the cache.
+        Returns (images, seconds, plain images or None, plain seconds or None, the cache or None)."""
+        config = self.config
+        runs = 2 if config.compare else 1
+        name = CACHE_NAMES.get(config.cache_method, config.cache_method)
+        baseline = baseline_seconds = None
+        if config.compare:
+            self._run(pipe, job, None, num_inference_steps=2, output_type="latent",
+                      **({"strength": 1.0} if job.init is not None else {}))
+            baseline, baseline_seconds = self._run(pipe, job, None, **self._reports(
+                reporter, 0, runs, f"without {name}"))
+        cache = self._cache(pipe)
+        label = f"with {name}" if cache is not None else "denoising"
+        images, seconds = self._run(pipe, job, cache, **self._reports(reporter, runs - 1, runs, label))
+        return images, seconds, baseline, baseline_seconds, cache
+
+    def _locks(self, pipe: Any) -> contextlib.ExitStack:
+        """The model locks of the denoiser and, with LoRAs, the text encoders (LoRAs change them)."""
+        stack = contextlib.ExitStack()
+        names = ["unet", "transformer"] + (["text_encoder", "text_encoder_2"] if self.config.loras else [])
+        for name in names:
+            module = getattr(pipe, name, None)
+            if module is not None:
+                stack.enter_context(model_lock(module))
+        return stack
 
     # -- steps --------------------------------------------------------------------------------------
 
@@ -170,12 +183,19 @@ class GenerateEngine(Engine):
         return {"method": "deepcache", "interval": c.deepcache, "branch": c.branch, "schedule": c.schedule,
                 "calls": calls}
 
-    def _models(self) -> dict[str, str]:
+    def _models(self, parts: dict[str, Any], checkpoint: Any) -> dict[str, str]:
+        """Role -> hub name of each model the pipeline ran (``checkpoint <source>`` for a checkpoint's)."""
+        from vision.engines.generate.arch import BASE_FAMILY
         from vision.engines.generate.config import family_spec
 
-        spec = family_spec(self.config.family)
-        return {role: spec[role] for role in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2",
-                                              "text_encoder_3") if role in spec}
+        family = self.config.family
+        if checkpoint is not None and family_spec(family)["arch"] != checkpoint.arch:
+            family = BASE_FAMILY[checkpoint.arch]
+        spec = family_spec(family)
+        own = checkpoint.parts if checkpoint is not None else ()
+        return {role: f"checkpoint {checkpoint.source}" if role in own else spec[role]
+                for role in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+                if role in spec and parts.get(role) is not None}
 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:
