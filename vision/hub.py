@@ -14,7 +14,8 @@ sam_h,
 sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_unet, sdxl_vae,
 sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
 ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg, realvisxl_unet,
-realvisxl_vae, realvisxl_text_encoder, realvisxl_text_encoder_2.
+realvisxl_vae, realvisxl_text_encoder, realvisxl_text_encoder_2, controlnet_canny_sd15, controlnet_depth_sd15,
+controlnet_canny_sdxl, controlnet_depth_sdxl, depth_anything_v2_small.
 """
 
 from __future__ import annotations
@@ -99,6 +100,17 @@ def _entries() -> dict[str, ModelEntry]:
                    b.transformers_model("CLIPTextModel", "text_encoder"), "realvisxl_text_encoder"),
         ModelEntry("realvisxl_text_encoder_2", _t(tiny.sdxl_text_encoder_2),
                    b.transformers_model("CLIPTextModelWithProjection", "text_encoder_2"), "realvisxl_text_encoder_2"),
+        # ControlNets and the depth estimator of the Generate engine's control input (#26)
+        ModelEntry("controlnet_canny_sd15", _t(tiny.controlnet_sd15), b.diffusers_model("ControlNetModel", None, None),
+                   "controlnet_canny_sd15"),
+        ModelEntry("controlnet_depth_sd15", _t(tiny.controlnet_sd15), b.diffusers_model("ControlNetModel", None, None),
+                   "controlnet_depth_sd15"),
+        ModelEntry("controlnet_canny_sdxl", _t(tiny.controlnet_sdxl), b.diffusers_model("ControlNetModel", None),
+                   "controlnet_canny_sdxl"),
+        ModelEntry("controlnet_depth_sdxl", _t(tiny.controlnet_sdxl), b.diffusers_model("ControlNetModel", None),
+                   "controlnet_depth_sdxl"),
+        ModelEntry("depth_anything_v2_small", _t(tiny.depth_anything_v2_small),
+                   b.transformers_model("AutoModelForDepthEstimation", "", variant=None), "depth_anything_v2_small"),
     ]
     shared = {
         "clip_tokenizer": lambda: __import__("open_clip").get_tokenizer("ViT-B-16"),

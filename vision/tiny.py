@@ -219,3 +219,37 @@ def ip_adapter_state_dict(unet, image_embed_dim: int, tokens: int = 4) -> dict[s
         layers[f"{key}.to_v_ip.weight"] = rand(inner, cross)
         key += 2
     return {"image_proj": proj, "ip_adapter": layers}
+
+
+def controlnet_from(unet: Any, seed: int = 0) -> Any:
+    """A ControlNet of ``unet``'s layout (``ControlNetModel.from_unet``, a small hint encoder) whose zero
+    convolutions and hint encoder get small random weights (from_unet zeroes them: no effect at all)."""
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding")):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return controlnet.eval()
+
+
+def controlnet_sd15() -> Any:
+    return controlnet_from(sd15_unet())
+
+
+def controlnet_sdxl() -> Any:
+    return controlnet_from(sdxl_unet())
+
+
+def depth_anything_v2_small() -> Any:
+    """Depth Anything V2's class (DINOv2 backbone, DPT head) with tiny widths."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, patch_size=14,
+                            image_size=518, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                                 fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
+    return _seeded(lambda: DepthAnythingForDepthEstimation(config))

@@ -170,16 +170,10 @@ def write_lora(path: str | Path, unet: Any, rank: int = 4, seed: int = 0, layout
 
 
 def write_controlnet(folder: str | Path, unet: Any, seed: int = 0) -> Path:
-    """A ControlNet made from ``unet`` (``ControlNetModel.from_unet``) whose zero convolutions and hint
-    encoder get small random weights (else its residuals are all zero), saved as a diffusers folder."""
-    from diffusers import ControlNetModel
+    """A ControlNet of ``unet``'s layout (:func:`vision.tiny.controlnet_from`: random zero convolutions)
+    saved as a diffusers folder; returns the folder."""
+    from vision.tiny import controlnet_from
 
-    generator = torch.Generator().manual_seed(seed)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
-    with torch.no_grad():
-        for name, param in controlnet.named_parameters():
-            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding")):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
     folder = Path(folder)
-    controlnet.save_pretrained(folder)
+    controlnet_from(unet, seed).save_pretrained(folder)
     return folder

@@ -159,6 +159,22 @@ REGISTRY: dict[str, WeightSpec] = {
               ("vae", "VAE", "diffusion_pytorch_model.safetensors", 335),
               ("text_encoder", "text encoder 1 (CLIP ViT-L, fp16 weights)", "model.fp16.safetensors", 246),
               ("text_encoder_2", "text encoder 2 (OpenCLIP bigG, fp16 weights)", "model.fp16.safetensors", 1390)]],
+        # ControlNets of the Generate engine (#26): canny and depth for SD1.5 and SDXL
+        _spec("controlnet_canny_sd15", "ControlNet v1.1 canny for SD1.5",
+              ["config.json", "diffusion_pytorch_model.safetensors"], 1445, "CreativeML OpenRAIL-M",
+              repo_id="lllyasviel/control_v11p_sd15_canny"),
+        _spec("controlnet_depth_sd15", "ControlNet v1.1 depth for SD1.5",
+              ["config.json", "diffusion_pytorch_model.safetensors"], 1445, "CreativeML OpenRAIL-M",
+              repo_id="lllyasviel/control_v11f1p_sd15_depth"),
+        _spec("controlnet_canny_sdxl", "ControlNet canny for SDXL 1.0 (fp16 weights)",
+              ["config.json", "diffusion_pytorch_model.fp16.safetensors"], 2502, "CreativeML OpenRAIL++-M",
+              repo_id="diffusers/controlnet-canny-sdxl-1.0"),
+        _spec("controlnet_depth_sdxl", "ControlNet depth for SDXL 1.0 (fp16 weights)",
+              ["config.json", "diffusion_pytorch_model.fp16.safetensors"], 2502, "CreativeML OpenRAIL++-M",
+              repo_id="diffusers/controlnet-depth-sdxl-1.0"),
+        _spec("depth_anything_v2_small", "Depth Anything V2 small (depth maps for the depth ControlNet)",
+              ["config.json", "model.safetensors"], 99, "Apache-2.0",
+              repo_id="depth-anything/Depth-Anything-V2-Small-hf"),
     ]
 }
 
