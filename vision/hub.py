@@ -15,7 +15,9 @@ sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_une
 sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
 ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg, realvisxl_unet,
 realvisxl_vae, realvisxl_text_encoder, realvisxl_text_encoder_2, controlnet_canny_sd15, controlnet_depth_sd15,
-controlnet_canny_sdxl, controlnet_depth_sdxl, depth_anything_v2_small.
+controlnet_canny_sdxl, controlnet_depth_sdxl, depth_anything_v2_small, sd35_medium_transformer,
+sd35_large_transformer, sd35_vae, sd35_text_encoder, sd35_text_encoder_2, sd35_text_encoder_3, sd35_tokenizer_3,
+sd35_scheduler.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class ModelEntry:
     weights: str | None = None
     local: Callable[[], Any] | None = None
     keep_fp32: bool = False  # SAM: fp16 SAM-H produces garbage masks
+    bf16: bool = False  # SD3.5: bfloat16 on CUDA, as published (its T5 overflows in fp16)
 
 
 def _t(fn: Callable[[], Any]) -> Callable[["ModelHub"], Any]:
@@ -60,6 +63,7 @@ def _t(fn: Callable[[], Any]) -> Callable[["ModelHub"], Any]:
 
 def _entries() -> dict[str, ModelEntry]:
     b = builders
+    sd3_transformer = b.diffusers_model("SD3Transformer2DModel", "transformer", None)
     e = [
         ModelEntry("dinov2_b14", _t(tiny.dinov2_b14), b.dinov2, "dinov2_b14"),
         ModelEntry("dino_b16", _t(tiny.dino_b16), b.dino_v1, "dino_b16"),
@@ -111,6 +115,22 @@ def _entries() -> dict[str, ModelEntry]:
                    "controlnet_depth_sdxl"),
         ModelEntry("depth_anything_v2_small", _t(tiny.depth_anything_v2_small),
                    b.transformers_model("AutoModelForDepthEstimation", "", variant=None), "depth_anything_v2_small"),
+        # Stable Diffusion 3.5 Medium / Large
+        ModelEntry("sd35_medium_transformer", _t(tiny.sd35_transformer), sd3_transformer, "sd35_medium_transformer",
+                   bf16=True),
+        ModelEntry("sd35_large_transformer", _t(tiny.sd35_large_transformer), sd3_transformer,
+                   "sd35_large_transformer", bf16=True),
+        ModelEntry("sd35_vae", _t(tiny.sd35_vae), b.diffusers_model("AutoencoderKL", "vae", None), "sd35_vae",
+                   bf16=True),
+        ModelEntry("sd35_text_encoder", _t(tiny.sd35_text_encoder),
+                   b.transformers_model("CLIPTextModelWithProjection", "text_encoder", None), "sd35_text_encoder",
+                   bf16=True),
+        ModelEntry("sd35_text_encoder_2", _t(tiny.sdxl_text_encoder_2),
+                   b.transformers_model("CLIPTextModelWithProjection", "text_encoder_2", None), "sd35_text_encoder_2",
+                   bf16=True),
+        ModelEntry("sd35_text_encoder_3", _t(tiny.sd35_text_encoder_3),
+                   b.transformers_model("T5EncoderModel", "text_encoder_3", None), "sd35_text_encoder_3", bf16=True),
+        ModelEntry("sd35_tokenizer_3", _t(tiny.sd35_tokenizer_3), b.t5_tokenizer, "sd35_tokenizer_3"),
     ]
     shared = {
         "clip_tokenizer": lambda: __import__("open_clip").get_tokenizer("ViT-B-16"),
@@ -119,6 +139,7 @@ def _entries() -> dict[str, ModelEntry]:
         "sdxl_tokenizer_2": lambda: b.clip_tokenizer(pad_token="!"),
         "sd15_scheduler": b.sd_scheduler,
         "sdxl_scheduler": b.sd_scheduler,
+        "sd35_scheduler": b.sd3_scheduler,
     }
     e += [ModelEntry(name, tiny=_t(fn), local=fn) for name, fn in shared.items()]
     return {entry.name: entry for entry in e}
@@ -175,6 +196,8 @@ class ModelHub:
 
     def dtype_for(self, name: str) -> torch.dtype:
         """fp16 on CUDA, fp32 elsewhere; SAM stays fp32 everywhere."""
+        if self.device.startswith("cuda") and ENTRIES[name].bf16:
+            return torch.bfloat16
         if self.device.startswith("cuda") and not ENTRIES[name].keep_fp32:
             return torch.float16
         return torch.float32

@@ -253,3 +253,66 @@ def depth_anything_v2_small() -> Any:
     config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
                                  fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
     return _seeded(lambda: DepthAnythingForDepthEstimation(config))
+
+
+SD3_TINY_JOINT_DIM = 48  # the tiny T5's width (SD3 pads the CLIP embeddings to it)
+
+
+def sd35_transformer(medium: bool = True) -> Any:
+    """SD3.5's MMDiT (``SD3Transformer2DModel``, RMS-norm q/k; Medium's MMDiT-X dual attention in its first
+    layer) with tiny widths: 2 heads of 8, 4 layers, patch 2, 16 latent channels."""
+    from diffusers import SD3Transformer2DModel
+
+    pooled = sum(SDXL_TINY_TEXT)
+    return _seeded(lambda: SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=4, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=SD3_TINY_JOINT_DIM, caption_projection_dim=16,
+        pooled_projection_dim=pooled, pos_embed_max_size=64, qk_norm="rms_norm",
+        dual_attention_layers=(0,) if medium else ()))
+
+
+def sd35_large_transformer() -> Any:
+    return sd35_transformer(medium=False)
+
+
+def sd35_vae() -> Any:
+    """SD3's VAE layout (16 latent channels, no quant convs, its scaling and shift) with tiny widths."""
+    from diffusers import AutoencoderKL
+
+    return _seeded(lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+        norm_num_groups=8, sample_size=64, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=1.5305, shift_factor=0.0609))
+
+
+def sd35_text_encoder() -> Any:
+    """SD3's first text encoder (CLIP-L with its projection) with tiny widths."""
+    return _text_encoder(with_projection=True, hidden=SDXL_TINY_TEXT[0], projection=SDXL_TINY_TEXT[0])
+
+
+def sd35_tokenizer_3() -> Any:
+    """A ``T5TokenizerFast`` (SentencePiece-style unigram, ``</s>`` appended) over a 76-piece vocabulary:
+    letters and digits, alone and word-initial (the real T5 vocabulary is a download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    symbols = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    vocab += [(c, -2.0) for c in symbols] + [("\u2581" + c, -1.5) for c in symbols]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                             special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=512)
+
+
+def sd35_text_encoder_3() -> Any:
+    """SD3's third text encoder (a T5 encoder) with tiny widths, over :func:`sd35_tokenizer_3`'s vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=76, d_model=SD3_TINY_JOINT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=2,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    return _seeded(lambda: T5EncoderModel(config))

@@ -19,8 +19,7 @@ from vision.engines.generate.pipelines import assemble_pipeline, default_size, m
 from vision.engines.generate.results import GenerationResult
 from vision.hub import model_lock
 
-CACHE_NAMES = {"deepcache": "DeepCache", "taylorseer": "TaylorSeer", "pab": "PAB", "fastercache": "FasterCache",
-               "none": "a cache"}
+CACHE_NAMES = {"deepcache": "DeepCache", "taylorseer": "TaylorSeer", "pab": "PAB", "none": "a cache"}
 
 
 @dataclasses.dataclass
@@ -183,12 +182,15 @@ class GenerateEngine(Engine):
         return _Job(items, seeds, width, height, init=pil, notes=notes)
 
     def _cache(self, pipe: Any) -> Any:
-        """The cache of the run (a context manager) or None."""
+        """The cache of the run (a context manager: DeepCache for UNets, a diffusers DiT cache) or None."""
         from vision.deepcache import DeepCache, DeepCacheError
+        from vision.engines.generate.dit import DiTCache
 
         c = self.config
         if c.cache_method == "none":
             return None
+        if c.cache_method != "deepcache":
+            return DiTCache(pipe.transformer, c.cache_method, c.dit_interval)
         try:
             return DeepCache(pipe, interval=c.deepcache, branch=c.branch, schedule=c.schedule, center=c.center,
                              power=c.power, reference=c.reference)
@@ -222,9 +224,12 @@ class GenerateEngine(Engine):
         return {"callback_on_step_end": step_callback(report)}
 
     def _cache_summary(self, cache: Any) -> dict | None:
+        """What the record states about the cache: its method and settings; DeepCache's decisions."""
         c = self.config
         if cache is None:
             return None
+        if c.cache_method != "deepcache":
+            return cache.settings()
         gen = cache.last_generation()
         calls = {key: gen[key] for key in ("numbering", "steps", "full_steps", "full_calls", "partial_calls",
                                            "plain_calls", "controlnet_partial_calls", "controlnet_full_calls")}
