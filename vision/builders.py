@@ -151,3 +151,21 @@ def sd_scheduler() -> Any:
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(SD_SCHEDULER_CONFIG)
+
+
+# Stable Diffusion 3.5's flow-matching schedule (its scheduler_config.json)
+SD3_SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "shift": 3.0}
+
+
+def sd3_scheduler() -> Any:
+    """SD3.5's FlowMatchEulerDiscreteScheduler (the engine derives its own with ``from_config``)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER_CONFIG)
+
+
+def t5_tokenizer(folder: Path, device: str, dtype: torch.dtype) -> Any:
+    """SD3.5's T5 tokenizer (``tokenizer_3/``)."""
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(folder / "tokenizer_3")

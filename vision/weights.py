@@ -87,6 +87,7 @@ def _spec(name, description, files, size_mb, license, **kw) -> WeightSpec:
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 IP_ADAPTER_REPO = "h94/IP-Adapter"
+SD35_MEDIUM_REPO = "stabilityai/stable-diffusion-3.5-medium"
 
 REGISTRY: dict[str, WeightSpec] = {
     s.name: s
@@ -159,6 +160,43 @@ REGISTRY: dict[str, WeightSpec] = {
               ("vae", "VAE", "diffusion_pytorch_model.safetensors", 335),
               ("text_encoder", "text encoder 1 (CLIP ViT-L, fp16 weights)", "model.fp16.safetensors", 246),
               ("text_encoder_2", "text encoder 2 (OpenCLIP bigG, fp16 weights)", "model.fp16.safetensors", 1390)]],
+        # ControlNets of the Generate engine (#26): canny and depth for SD1.5 and SDXL
+        _spec("controlnet_canny_sd15", "ControlNet v1.1 canny for SD1.5",
+              ["config.json", "diffusion_pytorch_model.safetensors"], 1445, "CreativeML OpenRAIL-M",
+              repo_id="lllyasviel/control_v11p_sd15_canny"),
+        _spec("controlnet_depth_sd15", "ControlNet v1.1 depth for SD1.5",
+              ["config.json", "diffusion_pytorch_model.safetensors"], 1445, "CreativeML OpenRAIL-M",
+              repo_id="lllyasviel/control_v11f1p_sd15_depth"),
+        _spec("controlnet_canny_sdxl", "ControlNet canny for SDXL 1.0 (fp16 weights)",
+              ["config.json", "diffusion_pytorch_model.fp16.safetensors"], 2502, "CreativeML OpenRAIL++-M",
+              repo_id="diffusers/controlnet-canny-sdxl-1.0"),
+        _spec("controlnet_depth_sdxl", "ControlNet depth for SDXL 1.0 (fp16 weights)",
+              ["config.json", "diffusion_pytorch_model.fp16.safetensors"], 2502, "CreativeML OpenRAIL++-M",
+              repo_id="diffusers/controlnet-depth-sdxl-1.0"),
+        # Stable Diffusion 3.5 (gated repos: accept the licence on the repo's page, then HF_TOKEN)
+        _spec("sd35_medium_transformer", "SD3.5 Medium MMDiT-X transformer (2.5 B parameters)",
+              ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"], 4940,
+              "Stability AI Community License", repo_id=SD35_MEDIUM_REPO),
+        _spec("sd35_large_transformer", "SD3.5 Large MMDiT transformer (8.1 B parameters)",
+              ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
+               "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+               "transformer/diffusion_pytorch_model-00002-of-00002.safetensors"], 16300,
+              "Stability AI Community License", repo_id="stabilityai/stable-diffusion-3.5-large"),
+        *[_spec(f"sd35_{part}", f"SD3.5 {what}", [f"{part}/{f}" for f in files], size_mb,
+                "Stability AI Community License", repo_id=SD35_MEDIUM_REPO)
+          for part, what, files, size_mb in [
+              ("vae", "VAE (16 latent channels)", ["config.json", "diffusion_pytorch_model.safetensors"], 168),
+              ("text_encoder", "text encoder 1 (CLIP-L with projection)", ["config.json", "model.safetensors"], 247),
+              ("text_encoder_2", "text encoder 2 (OpenCLIP bigG with projection)", ["config.json", "model.safetensors"],
+               1390),
+              ("text_encoder_3", "text encoder 3 (T5-XXL encoder)",
+               ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"], 9520),
+              ("tokenizer_3", "T5 tokenizer", ["special_tokens_map.json", "spiece.model", "tokenizer.json",
+                                               "tokenizer_config.json"], 3)]],
+        _spec("depth_anything_v2_small", "Depth Anything V2 small (depth maps for the depth ControlNet)",
+              ["config.json", "model.safetensors"], 99, "Apache-2.0",
+              repo_id="depth-anything/Depth-Anything-V2-Small-hf"),
     ]
 }
 

@@ -83,6 +83,12 @@ is located by its position in ``scheduler.timesteps`` (storage offset), so the l
 retrieval) while the decisions stay outside the graph. Full steps are bit-identical to the plain UNet;
 with ``N = 1`` every step is full, so outputs equal the uncached pipeline exactly.
 
+ControlNet: on a pipeline with one ``ControlNetModel``, DeepCache also hooks the ControlNet (the same
+registry): on a full step it runs whole; on a retrieval step only its part that the shallow path consumes
+(the residuals of skips ``0..b``: embeddings, ``conv_in`` + hint encoder, down layers ``1..b``, their zero
+convolutions; :mod:`vision.deepcache.controlnet`), which equals the first ``b + 1`` residuals of a full run.
+Guess mode and MultiControlNet run the whole ControlNet every step.
+
 Not supported on retrieval steps (those calls run the plain UNet and the next step is full): T2I-Adapter
 intra-block residuals. ControlNet residuals, IP-Adapter, LoRA scales, FreeU, GLIGEN and class/added
 conditioning are supported.
