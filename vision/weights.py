@@ -475,14 +475,15 @@ def missing_note(engine: str, config: object = None) -> str:
 
 def ensure_present(hub: object, names: list[str] | tuple[str, ...], engine: str | None = None) -> None:
     """Before a run: make every model in ``names`` present (downloading it where allowed), and raise ONE
-    :class:`WeightsMissingError` that lists every model still missing. A tiny hub, and models the hub was
-    given a path for, need nothing."""
+    :class:`WeightsMissingError` that lists every model still missing. A tiny hub, models the hub was
+    given a path for and models it already holds (loaded, or put there) need nothing."""
     if getattr(hub, "tiny", False):
         return
     given = getattr(hub, "weight_paths", {}) or {}
+    held = getattr(hub, "is_loaded", lambda _name: False)
     missing = []
     for name in dict.fromkeys(names):
-        if name not in REGISTRY or name in given or status(name) != "missing":
+        if name not in REGISTRY or name in given or held(name) or status(name) != "missing":
             continue
         try:
             resolve(name)
