@@ -84,9 +84,9 @@ def client(server):
 @pytest.fixture(scope="session")
 def photos():
     """skimage.data photographs as small PNG files (tiny models do not need big images)."""
-    from vision.ui import helpers as ui
+    from vision.ui import examples
 
-    return ui.sample_paths(("astronaut", "coffee", "chelsea"), max_side=160)
+    return examples.sample_paths(("astronaut", "coffee", "chelsea"), max_side=160)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from vision.engines.trident.classes import parse_class_text
-from vision.ui import helpers as ui
+from vision.ui import form
 
 
 def trident(client, image, classes="cat|kitten; grass; background", preset="open", prob=0.0, refine=True):
@@ -41,13 +41,13 @@ def annotation_masks(value) -> dict[str, np.ndarray]:
     (None, []),
 ])
 def test_class_text_is_read_as_the_cli_reads_labels(text, expected):
-    assert ui.parse_class_text(text) == expected
-    assert ui.parse_class_text(text) == parse_class_text(text or "")  # the library's (and the CLI's) reading
+    assert form.parse_class_text(text) == expected
+    assert form.parse_class_text(text) == parse_class_text(text or "")  # the library's (and the CLI's) reading
 
 
 def test_a_line_break_in_the_class_text_is_refused_with_the_syntax():
     with pytest.raises(ValueError, match="one line, classes separated by ';', synonyms of a class by '\\|'"):
-        ui.parse_class_text("cat; kitten\ngrass\nbackground")
+        form.parse_class_text("cat; kitten\ngrass\nbackground")
 
 
 # ----------------------------------------------------------------------------------------------- API

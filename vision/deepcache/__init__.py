@@ -83,12 +83,18 @@ is located by its position in ``scheduler.timesteps`` (storage offset), so the l
 retrieval) while the decisions stay outside the graph. Full steps are bit-identical to the plain UNet;
 with ``N = 1`` every step is full, so outputs equal the uncached pipeline exactly.
 
+ControlNet: on a pipeline with one ``ControlNetModel``, DeepCache also hooks the ControlNet (the same
+registry): on a full step it runs whole; on a retrieval step only its part that the shallow path consumes
+(the residuals of skips ``0..b``: embeddings, ``conv_in`` + hint encoder, down layers ``1..b``, their zero
+convolutions; :mod:`vision.deepcache.controlnet`), which equals the first ``b + 1`` residuals of a full run.
+Guess mode and MultiControlNet run the whole ControlNet every step.
+
 Not supported on retrieval steps (those calls run the plain UNet and the next step is full): T2I-Adapter
 intra-block residuals. ControlNet residuals, IP-Adapter, LoRA scales, FreeU, GLIGEN and class/added
 conditioning are supported.
 """
 
-from vision.deepcache.cache import DeepCache
+from vision.deepcache.cache import DeepCache, cache_for
 from vision.deepcache.layout import branch_info, num_branches
 from vision.deepcache.schedules import (
                                         SCHEDULES,
@@ -99,5 +105,5 @@ from vision.deepcache.schedules import (
                                         uniform_full_steps,
 )
 
-__all__ = ["DeepCache", "uniform_full_steps", "nonuniform_full_steps", "full_steps", "check_schedule",
+__all__ = ["DeepCache", "cache_for", "uniform_full_steps", "nonuniform_full_steps", "full_steps", "check_schedule",
            "DeepCacheError", "num_branches", "branch_info", "SCHEDULES"]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from vision.deepcache.controlnet import check_controlnet_layout, shallow_residuals
 from vision.deepcache.layout import check_branch, unet_layout, unwrap
 from vision.deepcache.schedules import DeepCacheError, check_interval, check_schedule, check_steps, nonuniform
 from vision.deepcache.steps import StepPlan, timestep_value
@@ -32,14 +33,17 @@ class DeepCacheHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self) -> None:
+    def __init__(self, route: str = "unet") -> None:
         super().__init__()
+        self.route = route  # "unet", or "controlnet": the pipeline's ControlNet (partial on retrieval steps)
         self.by_thread: dict[int, "DeepCache"] = {}
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         cache = self.by_thread.get(threading.get_ident())
         if cache is None:
             return self.plain(*args, **kwargs)
+        if self.route == "controlnet":
+            return cache._controlnet_forward(self, args, kwargs)
         return cache._forward(args, kwargs)
 
     def plain(self, *args: Any, **kwargs: Any) -> Any:
@@ -57,6 +61,33 @@ def attached_hook(unet: torch.nn.Module) -> DeepCacheHook | None:
     return HookRegistry.check_if_exists_or_initialize(unet).get_hook(HOOK_NAME)
 
 
+def _attach(module: torch.nn.Module, route: str, thread: int, cache: "DeepCache") -> DeepCacheHook:
+    """Route ``module``'s calls from ``thread`` to ``cache`` (registering the hook if it is the first)."""
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    hook = registry.get_hook(HOOK_NAME)
+    if hook is None:
+        hook = DeepCacheHook(route)
+        registry.register_hook(hook, HOOK_NAME)
+    hook.by_thread[thread] = cache
+    return hook
+
+
+def _detach(module: torch.nn.Module, hook: DeepCacheHook, thread: int | None) -> None:
+    """Stop routing ``thread``'s calls; remove the hook when no thread uses it."""
+    hook.by_thread.pop(thread, None)
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    if not hook.by_thread and registry.get_hook(HOOK_NAME) is hook:
+        registry.remove_hook(HOOK_NAME, recurse=False)
+
+
+def _single_controlnet(pipeline: Any) -> Any:
+    """The pipeline's ControlNet when it is one ``ControlNetModel`` (a MultiControlNet runs in full)."""
+    from diffusers import ControlNetModel
+
+    controlnet = getattr(pipeline, "controlnet", None)
+    return controlnet if isinstance(controlnet, ControlNetModel) else None
+
+
 @dataclass
 class _Generation:
     fresh: bool = True
@@ -69,6 +100,7 @@ class _Generation:
     full: bool = True  # decision of the current step
     feature: torch.Tensor | None = None
     calls: list[tuple[int, str]] = field(default_factory=list)  # (step, "full" | "partial" | "plain")
+    controlnet_calls: list[str] = field(default_factory=list)  # "full" | "partial" per ControlNet call
 
 
 class DeepCache:
@@ -86,6 +118,8 @@ class DeepCache:
         scheduler: for a bare UNet, the scheduler whose ``timesteps`` the calls follow (optional).
         num_steps: for a bare UNet without a scheduler, T of the non-uniform schedule.
         compile: ``True`` or a dict of ``torch.compile`` options to compile the UNet computation.
+        partial_controlnet: on a pipeline with one ``ControlNetModel``, run only the part of it that a
+            retrieval step consumes (:mod:`vision.deepcache.controlnet`); off: the whole ControlNet always.
 
     ``enable()`` / ``disable()`` or ``with DeepCache(...):``. ``begin()`` starts a new generation
     explicitly (the cache is also reset automatically, see the package docstring). ``last_generation()``
@@ -94,7 +128,7 @@ class DeepCache:
 
     def __init__(self, target: Any, interval: int = 3, branch: int = 1, schedule: str = "uniform",
                  center: int = 15, power: float = 1.4, *, reference: bool = False, scheduler: Any = None,
-                 num_steps: int | None = None, compile: bool | dict = False):
+                 num_steps: int | None = None, compile: bool | dict = False, partial_controlnet: bool = True):
         warn_if_mirror_is_stale()
         unet = getattr(target, "unet", target)
         self.pipeline = target if unet is not target else None
@@ -103,6 +137,10 @@ class DeepCache:
         self.layout = unet_layout(unet)
         check_interval(interval)
         check_branch(branch, self.layout)
+        self.controlnet = _single_controlnet(self.pipeline) if partial_controlnet else None
+        if self.controlnet is not None:
+            check_controlnet_layout(self.controlnet, self.layout)
+            self._controlnet_signature = inspect.signature(type(self.controlnet).forward)
         self.interval, self.branch = int(interval), int(branch)
         self.schedule = check_schedule(schedule, center, power)
         self.center, self.power = center, power  # checked above when the schedule uses them
@@ -118,6 +156,7 @@ class DeepCache:
         self._gen = _Generation()
         self._thread: int | None = None
         self._hook: DeepCacheHook | None = None
+        self._controlnet_hook: DeepCacheHook | None = None
         self.totals = {"generations": 0, "full": 0, "partial": 0, "plain": 0}
 
     # -- attach / detach ----------------------------------------------------------------------------
@@ -145,6 +184,8 @@ class DeepCache:
                 registry.register_hook(hook, HOOK_NAME)
             hook.by_thread[thread] = self
             self._hook, self._thread = hook, thread
+            if self.controlnet is not None:
+                self._controlnet_hook = _attach(self.controlnet, "controlnet", thread, self)
             self.begin()
         return self
 
@@ -155,11 +196,10 @@ class DeepCache:
             hook = self._hook
             if hook is None:
                 return
-            hook.by_thread.pop(self._thread, None)
-            registry = HookRegistry.check_if_exists_or_initialize(self.unet)
-            if not hook.by_thread and registry.get_hook(HOOK_NAME) is hook:
-                registry.remove_hook(HOOK_NAME, recurse=False)
-            self._hook, self._thread = None, None
+            _detach(self.unet, hook, self._thread)
+            if self._controlnet_hook is not None:
+                _detach(self.controlnet, self._controlnet_hook, self._thread)
+            self._hook, self._controlnet_hook, self._thread = None, None, None
             self.end()
 
     def __enter__(self) -> "DeepCache":
@@ -193,7 +233,9 @@ class DeepCache:
                 "calls": len(calls), "steps": len({s for s, _ in calls}), "full_steps": full,
                 "full_calls": sum(k == "full" for _, k in calls),
                 "partial_calls": sum(k == "partial" for _, k in calls),
-                "plain_calls": sum(k == "plain" for _, k in calls), "kinds": [k for _, k in calls]}
+                "plain_calls": sum(k == "plain" for _, k in calls), "kinds": [k for _, k in calls],
+                "controlnet_partial_calls": self._gen.controlnet_calls.count("partial"),
+                "controlnet_full_calls": self._gen.controlnet_calls.count("full")}
 
     def _scheduler(self) -> Any:
         return getattr(self.pipeline, "scheduler", None) if self.pipeline is not None else self.scheduler
@@ -285,6 +327,9 @@ class DeepCache:
             return out
         full = self._decide(a["sample"], a["timestep"])
         gen = self._gen
+        mid = a["mid_block_additional_residual"]
+        if full and mid is not None and mid.numel() == 0:  # a partial ControlNet output on a full step
+            raise RuntimeError("DeepCache: the ControlNet ran its retrieval part but the UNet step is full")
         cached = None if full else gen.feature
         cak = a.pop("cross_attention_kwargs")
         scale = 1.0
@@ -305,7 +350,41 @@ class DeepCache:
         return UNet2DConditionOutput(sample=sample)
 
 
+    def _controlnet_forward(self, hook: DeepCacheHook, args: tuple, kwargs: dict) -> Any:
+        """The ControlNet's call: in full on a full step; on a retrieval step only the residuals the shallow
+        path consumes (:mod:`vision.deepcache.controlnet`), the others empty placeholders it never reads."""
+        bound = self._controlnet_signature.bind(self.controlnet, *args, **kwargs)
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        if a["guess_mode"] or self._decide(a["sample"], a["timestep"]):  # guess mode: the UNet call decides
+            self._gen.controlnet_calls.append("full")
+            return hook.plain(*args, **kwargs)
+        residuals = shallow_residuals(
+            self.controlnet, self.layout, self.branch, a["sample"], a["timestep"], a["encoder_hidden_states"],
+            a["controlnet_cond"], a["conditioning_scale"], a["class_labels"], a["timestep_cond"], a["attention_mask"],
+            a["added_cond_kwargs"], a["cross_attention_kwargs"])
+        empty = a["sample"].new_zeros(0)
+        down = residuals + [empty] * (self.layout.num_skips - len(residuals))
+        self._gen.controlnet_calls.append("partial")
+        if not a["return_dict"]:
+            return down, empty
+        from diffusers.models.controlnets.controlnet import ControlNetOutput
+
+        return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=empty)
+
     def _unet_forward(self, cached: torch.Tensor | None, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The UNet computation on this cache's branch (what ``compile=True`` compiles); see
         :func:`vision.deepcache.unet_forward.unet_forward`."""
         return unet_forward(self._model, self.layout, self.branch, cached, **inputs)
+
+
+def cache_for(pipe: Any, error: type[Exception], interval: int, **options: Any) -> DeepCache | None:
+    """The engines' one way to put DeepCache on a pipeline: ``DeepCache(pipe, interval, **options)``, or
+    None when ``interval`` is 0 (off); an unusable setting (a branch the UNet does not have, a bad
+    schedule) is re-raised as the engine's ``error`` with DeepCache's message, which names the setting."""
+    if not interval:
+        return None
+    try:
+        return DeepCache(pipe, interval=interval, **options)
+    except DeepCacheError as err:
+        raise error(str(err)) from None

@@ -8,7 +8,8 @@ head. No block is patched: the blocks are called one by one around the branch.
 **Mirrored diffusers version: 0.39.0** (:data:`MIRRORED_DIFFUSERS`). :func:`unet_forward` restates
 ``UNet2DConditionModel.forward`` of that version (its embeddings, ControlNet residuals, up-sampling sizes),
 :func:`_down_layer` / :func:`_up_layer` one layer of ``(CrossAttn)DownBlock2D`` / ``(CrossAttn)UpBlock2D``,
-and :class:`LoraScale` the ``apply_lora_scale`` decorator. :data:`MIRRORS` records, per diffusers version
+:class:`LoraScale` the ``apply_lora_scale`` decorator, and :mod:`vision.deepcache.controlnet` the part of
+``ControlNetModel.forward`` a retrieval step needs. :data:`MIRRORS` records, per diffusers version
 checked, a hash of each of those functions' code (docstrings and comments excluded);
 :func:`mirror_problem` compares the installed diffusers with them (tests/test_deepcache.py fails with its
 message, and :class:`~vision.deepcache.DeepCache` warns once). After a diffusers upgrade: compare the
@@ -183,6 +184,7 @@ MIRRORED_FUNCTIONS = (  # module, qualified name: the diffusers code this module
     ("diffusers.models.unets.unet_2d_blocks", "CrossAttnUpBlock2D.forward"),
     ("diffusers.models.unets.unet_2d_blocks", "UpBlock2D.forward"),
     ("diffusers.utils.peft_utils", "apply_lora_scale"),
+    ("diffusers.models.controlnets.controlnet", "ControlNetModel.forward"),  # vision/deepcache/controlnet.py
 )
 # diffusers version -> function -> first 16 hex digits of the sha256 of its code (see source_hash)
 MIRRORS: dict[str, dict[str, str]] = {
@@ -193,6 +195,7 @@ MIRRORS: dict[str, dict[str, str]] = {
         "diffusers.models.unets.unet_2d_blocks.CrossAttnUpBlock2D.forward": "5483b1f0b4a0f431",
         "diffusers.models.unets.unet_2d_blocks.UpBlock2D.forward": "77f599338a770a12",
         "diffusers.utils.peft_utils.apply_lora_scale": "a3b0b090cb701f2b",
+        "diffusers.models.controlnets.controlnet.ControlNetModel.forward": "ca3c23690b7789b2",
     },
 }
 

@@ -319,9 +319,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {R.message(err)}", file=sys.stderr)
             return 2
     bar.close()
-    from vision.engines.generate import default_size
+    write_report(out, args, prompts, base, settings, totals, unet, scorer, tiny, time.perf_counter() - started)
+    print(f"results: {out}")
+    return 0
 
-    side = base.width or default_size(hub, base.family)
+
+def write_report(out: Path, args: argparse.Namespace, prompts: list[str], base: Any, settings: list, totals: Any,
+                 unet: Any, scorer: Any, tiny: bool, seconds: float) -> None:
+    """The CSV, the printed table, ``summary.json`` and the speed-up plot of a finished evaluation."""
+    from vision.engines.generate import default_size
+    from vision.hub import get_hub
+
+    side = base.width or default_size(get_hub(), base.family)
     macs = count_step_macs(unet, (base.height or side, side), sorted({s.branch for s in settings}))
     rows = settings_rows(totals, base, macs)
     with open(out / CSV_NAME, "w", newline="", encoding="utf-8") as f:
@@ -331,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
     notice = R.tiny_notice(tiny)
     header = (f"DeepCache on {base.family}: {len(prompts)} prompts, {base.steps} {base.scheduler} steps, "
               f"{side}px, guidance {base.guidance}, {base.schedule} schedule; scorer "
-              f"{scorer.name if scorer else 'none'}; {time.perf_counter() - started:.1f} s")
+              f"{scorer.name if scorer else 'none'}; {seconds:.1f} s")
     notes = [] if macs is not None else ["MACs not counted (SDXL or non-square images: the counter handles "
                                          "square SD1.x UNets only)"]
     text = "\n".join(filter(None, [notice, header, render(rows), *notes,
@@ -351,5 +360,3 @@ def run(args: argparse.Namespace) -> int:
     speedup_scatter([{"label": r["setting"], "speedup": r["speedup"], "score": r["clip_score"],
                       "baseline": r["N"] == 0} for r in rows], out / PLOT,
                     f"DeepCache {base.steps} {base.scheduler} steps: CLIP score vs speed-up", tiny=tiny)
-    print(f"results: {out}")
-    return 0

@@ -229,7 +229,15 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 130
     bar.close()
-    per_round = round_summary(by_round, config)
+    write_report(out, args, stories, config, scorer.name, round_summary(by_round, config), tiny,
+                 time.perf_counter() - started)
+    print(f"results: {out}")
+    return 0
+
+
+def write_report(out: Path, args: argparse.Namespace, stories: Sequence[Story], config: Any, scorer: str,
+                 per_round: dict[int, dict], tiny: bool, seconds: float) -> None:
+    """The CSV, the printed table, ``summary.json`` and the per-round plot of a finished evaluation."""
     with open(out / CSV_NAME, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["round", "lambda", "clip_t", "accs", "stories", "stories_all_pairs_accs"])
@@ -237,15 +245,14 @@ def run(args: argparse.Namespace) -> int:
             writer.writerow([r, round(v["lambda"], 4), v["clip_t"], v["accs"], v["stories"], v["fallback"]])
     notice = R.tiny_notice(tiny)
     header = (f"Story-Adapter: {len(stories)} stories, {sum(len(s.prompts) for s in stories)} frames, "
-              f"{config.rounds} rounds, {config.family}, {config.steps} steps, scorer {scorer.name}; "
-              f"{time.perf_counter() - started:.1f} s")
+              f"{config.rounds} rounds, {config.family}, {config.steps} steps, scorer {scorer}; {seconds:.1f} s")
     fallback = sum(v["fallback"] for v in per_round.values())
     note = (f"aCCS fell back to all frame pairs for {fallback} story-round(s) without a [name] tag seen twice"
             if fallback else None)
     text = "\n".join(filter(None, [notice, header, round_table(per_round), note]))
     print(text)
     summary = {"engine": "story", "stories_folder": str(args.stories), "stories": [s.name for s in stories],
-               "tiny": tiny, "notice": notice, "config": R.config_record(config), "scorer": scorer.name,
+               "tiny": tiny, "notice": notice, "config": R.config_record(config), "scorer": scorer,
                "clip_t": "cos(frame, its prompt), mean over frames, then over stories",
                "accs": "cos(first appearance, later appearance) per [name] character, mean over pairs; all frame "
                        "pairs when a story has no character tagged twice; then mean over stories",
@@ -258,5 +265,3 @@ def run(args: argparse.Namespace) -> int:
     round_curves(rounds, {"aCCS": [per_round[r]["accs"] for r in rounds],
                           "CLIP-T": [per_round[r]["clip_t"] for r in rounds]}, out / PLOT,
                  "Story-Adapter: consistency and text alignment per round", tiny=tiny)
-    print(f"results: {out}")
-    return 0

@@ -6,7 +6,7 @@ import gradio as gr
 
 from vision.hub import get_hub
 from vision.tiny import TINY_NOTICE
-from vision.ui import helpers as ui
+from vision.ui import runs, storage
 from vision.ui.generate_tab import generate_tab
 from vision.ui.ipseg_tab import ipseg_tab
 from vision.ui.models_tab import models_tab
@@ -37,7 +37,7 @@ def cpu_preset(hub) -> bool:
 def build_demo(concurrency: int = 1) -> gr.Blocks:
     """The whole page, on the process-wide model hub (``set_hub`` it first; tiny with ``VISION_TINY=1``)."""
     hub = get_hub()
-    ui.make_gradio_cache_atomic()
+    storage.serve_outputs()
     limits = dict(concurrency_limit=concurrency, concurrency_id=GPU_GROUP)
     with gr.Blocks(title="Training-free vision", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Training-free vision\nImage-prompt segmentation (IPSeg), open-vocabulary segmentation "
@@ -51,5 +51,6 @@ def build_demo(concurrency: int = 1) -> gr.Blocks:
             for build_tab in TABS:
                 build_tab(hub, limits)
             models_tab(hub, tabs)
+        demo.unload(runs.session_closed)  # a page closed or a client gone: its runs stop (vision.ui.runs)
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=concurrency)
     return demo

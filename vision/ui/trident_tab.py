@@ -10,9 +10,8 @@ import gradio as gr
 import numpy as np
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import helpers as ui
-from vision.ui.helpers import tiny_prefix
-from vision.ui.progress import engine_progress
+from vision.ui import errors, examples, form, gpu, notices, runs, storage
+from vision.ui.notices import tiny_prefix
 
 HEATMAP_SIDE = 384  # heatmaps are shown at most this many pixels per side (one per class: keep them light)
 DEFAULT_CLASSES = "person|astronaut; rocket; flag; background|sky|wall"
@@ -37,9 +36,9 @@ def _trident_engine(config):
     return TridentEngine(config, get_hub())
 
 
-@ui.GPU(duration=60)
-def _trident_segment(image: str, classes, config, progress=None):
-    return _trident_engine(config)(image, classes, return_probs=True, progress=engine_progress(progress))
+@gpu.GPU(duration=60)
+def _trident_segment(image: str, classes, config, on_progress=None):
+    return _trident_engine(config)(image, classes, return_probs=True, progress=on_progress)
 
 
 def _label_view(image: np.ndarray, labels: np.ndarray, names: tuple[str, ...]):
@@ -93,31 +92,33 @@ def _config(method: str, preset: str, prob_thd: float, refine: bool, clip_model:
     return TridentConfig.from_preset(name, **changes)
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def run_trident(image, class_text, preset, prob_thd, refine, clip_model, method="Trident", mask_generator=None,
-                points_per_side=None, progress=gr.Progress(track_tqdm=True)):
+                points_per_side=None, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
     """Open-vocabulary segmentation of an image into the given class names (Trident or CorrCLIP)."""
     from vision.imaging import load_image, tiny_banner
 
-    image = ui.require(ui.file_path(image), "an image")
-    classes = ui.parse_class_text(class_text) or None  # None: the preset's own benchmark classes
+    image = form.require(form.file_path(image), "an image")
+    classes = form.parse_class_text(class_text) or None  # None: the preset's own benchmark classes
     config = _config(method, preset, prob_thd, refine, clip_model, mask_generator, points_per_side)
     progress(0.0, desc="segmenting")
-    result = _trident_segment(image, classes, config, progress)
+    run = runs.Run(request, "trident")
+    run.check()  # a request whose client left while it was queued does nothing (it stops between stages too)
+    result = _trident_segment(image, classes, config, run.progress(progress))
     names = result.class_names
     stamp = tiny_banner if result.tiny else (lambda picture: picture)
     photo = load_image(image)
     shown = stamp(photo)
-    folder = ui.output_folder()
-    stem = ui.safe_name(Path(image).stem, "image")
-    files = [ui.save_png(value, folder, f"{stem}_{Path(name).stem}") for name, value in result.to_files().items()]
+    folder = storage.output_folder()
+    stem = storage.safe_name(Path(image).stem, "image")
+    files = [storage.save_png(value, folder, f"{stem}_{Path(name).stem}") for name, value in result.to_files().items()]
     record = result.to_record()
     share = record["pixel_fraction"]  # {class: fraction of the pixels}, classes present only
     rows = [[i, name, " | ".join(result.classes.names[i]), round(100 * share.get(name, 0.0), 2)]
             for i, name in enumerate(names)]
     truncated = record.get("truncated_names") or []
     if truncated:
-        ui.warn(f"Class names longer than CLIP's 77 tokens were truncated: {', '.join(truncated)}")
+        notices.warn(f"Class names longer than CLIP's 77 tokens were truncated: {', '.join(truncated)}")
     return (_label_view(shown, result.labels, names), _label_view(shown, result.coarse, names),
             result.regions_overlay(), _probability_gallery(photo, result.probs, names, stamp), files, rows,
             _summary(result, record, truncated))
@@ -171,11 +172,12 @@ def _corrclip_options():
 
 
 def trident_tab(hub: ModelHub, limits: dict) -> None:
-    from vision.engines.trident import PRESETS
+    from vision.engines.trident import PRESETS, TridentConfig
     from vision.engines.trident.config import presets_of
 
-    samples = ui.sample_paths()
+    samples = examples.sample_paths()
     with gr.Tab("Trident", id="trident"):
+        notices.missing_weights_note(hub, "trident", TridentConfig.from_preset("open"))
         gr.Markdown("**Open-vocabulary segmentation from class names.** *Trident*: CLIP + DINO proxy attention "
                     "on spliced windows, SAM global aggregation and SAM prompt refinement. *CorrCLIP*: region "
                     "masks (SAM's automatic generator or Mask2Former) restrict CLIP's patch correlations, DINO "
@@ -186,8 +188,8 @@ def trident_tab(hub: ModelHub, limits: dict) -> None:
                 image = gr.Image(label="Image", type="filepath", image_mode=None, sources=("upload", "clipboard"),
                                  value=samples["astronaut"], elem_id="trident-image")
                 classes = gr.Textbox(label="Class names", lines=1, max_lines=1, elem_id="trident-classes",
-                                     value=DEFAULT_CLASSES, placeholder=ui.CLASS_EXAMPLE,
-                                     info=f"{ui.CLASS_SYNTAX}, as the CLI's --labels (e.g. '{ui.CLASS_EXAMPLE}'); "
+                                     value=DEFAULT_CLASSES, placeholder=form.CLASS_EXAMPLE,
+                                     info=f"{form.CLASS_SYNTAX}, as the CLI's --labels (e.g. '{form.CLASS_EXAMPLE}'); "
                                           "a class named 'background' is the background. Empty: the preset's "
                                           "benchmark classes.")
                 with gr.Row():
@@ -216,6 +218,8 @@ def trident_tab(hub: ModelHub, limits: dict) -> None:
                 files = gr.File(label="Download: label PNG (pixel = class index), coarse labels, overlay "
                                 "(CorrCLIP: region ids as a 16-bit PNG, regions overlay)",
                                 file_count="multiple", elem_id="trident-files")
+        for shown in (annotated, coarse, regions, heatmaps):  # images written once per request (vision.ui.storage)
+            storage.written_once(shown)
         _examples(samples, image, classes, preset, list(PRESETS))
         method.change(_method_changed, method, [preset, clip_model, prob_thd, refine, mask_generator, points_per_side],
                       queue=False, api_visibility="undocumented")

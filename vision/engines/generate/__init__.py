@@ -25,9 +25,14 @@ default, means ``flow`` for SD3.5); ``steps``, ``guidance`` (CFG scale; <= 1 dis
 mode, the input's size for img2img), ``seed`` (image i of a call uses ``seed + i``, on a CPU generator, so
 results do not depend on the device's RNG or on the batch), ``strength`` (img2img). The cache: ``cache``
 ``auto`` (DeepCache for UNets, TaylorSeer for SD3.5) | ``none`` | ``deepcache`` | ``taylorseer`` | ``pab``
-| ``fastercache``; DeepCache ``deepcache`` = interval N (0 = off, 1 = on with every step full), ``branch``,
-``schedule`` (``uniform`` | ``nonuniform``), ``center``, ``power``, ``reference``; DiT caches
-``dit_interval``. ``compare=True`` also runs the plain pipeline with the same seeds (after a short warm-up)
+(:mod:`~vision.engines.generate.dit`); DeepCache ``deepcache`` = interval N (0 = off, 1 = on with every
+step full), ``branch``, ``schedule`` (``uniform`` | ``nonuniform``), ``center``, ``power``, ``reference``; DiT caches
+``dit_interval`` (steps between full computations). The user's models (:mod:`~vision.engines.generate.models`):
+``model`` (an SD1.5 / SDXL checkpoint: single ``.safetensors``, diffusers folder or Hub repo id), ``loras``
+(``Lora(path, scale)`` or ``"PATH[:SCALE]"``). ControlNet (:mod:`~vision.engines.generate.control`):
+``control`` ``canny`` | ``depth`` | ``image`` with the call's ``control_image``, ``controlnet`` (default: the
+registry's for the type and family), ``control_scale``, ``control_start`` / ``control_end``, ``canny_low`` /
+``canny_high``. ``compare=True`` also runs the plain pipeline with the same seeds (after a short warm-up)
 and reports both times and the speed-up.
 
 Presets (``GenerateConfig.from_preset(name, **changes)``): ``default`` (the fields' defaults) and

@@ -46,11 +46,10 @@ SCHEDULERS = {
 SCHEDULER_ALIASES = {"plms": "pndm", "dpm": "dpm++", "dpmsolver++": "dpm++", "dpm-solver++": "dpm++",
                      "dpmpp": "dpm++", "flow-euler": "flow", "flowmatch": "flow"}
 
-# cache methods: DeepCache for UNets; diffusers' own DiT caches for SD3.5 (vision.engines.generate.dit)
+# cache methods: DeepCache for UNets; diffusers' own DiT caches for SD3.5 (vision.engines.generate.dit says
+# why first-block cache and FasterCache are not offered)
 UNET_CACHES = ("deepcache",)
-# (diffusers 0.39's first-block cache fails on SD3: its tail hook subtracts the last block's text stream,
-# which SD3's last block, context_pre_only, does not return; so it is not offered)
-DIT_CACHES = ("taylorseer", "pab", "fastercache")
+DIT_CACHES = ("taylorseer", "pab")
 CACHES = ("auto", "none", *UNET_CACHES, *DIT_CACHES)
 CONTROLS = ("canny", "depth", "image")
 

@@ -13,18 +13,14 @@ import torch
 from vision.common import synchronize
 from vision.engines.contract import Engine, ProgressCallback, ProgressReporter
 from vision.engines.generate.config import GenerateConfig, GenerateError, size_problem
-from vision.engines.generate.pipelines import (
-    assemble_pipeline,
-    default_size,
-    family_parts,
-    make_generator,
-    step_callback,
-)
+from vision.engines.generate.control import DEPTH_MODEL, control_image, load_controlnet
+from vision.engines.generate.models import loras_applied, pipeline_parts
+from vision.engines.generate.pipelines import assemble_pipeline, default_size, make_generator, step_callback
 from vision.engines.generate.results import GenerationResult
 from vision.hub import model_lock
+from vision.weights import ensure_present, models_for
 
-CACHE_NAMES = {"deepcache": "DeepCache", "taylorseer": "TaylorSeer", "pab": "PAB", "fastercache": "FasterCache",
-               "none": "a cache"}
+CACHE_NAMES = {"deepcache": "DeepCache", "taylorseer": "TaylorSeer", "pab": "PAB", "none": "a cache"}
 
 
 @dataclasses.dataclass
@@ -36,6 +32,7 @@ class _Job:
     width: int
     height: int
     init: Any = None  # PIL start image (img2img), at width x height
+    control: Any = None  # PIL control map (ControlNet), at width x height
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def arguments(self, config: GenerateConfig) -> dict[str, Any]:
@@ -48,7 +45,23 @@ class _Job:
             kwargs.update(image=[self.init] * len(self.prompts), strength=float(config.strength))
         else:
             kwargs.update(width=self.width, height=self.height)
+        if self.control is not None:  # the ControlNet pipelines' names: img2img takes it as control_image
+            kwargs["control_image" if self.init is not None else "image"] = [self.control] * len(self.prompts)
+            kwargs.update(controlnet_conditioning_scale=float(config.control_scale),
+                          control_guidance_start=float(config.control_start),
+                          control_guidance_end=float(config.control_end))
         return kwargs
+
+
+@dataclasses.dataclass
+class _Pipeline:
+    """The pipeline of one call and what it is made of (for the record)."""
+
+    pipe: Any
+    arch: str
+    parts: dict[str, Any]
+    checkpoint: Any = None  # CheckpointInfo of a user checkpoint
+    controlnet: str | None = None  # the ControlNet's registry name or source
 
 
 class GenerateEngine(Engine):
@@ -64,50 +77,100 @@ class GenerateEngine(Engine):
 
     CONFIG = GenerateConfig
 
-    def __call__(self, prompts: str | Sequence[str], image: Any = None,
-                 progress: ProgressCallback | None = None) -> GenerationResult:
+    def __call__(self, prompts: str | Sequence[str], image: Any = None, progress: ProgressCallback | None = None,
+                 control_image: Any = None) -> GenerationResult:
         config = self.config
-        # 1. the inputs: prompts, seeds, size, the start image
-        job = self._job(prompts, image)
-        # 2. the pipeline over the hub's shared modules, with a fresh scheduler
-        pipe = assemble_pipeline(config.arch, family_parts(self.hub, config.family), config.scheduler,
-                                 img2img=job.init is not None)
-        pipe.set_progress_bar_config(disable=True)
-        denoiser = getattr(pipe, "unet", None) or pipe.transformer
-        reporter = ProgressReporter(progress)
-        runs = 2 if config.compare else 1
-        # 3. the timed runs, holding the shared denoiser (no other engine changes it meanwhile)
-        with model_lock(denoiser), _memory_advice(job):
-            baseline = baseline_seconds = None
-            name = CACHE_NAMES.get(config.cache_method, config.cache_method)
-            if config.compare:  # warm-up off the clock, then the plain run with the same seeds
-                self._run(pipe, job, None, num_inference_steps=2, output_type="latent",
-                          **({"strength": 1.0} if job.init is not None else {}))
-                baseline, baseline_seconds = self._run(pipe, job, None, **self._reports(
-                    reporter, 0, runs, f"without {name}"))
-            cache = self._cache(pipe)
-            label = f"with {name}" if cache is not None else "denoising"
-            images, seconds = self._run(pipe, job, cache, **self._reports(reporter, runs - 1, runs, label))
+        # 1. the inputs: prompts, seeds, size, the start image, the control map
+        job = self._job(prompts, image, control_image)
+        if not config.model:  # every missing model of the family named at once (a checkpoint brings its own)
+            ensure_present(self.hub, models_for("generate", config), "generate")
+        # 2. the pipeline over the hub's shared modules (or a checkpoint's), a ControlNet, a fresh scheduler
+        built = self._pipeline(job)
+        # 3. the LoRAs and the timed runs, holding the shared modules they change (no other engine
+        #    changes them meanwhile); LoRAs and cache are released on the way out, also on Cancelled
+        with self._locks(built.pipe), _memory_advice(job), loras_applied(built.pipe, config.loras) as loras:
+            images, seconds, baseline, baseline_seconds, cache = self._runs(built.pipe, job,
+                                                                            ProgressReporter(progress))
         return GenerationResult(
             config=config, images=images, prompts=job.prompts, seeds=job.seeds, width=job.width, height=job.height,
             seconds=seconds, cache=self._cache_summary(cache), baseline_images=baseline,
             baseline_seconds=baseline_seconds, img2img=job.init is not None, tiny=self.tiny,
-            models=self._models(), notes=job.notes)
+            models=self._models(built), checkpoint=built.checkpoint.record() if built.checkpoint else None,
+            loras=loras, control=self._control_record(built), notes=job.notes,
+            control_image=np.asarray(job.control) if job.control is not None else None)
+
+    def _pipeline(self, job: _Job) -> _Pipeline:
+        """The family's or the checkpoint's modules, the ControlNet, assembled with a fresh scheduler."""
+        config = self.config
+        parts, arch, checkpoint = pipeline_parts(self.hub, config.family, config.model)
+        controlnet = name = None
+        if config.control:
+            controlnet, name = load_controlnet(self.hub, config, arch, parts["unet"])
+        pipe = assemble_pipeline(arch, parts, config.scheduler, img2img=job.init is not None, controlnet=controlnet)
+        pipe.set_progress_bar_config(disable=True)
+        return _Pipeline(pipe, arch, parts, checkpoint, name)
+
+    def _runs(self, pipe: Any, job: _Job, reporter: ProgressReporter) -> tuple:
+        """Compare mode: a warm-up off the clock and the plain run; then the run with the cache.
+        Returns (images, seconds, plain images or None, plain seconds or None, the cache or None)."""
+        config = self.config
+        runs = 2 if config.compare else 1
+        name = CACHE_NAMES.get(config.cache_method, config.cache_method)
+        baseline = baseline_seconds = None
+        if config.compare:
+            self._run(pipe, job, None, num_inference_steps=2, output_type="latent",
+                      **({"strength": 1.0} if job.init is not None else {}))
+            baseline, baseline_seconds = self._run(pipe, job, None, **self._reports(
+                reporter, 0, runs, f"without {name}"))
+        cache = self._cache(pipe)
+        label = f"with {name}" if cache is not None else "denoising"
+        images, seconds = self._run(pipe, job, cache, **self._reports(reporter, runs - 1, runs, label))
+        return images, seconds, baseline, baseline_seconds, cache
+
+    def _locks(self, pipe: Any) -> contextlib.ExitStack:
+        """The model locks of the denoiser and, with LoRAs, the text encoders (LoRAs change them)."""
+        stack = contextlib.ExitStack()
+        names = ["unet", "transformer", "controlnet"]
+        names += ["text_encoder", "text_encoder_2"] if self.config.loras else []
+        for name in names:
+            module = getattr(pipe, name, None)
+            if module is not None:
+                stack.enter_context(model_lock(module))
+        return stack
 
     # -- steps --------------------------------------------------------------------------------------
 
-    def _job(self, prompts: str | Sequence[str], image: Any) -> _Job:
-        """Checked prompts, seeds (``seed + i``), the output size and the start image, before any model runs."""
+    def _job(self, prompts: str | Sequence[str], image: Any, control: Any = None) -> _Job:
+        """Checked prompts, seeds (``seed + i``), the output size, the start image and the control map,
+        before any generation model runs."""
+        config = self.config
+        items = check_prompts(prompts)
+        seeds = [config.seed + i for i in range(len(items))]
+        if control is not None and not config.control:
+            raise GenerateError("control_image: a control image was given but no control type (control: "
+                                "canny, depth or image)")
+        if config.control and control is None and image is None:
+            raise GenerateError(f"control: '{config.control}' needs a control image (control_image), or a start "
+                                "image to make it from")
+        if image is None:
+            side = default_size(self.hub, config.family)
+            job = _Job(items, seeds, *_checked_size(config.width or side, config.height or side))
+        else:
+            job = self._img2img_job(items, seeds, image)
+        if config.control:
+            if control is None:
+                job.notes.append("control map made from the start image")
+            job.control, notes = control_image(self.hub, config, control if control is not None else image,
+                                               job.width, job.height)
+            job.notes += notes
+        return job
+
+    def _img2img_job(self, items: list[str], seeds: list[int], image: Any) -> _Job:
         from PIL import Image
 
         from vision.imaging import load_image
 
         config = self.config
-        items = check_prompts(prompts)
-        seeds = [config.seed + i for i in range(len(items))]
-        if image is None:
-            side = default_size(self.hub, config.family)
-            return _Job(items, seeds, *_checked_size(config.width or side, config.height or side))
         init = load_image(image)
         h0, w0 = init.shape[:2]
         width, height = _checked_size(config.width or max(8, w0 // 8 * 8), config.height or max(8, h0 // 8 * 8))
@@ -122,12 +185,15 @@ class GenerateEngine(Engine):
         return _Job(items, seeds, width, height, init=pil, notes=notes)
 
     def _cache(self, pipe: Any) -> Any:
-        """The cache of the run (a context manager) or None."""
+        """The cache of the run (a context manager: DeepCache for UNets, a diffusers DiT cache) or None."""
         from vision.deepcache import DeepCache, DeepCacheError
+        from vision.engines.generate.dit import DiTCache
 
         c = self.config
         if c.cache_method == "none":
             return None
+        if c.cache_method != "deepcache":
+            return DiTCache(pipe.transformer, c.cache_method, c.dit_interval)
         try:
             return DeepCache(pipe, interval=c.deepcache, branch=c.branch, schedule=c.schedule, center=c.center,
                              power=c.power, reference=c.reference)
@@ -161,21 +227,46 @@ class GenerateEngine(Engine):
         return {"callback_on_step_end": step_callback(report)}
 
     def _cache_summary(self, cache: Any) -> dict | None:
+        """What the record states about the cache: its method and settings; DeepCache's decisions."""
         c = self.config
         if cache is None:
             return None
+        if c.cache_method != "deepcache":
+            return cache.settings()
         gen = cache.last_generation()
         calls = {key: gen[key] for key in ("numbering", "steps", "full_steps", "full_calls", "partial_calls",
-                                           "plain_calls")}
+                                           "plain_calls", "controlnet_partial_calls", "controlnet_full_calls")}
         return {"method": "deepcache", "interval": c.deepcache, "branch": c.branch, "schedule": c.schedule,
                 "calls": calls}
 
-    def _models(self) -> dict[str, str]:
+    def _models(self, built: _Pipeline) -> dict[str, str]:
+        """Role -> hub name of each model the pipeline ran (``checkpoint <source>`` for a checkpoint's)."""
+        from vision.engines.generate.arch import BASE_FAMILY
         from vision.engines.generate.config import family_spec
 
-        spec = family_spec(self.config.family)
-        return {role: spec[role] for role in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2",
-                                              "text_encoder_3") if role in spec}
+        family, checkpoint = self.config.family, built.checkpoint
+        if checkpoint is not None and family_spec(family)["arch"] != checkpoint.arch:
+            family = BASE_FAMILY[checkpoint.arch]
+        spec = family_spec(family)
+        own = checkpoint.parts if checkpoint is not None else ()
+        models = {role: f"checkpoint {checkpoint.source}" if role in own else spec[role]
+                  for role in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+                  if role in spec and built.parts.get(role) is not None}
+        if built.controlnet:
+            models["controlnet"] = built.controlnet
+        if self.config.control == "depth":
+            models["depth"] = DEPTH_MODEL
+        return models
+
+    def _control_record(self, built: _Pipeline) -> dict | None:
+        c = self.config
+        if not c.control:
+            return None
+        record = {"type": c.control, "controlnet": built.controlnet, "scale": c.control_scale,
+                  "start": c.control_start, "end": c.control_end}
+        if c.control == "canny":
+            record["canny"] = {"low": c.canny_low, "high": c.canny_high}
+        return record
 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:

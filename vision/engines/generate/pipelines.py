@@ -37,21 +37,15 @@ def pipeline_class(arch: str, img2img: bool = False, control: bool = False) -> t
     return getattr(diffusers, names[(arch, bool(img2img), bool(control))])
 
 
-def family_parts(hub: Any, family: str) -> dict[str, Any]:
-    """The hub's shared modules of a family, by pipeline argument name (scheduler: the hub's config)."""
+def family_parts(hub: Any, family: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The hub's shared modules of a family, by pipeline argument name (scheduler: the hub's config),
+    without those in ``skip`` (a checkpoint provides them)."""
     spec = family_spec(family)
     keys = [k for k in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3",
-                        "tokenizer", "tokenizer_2", "tokenizer_3") if k in spec]
-    parts = {key: _optional(hub, spec[key]) for key in keys}
+                        "tokenizer", "tokenizer_2", "tokenizer_3") if k in spec and k not in skip]
+    parts = {key: hub.get(spec[key]) for key in keys}
     parts["scheduler"] = hub.get(spec["scheduler"])
     return parts
-
-
-def _optional(hub: Any, name: str) -> Any:
-    """``hub.get(name)``; None for SD3's T5 encoder and tokenizer in tiny mode (SD3 runs without them)."""
-    if getattr(hub, "tiny", False) and name in ("sd35_text_encoder_3", "sd35_tokenizer_3"):
-        return None
-    return hub.get(name)
 
 
 def assemble_pipeline(arch: str, parts: dict[str, Any], scheduler: str, img2img: bool = False,

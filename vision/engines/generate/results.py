@@ -40,6 +40,7 @@ class GenerationResult:
     loras: list[dict] = dataclasses.field(default_factory=list)
     control: dict | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    control_image: np.ndarray | None = None  # the control map the ControlNet read, RGB uint8 [H, W, 3]
 
     @property
     def deepcache(self) -> dict | None:
@@ -86,9 +87,12 @@ class GenerationResult:
 
     def to_files(self) -> dict[str, np.ndarray]:
         """``{suffix: image}`` for :mod:`vision.batch`: ``png`` (one image) or ``{i}.png``; compare mode
-        adds ``plain.png`` / ``{i}.plain.png`` (the same seed without the cache)."""
+        adds ``plain.png`` / ``{i}.plain.png`` (the same seed without the cache); a ControlNet run adds
+        ``control.png`` (the control map it read)."""
         one = len(self.images) == 1
         files = {("png" if one else f"{i}.png"): im for i, im in enumerate(self.images)}
         for i, im in enumerate(self.baseline_images or []):
             files["plain.png" if one else f"{i}.plain.png"] = im
+        if self.control_image is not None:
+            files["control.png"] = self.control_image
         return files

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from vision.engines.contract import EngineConfig
+from vision.limits import MAX_STORY_FRAMES, LimitError, check_story
 
 DEFAULT_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the reference's, all styles
 
@@ -48,7 +49,7 @@ FAMILIES: dict[str, StoryFamily] = {
 }
 
 TINY_SIZE = 64  # default frame size in tiny mode (the tiny UNet's native 8x8 latent)
-MAX_FRAMES = 1000
+MAX_FRAMES = MAX_STORY_FRAMES
 
 
 class StoryError(ValueError):
@@ -211,6 +212,7 @@ def load_story(story: str | os.PathLike | Sequence[str]) -> list[str]:
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise StoryError(f"{source} has no frames: give at least one non-empty prompt (one frame per line)")
-    if len(prompts) > MAX_FRAMES:
-        raise StoryError(f"{source} has {len(prompts)} frames; at most {MAX_FRAMES} are supported per run")
-    return prompts
+    try:
+        return check_story(prompts, MAX_FRAMES, source)
+    except LimitError as err:
+        raise StoryError(str(err)) from None

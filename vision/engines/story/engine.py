@@ -24,20 +24,17 @@ from vision.engines.story.files import (MANIFEST, MANIFEST_FORMAT, STORYBOARD, f
                                         save_json, save_png)
 from vision.engines.story.results import StoryResult, story_progress
 from vision.engines.story.storyboard import make_storyboard
+from vision.weights import ensure_present, models_for
 
-def _deepcache(pipe: Any, config: StoryConfig):
+def _deepcache(pipe: Any, config: StoryConfig) -> Any:
     """Our DeepCache on the pipeline for the block (interval N, branch b, uniform); off for N = 0.
 
     It begins a fresh cache at every ``pipe(...)`` call, i.e. every frame, and is active only in this
     thread. Reference mode numbers its steps as the DeepCache paper's loop does."""
-    if not config.deepcache:
-        return contextlib.nullcontext()
-    from vision.deepcache import DeepCache, DeepCacheError
+    from vision.deepcache import cache_for
 
-    try:
-        return DeepCache(pipe, interval=config.deepcache, branch=config.deepcache_branch, reference=config.reference)
-    except DeepCacheError as err:
-        raise StoryError(str(err)) from None
+    cache = cache_for(pipe, StoryError, config.deepcache, branch=config.deepcache_branch, reference=config.reference)
+    return cache if cache is not None else contextlib.nullcontext()
 
 
 class StoryEngine(Engine):
@@ -141,6 +138,7 @@ class StoryEngine(Engine):
         """
         config = self.config
         prompts = load_story(story)
+        ensure_present(self.hub, models_for("story", config), "story")  # every missing model named at once
         size = config.resolved_size(self.tiny)
         n, rounds = len(prompts), config.rounds
         out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="vision-story-"))
