@@ -208,8 +208,8 @@ def markdown(s: dict) -> str:
         (f"**CorrCLIP / Trident = {s['ratio']:.2f}** (goal <= 2); CorrCLIP on given regions / Trident = "
         f"{s['ratio_given_regions']:.2f}. The mask/rest split applies the engine's own wall-time shares to the "
         "measured time. Random SAM weights keep few masks; a real SAM-B keeps some tens, which the given-regions "
-        "row stands for (more mask class tokens, merging over more regions). CorrCLIP's SAM ran on the backend named in "
-        "the table (--backend), Trident's on PyTorch (its aggregation reads the encoder's last attention)."),
+        "row stands for (more mask class tokens, merging over more regions). CorrCLIP's SAM ran on the backend "
+        "named in the table (--backend), Trident's on PyTorch (its aggregation reads the encoder's last attention)."),
     ]
     return "\n".join(rows)
 

@@ -251,7 +251,7 @@ def test_corrclip_reference_class_strings():
 
     for preset, classes in CORRCLIP_REFERENCE_CLASS_LISTS.items():
         trident = REFERENCE_CLASS_LISTS[preset]
-        changed = [(a, b) for a, b in zip(trident.names, classes.names) if a != b]
+        changed = [(a, b) for a, b in zip(trident.names, classes.names, strict=True) if a != b]
         assert ("person", "people") in changed and classes.display == trident.display
         assert len(changed) == (2 if preset == "coco_object" else 1)
     background = CORRCLIP_REFERENCE_CLASS_LISTS["coco_object"].names[0].split("|")

@@ -188,7 +188,7 @@ def merge_regions(ids: torch.Tensor, features: torch.Tensor, rules: RegionRules,
         first = torch.full((int(group.max()) + 1,), torch.iinfo(torch.int64).max, device=ids.device)
         new_ids = first.scatter_reduce(0, group, candidates.long(), reduce="amin")[group]
     merged = flat.long().clone()
-    for region, new_id in zip(members, new_ids):
+    for region, new_id in zip(members, new_ids, strict=True):
         merged[region] = new_id
     return merged.view(ids.shape)
 
