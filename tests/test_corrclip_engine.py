@@ -135,3 +135,20 @@ def test_bad_corrclip_settings_name_the_field():
     assert "points_per_side must be in 1..128" in message
     with pytest.raises(TridentError, match="method='segformer' must be one of trident, corrclip"):
         TridentConfig(method="segformer").validate()
+
+
+def test_missing_weights_are_named_at_once_and_given_regions_need_no_generator(tmp_path, monkeypatch, cat):
+    from vision import weights
+    from vision.hub import ModelHub
+
+    monkeypatch.setenv("VISION_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    engine = TridentEngine(TridentConfig.from_preset("corrclip"), ModelHub(tiny=False, device="cpu"))
+    with pytest.raises(weights.WeightsMissingError) as err:
+        engine(cat, "cat; background")
+    message = str(err.value)
+    assert "metaclip_b16" in message and "dino_b8" in message and "sam_b" in message
+    with pytest.raises(weights.WeightsMissingError) as err:
+        engine(cat, "cat; background", regions=np.zeros(cat.shape[:2], np.int32))
+    assert "dino_b8" in str(err.value) and "sam_b" not in str(err.value)
+    assert weights.models_for("trident", PRESETS["corrclip_voc21"]) == ["metaclip_b16", "dino_b8", "sam_h"]

@@ -437,8 +437,7 @@ def models_for(engine: str, config: object = None) -> list[str]:
     elif engine == "trident":
         from vision.engines.trident import TridentConfig
 
-        cfg = config or TridentConfig.from_preset()
-        names = [cfg.clip, cfg.vfm, cfg.sam]
+        names = list((config or TridentConfig.from_preset()).models().values())
     elif engine == "generate":
         from vision.engines.generate.config import GenerateConfig
 

@@ -97,6 +97,12 @@ class TridentConfig(EngineConfig):
             return CORRCLIP_REFERENCE_CLASS_LISTS[self.benchmark]
         return mode_for(self).class_list(self.benchmark)
 
+    def models(self) -> dict[str, str]:
+        """Role -> hub name of the models a run uses (CorrCLIP: its mask generator where Trident has SAM)."""
+        if self.method == "corrclip":
+            return {"clip": self.clip, "vfm": self.vfm, "mask_generator": self.mask_generator}
+        return {"clip": self.clip, "vfm": self.vfm, "sam": self.sam}
+
     @property
     def regions(self) -> RegionSpec:
         """CorrCLIP's region-mask settings."""

@@ -123,7 +123,7 @@ from vision.engines.trident.regions import REGION_CACHE
 from vision.engines.trident.results import TridentResult
 from vision.hub import model_lock
 from vision.templates import OPENAI_IMAGENET_TEMPLATES
-from vision.weights import ensure_present, models_for
+from vision.weights import ensure_present
 
 CLIP_CONTEXT = 77
 TEXT_BATCH = 640  # prompts per text-encoder forward
@@ -235,7 +235,10 @@ class TridentEngine(Engine):
         if regions is not None and cfg.method != "corrclip":
             raise TridentError(f"regions= (region masks) applies to method='corrclip', not {cfg.method!r}")
         rgb = imaging.load_image(image)
-        ensure_present(self.hub, models_for("trident", cfg), "trident")  # every missing model named at once
+        needed = cfg.models()
+        if regions is not None:
+            needed.pop("mask_generator", None)  # given region masks: no generator runs
+        ensure_present(self.hub, list(needed.values()), "trident")  # every missing model named at once
         with self._lock:
             if cfg.method == "corrclip":
                 return corrclip_run.segment(self, rgb, parsed, return_probs, ProgressReporter(progress), regions)

@@ -53,9 +53,7 @@ class TridentResult:
         counts = np.bincount(self.labels.ravel(), minlength=len(self.classes.names))
         total = max(1, self.labels.size)
         cfg = self.config
-        models = ({"clip": cfg.clip, "vfm": cfg.vfm, "mask_generator": cfg.mask_generator}
-                  if cfg.method == "corrclip" else {"clip": cfg.clip, "vfm": cfg.vfm, "sam": cfg.sam})
-        record = engine_record(cfg, tiny=self.tiny, timings=self.timings, models=models)
+        record = engine_record(cfg, tiny=self.tiny, timings=self.timings, models=cfg.models())
         record.update({
             "classes": list(self.classes.display),
             "background": self.classes.background,
