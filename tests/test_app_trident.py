@@ -20,7 +20,11 @@ from vision.ui import form
 
 
 def trident(client, image, classes="cat|kitten; grass; background", preset="open", prob=0.0, refine=True):
-    return client.predict(handle_file(image), classes, preset, prob, refine, "clip_b16", api_name="/trident")
+    """The Trident method's outputs (CorrCLIP's region-mask image, None here, left out)."""
+    annotated, coarse, regions, *rest = client.predict(handle_file(image), classes, preset, prob, refine, "clip_b16",
+                                                       api_name="/trident")
+    assert regions is None
+    return (annotated, coarse, *rest)
 
 
 def annotation_masks(value) -> dict[str, np.ndarray]:
@@ -99,8 +103,9 @@ def test_trident_api_refuses_a_line_break_with_the_syntax(client, photos):
 def test_view_api_names_every_trident_output(client):
     returns = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/trident"]["returns"]
     labels = [r["label"] for r in returns]
-    assert len(labels) == 6 and not [label for label in labels if label.startswith("value_")], labels
+    assert len(labels) == 7 and not [label for label in labels if label.startswith("value_")], labels
     assert "Summary" in labels and any("before SAM refinement" in label for label in labels)
+    assert "Region masks (CorrCLIP)" in labels
 
 
 # ------------------------------------------------------------------------------------------- browser
@@ -135,7 +140,7 @@ def test_browser_trident_tab_uploads_a_photo_and_shows_every_map(page, photos, t
     click(page, "#trident-run")
     summary = page.locator("#trident-summary")
     expect(summary).to_contain_text("3 classes")
-    expect(summary).to_contain_text("mode open (reference off")
+    expect(summary).to_contain_text("mode product (reference off")
     expect(page.locator("#trident-annotated img").first).to_be_visible()
     expect(page.locator("#trident-coarse img").first).to_be_visible()
     heatmaps = page.locator("#trident-heatmaps")
@@ -148,7 +153,7 @@ def test_browser_trident_tab_uploads_a_photo_and_shows_every_map(page, photos, t
     examples.get_by_text("voc21", exact=True).click()
     expect(page.locator("#trident-preset input")).to_have_value("voc21")
     click(page, "#trident-run")
-    expect(summary).to_contain_text("21 classes, preset voc21, mode reference (reference on")
+    expect(summary).to_contain_text("21 classes, method Trident, preset voc21, mode reference (reference on")
     expect(heatmaps.locator("img")).to_have_count(21)
     expect(heatmaps).to_contain_text("aeroplane:")
     shot(page, tmp_path, "trident_example")

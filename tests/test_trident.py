@@ -9,6 +9,7 @@ from PIL import Image
 
 from vision.classnames import CLASS_LISTS
 from vision.engines.trident import MAX_CLASSES, PRESETS, TridentConfig, TridentEngine, parse_classes
+from vision.engines.trident.config import presets_of
 from vision.imaging import sample_image
 
 FAST = PRESETS["open"].replace(refine=False)
@@ -28,8 +29,8 @@ def sam_encoder_calls(tiny_hub):
 
 
 def test_presets_carry_the_papers_settings():
-    assert set(PRESETS) == {"voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes",
-                            "ade20k", "open"}
+    assert set(presets_of("trident")) == {"voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff",
+                                          "cityscapes", "ade20k", "open"}
     v = PRESETS["voc21"]
     assert (v.short_side, v.stride, v.prob_thd, v.coarse_thresh, v.cos_fac, v.refine_neg_cos) == \
         (448, 224, 0.2, 0.2, 1.2, True)
@@ -37,7 +38,7 @@ def test_presets_carry_the_papers_settings():
     assert (c.short_side, c.coarse_thresh, c.cos_fac, c.refine_neg_cos, c.split_halves) == (688, 0.1, 3.0, False, True)
     assert (PRESETS["voc20"].short_side, PRESETS["voc20"].stride, PRESETS["voc20"].cos_fac) == (336, 112, 0.0)
     assert PRESETS["ade20k"].refine_neg_cos is False and PRESETS["coco_stuff"].coarse_thresh == 0.05
-    assert all(p.logit_scale == 40 and p.window == 336 for p in PRESETS.values())
+    assert all(PRESETS[p].logit_scale == 40 and PRESETS[p].window == 336 for p in presets_of("trident"))
     assert TridentConfig.from_preset("open", prob_thd=0.3).prob_thd == 0.3
     with pytest.raises(ValueError, match="unknown Trident preset"):
         TridentConfig.from_preset("nope")

@@ -15,10 +15,11 @@ from vision.classnames import CLASS_LISTS, REFERENCE_CLASS_LISTS
 from vision.engines.trident import PRESETS, TridentConfig, TridentEngine, parse_classes
 from vision.engines.trident import refine, splice
 from vision.engines.trident.classes import class_probabilities
+from vision.engines.trident.config import presets_of
 from vision.engines.trident.modes import OPEN, REFERENCE, mode_for
 from vision.imaging import sample_image
 
-BENCHMARKS = [name for name in PRESETS if name != "open"]
+BENCHMARKS = [name for name in presets_of("trident") if name != "open"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ OPEN_SIZES = [(448, 608), (608, 448), (448, 688), (448, 448), (448, 800), (448, 
               (448, 896), (448, 608), (336, 2048), (448, 624)]
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", presets_of("trident"))
 def test_clip_input_size_rule_table(preset):
     cfg = PRESETS[preset]
     expected = OPEN_SIZES if preset == "open" else REFERENCE_SIZES[cfg.short_side]

@@ -81,6 +81,21 @@ def sam_t(folder: Path, device: str, dtype: torch.dtype) -> Any:
     return sam_t_weights.load(folder).to(device=device, dtype=dtype)
 
 
+def mask2former(folder: Path, device: str, dtype: torch.dtype) -> Any:
+    """``Mask2FormerForUniversalSegmentation`` (transformers) from ``config.json`` + ``pytorch_model.bin``
+    (transformers loads ``.bin`` files with ``weights_only=True``)."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    return Mask2FormerForUniversalSegmentation.from_pretrained(folder, torch_dtype=dtype).to(device)
+
+
+def mask2former_processor(folder: Path, device: str, dtype: torch.dtype) -> Any:
+    """The checkpoint's ``Mask2FormerImageProcessor`` (its ``preprocessor_config.json``: resize, normalise)."""
+    from transformers import Mask2FormerImageProcessor
+
+    return Mask2FormerImageProcessor.from_pretrained(folder)
+
+
 def diffusers_model(cls_name: str, subfolder: str, variant: str | None = "fp16"):
     def build(folder: Path, device: str, dtype: torch.dtype) -> Any:
         import diffusers

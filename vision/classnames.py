@@ -148,3 +148,19 @@ def _run_together(classes: ClassList) -> ClassList:
 REFERENCE_CLASS_LISTS: dict[str, ClassList] = {
     name: _run_together(classes) if name in RUN_TOGETHER_LISTS else classes for name, classes in CLASS_LISTS.items()
 }
+
+
+def _corrclip_strings(preset: str, classes: ClassList) -> ClassList:
+    """CorrCLIP's ``configs/cls_*.txt`` differ from the Trident reference's strings in two ways: "people"
+    for "person" (all eight lists), and COCO-Object's background words without "bed" (16 words, so the
+    name is no longer repeated). The displayed names stay the dataset's."""
+    names = ["people" if name == "person" else name for name in classes.names]
+    if preset == "coco_object":
+        names[0] = SYNONYM_SEPARATOR.join(w for w in COCO_OBJECT_BACKGROUND_WORDS if w != "bed")
+    return ClassList(tuple(names), classes.background, classes.display)
+
+
+# The strings CorrCLIP's reference encodes (its configs/cls_*.txt), for its reference mode.
+CORRCLIP_REFERENCE_CLASS_LISTS: dict[str, ClassList] = {
+    name: _corrclip_strings(name, classes) for name, classes in REFERENCE_CLASS_LISTS.items()
+}

@@ -43,6 +43,35 @@ def dino_b16() -> Any:
     return _seeded(lambda: ViTModel(cfg, add_pooling_layer=False))
 
 
+def dino_b8() -> Any:
+    """DINO ViT-B/8's layout (patch 8) with tiny widths (CorrCLIP's value reconstruction)."""
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                    patch_size=8, image_size=224)
+    return _seeded(lambda: ViTModel(cfg, add_pooling_layer=False))
+
+
+def mask2former() -> Any:
+    """``Mask2FormerForUniversalSegmentation`` with a one-block-per-stage Swin backbone, COCO panoptic's
+    133 labels and tiny widths."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    swin = SwinConfig(image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = Mask2FormerConfig(backbone_config=swin, hidden_dim=32, mask_feature_size=32, feature_size=32,
+                            num_queries=8, encoder_layers=1, decoder_layers=2, encoder_feedforward_dim=64,
+                            dim_feedforward=64, num_attention_heads=2, num_labels=133)
+    return _seeded(lambda: Mask2FormerForUniversalSegmentation(cfg))
+
+
+def mask2former_processor() -> Any:
+    """Mask2Former's image processor at a small size (short side 64, long side <= 128)."""
+    from transformers import Mask2FormerImageProcessor
+
+    return Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
+
+
 def _open_clip(vision_width: int, patch_size: int) -> Any:
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 

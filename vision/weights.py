@@ -96,6 +96,17 @@ REGISTRY: dict[str, WeightSpec] = {
               ["config.json", "model.safetensors"], 346, "Apache-2.0", repo_id="facebook/dinov2-base"),
         _spec("dino_b16", "DINO v1 ViT-B/16 (Trident proxy attention)",
               ["config.json", "pytorch_model.bin"], 343, "Apache-2.0", repo_id="facebook/dino-vitb16"),
+        # CorrCLIP's reference models: DINO ViT-B/8 (its value reconstruction), MetaCLIP ViT-B/16 (its CLIP,
+        # 'metaclip_fullcc' in open_clip) and Mask2Former (one of its region-mask generators).
+        _spec("dino_b8", "DINO v1 ViT-B/8 (CorrCLIP value reconstruction)",
+              ["config.json", "pytorch_model.bin"], 343, "Apache-2.0", repo_id="facebook/dino-vitb8"),
+        _spec("metaclip_b16", "MetaCLIP ViT-B/16 quick-GELU, 2.5B pairs ('metaclip_fullcc'; open_clip; CorrCLIP)",
+              ["open_clip_model.safetensors"], 599, "CC-BY-NC-4.0",
+              repo_id="timm/vit_base_patch16_clip_224.metaclip_2pt5b"),
+        _spec("mask2former", "Mask2Former Swin-L, COCO panoptic (transformers; CorrCLIP region masks)",
+              ["config.json", "preprocessor_config.json", "pytorch_model.bin"], 866,
+              "other (model card); Mask2Former's code and weights: MIT",
+              repo_id="facebook/mask2former-swin-large-coco-panoptic"),
         _spec("clip_b16", "CLIP ViT-B/16, OpenAI weights (open_clip)",
               ["open_clip_model.safetensors"], 599, "MIT",
               repo_id="timm/vit_base_patch16_clip_224.openai"),
@@ -426,8 +437,7 @@ def models_for(engine: str, config: object = None) -> list[str]:
     elif engine == "trident":
         from vision.engines.trident import TridentConfig
 
-        cfg = config or TridentConfig.from_preset()
-        names = [cfg.clip, cfg.vfm, cfg.sam]
+        names = list((config or TridentConfig.from_preset()).models().values())
     elif engine == "generate":
         from vision.engines.generate.config import GenerateConfig
 

@@ -1,6 +1,7 @@
 """``python -m vision eval ENGINE ...``: reproduce a paper's table on your machine.
 
-* ``eval trident --preset voc21 --root DIR [--limit N] [--json FILE]``: mIoU of Trident on a
+* ``eval trident --preset voc21 --root DIR [--limit N] [--json FILE] [--method corrclip]``: mIoU of
+  Trident (or CorrCLIP, on the same images and with the same table) on a
   benchmark's validation split (mmseg protocol: batch size 1, predictions at the original size, 255
   ignored, ``reduce_zero_label`` for ADE20k, Context-59 and VOC20) with a per-class table. ``--root`` is
   the dataset folder in the layout of :mod:`vision.metrics` (for VOC: the folder holding JPEGImages/,
@@ -26,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 NAME = "eval"
 HELP = "reproduce a paper's numbers: trident / ipseg / generate / story evaluations (tables, JSONL, plots)"
@@ -36,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     engines = parser.add_subparsers(dest="engine", required=True, metavar="ENGINE")
     for name, help_text, add, run_fn in (
-        ("trident", "mIoU of Trident on a benchmark's validation split (per-class table)", add_trident_arguments,
+        ("trident", "mIoU of Trident or CorrCLIP (--method) on a benchmark's validation split (per-class table)",
+         add_trident_arguments,
          run_trident),
         ("ipseg", "IPSeg one-shot segmentation: PerSeg, FSS-1000, COCO-20i, PASCAL-5i (mIoU, FB-IoU, bIoU)",
          ipseg_eval.add_arguments, ipseg_eval.run),
@@ -63,70 +66,93 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_trident_arguments(parser: argparse.ArgumentParser) -> None:
-    from vision.engines.trident import PRESETS
+    from vision.classnames import CLASS_LISTS
+    from vision.commands.trident import add_model_arguments
 
-    parser.add_argument("--preset", required=True, choices=[p for p in PRESETS if p != "open"],
-                        help="benchmark: its settings, class names and folder layout")
+    parser.add_argument("--preset", required=True, choices=[*CLASS_LISTS, *(f"corrclip_{n}" for n in CLASS_LISTS)],
+                        help="benchmark: its settings, class names and folder layout (with --method corrclip, "
+                        "CorrCLIP's settings for it)")
     parser.add_argument("--root", required=True, metavar="DIR", help="the dataset folder (see vision/metrics.py)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
     parser.add_argument("--json", metavar="FILE", help="also write the summary (mIoU, per-class IoU) as JSON")
-    parser.add_argument("--no-refine", action="store_true", help="skip the SAM prompt refinement")
-    parser.add_argument("--no-reference", action="store_true",
-                        help="the project's behaviour instead of the reference code's (see the engine's docstring)")
-    parser.add_argument("--clip", choices=["clip_b16", "clip_h14"], default=None, help="CLIP model (default B/16)")
-    parser.add_argument("--vfm", choices=["dino_b16", "dinov2_b14"], default=None,
-                        help="proxy-attention model (default DINO B/16; DINOv2 is a deviation)")
-    parser.add_argument("--sam", choices=["sam_b", "sam_h"], default=None, help="SAM model (default ViT-B)")
+    parser.add_argument("--region-masks", metavar="DIR", default=None,
+                        help="corrclip: pre-generated region masks instead of a mask generator, DIR/<image stem>.npz "
+                        "holding an 'instance_mask' id map (the reference's format: the paper's SAM 2 masks)")
+    add_model_arguments(parser)
+
+
+def load_region_masks(folder: Path, image: Path) -> Any:
+    """The pre-generated region id map [H, W] of ``image``: ``folder/<stem>.npz``'s ``instance_mask``."""
+    import numpy as np
+
+    path = folder / f"{image.stem}.npz"
+    with np.load(path) as data:
+        if "instance_mask" not in data:
+            raise ValueError(f"--region-masks: {path} has no 'instance_mask' array (has: {', '.join(data.files)})")
+        return data["instance_mask"]
 
 
 def run_trident(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from vision.engines.trident import TridentConfig, TridentEngine
-    from vision.engines.trident.modes import mode_for
+    from vision.commands.trident import config_from_args
+    from vision.engines.trident import TridentEngine
     from vision.metrics import LAYOUTS, DatasetError, dataset_samples, evaluate
     from vision.wording import plural
 
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
         return 2
-    changes = {k: v for k, v in {"clip": args.clip, "vfm": args.vfm, "sam": args.sam}.items() if v is not None}
-    if args.no_refine:
-        changes["refine"] = False
-    if args.no_reference:
-        changes["reference"] = False
-    config = TridentConfig.from_preset(args.preset, **changes)
     try:
-        samples = dataset_samples(args.preset, args.root, args.limit)
-    except DatasetError as err:
+        config = config_from_args(args, args.preset)
+        benchmark = config.benchmark
+        samples = dataset_samples(benchmark, args.root, args.limit)
+        masks = None if args.region_masks is None else Path(args.region_masks)
+        if masks is not None and (config.method != "corrclip" or not masks.is_dir()):
+            raise ValueError(f"--region-masks {masks}: " + ("not a folder" if config.method == "corrclip"
+                                                             else "applies to --method corrclip"))
+        missing = [] if masks is None else [s for s in samples if not (masks / f"{s.image.stem}.npz").is_file()]
+        if missing:
+            raise ValueError(f"--region-masks: {len(missing)} of {len(samples)} images have no masks file, e.g. "
+                             f"{masks / (missing[0].image.stem + '.npz')}")
+    except (DatasetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    classes = mode_for(config).class_list(args.preset)
+    classes = config.class_list()
     engine = TridentEngine(config)
     tiny = bool(engine.hub.tiny)
-    bar = tqdm(total=len(samples), unit="image", desc=f"trident {args.preset}")
+    title = "CorrCLIP" if config.method == "corrclip" else "Trident"
+    bar = tqdm(total=len(samples), unit="image", desc=f"{config.method} {benchmark}")
     started = time.perf_counter()
 
     def predict(path: Path):
-        return engine(path, classes, return_probs=False).labels
+        regions = None if masks is None else load_region_masks(masks, path)
+        return engine(path, classes, return_probs=False, regions=regions).labels
 
     try:
-        matrix = evaluate(predict, samples, len(classes.names), LAYOUTS[args.preset].reduce_zero_label,
+        matrix = evaluate(predict, samples, len(classes.names), LAYOUTS[benchmark].reduce_zero_label,
                           on_image=lambda n, s: bar.update(1))
     except KeyboardInterrupt:
         bar.close()
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as err:  # a damaged masks file or image: the message names it
+        bar.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     bar.close()
     seconds = time.perf_counter() - started
     if tiny:
         print("TINY MODE: random-weight models, these numbers are noise (for testing the harness).")
-    print(f"Trident {args.preset}: {plural(matrix.images, 'image')}, {seconds:.1f} s "
-          f"({seconds / max(1, matrix.images):.2f} s/image); clip={config.clip} vfm={config.vfm} sam={config.sam} "
-          f"refine={'on' if config.refine else 'off'} reference={'on' if config.reference else 'off'}")
+    regions = f"region_masks={masks}" if masks is not None else f"mask_generator={config.regions.label}"
+    models = regions if config.method == "corrclip" else f"sam={config.sam} refine={'on' if config.refine else 'off'}"
+    print(f"{title} {benchmark}: {plural(matrix.images, 'image')}, {seconds:.1f} s "
+          f"({seconds / max(1, matrix.images):.2f} s/image); preset={config.preset} clip={config.clip} "
+          f"vfm={config.vfm} {models} reference={'on' if config.reference else 'off'}")
     print(matrix.table(classes.display))
     if args.json:
-        summary = {"engine": "trident", "method": config.method, "preset": args.preset, "mode": config.mode,
+        summary = {"engine": "trident", "method": config.method, "preset": config.preset, "benchmark": benchmark,
+                   "region_masks": None if masks is None else str(masks), "mode": config.mode,
                    "reference": config.reference, "root": str(args.root), "tiny": tiny, "seconds": round(seconds, 2),
                    "config": dataclasses.asdict(config),
                    **matrix.summary(classes.display)}

@@ -90,16 +90,22 @@ any Unicode text is accepted. Images of any size are accepted (smaller ones are 
 Presets: :data:`PRESETS` holds the paper's eight benchmark settings plus "open" (S=448, stride 224,
 ``prob_thd`` free, default 0). With tiny models (``ModelHub(tiny=True)``) every output is noise and is
 labelled so (``result.tiny``, the record's notice, a stamp on the overlay).
+
+Methods. ``TridentConfig.method`` chooses what this engine runs on the same inputs and outputs:
+"trident" (the steps above) or "corrclip" (CorrCLIP, ICCV 2025: :mod:`~vision.engines.trident.corrclip`
+describes its stages and lists its reference-mode differences C1-C4; the run is
+:mod:`~vision.engines.trident.corrclip_run`; presets "corrclip" and ``corrclip_<benchmark>``). CorrCLIP's
+result also holds the region masks (``result.regions``), made by its mask generator or given by the
+caller (``engine(image, classes, regions=ids)``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -108,14 +114,16 @@ import torch.nn.functional as F
 
 from vision import imaging
 from vision.common import LRUCache, stage
-from vision.engines.contract import Engine, ProgressCallback, ProgressReporter, engine_record
-from vision.engines.trident import aggregate, refine, splice
+from vision.engines.contract import Engine, ProgressCallback, ProgressReporter
+from vision.engines.trident import aggregate, corrclip_run, refine, splice
 from vision.engines.trident.classes import Classes, class_probabilities, parse_classes
-from vision.engines.trident.config import PRESETS, TridentConfig, TridentError
+from vision.engines.trident.config import TridentConfig, TridentError
 from vision.engines.trident.modes import OpenMode, mode_for
+from vision.engines.trident.regions import REGION_CACHE
+from vision.engines.trident.results import TridentResult
 from vision.hub import model_lock
 from vision.templates import OPENAI_IMAGENET_TEMPLATES
-from vision.weights import ensure_present, models_for
+from vision.weights import ensure_present
 
 CLIP_CONTEXT = 77
 TEXT_BATCH = 640  # prompts per text-encoder forward
@@ -127,54 +135,6 @@ STAGES = {"text": 0.0, "prepare": 0.05, "dino": 0.1, "clip": 0.25, "sam_encoder"
           "refine": 0.8}
 STAGE_MESSAGES = {"text": "text embeddings", "prepare": "windows", "dino": "DINO features", "clip": "CLIP features",
                   "sam_encoder": "SAM image encoder", "aggregate": "SAM aggregation", "refine": "SAM refinement"}
-
-
-@dataclass
-class TridentResult:
-    """Outputs for one image. ``labels``/``coarse``: [H, W] int32 class indices; ``probs``: [K, H, W]
-    float32 class probabilities (``None`` when not requested); ``overlay``: [H, W, 3] uint8;
-    ``timings``: seconds per stage; ``info``: grid sizes, prompt counts, truncated names."""
-
-    labels: np.ndarray
-    coarse: np.ndarray
-    probs: np.ndarray | None
-    overlay: np.ndarray
-    classes: Classes
-    config: TridentConfig
-    timings: dict[str, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    tiny: bool = False
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.classes.display
-
-    def to_record(self) -> dict[str, Any]:
-        """A JSON-able summary: :func:`~vision.engines.contract.engine_record`'s fields (method, preset,
-        mode, reference, models, tiny notice, timings), classes, pixel share of each class present,
-        settings, grid sizes and prompt counts."""
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes.names))
-        total = max(1, self.labels.size)
-        cfg = self.config
-        record = engine_record(cfg, tiny=self.tiny, timings=self.timings,
-                               models={"clip": cfg.clip, "vfm": cfg.vfm, "sam": cfg.sam})
-        record.update({
-            "classes": list(self.classes.display),
-            "background": self.classes.background,
-            "height": int(self.labels.shape[0]),
-            "width": int(self.labels.shape[1]),
-            "pixel_fraction": {self.classes.display[i]: round(float(c) / total, 5)
-                               for i, c in enumerate(counts) if c},
-            "config": dataclasses.asdict(cfg),
-            **self.info,
-        })
-        return record
-
-    def to_files(self) -> dict[str, Any]:
-        """``labels.png`` and ``coarse.png`` (indexed-palette PNGs, pixel value = class index) and
-        ``overlay.png``; images for :mod:`vision.batch` to encode and write."""
-        return {"labels.png": imaging.label_png(self.labels), "coarse.png": imaging.label_png(self.coarse),
-                "overlay.png": self.overlay}
 
 
 @dataclass
@@ -201,6 +161,7 @@ class TridentEngine(Engine):
 
     def __init__(self, config: TridentConfig | None = None, hub: Any = None):
         super().__init__(config, hub)
+        self.region_cache = REGION_CACHE  # CorrCLIP's region masks of recent images, shared by every engine
         self._truncated: dict[tuple[str, ...], list[str]] = {}
         self._predictors: dict[int, Any] = {}
         self._lock = threading.RLock()
@@ -252,25 +213,35 @@ class TridentEngine(Engine):
 
     @torch.no_grad()
     def __call__(self, image: Any, classes: Any = None, *, background: int | None = None,
-                 return_probs: bool = True, progress: ProgressCallback | None = None) -> TridentResult:
-        """Segment ``image`` (path, bytes, PIL or RGB uint8 array) into ``classes``.
+                 return_probs: bool = True, progress: ProgressCallback | None = None,
+                 regions: Any = None) -> TridentResult:
+        """Segment ``image`` (path, bytes, PIL or RGB uint8 array) into ``classes`` with the config's method.
 
-        ``classes=None`` uses the preset's benchmark class list (presets other than "open"), in the
+        ``classes=None`` uses the preset's benchmark class list (benchmark presets only), in the
         reference's spelling when ``config.reference`` is on. ``progress`` gets a
         :class:`~vision.engines.contract.Progress` as each stage starts (position ``{"stage", "stages"}``).
+        ``regions`` (CorrCLIP only): an integer id map [H, W] of the image to use as its region masks
+        (0: no mask), e.g. the paper's pre-generated ones, instead of the config's mask generator.
         """
         cfg = self.config
         if classes is None:
-            if cfg.preset not in PRESETS or cfg.preset == "open":
-                raise TridentError("no class names given (the 'open' preset has no default class list)")
-            classes = mode_for(cfg).class_list(cfg.preset)
+            classes = cfg.class_list()
+            if classes is None:
+                raise TridentError(f"no class names given (the {cfg.preset!r} preset has no default class list)")
         parsed = parse_classes(classes, background)
         if cfg.prob_thd > 0 and parsed.background is None:
             raise TridentError(f"prob_thd={cfg.prob_thd} turns uncertain pixels into background, but no class is "
                                "the background: add a 'background' class or set prob_thd to 0")
+        if regions is not None and cfg.method != "corrclip":
+            raise TridentError(f"regions= (region masks) applies to method='corrclip', not {cfg.method!r}")
         rgb = imaging.load_image(image)
-        ensure_present(self.hub, models_for("trident", cfg), "trident")  # every missing model named at once
+        needed = cfg.models()
+        if regions is not None:
+            needed.pop("mask_generator", None)  # given region masks: no generator runs
+        ensure_present(self.hub, list(needed.values()), "trident")  # every missing model named at once
         with self._lock:
+            if cfg.method == "corrclip":
+                return corrclip_run.segment(self, rgb, parsed, return_probs, ProgressReporter(progress), regions)
             return self._segment(rgb, parsed, return_probs, ProgressReporter(progress))
 
     def _predictor(self, sam: Any) -> Any:

@@ -122,6 +122,32 @@ def resize_pos_embed_by_scale(pos: torch.Tensor, grid: tuple[int, int]) -> torch
 # ------------------------------------------------------------------------------------------------ trunks
 
 
+def clip_embed(visual: Any, pixels: torch.Tensor,
+               resize_pos: PosResize = resize_pos_embed) -> tuple[torch.Tensor, tuple[int, int]]:
+    """open_clip ``VisionTransformer``'s input tokens: patch embedding, class token, positional embedding
+    (resized to the grid by ``resize_pos``), patch dropout and ``ln_pre``.
+
+    ``pixels``: [B, 3, H, W] CLIP-normalised. Returns [B, 1 + rows*cols, C] (class token first) and the
+    patch grid ``(rows, cols)``.
+    """
+    x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
+    grid = (x.shape[2], x.shape[3])
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + resize_pos(visual.positional_embedding, grid).to(x.dtype)
+    return visual.ln_pre(visual.patch_dropout(x)), grid
+
+
+def clip_block(transformer: Any, block: Any, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One open_clip residual block on batch-first tokens [B, L, C] (whatever the transformer's own
+    layout), with an optional additive attention mask [L, L] (0 = attend, -inf = do not)."""
+    batch_first = getattr(transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    x = block(x, attn_mask=attn_mask)
+    return x if batch_first else x.transpose(0, 1)
+
+
 def clip_trunk(visual: Any, pixels: torch.Tensor,
                resize_pos: PosResize = resize_pos_embed) -> tuple[torch.Tensor, tuple[int, int]]:
     """Run open_clip's ``VisionTransformer`` unchanged up to (not including) its last block.
@@ -130,22 +156,24 @@ def clip_trunk(visual: Any, pixels: torch.Tensor,
     first) and the patch grid ``(rows, cols)``; positional embeddings are resized to the grid by
     ``resize_pos``.
     """
-    x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
+    x, grid = clip_embed(visual, pixels, resize_pos)
+    for block in visual.transformer.resblocks[:-1]:
+        x = clip_block(visual.transformer, block, x)
+    return x, grid
+
+
+def vfm_embed(vfm: Any, pixels: torch.Tensor,
+              resize_pos: PosResize = resize_pos_embed) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The input tokens [B, 1 + rows*cols, C] of a transformers ``ViTModel`` / ``Dinov2Model`` (patch
+    embedding, class token, positional embedding resized to the grid by ``resize_pos``) and the grid."""
+    embeddings = vfm.embeddings
+    projection = embeddings.patch_embeddings.projection
+    x = projection(pixels.to(projection.weight.dtype))
     grid = (x.shape[2], x.shape[3])
     x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + resize_pos(visual.positional_embedding, grid).to(x.dtype)
-    x = visual.patch_dropout(x)
-    x = visual.ln_pre(x)
-    transformer = visual.transformer
-    batch_first = getattr(transformer, "batch_first", True)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    for block in transformer.resblocks[:-1]:
-        x = block(x)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    return x, grid
+    cls = embeddings.cls_token.expand(x.shape[0], -1, -1)
+    pos = resize_pos(embeddings.position_embeddings[0], grid).to(x.dtype)
+    return embeddings.dropout(torch.cat([cls, x], dim=1) + pos), grid
 
 
 def vfm_tokens(vfm: Any, pixels: torch.Tensor, resize_pos: PosResize = resize_pos_embed) -> torch.Tensor:
@@ -156,14 +184,7 @@ def vfm_tokens(vfm: Any, pixels: torch.Tensor, resize_pos: PosResize = resize_po
     to the window grid by ``resize_pos`` (with :func:`resize_pos_embed` it equals
     ``vfm(pixel_values=pixels, interpolate_pos_encoding=True)``).
     """
-    embeddings = vfm.embeddings
-    projection = embeddings.patch_embeddings.projection
-    x = projection(pixels.to(projection.weight.dtype))
-    grid = (x.shape[2], x.shape[3])
-    x = x.flatten(2).transpose(1, 2)
-    cls = embeddings.cls_token.expand(x.shape[0], -1, -1)
-    pos = resize_pos(embeddings.position_embeddings[0], grid).to(x.dtype)
-    x = embeddings.dropout(torch.cat([cls, x], dim=1) + pos)
+    x, grid = vfm_embed(vfm, pixels, resize_pos)
     hidden = vfm.layernorm(vfm.encoder(x).last_hidden_state)
     return hidden[:, -grid[0] * grid[1]:]
 
