@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -150,8 +152,31 @@ def segment_after_click(image, points_text, box_text, corner, sam_model, multima
     return run_segment(image, points_text, box_text, sam_model, multimask_choice)
 
 
+def warm_up_cpu_backend(hub: ModelHub) -> threading.Thread | None:
+    """In the CPU preset, build the default SAM's backend in the background (its one-time ONNX export and
+    compilation take tens of seconds), so the first click does not wait for it; None when there is
+    nothing to do (a GPU, tiny mode, weights not on disk)."""
+    from vision import weights
+    from vision.ui.layout import cpu_preset
+
+    sam = default_sam(hub)
+    if not cpu_preset(hub) or weights.status(sam) == "missing":
+        return None
+
+    def build() -> None:
+        try:
+            segment_engine(sam).runner
+        except Exception:  # the first click reports it, with the reason
+            logging.getLogger(__name__).exception("SAM backend warm-up failed")
+
+    thread = threading.Thread(target=build, name="sam-backend-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def segment_tab(hub: ModelHub, limits: dict) -> None:
     samples = ui.sample_paths(("coins", "chelsea"))
+    warm_up_cpu_backend(hub)
     with gr.Tab("Segment", id="segment"):
         gr.Markdown("**Segment** (SAM): upload a photo and click on an object. Each click adds a point of the kind "
                     "chosen below; two *box corner* clicks make a box. Points and the box can also be typed. The "
