@@ -118,6 +118,26 @@ def test_outputs_png_rle_and_record(engine, chelsea):
     assert result.overlay().shape == chelsea.shape
 
 
+def test_contract_config_record_and_progress(tiny_hub, one_torch_thread, chelsea):
+    """Issue 21's contract: presets, validate() returns the config, the record starts with engine_record's
+    fields; progress says encoder (not on a cache hit), decoder and each everything batch, ending at 1."""
+    config = SegmentConfig.from_preset("sam", backend="torch")
+    assert config.validate() == config and config.reference and config.preset == "sam" and config.mode == "reference"
+    engine = SegmentEngine(config, tiny_hub)
+    first, again = [], []
+    record = engine(chelsea, [(200, 150)], progress=first.append).to_record()
+    engine(chelsea, [(10, 10)], progress=again.append)
+    assert list(record)[:8] == ["engine", "method", "preset", "mode", "reference", "models", "tiny", "timings"]
+    assert record["engine"] == "segment" and record["preset"] == "sam" and record["models"] == {"sam": "sam_t"}
+    assert record["backend"] == "torch" and record["task"] == "points"
+    assert [e.message for e in first] == ["SAM image encoder", "SAM mask decoder", "done"]
+    assert [e.message for e in again] == ["SAM mask decoder", "done"] and again[-1].fraction == 1.0
+    batches = []
+    engine.with_config(points_per_side=3, points_per_batch=4).everything(chelsea, progress=batches.append)
+    assert [(e["batch"], e["batches"]) for e in batches if "batch" in e.position] == [(1, 3), (2, 3), (3, 3)]
+    assert SegmentEngine(hub=tiny_hub).config == SegmentConfig.from_preset("default")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"points": [(451, 10)]}, r"points\[0\]: \(451, 10\) is outside the 451x300 image"),
     ({"points": [(10, 10), (10, -1)]}, r"points\[1\]: .* is outside"),
