@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None, ipseg_default: bool = False, title: str 
     from vision.hub import ModelHub
     from vision.sam.backends import PACKAGES, cpu_threads, missing_package
 
-    parser = argparse.ArgumentParser(prog=vision_command("bench", "sam"), description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", title.lower()),
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="alternated repeats (best kept; clicks: median)")
     parser.add_argument("--threads", type=int, default=cpu_threads(), help="CPU threads (default: the cores)")
     parser.add_argument("--backends", nargs="*", default=None, help="default: torch and every installed one")
