@@ -142,6 +142,8 @@ def onnx_runtime(files: dict[str, Path], threads: int) -> tuple[Callable, Callab
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # no arena: it keeps the largest batch's buffers (GBs in the everything mode) for the process's life
+        options.enable_cpu_mem_arena = False
         loaded = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda feed: loaded.run(None, feed)
 
