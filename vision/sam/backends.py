@@ -16,7 +16,7 @@ per core; OpenVINO compiles the same ONNX file, in float32 (its default on CPUs 
 which moves the embedding by ~5e-2).
 
 ``auto`` (:func:`resolve_backend`): ``torch`` on a GPU; on a CPU the first installed of
-:data:`CPU_PREFERENCE`, the order ``bench sam`` measured (``bench/results/sam.md``).
+:data:`CPU_PREFERENCE`, the order ``bench cpu`` measured (``bench/results/cpu.md``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from vision.sam.export import ExportError, exported, weights_checksum
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
-CPU_PREFERENCE = ("openvino", "onnx", "torch")  # fastest first on a CPU (see bench/results/sam.md)
+CPU_PREFERENCE = ("openvino", "onnx", "torch")  # fastest first on a CPU (see bench/results/cpu.md)
 
 
 def installed(backend: str) -> bool:
