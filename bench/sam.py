@@ -100,10 +100,15 @@ def measure_clicks(engines: dict, image: np.ndarray, repeats: int) -> dict:
                 "click_ms": round(1000 * statistics.median(r["click"]), 1)} for b, r in runs.items()}
 
 
-def measure_everything(engines: dict, image: np.ndarray, sides: list[int]) -> dict:
+def measure_everything(engines: dict, image: np.ndarray, sides: list[int], torch_max: int) -> dict:
+    """{backend: {side: {"seconds", "masks"}}}; torch only up to ``torch_max`` points per side (None above:
+    at 32x32 it takes many minutes on a CPU)."""
     out = {b: {} for b in engines}
     for side in sides:
         for backend, engine in engines.items():
+            if backend == "torch" and side > torch_max:
+                out[backend][side] = None
+                continue
             sized = engine.with_config(points_per_side=side)
             sized(image, [CLICKS[0]])  # the embedding is cached: the time is the generator's
             found = []
@@ -132,8 +137,9 @@ def measure_ipseg(hub) -> float:
 def report_lines(results: dict, everything: dict, ipseg: float | None, backends: list[str]) -> list[str]:
     def row(label: str, values: list, fmt: str, extra: list | None = None) -> str:
         base = values[0]
-        cells = [format(v, fmt) + ("" if i == 0 or not base else f" ({base / v:.1f}x)") for i, v in enumerate(values)]
-        cells = [c + (f", {e}" if extra else "") for c, e in zip(cells, extra or cells)]
+        cells = ["not run" if v is None else format(v, fmt) + ("" if i == 0 or not base else f" ({base / v:.1f}x)")
+                 for i, v in enumerate(values)]
+        cells = [c + (f", {e}" if extra and e else "") for c, e in zip(cells, extra or cells)]
         return f"| {label} | " + " | ".join(cells) + " |"
 
     lines = ["| sam_t, 1024x681 photo | " + " | ".join(backends) + " |", "|---" * (len(backends) + 1) + "|",
@@ -141,13 +147,14 @@ def report_lines(results: dict, everything: dict, ipseg: float | None, backends:
              row("**first click on a new photo (s)**", [results[b]["first_click_s"] for b in backends], ".3f"),
              row("**click after the first (ms)**", [results[b]["click_ms"] for b in backends], ".1f")]
     for side in next(iter(everything.values()), {}):
-        seconds = [everything[b][side]["seconds"] for b in backends]
-        lines.append(row(f"**everything, {side}x{side} points (s)**", seconds, ".2f",
-                         [f"{everything[b][side]['masks']} masks" for b in backends]))
+        runs = [everything[b][side] for b in backends]
+        lines.append(row(f"**everything, {side}x{side} points (s)**", [r and r["seconds"] for r in runs], ".2f",
+                         [r and f"{r['masks']} masks" for r in runs]))
     if ipseg is not None:
         lines.append(f"| **IPSeg target, SAM features (s)** | {ipseg:.2f} | "
                      + " | ".join("n/a (IPSeg encodes with torch)" for _ in backends[1:]) + " |")
-    return lines + ["", "In brackets: torch's time / this backend's (higher is faster)."]
+    return lines + ["", "In brackets: torch's time / this backend's (higher is faster). \"not run\": torch's "
+                    "everything mode above --torch-everything-max (minutes on a CPU)."]
 
 
 def main(argv: list[str] | None = None, ipseg_default: bool = False, title: str = "SAM") -> int:
@@ -155,12 +162,15 @@ def main(argv: list[str] | None = None, ipseg_default: bool = False, title: str 
     from vision.hub import ModelHub
     from vision.sam.backends import PACKAGES, cpu_threads, missing_package
 
-    parser = argparse.ArgumentParser(prog=vision_command("bench", "sam"), description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", title.lower()),
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="alternated repeats (best kept; clicks: median)")
     parser.add_argument("--threads", type=int, default=cpu_threads(), help="CPU threads (default: the cores)")
     parser.add_argument("--backends", nargs="*", default=None, help="default: torch and every installed one")
     parser.add_argument("--everything", nargs="*", type=int, default=[16, 32], metavar="SIDE",
                         help="everything-mode grids to time (default 16 32; none: skip)")
+    parser.add_argument("--torch-everything-max", type=int, default=16, metavar="SIDE",
+                        help="largest everything grid torch runs (default 16: 32x32 takes many minutes on a CPU)")
     parser.add_argument("--ipseg", action=argparse.BooleanOptionalAction, default=ipseg_default,
                         help="also time one IPSeg target with SAM features")
     parser.add_argument("--out", default=None, help="also write the report (Markdown) here, and .json beside it")
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None, ipseg_default: bool = False, title: str 
     image = photo()
     built = engines(hub, backends)
     results = measure_clicks(built, image, args.repeats)
-    everything = measure_everything(built, image, args.everything) if args.everything else {}
+    everything = measure_everything(built, image, args.everything, args.torch_everything_max) if args.everything else {}
     ipseg = measure_ipseg(hub) if args.ipseg else None
     info = machine()
     report = {"machine": info, "load_average_before": load_before, "uptime_before": uptime_before,

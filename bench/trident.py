@@ -87,10 +87,12 @@ def timed(fn, device: str) -> float:
 @torch.no_grad()
 def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], device: str) -> dict[str, float]:
     """Each model call of one image, timed on its own with the pipeline's input shapes."""
-    from segment_anything import SamPredictor
+    from segment_anything.utils.transforms import ResizeLongestSide
 
     from vision.engines.trident import splice
     from vision.engines.trident.modes import mode_for
+    from vision.sam import SamImage
+    from vision.sam.backends import TorchBackend
 
     clip, dino, sam = hub.get(config.clip), hub.get(config.vfm), hub.get(config.sam)
     visual = clip.visual
@@ -107,9 +109,9 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
         x = visual.transformer.resblocks[-1](x)
         return visual.ln_post(x) @ visual.proj
 
-    predictor = SamPredictor(sam)
     sam_image = mode.sam_image(image, 16)
-    resized = torch.as_tensor(predictor.transform.apply_image(sam_image), device=device).permute(2, 0, 1)[None]
+    resized = torch.as_tensor(ResizeLongestSide(sam.image_encoder.img_size).apply_image(sam_image),
+                              device=device).permute(2, 0, 1)[None]
     sam_in = sam.preprocess(resized.float())
     features = []
     out = {
@@ -117,8 +119,8 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
         "clip": timed(clip_forward, device),
         "sam_encoder": timed(lambda: features.append(sam.image_encoder(sam_in)), device),
     }
-    predictor.features, predictor.is_image_set = features[0], True  # the embedding the decoder reuses
-    predictor.original_size, predictor.input_size = sam_image.shape[:2], tuple(resized.shape[-2:])
+    # the embedding the decoder reuses, as the engine's encoded image
+    predictor = SamImage(sam, TorchBackend(sam), features[0], sam_image.shape[:2], tuple(resized.shape[-2:]))
     decoder = 0.0
     for n in decoder_batches:
         points = torch.rand(n, 1, 2, device=device) * 1000

@@ -191,3 +191,12 @@ def test_the_page_says_which_backend_runs_and_uses_cpu_defaults(tiny_hub):
     assert cpu_preset(ModelHub(device="cpu")) and not cpu_preset(ModelHub(device="cuda"))
     assert not cpu_preset(tiny_hub)  # tiny mode is for testing the app: no preset
     assert "Need a GPU to be pleasant" in CPU_NOTE and "Trident" in CPU_NOTE
+
+
+def test_weights_export_command_writes_both_parts(sam_t_weights, sam_exports_dir, capsys):
+    from vision.cli import main
+
+    assert main(["weights", "export", "sam_t"]) == 0
+    out = capsys.readouterr().out
+    assert "sam_t: encoder: " in out and "sam_t: decoder: " in out
+    assert len(list((sam_exports_dir / "sam_t").glob("*-*.onnx"))) == 2

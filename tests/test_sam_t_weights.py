@@ -184,19 +184,19 @@ def _onnx_decoder_inputs(predictor, image_shape, points, labels, embedding):
 
 def test_decoder_masks_equal_the_onnx_decoders(converted, onnx_files, embeddings):
     import onnxruntime
-    from segment_anything import SamPredictor
+    from segment_anything.utils.transforms import ResizeLongestSide
 
     from vision.imaging import sample_image
+    from vision.sam import SamImage
+    from vision.sam.backends import TorchBackend
 
     session = onnxruntime.InferenceSession(str(onnx_files["decoder"]), providers=["CPUExecutionProvider"])
     image = sample_image("chelsea")
     shape = image.shape[:2]
     _, embedding = embeddings["chelsea"]
-    predictor = SamPredictor(converted)
-    predictor.features = torch.from_numpy(embedding)  # the same embedding for both decoders
-    predictor.original_size = shape
-    predictor.input_size = predictor.transform.get_preprocess_shape(shape[0], shape[1], 1024)
-    predictor.is_image_set = True
+    # the same embedding for both decoders: an encoded image made from it (SamPredictor's predict API)
+    predictor = SamImage(converted, TorchBackend(converted), torch.from_numpy(embedding), shape,
+                         ResizeLongestSide.get_preprocess_shape(shape[0], shape[1], 1024))
     # (points, labels) in SAM's ONNX convention: a padding point (label -1) when there is no box,
     # the box as two corners labelled 2 and 3.
     prompts = [

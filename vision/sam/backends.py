@@ -16,7 +16,7 @@ per core; OpenVINO compiles the same ONNX file, in float32 (its default on CPUs 
 which moves the embedding by ~5e-2).
 
 ``auto`` (:func:`resolve_backend`): ``torch`` on a GPU; on a CPU the first installed of
-:data:`CPU_PREFERENCE`, the order ``bench sam`` measured (``bench/results/sam.md``).
+:data:`CPU_PREFERENCE`, the order ``bench cpu`` measured (``bench/results/cpu.md``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from vision.sam.export import ExportError, exported, weights_checksum
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
-CPU_PREFERENCE = ("openvino", "onnx", "torch")  # fastest first on a CPU (see bench/results/sam.md)
+CPU_PREFERENCE = ("openvino", "onnx", "torch")  # fastest first on a CPU (see bench/results/cpu.md)
 
 
 def installed(backend: str) -> bool:
@@ -142,6 +142,8 @@ def onnx_runtime(files: dict[str, Path], threads: int) -> tuple[Callable, Callab
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # no arena: it keeps the largest batch's buffers (GBs in the everything mode) for the process's life
+        options.enable_cpu_mem_arena = False
         loaded = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda feed: loaded.run(None, feed)
 

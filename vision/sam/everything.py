@@ -8,7 +8,8 @@ backend. It uses SAM's own helpers (``segment_anything.utils.amg``) and differs 
 
 * the predicted-IoU filter runs on the low-res logits before upscaling (it reads only the IoUs), so only
   masks that pass it are upscaled to the image (SAM upscales every mask of the batch first);
-* masks stay boolean tensors (SAM encodes each to RLE and decodes it again: lossless);
+* masks are upscaled a few at a time and kept bit-packed until NMS (SAM encodes each to RLE and decodes
+  it again: lossless either way), so memory stays bounded at 32x32 points;
 * the crop-edge filter is left out: with one crop, the crop is the image and removes nothing.
 
 Per batch of ``points_per_batch`` grid points: decoder (3 masks per point) -> IoU filter -> upscale ->
@@ -28,6 +29,8 @@ from segment_anything.utils import amg
 from torchvision.ops import batched_nms
 
 from vision.sam.image import SamImage
+
+UPSCALE_CHUNK = 16  # masks upscaled to the image at once (bounds the float32 [K, H, W] logits in memory)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def everything(image: SamImage, settings: EverythingSettings,
     keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),
                        iou_threshold=settings.box_nms_thresh)
     data = {name: value[keep] for name, value in data.items()}
+    data["masks"] = _unpack(data["masks"], width)
     if settings.min_mask_region_area > 0 and len(keep):
         data = _clean_small_regions(data, settings.min_mask_region_area, settings.box_nms_thresh)
     return [{"segmentation": data["masks"][i].numpy(), "area": int(data["masks"][i].sum()),
@@ -72,22 +76,38 @@ def everything(image: SamImage, settings: EverythingSettings,
 
 @torch.no_grad()
 def _batch_masks(image: SamImage, points: np.ndarray, settings: EverythingSettings) -> dict[str, torch.Tensor]:
-    """The masks of one batch of grid points [P, 2] (image pixels) that pass both quality filters."""
+    """The masks of one batch of grid points [P, 2] (image pixels) that pass both quality filters; masks
+    packed 8 pixels a byte along W ([K, H, ceil(W / 8)] uint8: 1/8 of the memory until NMS)."""
     coords = image.points_to_frame(points)[:, None, :]
     labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
     low_res, iou = image.decode(coords, labels, multimask_output=True)
     low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
     prompt = torch.as_tensor(points).repeat_interleave(3, dim=0)  # the point of each of the 3P masks
-    keep = iou > settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
-    logits = image.upscale(low_res[keep]).cpu()
-    iou, prompt = iou[keep].cpu(), prompt[keep.cpu()]
-    stability = amg.calculate_stability_score(logits, image.mask_threshold, settings.stability_score_offset)
-    if settings.stability_score_thresh > 0:
-        stable = stability >= settings.stability_score_thresh
-        logits, iou, prompt, stability = logits[stable], iou[stable], prompt[stable], stability[stable]
-    masks = logits > image.mask_threshold
-    return {"masks": masks, "iou_preds": iou, "points": prompt, "stability_score": stability,
-            "boxes": amg.batched_mask_to_box(masks)}
+    if settings.pred_iou_thresh > 0:
+        keep = (iou > settings.pred_iou_thresh).cpu()
+        low_res, iou, prompt = low_res[keep.to(low_res.device)], iou[keep.to(iou.device)], prompt[keep]
+    kept: dict[str, list] = {"masks": [], "iou_preds": [], "points": [], "stability_score": [], "boxes": []}
+    for start in range(0, len(low_res), UPSCALE_CHUNK):  # full-resolution logits of a few masks at a time
+        logits = image.upscale(low_res[start:start + UPSCALE_CHUNK]).cpu()
+        stability = amg.calculate_stability_score(logits, image.mask_threshold, settings.stability_score_offset)
+        stable = stability >= settings.stability_score_thresh if settings.stability_score_thresh > 0 else \
+            torch.ones_like(stability, dtype=torch.bool)
+        masks = logits[stable] > image.mask_threshold
+        kept["masks"].append(torch.from_numpy(np.packbits(masks.numpy(), axis=-1)))
+        kept["boxes"].append(amg.batched_mask_to_box(masks).to(torch.int64))
+        kept["stability_score"].append(stability[stable])
+        kept["iou_preds"].append(iou[start:start + UPSCALE_CHUNK].cpu()[stable])
+        kept["points"].append(prompt[start:start + UPSCALE_CHUNK][stable])
+    width = image.original_size[1]
+    empty = {"masks": torch.zeros(0, image.original_size[0], (width + 7) // 8, dtype=torch.uint8),
+             "iou_preds": torch.zeros(0), "points": torch.zeros(0, 2, dtype=prompt.dtype),
+             "stability_score": torch.zeros(0), "boxes": torch.zeros(0, 4, dtype=torch.int64)}
+    return {name: torch.cat(values) if values else empty[name] for name, values in kept.items()}
+
+
+def _unpack(packed: torch.Tensor, width: int) -> torch.Tensor:
+    """Packed masks [K, H, ceil(W / 8)] uint8 -> bool [K, H, W]."""
+    return torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=width).astype(bool))
 
 
 def _clean_small_regions(data: dict[str, torch.Tensor], min_area: int, nms_thresh: float) -> dict[str, torch.Tensor]:

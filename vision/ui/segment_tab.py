@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -68,7 +70,8 @@ def run_segment(image, points_text, box_text, sam_model, multimask_choice, mode=
         raise ValueError("points/box: the everything mode takes no clicks or box (clear them, or use the prompts mode)")
     try:
         if mode == "everything":
-            result = _everything(image, sam_model, int(points_per_side), float(pred_iou_thresh), float(stability_thresh))
+            result = _everything(image, sam_model, int(points_per_side), float(pred_iou_thresh),
+                                 float(stability_thresh))
         else:
             result = _segment(sam_model, image, points, box, MULTIMASK.get(multimask_choice))
     except ValueError as err:  # name the upload as the user knows it, not Gradio's temporary copy
@@ -96,20 +99,22 @@ def _save_files(result, stem: str) -> tuple[str, list[str]]:
 
 
 def _summary(result) -> str:
+    """One paragraph on the result: masks, SAM and where it ran, times, notes; then how to read it."""
     t = result.timings
-    encoder = f"encoder {t['encoder']:.2f} s"
+    encoder = "embedding from the cache" if result.embedding_cached else f"encoder {t['encoder']:.2f} s"
     size = f"{result.size[1]}x{result.size[0]}"
+    sam = f"SAM `{result.sam_model}` on `{result.backend}`"
+    notes = "".join(f" Note: {n}." for n in result.notes)
     if result.task == "everything":
-        notes = "".join(f" Note: {n}." for n in result.notes)
-        encoder = "embedding from the cache" if result.embedding_cached else encoder
         return (f"{tiny_prefix(get_hub())}Everything: **{len(result.masks)} mask(s)** covering "
-                f"{int(result.mask.sum())} px of {size}; SAM `{result.sam_model}`; grid "
+                f"{int(result.mask.sum())} px of {size}; {sam}; grid "
                 f"{result.points_per_side}x{result.points_per_side} points; {encoder}, generator "
                 f"{t['decoder']:.2f} s.{notes}\n\n{HOW_TO_READ_EVERYTHING}")
+    encoder = "embedding from the cache (decoder only)" if result.embedding_cached else encoder
     return (f"{tiny_prefix(get_hub())}Best mask: score **{result.scores[0]:.3f}**, "
             f"{int(result.mask.sum())} px of {size}; {len(result.points)} click(s)"
-            f"{', a box' if result.box else ''}; SAM `{result.sam_model}`; {len(result.masks)} mask(s); "
-            f"{'embedding from the cache (decoder only)' if result.embedding_cached else encoder}, decoder {1000 * t['decoder']:.0f} ms.\n\n{HOW_TO_READ}")
+            f"{', a box' if result.box else ''}; {sam}; {len(result.masks)} mask(s); "
+            f"{encoder}, decoder {1000 * t['decoder']:.0f} ms.{notes}\n\n{HOW_TO_READ}")
 
 
 def add_click(points_text: str, box_text: str, corner, kind: str, mode: str, evt: gr.SelectData):
@@ -136,8 +141,31 @@ def segment_after_click(image, points_text, box_text, corner, sam_model, multima
     return run_segment(image, points_text, box_text, sam_model, multimask_choice)
 
 
+def warm_up_cpu_backend(hub: ModelHub) -> threading.Thread | None:
+    """In the CPU preset, build the default SAM's backend in the background (its one-time ONNX export and
+    compilation take tens of seconds), so the first click does not wait for it; None when there is
+    nothing to do (a GPU, tiny mode, weights not on disk)."""
+    from vision import weights
+    from vision.ui.layout import cpu_preset
+
+    sam = default_sam(hub)
+    if not cpu_preset(hub) or weights.status(sam) == "missing":
+        return None
+
+    def build() -> None:
+        try:
+            segment_engine(sam).runner
+        except Exception:  # the first click reports it, with the reason
+            logging.getLogger(__name__).exception("SAM backend warm-up failed")
+
+    thread = threading.Thread(target=build, name="sam-backend-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def segment_tab(hub: ModelHub, limits: dict) -> None:
     samples = examples.sample_paths(("coins", "chelsea"))
+    warm_up_cpu_backend(hub)
     with gr.Tab("Segment", id="segment"):
         notices.missing_weights_note(hub, "segment", SegmentConfig(sam_model=default_sam(hub)))
         gr.Markdown("**Segment** (SAM): upload a photo and click on an object. Each click adds a point of the kind "
