@@ -285,7 +285,7 @@ def test_presets_and_layer_weight_order():
         IPSegConfig(sam_model="sam_l").validate()
     described = paper.describe()
     assert described == {"features": "dino+sd", "feature_source": "dinov2+sd15", "sam_model": "sam_h",
-                         "sam_frame": "stretched-square"}
+                         "sam_backend": "auto", "sam_frame": "stretched-square"}
     assert paper.reference and paper.mode == "reference" and paper.preset == "paper"
 
 

@@ -28,7 +28,7 @@ class EncoderCounter:
 
 def test_sam_features_need_sam_alone():
     hub = ModelHub(tiny=True, device="cpu")
-    engine = IPSegEngine(IPSegConfig(features="sam"), hub=hub)
+    engine = IPSegEngine(IPSegConfig(features="sam", sam_backend="torch"), hub=hub)  # torch: the hook counts
     counter = EncoderCounter(hub.get("sam_b").image_encoder)
     cat = sample_image("chelsea")
     mask = np.zeros(cat.shape[:2], bool)
@@ -121,7 +121,8 @@ def test_real_sam_t_one_shot_on_a_flipped_scaled_photo():
     assert 0.1 < cup.mean() < 0.7  # an object, not a speck or the whole table
     target = cv2.resize(coffee[:, ::-1], (450, 300), interpolation=cv2.INTER_AREA)
     expected = cv2.resize(cup[:, ::-1].astype(np.uint8), (450, 300), interpolation=cv2.INTER_NEAREST).astype(bool)
-    for reference in (False, True):
-        config = IPSegConfig(features="sam", sam_model="sam_t", reference=reference)
+    for reference, backend in ((False, "torch"), (True, "torch"), (False, "onnx"), (False, "openvino")):
+        config = IPSegConfig(features="sam", sam_model="sam_t", reference=reference, sam_backend=backend)
         result = IPSegEngine(config, hub=hub)(Prompt(coffee, mask=cup), target)
-        assert _iou(result.mask, expected) >= 0.7, reference
+        assert _iou(result.mask, expected) >= 0.7, (reference, backend)
+        assert result.to_record()["sam_backend"] == backend

@@ -306,7 +306,8 @@ class IPSegEngine(Engine):
             regions = [{"source": s.source, "grid": s.grid_detail} for s in shots]
             results.append(ConceptResult(concept.name, presence, present, instances, sim, regions))
         timings["total"] = time.perf_counter() - start
-        return IPSegResult(image, results, timings, cached, cfg, self.tiny, notes, name)
+        return IPSegResult(image, results, timings, cached, cfg, self.tiny, notes, name,
+                           sam_backend=self.extractor.sam_backend)
 
     def _target_features(self, image: np.ndarray, timings: dict[str, float],
                          progress: StageProgress) -> tuple[SamView, dict[str, torch.Tensor]]:
@@ -316,7 +317,7 @@ class IPSegEngine(Engine):
         progress("SAM image encoder")
         t0 = time.perf_counter()
         # SAM is asked for after the feature models: a memory budget may offload those meanwhile.
-        view = SamView.encode(self.hub.get(cfg.sam_model), image, stretch=self.mode.stretch_sam)
+        view = self.extractor.sam_view(image)
         timings["sam_encode"] = time.perf_counter() - t0
         if feats is None:
             feats = self.extractor.features(image, timings, sam_view=view)

@@ -138,6 +138,7 @@ class FeatureExtractor:
         self.hub = hub
         self.config = config
         self.mode = mode_for(config)
+        self._runner: Any = None  # the SAM runner (its backend), built on first use
         self._embedding: tuple[Any, torch.Tensor] | None = None  # (text encoder, empty-prompt embedding)
         self._scheduler = None
 
@@ -152,7 +153,7 @@ class FeatureExtractor:
         if self.config.features == "sam":
             with stage(timings, "sam_features", device):
                 if sam_view is None:
-                    sam_view = SamView.encode(self.hub.get(self.config.sam_model), image, self.mode.stretch_sam)
+                    sam_view = self.sam_view(image)
                 return {"sam": self.sam(sam_view)}
         on_stage("DINOv2 features")
         with stage(timings, "dino", device):
@@ -162,6 +163,20 @@ class FeatureExtractor:
             with stage(timings, "sd", device):
                 feats.update(self.sd(image, feats["dino"].shape[-1]))
         return feats
+
+    def sam_view(self, image: np.ndarray) -> SamView:
+        """``image`` encoded by SAM in the mode's frame, on the configured backend (``sam_backend``: the
+        fastest installed one on a CPU with ``auto``; :mod:`vision.sam.backends`)."""
+        if self._runner is None:
+            from vision.sam import runner_for
+
+            self._runner = runner_for(self.hub, self.config.sam_model, self.config.sam_backend)
+        return SamView.encode(self.hub.get(self.config.sam_model), image, self.mode.stretch_sam, self._runner)
+
+    @property
+    def sam_backend(self) -> str:
+        """The backend SAM ran on ("" before its first encoding)."""
+        return self._runner.backend_name if self._runner is not None else ""
 
     def sam(self, view: SamView) -> torch.Tensor:
         """SAM's image embedding on the image's grid ([C, n, n] float32, n = the embedding's side)."""

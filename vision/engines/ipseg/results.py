@@ -85,6 +85,7 @@ class IPSegResult:
     notes: list[str] = field(default_factory=list)
     name: str = ""
     index: int = 0  # position among the targets of a batch
+    sam_backend: str = ""  # where SAM ran (torch, onnx or openvino; "auto" resolved)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -132,6 +133,8 @@ class IPSegResult:
             "height": self.size[0], "concepts": [c.to_record() for c in self.concepts],
             "prompt_cached": self.prompt_cached, "notes": list(self.notes),
         })
+        if self.sam_backend:
+            record["sam_backend"] = self.sam_backend
         if self.name:
             record["target"] = self.name
         return record

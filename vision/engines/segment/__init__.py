@@ -143,8 +143,13 @@ class SegmentEngine(Engine):
         cache of encoded images) when ``sam_model``, ``backend`` and ``cache_size`` are unchanged."""
         engine = SegmentEngine(self.config.replace(**changes), self.hub)
         if all(getattr(engine.config, k) == getattr(self.config, k) for k in ("sam_model", "backend", "cache_size")):
-            engine._runner, engine._backend_notes = self.runner, []
+            engine._share(self.runner)
         return engine
+
+    def _share(self, runner: SamRunner) -> None:
+        """Use ``runner`` (another engine's) instead of building one; its backend notes were said there."""
+        with self._runner_lock:
+            self._runner, self._backend_notes = runner, []
 
     def load(self, image: ImageInput) -> np.ndarray:
         """Any image input -> RGB uint8 [H, W, 3], refusing images too small or over the pixel limit."""
