@@ -329,3 +329,14 @@ def test_cli_names_a_bad_model_lora_or_control_file_before_anything_runs(cli, tm
     assert cli(*base, "--family", "sd35_medium", "--cache", "deepcache") == 2
     assert "DeepCache needs a UNet" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bench_generate_cache_smoke(cli, tmp_path):
+    """bench/generate_cache.py with the tiny models: both parts run and report their numbers (no speed claim)."""
+    assert cli("bench", "generate_cache", "--tiny", "--steps", "4", "--repeats", "1", "--results", str(tmp_path)) == 0
+    result = json.loads((tmp_path / "generate_cache_tiny.json").read_text())
+    control = result["controlnet"]
+    assert control["max_abs_diff_partial_vs_whole"] <= 1e-5 and control["wall"]["ratio_partial"] > 0
+    assert control["macs"]["controlnet_partial"] < control["macs"]["controlnet_full"]
+    assert {"TaylorSeer interval 2", "PAB interval 2"} <= set(result["dit"])
+    assert "SD3.5 Medium-sized transformer" in (tmp_path / "generate_cache_tiny.md").read_text()
