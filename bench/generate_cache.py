@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from bench.common import SD15_UNET, machine
+from vision.wording import vision_command
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
@@ -48,7 +49,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m vision bench generate_cache", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=vision_command("bench", "generate_cache"), description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=("controlnet", "dit", "all"), default="all")
     p.add_argument("--tiny", action="store_true", help="tiny models (a smoke test, no speed claim)")
     p.add_argument("--size", type=int, help="image side (default 128; 64 tiny)")
