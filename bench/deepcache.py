@@ -10,8 +10,8 @@ pipeline in the same run and with the same seed:
 * no cache;
 * ours (:class:`vision.deepcache.DeepCache`) at N in {2, 3, 5, 8} x b in {0, 1}, uniform schedule;
 * the PyPI ``DeepCache`` package's ``DeepCacheSDHelper`` (a peer to beat, never our implementation) at
-  the same settings, if it is importable: ``.venv/bin/pip install --no-deps DeepCache`` (it is not in
-  requirements.txt); otherwise its columns are skipped with a note.
+  the same settings, if it is importable (requirements.txt installs it, for tests/test_deepcache.py);
+  otherwise its columns are skipped with a note.
 
 It prints speed-ups over no cache, the helper/ours time ratio (> 1: ours is faster), the largest
 absolute difference of the final latents ours vs helper, and the MAC-count limit
@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
     helper_cls, peer_note = (None, "skipped (--no-peer)") if args.no_peer else peer_helper()
     if helper_cls is None:
-        print(f"NOTE: the {PEER_NAME} column is skipped: {peer_note}. Install it in the venv for the benchmark "
-              "only: .venv/bin/pip install --no-deps DeepCache")
+        print(f"NOTE: the {PEER_NAME} column is skipped: {peer_note}. Install it: "
+              ".venv/bin/pip install -r requirements.txt")
 
     class HelperContext:
         def __init__(self, n: int, b: int):

@@ -124,3 +124,67 @@ def test_browser_the_generate_story_and_segment_examples_show_and_fill_their_tex
     expect(page.locator("#segment-box textarea")).to_have_value("60, 20, 390, 300")
     expect(page.locator("#segment-image img").first).to_be_visible()
     assert not [e for e in errors if "reading '" in e and "background_image" not in e], errors
+
+
+# --------------------------------------------------------------- #26: the user's models and ControlNet
+
+
+def test_generate_api_with_checkpoint_lora_and_canny(client, tmp_path, photos):
+    """The trailing inputs: a single-file checkpoint, a LoRA with its scale, a canny ControlNet."""
+    from vision import tiny
+    from vision.tiny_files import write_lora, write_sd_checkpoint
+
+    model = write_sd_checkpoint(tmp_path / "mine.safetensors", tiny.sd15_unet(), tiny.sd15_vae(),
+                                tiny.sd15_text_encoder())
+    lora = write_lora(tmp_path / "ink.safetensors", tiny.sd15_unet())
+    args = _args() + [str(model), f"{lora}:0.7", "canny", handle_file(photos["coffee"]), "", 0.9, 0.0, 1.0, 100,
+                      200, "auto", 2]
+    image, summary, files = client.predict(*args, api_name="/generate")
+    assert png(image).shape == (64, 64, 3)
+    assert "model **mine.safetensors** (SD1.x single file" in summary and "LoRA **ink.safetensors** x0.7" in summary
+    assert "ControlNet **canny** (controlnet_canny_sd15), scale 0.9" in summary
+    assert "control image resized" in summary and "shallow part" in summary
+    assert sorted(Path(f).name for f in files) == ["control_map.png", "deepcache.png"]
+    with pytest.raises(AppError, match=r"loras: scale 9 of .*ink.safetensors is out of range"):
+        client.predict(*(args[:16] + [f"{lora}:9"] + args[17:]), api_name="/generate")
+
+
+def test_generate_api_sd35_compare_with_taylorseer(client):
+    (before, after), summary, _ = client.predict(*(_args(family="sd35_medium", scheduler="flow", steps=4)
+                                                   + [None, None, "none", None, None, 1.0, 0.0, 1.0, 100, 200,
+                                                      "taylorseer", 2]), api_name="/generate_compare")
+    assert png(before).shape == png(after).shape == (64, 64, 3)
+    assert "TaylorSeer (diffusers' DiT cache), interval 2" in summary and "without TaylorSeer" in summary
+
+
+def test_browser_generate_with_a_lora_shows_the_image_and_the_lora(page, tmp_path):
+    from playwright.sync_api import expect
+
+    from vision import tiny
+    from vision.tiny_files import write_lora
+
+    lora = write_lora(tmp_path / "ink.safetensors", tiny.sd15_unet())
+    open_tab(page, "Generate")
+    page.get_by_text("Model: family, your checkpoint, LoRAs").click()
+    with page.expect_file_chooser() as chooser:
+        click(page, "#generate-lora-upload")
+    chooser.value.set_files(str(lora))
+    expect(page.locator("#generate-loras textarea")).to_have_value(re.compile(r"ink\.safetensors:1$"))
+    page.locator("#generate-loras textarea").fill(page.locator("#generate-loras textarea").input_value()[:-2] + ":0.8")
+    click(page, "#generate-run")
+    expect(page.locator("#generate-summary")).to_contain_text("LoRA ink.safetensors x0.8")
+    expect(page.locator("#generate-image img")).to_be_visible()
+
+
+def test_browser_generate_with_canny_controlnet_shows_the_image_and_the_control(page, photos):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Generate")
+    page.get_by_text("ControlNet", exact=True).click()
+    page.locator("#generate-control").get_by_text("canny", exact=True).click()
+    page.locator("#generate-control-image input[type=file]").set_input_files(photos["chelsea"])
+    expect(page.locator("#generate-control-image img")).to_be_visible()
+    click(page, "#generate-run")
+    expect(page.locator("#generate-summary")).to_contain_text("ControlNet canny (controlnet_canny_sd15), scale 1")
+    expect(page.locator("#generate-summary")).to_contain_text("the ControlNet ran only its shallow part")
+    expect(page.locator("#generate-image img")).to_be_visible()

@@ -22,7 +22,10 @@ def test_models_panel_lists_loaded_tiny_models(client, photos):
     assert models["headers"][:2] == ["model", "loaded"]
     loaded = {row[0] for row in models["data"] if row[1] == "yes"}
     assert {"clip_b16", "dino_b16", "sam_b"} <= loaded
-    assert all(row[5] == "tiny (random)" for row in models["data"] if row[0] in loaded - {"clip_tokenizer"})
+    registry = loaded - {"clip_tokenizer"} - {row[0] for row in models["data"] if row[5].startswith("user: ")}
+    assert all(row[5] == "tiny (random)" for row in models["data"] if row[0] in registry)
+    assert all(row[0].startswith(("checkpoint:", "controlnet:")) for row in models["data"]
+               if row[0] in loaded and row[0] not in registry | {"clip_tokenizer"})  # the user's own (#26)
     assert {row[0] for row in weights["data"]} >= {"sam_b", "sd15_unet", "dinov2_b14"}
 
 

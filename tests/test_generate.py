@@ -282,3 +282,61 @@ def test_generation_waits_while_another_engine_holds_the_shared_unet(tiny_hub):
         assert not finished.wait(1.0)
     worker.join(120)
     assert finished.is_set()
+
+
+def test_cli_checkpoint_lora_and_controlnet_in_batch(cli, tmp_path, capsys):
+    """#26 item 5: a single-file checkpoint, a LoRA with its scale and a canny ControlNet from the CLI, over a
+    prompts file whose second line brings its own control image; the record of every prompt says so."""
+    from PIL import Image
+
+    from vision import tiny
+    from vision.tiny_files import write_lora, write_sd_checkpoint
+    from vision.weights import file_digest
+
+    model = write_sd_checkpoint(tmp_path / "mine.safetensors", tiny.sd15_unet(), tiny.sd15_vae(),
+                                tiny.sd15_text_encoder())
+    lora = write_lora(tmp_path / "ink.safetensors", tiny.sd15_unet())
+    edges = np.zeros((64, 64, 3), np.uint8)
+    edges[16:48, 16:48] = 255
+    Image.fromarray(edges).save(tmp_path / "box.png")
+    Image.fromarray(255 - edges).save(tmp_path / "hole.png")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a house\n{"prompt": "a tower", "control_image": "hole.png", "control_scale": 0.5}\n')
+    out = tmp_path / "out"
+    assert cli("--tiny", "generate", "--prompts", str(prompts), "--output", str(out), "--steps", "3", "--model",
+               str(model), "--lora", f"{lora}:0.6", "--control", "canny", "--control-image",
+               str(tmp_path / "box.png"), "--no-progress") == 0
+    rows = {r["prompts"][0]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    house, tower = rows["a house"], rows["a tower"]
+    assert house["checkpoint"]["sha256"] == file_digest(model, "sha256")[:16] and house["checkpoint"]["arch"] == "sd15"
+    assert house["loras"][0]["scale"] == 0.6 and house["loras"][0]["path"] == str(lora)
+    assert house["control"]["type"] == "canny" and house["control"]["scale"] == 1.0
+    assert tower["control"]["scale"] == 0.5 and house["method"] == "deepcache"
+    assert len(list(out.glob("*.control.png"))) == 2 and len(list(out.glob("*.png"))) == 4
+
+
+def test_cli_names_a_bad_model_lora_or_control_file_before_anything_runs(cli, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["--tiny", "generate", "--prompt", "x", "--output", str(out), "--no-progress"]
+    assert cli(*base, "--model", str(tmp_path / "missing.safetensors")) == 2
+    assert "missing.safetensors: no such file or folder" in capsys.readouterr().err
+    assert cli(*base, "--lora", str(tmp_path / "gone.safetensors:0.5")) == 2
+    assert "LoRA " in capsys.readouterr().err
+    assert cli(*base, "--lora", "ink.safetensors:7") == 2
+    assert "out of range -2..2" in capsys.readouterr().err
+    assert cli(*base, "--control-image", str(tmp_path / "x.png")) == 2
+    assert "no --control type" in capsys.readouterr().err
+    assert cli(*base, "--family", "sd35_medium", "--cache", "deepcache") == 2
+    assert "DeepCache needs a UNet" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bench_generate_cache_smoke(cli, tmp_path):
+    """bench/generate_cache.py with the tiny models: both parts run and report their numbers (no speed claim)."""
+    assert cli("bench", "generate_cache", "--tiny", "--steps", "4", "--repeats", "1", "--results", str(tmp_path)) == 0
+    result = json.loads((tmp_path / "generate_cache_tiny.json").read_text())
+    control = result["controlnet"]
+    assert control["max_abs_diff_partial_vs_whole"] <= 1e-5 and control["wall"]["ratio_partial"] > 0
+    assert control["macs"]["controlnet_partial"] < control["macs"]["controlnet_full"]
+    assert {"TaylorSeer interval 2", "PAB interval 2"} <= set(result["dit"])
+    assert "SD3.5 Medium-sized transformer" in (tmp_path / "generate_cache_tiny.md").read_text()

@@ -90,3 +90,24 @@ def test_a_tiny_sd3_transformer_file_loads_through_the_hubs_real_loader(tiny_hub
     loaded = hub.get("sd35_medium_transformer")
     assert loaded is not written and result.images[0].shape == (64, 64, 3) and not result.tiny
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in written.state_dict().items())
+
+
+def test_a_gated_sd35_repo_without_a_token_is_named(monkeypatch, tmp_path):
+    """SD3.5's repos are gated: the weights message says so and what to do (no network needed: the Hub
+    client's refusal is simulated)."""
+    from huggingface_hub.errors import GatedRepoError
+
+    from vision import weights
+
+    monkeypatch.setenv("VISION_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.delenv("VISION_OFFLINE", raising=False)
+
+    def refuse(name):
+        raise GatedRepoError("401 Client Error: access to the repo is restricted")
+
+    monkeypatch.setattr(weights, "_hf_cache_dir", lambda s: None)
+    monkeypatch.setattr(weights, "download_weights", refuse)
+    with pytest.raises(weights.WeightsMissingError, match=r"stable-diffusion-3.5-medium is gated.*HF_TOKEN"):
+        weights.resolve("sd35_medium_transformer")
+    text = weights.download_failed_message(weights.spec("sd35_vae"), GatedRepoError("401"))
+    assert "is gated" in text and "hf auth login" in text

@@ -121,6 +121,12 @@ def inputs(tmp_path_factory) -> Path:
     Image.fromarray(labels, mode="L").save(voc / "SegmentationClass" / "2008_000001.png")
     (voc / "ImageSets/Segmentation/val.txt").write_text("2008_000001\n")
     (root / "prompts.txt").write_text("a lighthouse at dusk\n# a comment\na bowl of cherries\n")
+    from vision import tiny
+    from vision.tiny_files import write_lora, write_sd_checkpoint
+
+    write_sd_checkpoint(root / "my_sd15.safetensors", tiny.sd15_unet(), tiny.sd15_vae(), tiny.sd15_text_encoder())
+    write_lora(root / "ink.safetensors", tiny.sd15_unet())  # the Generate examples' checkpoint, LoRA and sketch
+    photo("coffee").save(root / "sketch.png")
     (root / "story.txt").write_text("a knight walks into a misty forest\nthe knight meets a small dragon\n")
     (root / "stories").mkdir()
     (root / "stories" / "knight.txt").write_text("a knight walks into a misty forest\nthe knight meets a dragon\n")

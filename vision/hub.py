@@ -63,7 +63,6 @@ def _t(fn: Callable[[], Any]) -> Callable[["ModelHub"], Any]:
 
 def _entries() -> dict[str, ModelEntry]:
     b = builders
-    sd3_transformer = b.diffusers_model("SD3Transformer2DModel", "transformer", None)
     e = [
         ModelEntry("dinov2_b14", _t(tiny.dinov2_b14), b.dinov2, "dinov2_b14"),
         ModelEntry("dino_b16", _t(tiny.dino_b16), b.dino_v1, "dino_b16"),
@@ -108,6 +107,25 @@ def _entries() -> dict[str, ModelEntry]:
                    b.transformers_model("CLIPTextModel", "text_encoder"), "realvisxl_text_encoder"),
         ModelEntry("realvisxl_text_encoder_2", _t(tiny.sdxl_text_encoder_2),
                    b.transformers_model("CLIPTextModelWithProjection", "text_encoder_2"), "realvisxl_text_encoder_2"),
+    ]
+    shared = {
+        "clip_tokenizer": lambda: __import__("open_clip").get_tokenizer("ViT-B-16"),
+        "sd15_tokenizer": b.clip_tokenizer,
+        "sdxl_tokenizer": b.clip_tokenizer,
+        "sdxl_tokenizer_2": lambda: b.clip_tokenizer(pad_token="!"),
+        "sd15_scheduler": b.sd_scheduler,
+        "sdxl_scheduler": b.sd_scheduler,
+        "sd35_scheduler": b.sd3_scheduler,
+    }
+    e += [ModelEntry(name, tiny=_t(fn), local=fn) for name, fn in shared.items()]
+    return {entry.name: entry for entry in [*e, *_generation_entries()]}
+
+
+def _generation_entries() -> list[ModelEntry]:
+    """The Generate engine's ControlNets, depth estimator and SD3.5 modules (#26)."""
+    b = builders
+    sd3_transformer = b.diffusers_model("SD3Transformer2DModel", "transformer", None)
+    return [
         # ControlNets and the depth estimator of the Generate engine's control input (#26)
         ModelEntry("controlnet_canny_sd15", _t(tiny.controlnet_sd15), b.diffusers_model("ControlNetModel", None, None),
                    "controlnet_canny_sd15"),
@@ -136,17 +154,6 @@ def _entries() -> dict[str, ModelEntry]:
                    b.transformers_model("T5EncoderModel", "text_encoder_3", None), "sd35_text_encoder_3", bf16=True),
         ModelEntry("sd35_tokenizer_3", _t(tiny.sd35_tokenizer_3), b.t5_tokenizer, "sd35_tokenizer_3"),
     ]
-    shared = {
-        "clip_tokenizer": lambda: __import__("open_clip").get_tokenizer("ViT-B-16"),
-        "sd15_tokenizer": b.clip_tokenizer,
-        "sdxl_tokenizer": b.clip_tokenizer,
-        "sdxl_tokenizer_2": lambda: b.clip_tokenizer(pad_token="!"),
-        "sd15_scheduler": b.sd_scheduler,
-        "sdxl_scheduler": b.sd_scheduler,
-        "sd35_scheduler": b.sd3_scheduler,
-    }
-    e += [ModelEntry(name, tiny=_t(fn), local=fn) for name, fn in shared.items()]
-    return {entry.name: entry for entry in e}
 
 
 ENTRIES = _entries()

@@ -250,12 +250,13 @@ def ip_adapter_state_dict(unet, image_embed_dim: int, tokens: int = 4) -> dict[s
     return {"image_proj": proj, "ip_adapter": layers}
 
 
-def controlnet_from(unet: Any, seed: int = 0) -> Any:
-    """A ControlNet of ``unet``'s layout (``ControlNetModel.from_unet``, a small hint encoder) whose zero
-    convolutions and hint encoder get small random weights (from_unet zeroes them: no effect at all)."""
+def controlnet_from(unet: Any, seed: int = 0, conditioning_channels: tuple[int, ...] = (4, 8, 8, 16)) -> Any:
+    """A ControlNet of ``unet``'s layout (``ControlNetModel.from_unet``; a hint encoder of
+    ``conditioning_channels``, the real ones are (16, 32, 96, 256)) whose zero convolutions and hint encoder
+    get small random weights (from_unet zeroes them: no effect at all)."""
     from diffusers import ControlNetModel
 
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in controlnet.named_parameters():

@@ -252,11 +252,25 @@ def missing_message(s: WeightSpec, reason: str = "") -> str:
     )
 
 
+def gated(err: BaseException) -> bool:
+    """The Hub refused a gated repo's file (no token, or its licence not accepted)."""
+    from huggingface_hub.errors import GatedRepoError
+
+    return isinstance(err, GatedRepoError)
+
+
+def gated_message(s: WeightSpec) -> str:
+    return (f"the Hub repo {s.repo_id} is gated: accept its licence on the repo's page while logged in, then give "
+            "this machine a token (HF_TOKEN=... or `hf auth login`)")
+
+
 def download_failed_message(s: WeightSpec, failure: BaseException | str) -> str:
     """What ``weights download`` says when fetching ``s`` failed: what failed, and the other ways to get
     the files (``failure``: the exception, or a sentence on why nothing was fetched)."""
     if isinstance(failure, str):
         what, hint = failure, ""
+    elif gated(failure):
+        what, hint = gated_message(s), ""
     else:
         what = f"download from {_web_address(s)} failed: {type(failure).__name__}: {failure}"
         hint = ("  The server could not be reached: check the network connection and any proxy (HTTPS_PROXY; "
@@ -313,7 +327,8 @@ def resolve(name: str, path: str | os.PathLike | None = None, download: bool = T
     except WeightsError:  # corrupt download, or an installer's own advice (e.g. npm missing)
         raise
     except Exception as err:  # network down, repo moved, disk full: all end in the same advice
-        raise WeightsMissingError(missing_message(s, f"download failed: {type(err).__name__}: {err}")) from err
+        reason = gated_message(s) if gated(err) else f"download failed: {type(err).__name__}: {err}"
+        raise WeightsMissingError(missing_message(s, reason)) from err
 
 
 def file_digest(path: Path, algorithm: str) -> str:

@@ -44,6 +44,35 @@ def unet_forward(u: Any, layout: Layout, b: int, cached: torch.Tensor | None, sa
         attention_mask = ((1 - attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
     if encoder_attention_mask is not None:
         encoder_attention_mask = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
+    sample, emb, ehs = _embeddings(u, sample, timestep, encoder_hidden_states, class_labels, timestep_cond,
+                                   added_cond_kwargs)
+    h = u.conv_in(sample)
+    cak = cross_attention_kwargs
+    if cak is not None and cak.get("gligen", None) is not None:
+        cak = dict(cak)
+        cak["gligen"] = {"objs": u.position_net(**cak.pop("gligen"))}
+    ctx = {"encoder_hidden_states": ehs, "attention_mask": attention_mask, "cross_attention_kwargs": cak,
+           "encoder_attention_mask": encoder_attention_mask}
+    residuals = (down_block_additional_residuals, mid_block_additional_residual)
+    if cached is None:  # full step: whole down blocks and the mid block, as diffusers runs them
+        h, skips = _full_down(u, h, emb, ctx, *residuals)
+    else:  # retrieval step: conv_in and the down layers up to the branch
+        skips = [h]
+        for d, r in layout.down[:b]:
+            h = _down_layer(u.down_blocks[d], r, h, emb, ctx)
+            skips.append(h)
+        if down_block_additional_residuals is not None and mid_block_additional_residual is not None:
+            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
+        h = cached
+    h, feature = _up_path(u, layout, b, cached, h, skips, emb, ctx, forward_upsample_size)
+    if u.conv_norm_out is not None:
+        h = u.conv_act(u.conv_norm_out(h))
+    return u.conv_out(h), feature
+
+
+def _embeddings(u: Any, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, class_labels: Any,
+                timestep_cond: Any, added_cond_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(sample, time embedding ``[B, C_emb]``, processed text states) as the UNet's forward makes them."""
     if u.config.center_input_sample:
         sample = 2 * sample - 1.0
     emb = u.time_embedding(u.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
@@ -60,40 +89,36 @@ def unet_forward(u: Any, layout: Layout, b: int, cached: torch.Tensor | None, sa
         emb = u.time_embed_act(emb)
     ehs = u.process_encoder_hidden_states(encoder_hidden_states=encoder_hidden_states,
                                           added_cond_kwargs=added_cond_kwargs)
-    h = u.conv_in(sample)
-    cak = cross_attention_kwargs
-    if cak is not None and cak.get("gligen", None) is not None:
-        cak = dict(cak)
-        cak["gligen"] = {"objs": u.position_net(**cak.pop("gligen"))}
-    ctx = {"encoder_hidden_states": ehs, "attention_mask": attention_mask, "cross_attention_kwargs": cak,
-           "encoder_attention_mask": encoder_attention_mask}
-    controlnet = down_block_additional_residuals is not None and mid_block_additional_residual is not None
+    return sample, emb, ehs
 
+
+def _full_down(u: Any, h: torch.Tensor, emb: torch.Tensor, ctx: dict, down_residuals: Any,
+               mid_residual: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The whole down path and the mid block (with ControlNet residuals): (mid output, the skip tensors)."""
     skips = [h]
-    if cached is None:  # full step: whole down blocks and the mid block, as diffusers runs them
-        for block in u.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(hidden_states=h, temb=emb, **ctx)
-            else:
-                h, res = block(hidden_states=h, temb=emb)
-            skips.extend(res)
-        if controlnet:
-            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
-        if u.mid_block is not None:
-            if getattr(u.mid_block, "has_cross_attention", False):
-                h = u.mid_block(h, emb, **ctx)
-            else:
-                h = u.mid_block(h, emb)
-        if controlnet:
-            h = h + mid_block_additional_residual
-    else:  # retrieval step: conv_in and the down layers up to the branch
-        for d, r in layout.down[:b]:
-            h = _down_layer(u.down_blocks[d], r, h, emb, ctx)
-            skips.append(h)
-        if controlnet:
-            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
-        h = cached
+    for block in u.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, res = block(hidden_states=h, temb=emb, **ctx)
+        else:
+            h, res = block(hidden_states=h, temb=emb)
+        skips.extend(res)
+    controlnet = down_residuals is not None and mid_residual is not None
+    if controlnet:
+        skips = [s + r for s, r in zip(skips, down_residuals)]
+    if u.mid_block is not None:
+        if getattr(u.mid_block, "has_cross_attention", False):
+            h = u.mid_block(h, emb, **ctx)
+        else:
+            h = u.mid_block(h, emb)
+    if controlnet:
+        h = h + mid_residual
+    return h, skips
 
+
+def _up_path(u: Any, layout: Layout, b: int, cached: torch.Tensor | None, h: torch.Tensor, skips: list, emb: Any,
+             ctx: dict, forward_upsample_size: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The up blocks: all of them on a full step (returning the feature entering up layer ``b``), up
+    layers ``b..0`` on the cached feature on a retrieval step."""
     feature = None
     last = len(u.up_blocks) - 1
     for k, block in enumerate(u.up_blocks):
@@ -104,9 +129,7 @@ def unet_forward(u: Any, layout: Layout, b: int, cached: torch.Tensor | None, sa
             res = tuple(skips[first - n + 1: first + 1])
             size = skips[first - n].shape[2:] if k != last and forward_upsample_size else None
             if getattr(block, "has_cross_attention", False):
-                h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=size,
-                          encoder_hidden_states=ehs, cross_attention_kwargs=cak, attention_mask=attention_mask,
-                          encoder_attention_mask=encoder_attention_mask)
+                h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=size, **ctx)
             else:
                 h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=size)
             continue
@@ -121,10 +144,7 @@ def unet_forward(u: Any, layout: Layout, b: int, cached: torch.Tensor | None, sa
             size = skips[first - n].shape[2:] if k != last and forward_upsample_size else None
             for upsampler in block.upsamplers:
                 h = upsampler(h, size)
-
-    if u.conv_norm_out is not None:
-        h = u.conv_act(u.conv_norm_out(h))
-    return u.conv_out(h), feature
+    return h, feature
 
 
 def _down_layer(block: Any, r: int, h: torch.Tensor, emb: torch.Tensor, ctx: dict) -> torch.Tensor:

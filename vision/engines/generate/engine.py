@@ -65,9 +65,13 @@ class _Pipeline:
 
 
 class GenerateEngine(Engine):
-    """Stable Diffusion text-to-image / image-to-image with a cache, on the hub's shared models.
+    """Stable Diffusion text-to-image / image-to-image with a cache, on the hub's shared models (or the
+    user's checkpoint, with LoRAs and a ControlNet).
 
-    ``GenerateEngine(config=None, hub=None)(prompts, image=None, progress=None)`` -> :class:`GenerationResult`.
+    ``GenerateEngine(config=None, hub=None)(prompts, image=None, progress=None, control_image=None)`` ->
+    :class:`GenerationResult`. ``prompts``: one string or a list (image i uses ``seed + i``); ``image``: a
+    start image (path, PIL or RGB array) for image-to-image; ``control_image``: what ``config.control``'s
+    map is made from (default: the start image).
     ``progress`` receives a :class:`~vision.engines.contract.Progress` after every denoising step of every
     timed run, position ``{"run", "runs", "step", "steps"}`` (run: 1-based number of the current run,
     compare mode's plain run first; step: loop iterations done of ``steps``, the pipeline's loop length).
