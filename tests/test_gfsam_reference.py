@@ -157,7 +157,6 @@ def test_final_mask_matches_predict(case):
     if ours["view"].predictor.model is tiny_model("sam_b"):
         whole = gfsam(ours["target"], ours["shots"], ours["view"].predictor, reference=True)
         assert masks_digest(whole.mask[None]) == str(ref["pred_digest"])
-        assert whole.score > 0
 
 
 # ------------------------------------------------------------------- synthetic inputs, the stages alone
