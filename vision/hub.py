@@ -9,8 +9,8 @@ model of the same class (see :mod:`vision.tiny`).
 An optional memory budget (GiB of accelerator memory) moves the least recently used models to the CPU
 when a newly requested one would not fit; asking for an offloaded model moves it back.
 
-Names (``hub.names()``): dinov2_b14, dino_b16, clip_b16, clip_h14, clip_g14, clip_tokenizer, sam_t, sam_b,
-sam_h,
+Names (``hub.names()``): dinov2_b14, dinov2_l14, dino_b16, clip_b16, clip_h14, clip_g14, clip_tokenizer, sam_t,
+sam_b, sam_h,
 sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_unet, sdxl_vae,
 sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
 ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg, realvisxl_unet,
@@ -59,6 +59,7 @@ def _entries() -> dict[str, ModelEntry]:
     b = builders
     e = [
         ModelEntry("dinov2_b14", _t(tiny.dinov2_b14), b.dinov2, "dinov2_b14"),
+        ModelEntry("dinov2_l14", _t(tiny.dinov2_l14), b.dinov2, "dinov2_l14"),
         ModelEntry("dino_b16", _t(tiny.dino_b16), b.dino_v1, "dino_b16"),
         ModelEntry("clip_b16", _t(tiny.clip_b16), b.open_clip_model("ViT-B-16-quickgelu"), "clip_b16"),
         ModelEntry("clip_h14", _t(tiny.clip_h14), b.open_clip_model("ViT-H-14"), "clip_h14"),
