@@ -75,7 +75,7 @@ def stages(name: str, sam: object) -> dict:
     maps = alignment_maps(target, shots)
     prompts = select_points(point_map(maps), reference=True)
     points = cells_to_frame(prompts.cells, (1024, 1024), 37, reference=True)
-    masks = sam_point_masks(view.predictor, points)
+    masks, _ = sam_point_masks(view.predictor, points)
     graph = fuse_point_masks(masks, prompts.cells, target, maps, reference=True)
     return {"target": target, "shots": shots, "maps": maps, "prompts": prompts, "points": points, "masks": masks,
             "graph": graph, "view": view}

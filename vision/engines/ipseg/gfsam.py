@@ -69,20 +69,22 @@ has; their COCO-20i one-shot folds (56.62, 61.44, 59.63, 57.12) average the pape
 **Reference mode** (``reference=True``, the ``gfsam`` preset) reproduces the code above on the project's
 inputs. **Our default** (``reference=False``) changes, each with its reason:
 
-* SAM sees the image as ``SamPredictor`` resizes it (long side 1024, aspect kept), not stretched to a
+* [f] SAM sees the image as ``SamPredictor`` resizes it (long side 1024, aspect kept), not stretched to a
   square; features come from IPSeg's extractor (:mod:`~vision.engines.ipseg.features`: letterboxed,
-  aspect kept, cut to the image); the mask is returned at the image's size. Stretching distorts shapes,
-  and a user wants the mask of their image.
-* Points sit at cell centres, not at the top-left corners: the corner is on the border with three other
-  cells, the centre is where the token looks.
-* The prompt region on the grid is the share of each cell the mask covers (area average), not bilinear
-  samples at ``align_corners=True`` positions, so that a part thinner than a cell is not lost between
-  two samples.
-* Ties (the top-N cells, the ranking of equal masks) are broken by position (stable sorts), the same on
-  every device; the reference's order is ``torch.topk`` / ``torch.argsort``'s CPU order.
-* The union keeps the reference's "at least one mask" fallback, and adds a presence score (the mean of
-  the positive mean map over the final mask: the reference's ``prob_masks`` value) with an optional
-  threshold below which the concept is "absent".
+  aspect kept, cut to the image). Stretching distorts shapes.
+* [g] Points sit at cell centres, not at the top-left corners: the corner is on the border with three
+  other cells, the centre is where the token looks.
+* [h] The prompt region on the grid is the share of each cell the mask covers (area average), not
+  bilinear samples at ``align_corners=True`` positions, so that a part thinner than a cell is not lost
+  between two samples.
+* [i] Ties (the top-N cells, the ranking of equal masks) are broken by position (stable sorts), the same
+  on every device; the reference's order is ``torch.topk`` / ``torch.argsort``'s CPU order.
+
+(Letters: :attr:`~vision.engines.ipseg.modes.ProductMode.gfsam_reference` switches them together.)
+In both modes the mask comes back at the image's size (the reference scores its 1024 square), and a
+presence score is added (the mean of the positive mean map over the final mask: the reference's
+``prob_masks`` value), with an optional ``presence_threshold`` below which the concept is "absent"; the
+reference's "at least one mask" fallback is kept.
 
 Both modes keep the per-channel rescaling of step 1 (the reference's numbers rest on it), the 128-point
 cap, one-point prompts and the gating. Reference mode needs DINOv2 features (the reference has no other
@@ -92,12 +94,13 @@ source); ``features="sam"`` (SAM's own embedding, so that ``sam_t`` alone runs G
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, MutableMapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vision.common import stage
 from vision.engines.ipseg.gfsam_align import (
     MAX_POINTS,
     AlignmentMaps,
@@ -119,7 +122,8 @@ class GFSAMOutput:
 
     ``mask``: bool [h, w] (all False when there is no point); ``score``: mean of the positive mean map over
     ``mask`` (0 without a mask); ``points``: float32 [n, 2] (x, y) frame pixels of the point prompts;
-    ``graph``: clusters and gating states per point (:class:`~vision.engines.ipseg.gfsam_graph.GraphOutput`).
+    ``graph``: clusters and gating states per point (:class:`~vision.engines.ipseg.gfsam_graph.GraphOutput`);
+    ``sam_iou``: float32 [n], SAM's predicted IoU of each point's mask.
     """
 
     mask: np.ndarray
@@ -128,29 +132,32 @@ class GFSAMOutput:
     prompts: PointPrompts
     points: np.ndarray
     graph: GraphOutput
+    sam_iou: np.ndarray
 
 
 # ------------------------------------------------------------------------------------------ 5. SAM
-def sam_point_masks(predictor: Any, points: np.ndarray, batch: int = SAM_BATCH) -> torch.Tensor:
+def sam_point_masks(predictor: Any, points: np.ndarray, batch: int = SAM_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 5, the one place GF-SAM calls SAM: one mask per point, each point alone with label 1,
     ``multimask_output=False``, ``batch`` prompts per decoder call.
 
     ``predictor``: a ``SamPredictor`` (or an object with its ``predict_torch`` and ``transform``) whose
-    image, the frame, is set; ``points`` float32 [n, 2] (x, y) frame pixels. Returns bool [n, h, w]."""
+    image, the frame, is set; ``points`` float32 [n, 2] (x, y) frame pixels. Returns (masks bool [n, h, w],
+    SAM's predicted IoU of each, float32 [n])."""
     h, w = predictor.original_size
     if len(points) == 0:
-        return torch.zeros((0, h, w), dtype=torch.bool)
+        return torch.zeros((0, h, w), dtype=torch.bool), torch.zeros(0)
     device = predictor.device
     coords = predictor.transform.apply_coords(np.asarray(points, dtype=np.float32), (h, w))
-    masks = []
+    masks, ious = [], []
     for start in range(0, len(coords), batch):
         chunk = torch.as_tensor(coords[start : start + batch], dtype=torch.float32, device=device)
         labels = torch.ones((len(chunk), 1), dtype=torch.int, device=device)
         with torch.no_grad():
-            out, _, _ = predictor.predict_torch(point_coords=chunk[:, None, :], point_labels=labels,
-                                                multimask_output=False)[:3]
+            out, iou, _ = predictor.predict_torch(point_coords=chunk[:, None, :], point_labels=labels,
+                                                  multimask_output=False)[:3]
         masks.append(out[:, 0].cpu())
-    return torch.cat(masks)
+        ious.append(iou[:, 0].float().cpu())
+    return torch.cat(masks), torch.cat(ious)
 
 
 # ------------------------------------------------------------------------------------- the pipeline
@@ -164,18 +171,23 @@ def presence_score(mask: torch.Tensor, positive_mean: torch.Tensor) -> float:
 
 
 def gfsam(target: torch.Tensor, shots: Sequence[Shot], predictor: Any, reference: bool = False,
-          max_points: int = MAX_POINTS, batch: int = SAM_BATCH) -> GFSAMOutput:
+          max_points: int = MAX_POINTS, batch: int = SAM_BATCH,
+          timings: MutableMapping[str, float] | None = None) -> GFSAMOutput:
     """GF-SAM for one concept in one target, steps 2-9 of the module docstring.
 
     ``target``: the target's tokens [N, C] (row-major g x g grid spanning the frame, rescaled by
     :func:`normalise_over_cells`); ``shots``: the concept's prompt images (k-shot: maps averaged);
-    ``predictor``: SAM with the target's frame set (masks come back in the frame's pixels)."""
-    maps = alignment_maps(target, shots)
-    prompts = select_points(point_map(maps), max_points, reference)
+    ``predictor``: SAM with the target's frame set (masks come back in the frame's pixels). ``timings``
+    gets seconds added under "alignment" (steps 2-4), "sam_decode" (5) and "graph" (6-9)."""
+    timings = {} if timings is None else timings
+    with stage(timings, "alignment"):
+        maps = alignment_maps(target, shots)
+        prompts = select_points(point_map(maps), max_points, reference)
     grid = maps.positive_mean.shape[-1]
-    frame_hw = tuple(predictor.original_size)
-    points = cells_to_frame(prompts.cells, frame_hw, grid, reference)
-    masks = sam_point_masks(predictor, points, batch)
-    graph = fuse_point_masks(masks, prompts.cells, target, maps, reference)
-    score = presence_score(graph.mask, maps.positive_mean)
-    return GFSAMOutput(graph.mask.numpy(), score, maps, prompts, points, graph)
+    points = cells_to_frame(prompts.cells, tuple(predictor.original_size), grid, reference)
+    with stage(timings, "sam_decode", predictor.device):
+        masks, ious = sam_point_masks(predictor, points, batch)
+    with stage(timings, "graph"):
+        graph = fuse_point_masks(masks, prompts.cells, target, maps, reference)
+        score = presence_score(graph.mask, maps.positive_mean)
+    return GFSAMOutput(graph.mask.numpy(), score, maps, prompts, points, graph, ious.numpy())
