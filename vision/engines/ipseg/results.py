@@ -194,9 +194,10 @@ class IPSegResult:
                     files[f"{_slug(c.name)}_{k}.inst.png"] = inst.mask
         if heatmaps:
             for k, c in enumerate(self.concepts):
-                files["heatmap.png" if len(self.concepts) == 1 else f"{_slug(c.name)}.heatmap.png"] = self.heatmap(k)
+                prefix = "" if len(self.concepts) == 1 else f"{_slug(c.name)}."
+                files[f"{prefix}heatmap.png"] = self.heatmap(k)
                 if c.graph is not None:
-                    files["graph.png" if len(self.concepts) == 1 else f"{_slug(c.name)}.graph.png"] = self.graph_image(k)
+                    files[f"{prefix}graph.png"] = self.graph_image(k)
         return files
 
 
