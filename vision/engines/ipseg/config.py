@@ -13,6 +13,9 @@ SD_FEATURES = ("s5", "s4", "s3")
 FEATURE_LABELS = {"dino+sd": "dinov2+sd15", "dino": "dinov2-only", "sam": "sam-embedding"}
 METHODS = ("ipseg", "gfsam")  # the exemplar methods this engine runs (GF-SAM: vision/engines/ipseg/gfsam.py)
 GFSAM_FEATURES = ("dino", "sam")  # GF-SAM compares one feature map: DINOv2's tokens or SAM's embedding
+# The preset a method gets when none is named (the command line's --method alone): each method's light
+# product-mode preset; the reference settings are the "paper" and "gfsam" presets.
+METHOD_PRESETS = {"ipseg": "default", "gfsam": "gfsam_fast"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # the paper's features with our corrections, SAM-B as the light segmenter
@@ -85,6 +88,13 @@ class IPSegConfig(EngineConfig):
         if self.features == "dino+sd" and self.sd_weight == 0:  # the old spelling of the fast mode
             object.__setattr__(self, "features", "dino")
 
+    @classmethod
+    def for_method(cls, method: str, preset: str | None = None, **changes: Any) -> "IPSegConfig":
+        """``preset`` (default: the method's own, :data:`METHOD_PRESETS`) with ``method`` and ``changes``."""
+        if method not in METHODS:
+            raise IPSegError(f"method={method!r} must be one of {', '.join(METHODS)}")
+        return cls.from_preset(preset or METHOD_PRESETS[method], **{**changes, "method": method})
+
     @property
     def use_sd(self) -> bool:
         return self.features == "dino+sd"
@@ -136,9 +146,6 @@ class IPSegConfig(EngineConfig):
         if self.features not in GFSAM_FEATURES:
             problems.append(f"features={self.features!r}: GF-SAM compares one feature map, "
                             f"{' or '.join(GFSAM_FEATURES)} (dino+sd is IPSeg's)")
-        elif self.reference and self.features != "dino":
-            problems.append(f"features={self.features!r} with reference=True: GF-SAM's reference has DINOv2 "
-                            "features only (use reference=False for SAM features)")
         if self.max_points < 1:
             problems.append(f"max_points={self.max_points} must be >= 1")
         return problems

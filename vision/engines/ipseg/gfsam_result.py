@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-from vision.imaging import palette
 
 NO_CLUSTER_NOTE = ("no point passed the positive-negative alignment (the prompt's background matches the "
                    "target better than its region everywhere): no graph, no cluster")
@@ -45,28 +44,37 @@ class PointGraph:
         return record
 
 
+def cluster_colours(count: int) -> list[tuple[int, int, int]]:
+    """``count`` bright, well separated RGB colours (hues spaced by the golden angle)."""
+    return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb((0.13 + k * 0.381966) % 1.0, 0.85, 1.0))
+            for k in range(count)]
+
+
 def draw_point_graph(image: np.ndarray, graph: PointGraph, mask: np.ndarray | None = None) -> np.ndarray:
     """The graph over the target: RGB uint8 [H, W, 3]. The image is dimmed (the final ``mask`` bool [H, W]
-    kept bright); each edge is a line in its source point's cluster colour; each point a dot of its
+    less so); each edge a translucent line in its source point's cluster colour; each point a dot of its
     cluster's colour: filled = in the union, ring = dropped by one gate, cross = dropped by both."""
-    base = image.astype(np.float32) * 0.45 + 40
+    base = image.astype(np.float32) * 0.4 + 30
     if mask is not None:
-        base[mask] = image[mask] * 0.85 + 38
-    canvas = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    colours = [tuple(int(v) for v in c) for c in palette(max(graph.cluster_count, 1) + 1)[1:]]
-    width = max(1, min(image.shape[:2]) // 300)
+        base[mask] = image[mask] * 0.8 + 30
+    canvas = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).convert("RGBA")
+    colours = cluster_colours(max(graph.cluster_count, 1))
+    width = max(1, min(image.shape[:2]) // 400)
+    edges = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(edges)
     for i, j in graph.edges:
         (x0, y0), (x1, y1) = graph.points[i], graph.points[j]
-        draw.line([(x0, y0), (x1, y1)], fill=colours[graph.clusters[i]], width=width)
-    r = max(3, min(image.shape[:2]) // 70)
+        draw.line([(x0, y0), (x1, y1)], fill=(*colours[graph.clusters[i]], 70), width=width)
+    canvas = Image.alpha_composite(canvas, edges).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    r = max(3, min(image.shape[:2]) // 80)
     for (x, y), cluster, state in zip(graph.points, graph.clusters, graph.states):
         colour = colours[cluster]
         if state == 1:
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0), width=width)
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0), width=1)
         elif state == 2:
-            draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=2 * width)
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=max(2, width))
         else:
-            draw.line([(x - r, y - r), (x + r, y + r)], fill=colour, width=2 * width)
-            draw.line([(x - r, y + r), (x + r, y - r)], fill=colour, width=2 * width)
+            draw.line([(x - r, y - r), (x + r, y + r)], fill=colour, width=max(2, width))
+            draw.line([(x - r, y + r), (x + r, y - r)], fill=colour, width=max(2, width))
     return np.asarray(canvas)

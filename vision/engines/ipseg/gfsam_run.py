@@ -49,14 +49,10 @@ def prompt_shot(hub: Any, extractor: Any, config: IPSegConfig, mode: Any, image:
     automatic foreground) -> (the :class:`Shot`, the region's cells bool [g, g], source, how the region
     reached the grid, notes). An empty region on the grid is refused, naming the field."""
     if mode.gfsam_reference:
-        pixels = reference_dino_pixels(reference_square(image), config.dino_size)
-        tokens = dino_prenorm_tokens(hub.get(config.dino_model), pixels)
-        side = config.dino_size // 14
-        feature = tokens.T.reshape(-1, side, side)
+        feature = reference_features(hub, extractor, config, reference_square(image))
     else:
         feature = extractor.features(image)[config.primary_feature]
-        tokens = grid_tokens(feature)
-    grid = feature.shape[-1]
+    tokens, grid = grid_tokens(feature), feature.shape[-1]
     if region is None:
         cells, detail = auto_region(image, feature)
         source, notes, weights = "auto-pca", [], torch.as_tensor(cells, dtype=torch.float32).flatten()
@@ -76,6 +72,20 @@ def prompt_shot(hub: Any, extractor: Any, config: IPSegConfig, mode: Any, image:
     return Shot(normalise_over_cells(tokens), weights), cells, source, detail, list(notes)
 
 
+def reference_features(hub: Any, extractor: Any, config: IPSegConfig, square: torch.Tensor,
+                       view: SamView | None = None) -> torch.Tensor:
+    """Features of the reference's square [3, 1024, 1024]: DINOv2's ``x_prenorm`` tokens of its 518 resize
+    ([C, g, g], g = dino_size / 14), or, with ``features="sam"`` (ours: the reference has DINOv2 only), SAM's
+    embedding of the square as the reference hands it to SAM ([256, 64, 64]; ``view``: already encoded)."""
+    if config.features == "sam":
+        if view is None:
+            view = SamView.encode(hub.get(config.sam_model), reference_sam_frame(square), stretch=False)
+        return extractor.sam(view)
+    tokens = dino_prenorm_tokens(hub.get(config.dino_model), reference_dino_pixels(square, config.dino_size))
+    side = config.dino_size // 14
+    return tokens.T.reshape(-1, side, side)
+
+
 # -------------------------------------------------------------------------------------------- target
 def prepare_target(hub: Any, extractor: Any, config: IPSegConfig, mode: Any, image: np.ndarray,
                    timings: MutableMapping[str, float], on_stage: Callable[[str], Any]) -> GFSAMTarget:
@@ -83,23 +93,21 @@ def prepare_target(hub: Any, extractor: Any, config: IPSegConfig, mode: Any, ima
     resized as SamPredictor resizes it; its tokens (DINOv2 first: a memory budget may then offload it
     before SAM loads; or SAM's embedding of the frame) and the frame encoded by SAM once."""
     square = reference_square(image) if mode.gfsam_reference else None
-    dino = None
+    feature = None
     if config.features == "dino":
         on_stage("DINOv2 features")
         with stage(timings, "dino"):
-            if square is not None:
-                dino = dino_prenorm_tokens(hub.get(config.dino_model), reference_dino_pixels(square, config.dino_size))
-            else:
-                dino = grid_tokens(extractor.features(image)["dino"])
+            feature = reference_features(hub, extractor, config, square) if square is not None else \
+                extractor.features(image)["dino"]
     on_stage("SAM image encoder")
     with stage(timings, "sam_encode"):
         model = hub.get(config.sam_model)
         frame = reference_sam_frame(square) if square is not None else sam_frame(image, model.image_encoder.img_size)
         view = SamView.encode(model, frame, stretch=False)
-    if dino is None:
+    if feature is None:
         with stage(timings, "sam_features"):
-            dino = grid_tokens(extractor.features(image, sam_view=view)["sam"])
-    return GFSAMTarget(view, normalise_over_cells(dino), tuple(image.shape[:2]))
+            feature = extractor.sam(view)
+    return GFSAMTarget(view, normalise_over_cells(grid_tokens(feature)), tuple(image.shape[:2]))
 
 
 # ------------------------------------------------------------------------------------------- concept
