@@ -177,3 +177,22 @@ def test_graph_and_gates_on_synthetic_inputs(seed):
     np.testing.assert_array_equal(graph.states, ref["states"])
     assert masks_digest(graph.mask.numpy()[None]) == str(ref["pred_digest"])
     assert (graph.fallback is not None) == (not (ref["states"] == 1).any())
+
+
+# ------------------------------------------------------------------------- the engine in reference mode
+def test_engine_preset_gfsam_reproduces_predict_end_to_end(one_torch_thread):
+    """The engine itself (IPSegEngine, preset gfsam: reference mode; with the tiny DINOv2-B and tiny SAM-B
+    standing in for DINOv2-L and SAM-H) on a fixture's inputs: GFSAM.predict's points, clusters and gate
+    states, from the image files' pixels through the engine's prompt cache and frames."""
+    from vision.engines.ipseg import IPSegConfig, IPSegEngine, Prompt
+    from vision.hub import ModelHub
+
+    name = "tiny_two_shot"
+    ref, case = fixture(name), case_inputs(name)
+    config = IPSegConfig.from_preset("gfsam", dino_model="dinov2_b14", sam_model="sam_b")
+    engine = IPSegEngine(config, hub=ModelHub(tiny=True, device="cpu"))
+    prompts = [Prompt(p, mask=m) for p, m in zip(case["prompts"], case["masks"])]
+    graph = engine(prompts, case["target"]).concepts[0].graph
+    np.testing.assert_array_equal(graph.cells[:, ::-1], ref["points_cells_xy"])
+    np.testing.assert_array_equal(graph.clusters, ref["clusters"])
+    np.testing.assert_array_equal(graph.states, ref["states"])

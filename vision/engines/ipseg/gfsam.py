@@ -87,8 +87,17 @@ presence score is added (the mean of the positive mean map over the final mask: 
 reference's "at least one mask" fallback is kept.
 
 Both modes keep the per-channel rescaling of step 1 (the reference's numbers rest on it), the 128-point
-cap, one-point prompts and the gating. Reference mode needs DINOv2 features (the reference has no other
-source); ``features="sam"`` (SAM's own embedding, so that ``sam_t`` alone runs GF-SAM) is ours.
+cap (``max_points``), one-point prompts and the gating. ``features="sam"`` (SAM's own embedding of the
+frame instead of DINOv2's tokens, so that ``sam_t`` alone runs GF-SAM; the ``gfsam_fast`` preset) is ours:
+the reference has DINOv2 only; in reference mode it is SAM's embedding of the reference's square.
+The graph's per-cluster similarity maps are computed one cluster at a time in reference mode (the
+reference's arithmetic) and by one matrix product otherwise (the same values to float rounding).
+
+Where each stage lives: steps 1-4 :mod:`~vision.engines.ipseg.gfsam_align`, inputs and frames
+:mod:`~vision.engines.ipseg.gfsam_inputs`, step 5 and the whole :func:`gfsam` here, steps 6-9
+:mod:`~vision.engines.ipseg.gfsam_graph`, the engine's side :mod:`~vision.engines.ipseg.gfsam_run`, the
+point graph of a result :mod:`~vision.engines.ipseg.gfsam_result`. Equality with the reference, stage by
+stage: ``tests/test_gfsam_reference.py`` (fixtures and how they were made: ``tests/fixtures/gfsam/``).
 """
 
 from __future__ import annotations
