@@ -19,7 +19,7 @@ single-point prompts alone and gives the ratio with that worst case put in.
 On a CPU the measure is the process's CPU time with one torch thread (the work done, whatever else the
 machine runs), the wall clock beside it; on CUDA the wall clock.
 
-    python -m vision bench gfsam --threads 1 --out bench/results/gfsam.md
+    python -m vision bench gfsam --threads 1 --save        # the recorded CPU result: bench/results/gfsam.md
     python -m vision bench gfsam --device cuda --repeats 3 --out bench/results/gfsam_gpu.md
 """
 
@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # `python bench/gfsam.py`
 
 import torch
 
-from bench.common import machine
+from bench.common import add_save_option, machine, report_path
 from bench.ipseg import _load, full_size_hub, timed
 from vision.wording import vision_command
 
@@ -94,7 +94,7 @@ def measure(args, hub, device: str) -> dict:
         for target in targets:
             for name, engine in (("ipseg", ipseg), ("gfsam", gfsam)):
                 out = []
-                runs[name].append(timed(lambda: out.append(engine(prompt, target)), device))
+                runs[name].append(timed(lambda e=engine, t=target, o=out: o.append(e(prompt, t)), device))
                 results[name] = out[0]
     graph = results["gfsam"].concepts[0].graph
     return {"runs": runs, "results": results, "points": len(graph.points), "configs": (ipseg.config, gfsam.config)}
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="one untimed run per engine first (default: on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default=None, help="also write the report (Markdown) here, and .json beside it")
+    add_save_option(parser, "the report (gfsam.md and .json)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     device = args.device or best_device()
@@ -180,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     lines, report = report_lines(args, argv, device, measured, decoder, (load_before, _load()), build_s)
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    path = report_path(args, "gfsam.md", args.out)
+    if path is not None:
+        path.write_text(text, encoding="utf-8")
+        path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

@@ -27,7 +27,7 @@ def test_gfsam_api_gives_masks_and_point_graphs_and_says_what_ran(client, photos
     assert "method **GF-SAM**" in summary and "preset **gfsam_fast**" in summary
     assert "features **sam-embedding**" in summary and "SAM `sam_t`" in summary and "point graph" in summary
     assert len(overlays) == len(graphs) == 2
-    for target, graph in zip(targets, graphs):
+    for target, graph in zip(targets, graphs, strict=True):
         assert "point graph:" in graph["caption"] and "cluster" in graph["caption"]
         assert png(graph["image"]).shape[:2] == png(target).shape[:2]
     assert len([f for f in files if f.endswith("_graph.png")]) == 2

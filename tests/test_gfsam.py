@@ -180,7 +180,8 @@ def test_no_cluster_is_said_in_the_record(hub):
     shots = [SimpleNamespace(shot=Shot(same, torch.ones(64 * 64)), source="box", grid_detail="area-share")]
     concept = gfsam_run.concept_result("thing", shots, target, engine.config, engine.mode, {})
     record = concept.to_record()
-    assert record["present"] is False and record["graph"]["clusters"] == 0 and record["graph"]["note"] == NO_CLUSTER_NOTE
+    assert record["present"] is False and record["graph"]["clusters"] == 0
+    assert record["graph"]["note"] == NO_CLUSTER_NOTE
 
 
 def test_a_region_that_reaches_no_grid_cell_is_refused_naming_the_field(hub):

@@ -71,7 +71,8 @@ def stages(name: str, sam: object) -> dict:
     case = case_inputs(name)
     view = SamView.encode(sam, reference_sam_frame(reference_square(case["target"])), stretch=False)
     target = tokens(case["target"])
-    shots = [Shot(tokens(p), reference_region_weights(m, 37)) for p, m in zip(case["prompts"], case["masks"])]
+    pairs = zip(case["prompts"], case["masks"], strict=True)
+    shots = [Shot(tokens(p), reference_region_weights(m, 37)) for p, m in pairs]
     maps = alignment_maps(target, shots)
     prompts = select_points(point_map(maps), reference=True)
     points = cells_to_frame(prompts.cells, (1024, 1024), 37, reference=True)
@@ -191,7 +192,7 @@ def test_engine_preset_gfsam_reproduces_predict_end_to_end(one_torch_thread):
     ref, case = fixture(name), case_inputs(name)
     config = IPSegConfig.from_preset("gfsam", dino_model="dinov2_b14", sam_model="sam_b")
     engine = IPSegEngine(config, hub=ModelHub(tiny=True, device="cpu"))
-    prompts = [Prompt(p, mask=m) for p, m in zip(case["prompts"], case["masks"])]
+    prompts = [Prompt(p, mask=m) for p, m in zip(case["prompts"], case["masks"], strict=True)]
     graph = engine(prompts, case["target"]).concepts[0].graph
     np.testing.assert_array_equal(graph.cells[:, ::-1], ref["points_cells_xy"])
     np.testing.assert_array_equal(graph.clusters, ref["clusters"])

@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {R.message(err)}", file=sys.stderr)
         return 2
     summaries = []
-    for engine, folder in zip(engines, folders):
+    for engine, folder in zip(engines, folders, strict=True):
         code, summary = _run_engine(args, engine, dataset, episodes, folder)
         if code not in (0, 130):
             return code

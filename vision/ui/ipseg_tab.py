@@ -9,9 +9,9 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import helpers as ui
-from vision.ui.helpers import tiny_prefix
-from vision.ui.progress import engine_progress
+from vision.ui import errors, examples, form, gpu, notices, runs, storage, uploads
+from vision.ui.notices import tiny_prefix
+from vision.ui.sam import default_sam, segment_engine
 from vision.ui.uploads import check_before_decoding, checked_prompt_upload
 
 
@@ -29,10 +29,10 @@ def _sd_weights_present() -> bool:
     return all(weights.status(n) != "missing" for n in ("sd15_unet", "sd15_vae", "sd15_text_encoder"))
 
 
-@ui.GPU(duration=120)
-def _ipseg_segment(config, concepts, targets: list[str], names: list[str], progress=None):
-    return _ipseg_engine(config).segment_batch(concepts, targets, progress=engine_progress(progress),
-                                               on_error="collect", names=names)
+@gpu.GPU(duration=120)
+def _ipseg_segment(config, concepts, targets: list[str], names: list[str], on_progress=None):
+    return _ipseg_engine(config).segment_batch(concepts, targets, progress=on_progress, on_error="collect",
+                                               names=names)
 
 
 FEATURE_CHOICES = [("as the preset", "preset"), ("DINOv2 + Stable Diffusion 1.5 (the paper's)", "dino+sd"),
@@ -76,18 +76,15 @@ CLICK_LABELS = {"foreground (on the concept)": 1, "background (not the concept)"
 MAX_CLICKS = 64  # the Segment engine's max_points
 
 
-@ui.GPU(duration=60)
+@gpu.GPU(duration=60)
 def _segment_prompt(sam_model: str, image, points: list):
-    from vision.ui.segment_tab import _segment_engine
-
-    return _segment_engine(sam_model).segment(image, points, name="prompt image")
+    return segment_engine(sam_model)(image, points, name="prompt image")
 
 
 def click_sam(sam_model: str, preset: str) -> str:
     """The SAM that masks clicks: the tab's choice; "preset": the preset's SAM where its weights are on
     disk, else the Segment tab's default (sam_t when installed), so a click works on the weights at hand."""
     from vision import weights
-    from vision.ui.segment_tab import default_sam
 
     if sam_model != "preset":
         return sam_model
@@ -100,7 +97,7 @@ def click_mask(image, clicks_text: str | None, sam_model: str, preset: str, show
     :class:`~vision.engines.segment.SegmentResult`; :func:`click_sam`, through the Segment engine, whose
     embedding cache makes a click after the first cost the decoder only), or None without clicks.
     ``shown_key``: see :func:`check_clicks_on`."""
-    points = ui.parse_numbers(clicks_text, 3, "prompt clicks")
+    points = form.parse_numbers(clicks_text, 3, "prompt clicks")
     if not points:
         return None
     if len(points) > MAX_CLICKS:
@@ -122,8 +119,8 @@ def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_v
     prompt files (to name them in messages)."""
     from vision.engines.ipseg import Concept, Prompt
 
-    image, painted = ui.editor_image_and_mask(prompt_value)
-    box = ui.parse_box(box_text, "prompt box")
+    image, painted = form.editor_image_and_mask(prompt_value)
+    box = form.parse_box(box_text, "prompt box")
     given = [name for name, value in (("a painted region", painted), ("a box", box), ("clicks", clicked))
              if value is not None]
     if len(given) > 1:
@@ -131,12 +128,12 @@ def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_v
                          "(clear the others)")
     region = ({region_kind: painted} if painted is not None else {"box": box} if box is not None
               else {"mask": clicked} if clicked is not None else {})
-    shots, others = ui.gallery_paths(shots_value), ui.gallery_paths(concepts_value)
+    shots, others = form.gallery_paths(shots_value), form.gallery_paths(concepts_value)
     name = (concept_name or "").strip() or "concept"
     concepts = [Concept([Prompt(image, **region), *(Prompt(p) for p in shots)], name)]
     taken = {name}
     for path in others:
-        other = ui.safe_name(Path(path).stem, "concept")
+        other = storage.safe_name(Path(path).stem, "concept")
         while other in taken:
             other += "_"
         taken.add(other)
@@ -144,17 +141,19 @@ def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_v
     return concepts, shots + others
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, threshold, sam_model, features="preset",
               preset="default", box_text="", shots_value=None, concepts_value=None, concept_name="concept",
               kshot="mean", clicks_text="", shown_key=None, method="ipseg", max_points=128,
-              progress=gr.Progress(track_tqdm=True)):
+              progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
     """Segment the prompt's concept(s) in every target image (IPSeg or GF-SAM: ``method``); a bad target is
     listed, not fatal. ``clicks_text``: clicks on the prompt image; SAM's mask there is the prompt region.
     ``max_points``: GF-SAM's cap on its point prompts. Beside the masks: IPSeg's similarity heatmaps, or
     GF-SAM's point graphs (its heatmaps are in the downloads)."""
-    targets = ui.require(ui.gallery_paths(targets_value), "one or more target images")
-    clicked = click_mask(ui.editor_image_and_mask(prompt_value)[0], clicks_text, sam_model, preset, shown_key)
+    run = runs.Run(request, "ipseg")
+    run.check()  # a request whose client left while it was queued does nothing (it stops between stages too)
+    targets = form.require(form.gallery_paths(targets_value), "one or more target images")
+    clicked = click_mask(form.editor_image_and_mask(prompt_value)[0], clicks_text, sam_model, preset, shown_key)
     concepts, prompt_files = prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value,
                                              concept_name, None if clicked is None else clicked.mask)
     config = ipseg_config(preset, features, sam_model, bool(fast), method or "ipseg", max_instances=int(instances),
@@ -163,23 +162,23 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
     names = [Path(t).name for t in targets]
     progress(0.0, desc=f"segmenting {len(targets)} target(s), {config.feature_source}")
     try:
-        results = _ipseg_segment(config, concepts, targets, names, progress)
+        results = _ipseg_segment(config, concepts, targets, names, run.progress(progress))
     except ValueError as err:  # name uploads as the user knows them, not Gradio's temporary copies
-        raise type(err)(ui.name_uploads(str(err), prompt_files + targets)) from None
-    failed = [f"{e.name}: {ui.name_uploads(e.message, targets)}" for e in results.errors]
+        raise type(err)(uploads.name_uploads(str(err), prompt_files + targets)) from None
+    failed = [f"{e.name}: {uploads.name_uploads(e.message, targets)}" for e in results.errors]
     if not results:
         raise ValueError("no target could be segmented:\n" + "\n".join(failed))
     if failed:
-        ui.warn(f"{len(failed)} target(s) skipped:\n" + "\n".join(failed))
-    folder = ui.output_folder()
+        notices.warn(f"{len(failed)} target(s) skipped:\n" + "\n".join(failed))
+    folder = storage.output_folder()
     annotated, overlays, heatmaps, files, rows = [], [], [], [], []
     for result in results:
         views = _target_views(result, names, targets, folder)
-        for collected, part in zip((annotated, overlays, heatmaps, files, rows), views):
+        for collected, part in zip((annotated, overlays, heatmaps, files, rows), views, strict=True):
             collected.extend(part)
     notes = "; ".join(dict.fromkeys(n for r in results for n in r.notes))
     if notes:
-        ui.warn(notes)
+        notices.warn(notes)
     summary = _run_summary(results, concepts, config, clicked, notes, failed)
     return annotated[0], overlays, heatmaps, files, rows, summary, annotated
 
@@ -188,7 +187,7 @@ def _target_views(result, names: list[str], targets: list[str], folder) -> tuple
     """One target's ([annotated image], [overlay], heatmaps or GF-SAM's point graphs (one per concept),
     saved files, score rows)."""
     t = result.index
-    stem = f"{t + 1:02d}_{ui.safe_name(Path(targets[t]).stem, 'target')}"
+    stem = f"{t + 1:02d}_{storage.safe_name(Path(targets[t]).stem, 'target')}"
     labels = [(inst.mask, f"{c.name} {k + 1} (score {inst.score:.3f})")
               for c in result.concepts for k, inst in enumerate(c.instances)]
     presences = ", ".join(f"{c.name} {'present' if c.present else 'absent'} {c.presence:.3f}" for c in result.concepts)
@@ -204,7 +203,7 @@ def _target_views(result, names: list[str], targets: list[str], folder) -> tuple
         head = [t + 1, names[t], c.name, c.present, round(c.presence, 4)]
         rows += [head + [k + 1, round(inst.score, 4), round(inst.sam_iou, 4), int(inst.mask.sum())]
                  for k, inst in enumerate(c.instances)] or [head + [0, None, None, 0]]  # absent: no mask
-    files = [ui.save_png(ui.mask_image(value), folder, f"{stem}_{Path(name).stem}")
+    files = [storage.save_png(storage.mask_image(value), folder, f"{stem}_{Path(name).stem}")
              for name, value in result.to_files(heatmaps=True).items()]
     return [(result.image, labels)], [overlay], pictures, files, rows
 
@@ -243,21 +242,21 @@ def _graph_caption(graph) -> str:
 
 def check_clicks_on(image, shown_key: str | None, what: str) -> None:
     """Refuse clicks made on a click view that showed another image than the prompt now in the editor
-    (``shown_key``: the :func:`~vision.engines.segment.image_key` of the image shown; None: no view, as
+    (``shown_key``: the :func:`~vision.common.content_key` of the image shown; None: no view, as
     over the API, where the clicks are the caller's own)."""
-    from vision.engines.segment import image_key
+    from vision.common import content_key
 
-    if shown_key is not None and image_key(image) != shown_key:
+    if shown_key is not None and content_key(image) != shown_key:
         raise ValueError(f"{what}: the prompt image changed since it was shown for clicking; press 'Show the "
                          "prompt here' and click again (or clear the clicks)")
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def prompt_mask_from_clicks(prompt_value, clicks_text, sam_model="preset", preset="default", shown_key=None):
     """Clicks on the prompt -> the click view (SAM's mask and the clicks drawn on the prompt image) and a
     line on that mask. A run makes the same mask from the same clicks (the embedding is cached)."""
-    image, _ = ui.editor_image_and_mask(prompt_value)
-    result = ui.require(click_mask(image, clicks_text, sam_model, preset, shown_key), "a click on the prompt image")
+    image, _ = form.editor_image_and_mask(prompt_value)
+    result = form.require(click_mask(image, clicks_text, sam_model, preset, shown_key), "a click on the prompt image")
     return result.overlay(), (f"{tiny_prefix(get_hub())}SAM `{result.sam_model}` mask from {len(result.points)} "
                               f"click(s): {int(result.mask.sum())} px, score {result.scores[0]:.3f}. Segment uses "
                               "it as the prompt region.")
@@ -266,17 +265,17 @@ def prompt_mask_from_clicks(prompt_value, clicks_text, sam_model="preset", prese
 def add_prompt_click(clicks_text: str, kind: str, evt: gr.SelectData) -> str:
     """A click on the click view (pixel coordinates of the prompt image) -> the clicks text."""
     x, y = (int(v) for v in evt.index[:2])
-    return ui.append_point(clicks_text, x, y, CLICK_LABELS.get(kind, 1))
+    return form.append_point(clicks_text, x, y, CLICK_LABELS.get(kind, 1))
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def show_prompt_for_clicks(prompt_value):
     """The editor's prompt image -> the click view (the plain image), no clicks, no note, and the key of
     the image shown (clicks are checked against it: the editor may have changed since)."""
-    from vision.engines.segment import image_key
+    from vision.common import content_key
 
-    image, _ = ui.editor_image_and_mask(prompt_value)
-    return image, "", "", image_key(image)
+    image, _ = form.editor_image_and_mask(prompt_value)
+    return image, "", "", content_key(image)
 
 
 IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instance", "score", "SAM IoU", "area (px)"]
@@ -285,19 +284,22 @@ IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instan
 def ipseg_tab(hub: ModelHub, limits: dict) -> None:
     from vision.engines.ipseg.config import PRESETS
 
-    samples = ui.sample_paths()
+    from vision.ui.layout import cpu_preset
+
+    samples = examples.sample_paths()
+    cpu = cpu_preset(hub)  # no GPU: SAM features and sam_t by default (seconds per target, not minutes)
     with gr.Tab("IPSeg", id="ipseg"):
+        notices.missing_weights_note(hub, "ipseg", ipseg_config("default", "sam" if cpu else "preset", "sam_t" if cpu
+                                                                else "preset", hub.tiny or not _sd_weights_present()))
         gr.Markdown("**IPSeg** or **GF-SAM**: show a concept in a prompt image and find it in target images. "
                     "Paint over the concept with the brush, click on it for SAM's mask, type a box, or leave the "
                     "prompt unpainted to use its automatic foreground. More prompt images of the concept (k-shot) "
                     "and other concepts are optional.")
-        method = gr.Radio(METHOD_CHOICES, value="ipseg", label="Method", elem_id="ipseg-method",
-                          info="IPSeg (the paper, faithful) or GF-SAM (graph-based point fusion: DINOv2 or SAM "
-                               "features and SAM only, lighter)")
+        method = _method_choice()
         with gr.Row():
             with gr.Column():
                 prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
-                                     type="numpy", format="png", layers=False, transforms=(),
+                                     type="filepath", image_mode=None, format="png", layers=False, transforms=(),
                                      sources=("clipboard",), elem_id="ipseg-prompt",
                                      value=samples["chelsea"],
                                      brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
@@ -323,7 +325,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     clicks = gr.Textbox("", label="Prompt clicks: x, y, label (1 on the concept, 0 not); ';' "
                                         "between clicks", elem_id="ipseg-clicks")
                     click_note = gr.Markdown("", elem_id="ipseg-click-note")
-                    shown_key = gr.State(None)  # image_key of the image in the click view
+                    shown_key = gr.State(None)  # content_key of the image in the click view
                 box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
                                  placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
                 targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
@@ -343,7 +345,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                                       info="paper: reproduces IPSeg's reference code (reference mode, SAM-H); "
                                            "fast: DINOv2 only; gfsam: GF-SAM's reference (DINOv2-L, SAM-H); "
                                            "gfsam_fast: GF-SAM on sam_t's own features", elem_id="ipseg-preset")
-                    features = gr.Dropdown(FEATURE_CHOICES, value="preset", label="Features")
+                    features = gr.Dropdown(FEATURE_CHOICES, value="sam" if cpu else "preset", label="Features")
                     region_kind = gr.Radio(["mask", "scribble"], value="mask", label="Painting marks",
                                            info="mask: painted over the whole concept; scribble: a few strokes on it")
                     fast = gr.Checkbox(value=hub.tiny or not _sd_weights_present(),
@@ -351,10 +353,8 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     instances = gr.Slider(1, 8, value=1, step=1, label="Instances per target (max)")
                     threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Presence threshold",
                                           info="below it a target answers 'absent'; 0 = always a mask")
-                    sam_model = gr.Dropdown(SAM_CHOICES, value="preset", label="Segmenter (SAM)")
-                    max_points = gr.Slider(1, 128, value=128, step=1, label="GF-SAM: point prompts (max)",
-                                           info="one SAM mask each; the reference's 128; fewer is faster on a CPU",
-                                           elem_id="ipseg-max-points")
+                    sam_model = gr.Dropdown(SAM_CHOICES, value="sam_t" if cpu else "preset", label="Segmenter (SAM)")
+                    max_points = _gfsam_points()
                 button = gr.Button("Segment", variant="primary", elem_id="ipseg-run")
             with gr.Column():
                 annotated = gr.AnnotatedImage(label="Masks (click a result below to show another target)",
@@ -367,6 +367,8 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                 summary = gr.Markdown(label="Summary", elem_id="ipseg-summary")
                 scores = gr.Dataframe(headers=IPSEG_HEADERS, label="Scores", interactive=False)
                 files = gr.File(label="Download masks, overlays and heatmaps (PNG)", file_count="multiple")
+        for shown in (annotated, overlays, heatmaps, click_view):  # images written once per request (vision.ui.storage)
+            storage.written_once(shown)
         state = gr.State([], time_to_live=3600)  # every target's annotated image
         gr.Examples([[samples["astronaut"], [samples["astronaut"], samples["rocket"]], ""],
                      [samples["coffee"], [samples["coffee"], samples["chelsea"]], ""],
@@ -377,9 +379,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
         button.click(run_ipseg, inputs, [annotated, overlays, heatmaps, files, scores, summary, state],
                      api_name="ipseg", **limits)
         overlays.select(_pick_target, state, annotated, api_visibility="undocumented", queue=False)
-        # a method brings its own preset, a preset its method (user input only: no event loop)
-        method.input(_preset_of_method, method, preset, queue=False, api_visibility="undocumented")
-        preset.input(_method_of_preset, preset, method, queue=False, api_visibility="undocumented")
+        _link_method_and_preset(method, preset)
         # the SAM mask is shown in the click view, never written into the editor (a painted layer written
         # back from the server froze the editor in headless Chromium); a run makes it again from the clicks
         click_view.select(add_prompt_click, [clicks, click_kind], clicks, queue=False,
@@ -388,6 +388,23 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
             api_name="ipseg_prompt_mask", **limits)
         show_here.click(show_prompt_for_clicks, prompt, [click_view, clicks, click_note, shown_key], queue=False,
                         api_visibility="undocumented")
+
+
+def _method_choice() -> gr.Radio:
+    return gr.Radio(METHOD_CHOICES, value="ipseg", label="Method", elem_id="ipseg-method",
+                    info="IPSeg (the paper, faithful) or GF-SAM (graph-based point fusion: DINOv2 or SAM features "
+                         "and SAM only, lighter)")
+
+
+def _gfsam_points() -> gr.Slider:
+    return gr.Slider(1, 128, value=128, step=1, label="GF-SAM: point prompts (max)", elem_id="ipseg-max-points",
+                     info="one SAM mask each; the reference's 128; fewer is faster on a CPU")
+
+
+def _link_method_and_preset(method: gr.Radio, preset: gr.Radio) -> None:
+    """A method brings its own preset, a preset its method (on user input only: no event loop)."""
+    method.input(_preset_of_method, method, preset, queue=False, api_visibility="undocumented")
+    preset.input(_method_of_preset, preset, method, queue=False, api_visibility="undocumented")
 
 
 def _preset_of_method(method: str) -> str:

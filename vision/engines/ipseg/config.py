@@ -56,6 +56,7 @@ class IPSegConfig(EngineConfig):
     """
 
     ENGINE: ClassVar[str] = "ipseg"
+    TITLE: ClassVar[str] = "IPSeg"
     ERROR: ClassVar[type[ValueError]] = IPSegError
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
@@ -89,7 +90,7 @@ class IPSegConfig(EngineConfig):
             object.__setattr__(self, "features", "dino")
 
     @classmethod
-    def for_method(cls, method: str, preset: str | None = None, **changes: Any) -> "IPSegConfig":
+    def for_method(cls, method: str, preset: str | None = None, **changes: Any) -> IPSegConfig:
         """``preset`` (default: the method's own, :data:`METHOD_PRESETS`) with ``method`` and ``changes``."""
         if method not in METHODS:
             raise IPSegError(f"method={method!r} must be one of {', '.join(METHODS)}")

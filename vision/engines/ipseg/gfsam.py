@@ -57,11 +57,13 @@ each stage lives here. The grid is DINOv2's 37x37 (518 / 14); every image is 102
 
 **Where the code goes beyond or departs from what the paper states** (all kept in reference mode):
 the per-channel rescaling of step 1 (a normalisation over tokens, not over channels); the 128-point cap,
-the 64-prompt batches and the epsilons of steps 2-4 (the paper calls the method hyperparameter-free);
-the strongly connected components ``mask_cluster`` computes and never uses; the cluster union and its
-scores computed and overwritten in ``cluster_classification``; a cluster score that is the residual of
-the cluster's lowest-ranked mask rather than a score of the cluster; the probability map of step 9
-computed and not returned; the "at least one mask" fallback of step 9 (the paper's union may be empty).
+the 64-prompt batches and the epsilons of steps 2-4 (its README calls the method
+"External-Hyperparameter-Free"); the strongly connected components ``mask_cluster`` computes and never
+uses; the cluster union and its scores computed and overwritten in ``cluster_classification``; a cluster
+score that is the residual of the cluster's lowest-ranked mask rather than a score of the cluster; the
+probability map of step 9 computed and not returned; the "at least one mask" fallback of step 9, which
+the abstract's gating does not mention; ``set_reference`` marking a 14x14-pixel centre square when every
+prompt mask is empty (the engine refuses an empty prompt region instead, naming the field).
 ``outputs/`` logs print an older script's (Matcher's) argument list, which ``main_eval.py`` no longer
 has; their COCO-20i one-shot folds (56.62, 61.44, 59.63, 57.12) average the paper's 58.7.
 ``scripts/coco_5shot.sh`` runs ``main_cus.py``, which the repository does not contain.
@@ -102,8 +104,9 @@ stage: ``tests/test_gfsam_reference.py`` (fixtures and how they were made: ``tes
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, MutableMapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -3,8 +3,8 @@ the positive-negative alignment maps, the point map and the point prompts on the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

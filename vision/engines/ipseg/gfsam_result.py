@@ -68,7 +68,7 @@ def draw_point_graph(image: np.ndarray, graph: PointGraph, mask: np.ndarray | No
     canvas = Image.alpha_composite(canvas, edges).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     r = max(3, min(image.shape[:2]) // 80)
-    for (x, y), cluster, state in zip(graph.points, graph.clusters, graph.states):
+    for (x, y), cluster, state in zip(graph.points, graph.clusters, graph.states, strict=True):
         colour = colours[cluster]
         if state == 1:
             draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0), width=1)

@@ -5,8 +5,9 @@ mode's ``gfsam_reference`` (:mod:`vision.engines.ipseg.modes`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Callable, MutableMapping
+from typing import Any
 
 import numpy as np
 import torch

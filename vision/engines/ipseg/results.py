@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -16,6 +15,7 @@ from vision.engines.contract import engine_record
 from vision.engines.ipseg.cascade import mask_bbox
 from vision.engines.ipseg.config import IPSegConfig
 from vision.engines.ipseg.gfsam_result import PointGraph, draw_point_graph
+from vision.imaging import heatmap as colour_heatmap
 from vision.imaging import overlay_mask, palette, resize, tiny_banner
 
 POSITIVE_COLOUR = (0, 255, 0)
@@ -158,9 +158,7 @@ class IPSegResult:
         sim = c.similarity_image(self.size)
         lo, hi = float(sim.min()), float(sim.max())
         scaled = (sim - lo) / (hi - lo) if hi > lo else np.zeros_like(sim)
-        colours = cv2.applyColorMap(np.round(scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-        blended = ((1 - alpha) * self.image + alpha * colours).round().astype(np.uint8)
-        return self._annotate(blended, c.instances if points else [])
+        return self._annotate(colour_heatmap(scaled, self.image, alpha), c.instances if points else [])
 
     def graph_image(self, concept: int | str = 0) -> np.ndarray:
         """GF-SAM's point graph of the concept over the target (RGB uint8 [H, W, 3]; see
