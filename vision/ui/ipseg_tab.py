@@ -37,7 +37,8 @@ def _ipseg_segment(config, concepts, targets: list[str], names: list[str], on_pr
 
 FEATURE_CHOICES = [("as the preset", "preset"), ("DINOv2 + Stable Diffusion 1.5 (the paper's)", "dino+sd"),
                    ("DINOv2 only", "dino"), ("SAM image embedding (PerSAM's; needs SAM alone)", "sam")]
-SAM_CHOICES = [("as the preset (default: sam_b, paper: sam_h)", "preset"), ("sam_t (MobileSAM-class TinyViT)", "sam_t"),
+SAM_CHOICES = [("as the preset (default: sam_b; paper, gfsam: sam_h; gfsam_fast: sam_t)", "preset"),
+               ("sam_t (MobileSAM-class TinyViT)", "sam_t"),
                ("sam_b (ViT-B)", "sam_b"), ("sam_h (ViT-H, the paper's)", "sam_h")]
 HOW_TO_READ = ("**How to read this:** *Masks* tints each instance found; the *heatmap* beside it is the similarity "
                "of every part of the target to the prompt's concept (blue: unlike, red: like; scaled per image), "
