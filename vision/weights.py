@@ -478,7 +478,7 @@ def missing_note(engine: str, config: object = None) -> str:
 def ensure_present(hub: object, names: list[str] | tuple[str, ...], engine: str | None = None) -> None:
     """Before a run: make every model in ``names`` present (downloading it where allowed), and raise ONE
     :class:`WeightsMissingError` that lists every model still missing. A tiny hub, models the hub was
-    given a path for, and models it already holds (e.g. a benchmark's ``hub.put``) need nothing."""
+    given a path for and models it already holds (loaded, or put there) need nothing."""
     if getattr(hub, "tiny", False):
         return
     given = getattr(hub, "weight_paths", {}) or {}
