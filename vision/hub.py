@@ -9,7 +9,7 @@ model of the same class (see :mod:`vision.tiny`).
 An optional memory budget (GiB of accelerator memory) moves the least recently used models to the CPU
 when a newly requested one would not fit; asking for an offloaded model moves it back.
 
-Names (``hub.names()``): dinov2_b14, dino_b16, dino_b8, clip_b16, metaclip_b16, clip_h14, clip_g14,
+Names (``hub.names()``): dinov2_b14, dinov2_l14, dino_b16, dino_b8, clip_b16, metaclip_b16, clip_h14, clip_g14,
 clip_tokenizer, sam_t, sam_b, sam_h, mask2former, mask2former_processor,
 sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_unet, sdxl_vae,
 sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
@@ -65,6 +65,7 @@ def _entries() -> dict[str, ModelEntry]:
     b = builders
     e = [
         ModelEntry("dinov2_b14", _t(tiny.dinov2_b14), b.dinov2, "dinov2_b14"),
+        ModelEntry("dinov2_l14", _t(tiny.dinov2_l14), b.dinov2, "dinov2_l14"),
         ModelEntry("dino_b16", _t(tiny.dino_b16), b.dino_v1, "dino_b16"),
         ModelEntry("dino_b8", _t(tiny.dino_b8), b.dino_v1, "dino_b8"),
         ModelEntry("metaclip_b16", _t(tiny.clip_b16), b.open_clip_model("ViT-B-16-quickgelu"), "metaclip_b16"),

@@ -35,6 +35,15 @@ def dinov2_b14() -> Any:
     return _seeded(lambda: Dinov2Model(cfg))
 
 
+def dinov2_l14() -> Any:
+    """The tiny DINOv2 of :func:`dinov2_b14`'s class and widths with other random weights (seed 1)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                       patch_size=14, image_size=518)
+    return _seeded(lambda: Dinov2Model(cfg), seed=1)
+
+
 def dino_b16() -> Any:
     from transformers import ViTConfig, ViTModel
 

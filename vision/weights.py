@@ -94,6 +94,8 @@ REGISTRY: dict[str, WeightSpec] = {
     for s in [
         _spec("dinov2_b14", "DINOv2 ViT-B/14 (IPSeg semantic features)",
               ["config.json", "model.safetensors"], 346, "Apache-2.0", repo_id="facebook/dinov2-base"),
+        _spec("dinov2_l14", "DINOv2 ViT-L/14 (GF-SAM's features in its paper setting)",
+              ["config.json", "model.safetensors"], 1217, "Apache-2.0", repo_id="facebook/dinov2-large"),
         _spec("dino_b16", "DINO v1 ViT-B/16 (Trident proxy attention)",
               ["config.json", "pytorch_model.bin"], 343, "Apache-2.0", repo_id="facebook/dino-vitb16"),
         # CorrCLIP's reference models: DINO ViT-B/8 (its value reconstruction), MetaCLIP ViT-B/16 (its CLIP,

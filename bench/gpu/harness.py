@@ -41,6 +41,8 @@ class Scale:
     ipseg_sd_size: int = 960
     ipseg_targets: int = 4
     ipseg_repeats: int = 5
+    gfsam_dino_size: int = 518  # GF-SAM beside IPSeg: the reference's DINOv2 input
+    gfsam_points: int = 128  # GF-SAM's most point prompts (the reference's)
     story_size: int = 512
     story_steps: int = 50
     story_frames: int = 8
@@ -53,7 +55,8 @@ class Scale:
 # steps has full and partial steps; one branch; one image in the batch runner).
 SMOKE = Scale(sd_size=64, sd_steps=4, intervals=(3,), branches=(0,), sdxl_repeats=1, sdxl_size=64, sdxl_steps=4,
               sdxl_intervals=(3,), compile_intervals=(3,), images=1, trident_repeats=1, dino_size=112,
-              ipseg_sd_size=128, ipseg_targets=2, ipseg_repeats=1, story_size=64, story_steps=3, story_frames=2,
+              ipseg_sd_size=128, ipseg_targets=2, ipseg_repeats=1, gfsam_dino_size=112, gfsam_points=4,
+              story_size=64, story_steps=3, story_frames=2,
               story_references=3, story_generated=1, memory_steps=2)
 
 # Seconds per part: guesses for an H200 (full) and 2 shared CPU cores (smoke), builds included; rescaled by

@@ -1,5 +1,5 @@
 """Parts 3 and 4 of ``python -m vision bench gpu``: Trident (batch mode, overhead ratio, H/14 + SAM-H) and
-IPSeg (per-target time, overhead ratio, prompt cache)."""
+IPSeg (per-target time, overhead ratio, prompt cache; GF-SAM beside it on the same targets)."""
 
 from __future__ import annotations
 
@@ -153,3 +153,31 @@ def part_ipseg(run: Run) -> None:
         + f"\n\nPrompt cache: {len(targets)} targets in {cached_s:.2f} s with one prompt pass vs {uncached_s:.2f} s "
         f"with the cache cleared before each ({uncached_s / cached_s:.2f}x); "
         f"{cached_s / len(targets):.3f} s per target.")
+    if not run.out_of_time():
+        gfsam_beside_ipseg(run, engine, prompt, targets)
+
+
+def gfsam_beside_ipseg(run: Run, ipseg: Any, prompt: Any, targets: list) -> None:
+    """GF-SAM (DINOv2-B at the reference's 518 px, IPSeg's SAM, up to 128 points) and IPSeg on the same
+    targets, one after the other per target, prompts cached: seconds per target and their ratio."""
+    from vision.engines.ipseg import IPSegConfig, IPSegEngine
+
+    s = run.scale
+    config = IPSegConfig.for_method("gfsam", "gfsam", reference=False, dino_model=ipseg.config.dino_model,
+                                    dino_size=s.gfsam_dino_size, sam_model=ipseg.config.sam_model,
+                                    max_points=s.gfsam_points)
+    gfsam = IPSegEngine(config, hub=run.hub)
+    gfsam(prompt, targets[0])  # warm-up, and the prompt pass that the cache keeps
+    rows = []
+    for k, target in enumerate(targets):
+        ipseg_s = timed_call(lambda t=target: ipseg(prompt, t), run.device)[1]
+        result, gfsam_s = timed_call(lambda t=target: gfsam(prompt, t), run.device)
+        rows.append([k + 1, f"{ipseg_s:.3f}", f"{gfsam_s:.3f}", f"{gfsam_s / ipseg_s:.3f}",
+                     len(result.concepts[0].graph.points)])
+        if run.out_of_time():
+            break
+    run.report.write(
+        f"\n\nGF-SAM beside IPSeg on the same targets (issue 22's goal: GF-SAM <= 0.5x IPSeg per target): GF-SAM "
+        f"with {config.dino_model} at {config.dino_size} px, {config.sam_model}, product mode, at most "
+        f"{config.max_points} points; IPSeg as above; each target through both, prompts cached.\n\n"
+        + table(["target", "IPSeg s", "GF-SAM s", "GF-SAM / IPSeg", "GF-SAM points"], rows))

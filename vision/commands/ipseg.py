@@ -1,12 +1,15 @@
 """``python -m vision ipseg --prompt IMG [--prompt-mask MASK | --prompt-box X0,Y0,X1,Y1] --input IMG_OR_DIR
---output DIR [--preset default|paper|fast] [--features dino+sd|dino|sam] [--sam sam_t|sam_b|sam_h] [--tiny]``:
-segment the prompt's concept in every input image (IPSeg).
+--output DIR [--method ipseg|gfsam] [--preset default|paper|fast|gfsam|gfsam_fast] [--features dino+sd|dino|sam]
+[--sam sam_t|sam_b|sam_h] [--tiny]``: segment the prompt's concept in every input image (IPSeg, or GF-SAM
+with ``--method gfsam``).
 
 Writes ``<stem>.mask.png`` and ``<stem>.overlay.png`` per input (plus ``<stem>.<concept>_<k>.inst.png``
-when several instances are found, and ``<stem>.heatmap.png`` with ``--heatmap``) and one ``results.jsonl``
-line per input (what ran: feature source and reference mode; presence score, points, timings); see
-:mod:`vision.batch` for resuming, sharding and errors.jsonl. The engine is :mod:`vision.engines.ipseg`;
-this module only maps options onto it.
+when several instances are found, and ``<stem>.heatmap.png`` with ``--heatmap``, and for GF-SAM
+``<stem>.graph.png``, its point graph) and one ``results.jsonl`` line per input (what ran: method, preset,
+feature source and reference mode; presence score, points, timings); see :mod:`vision.batch` for
+resuming, sharding and errors.jsonl. The engine is :mod:`vision.engines.ipseg`; this module only maps
+options onto it. ``--method`` without ``--preset`` takes the method's own preset (``default`` for IPSeg,
+``gfsam_fast`` for GF-SAM); ``--preset gfsam`` is GF-SAM's paper setting.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import hashlib
 import sys
 from pathlib import Path
 
-from vision.engines.ipseg.config import FEATURES, PRESETS, SAM_MODELS  # no torch: --help stays quick
+from vision.engines.ipseg.config import FEATURES, METHODS, PRESETS, SAM_MODELS  # no torch: --help stays quick
 
 NAME = "ipseg"
-HELP = "segment the concept shown in a prompt image in every input image (IPSeg)"
+HELP = "segment the concept shown in a prompt image in every input image (IPSeg or GF-SAM)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,9 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or box the foreground is found automatically")
     parser.add_argument("--prompt-box", action="append", metavar="X0,Y0,X1,Y1",
                         help="box of the concept on the prompt in pixels (instead of a mask)")
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                        help="default (our corrections of the reference, SAM-B); paper (reproduce the reference "
-                             "code: reference mode, SAM-H, DINOv2 + SD); fast (DINOv2 only)")
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help="ipseg (IPSeg, the default) or gfsam (GF-SAM's graph-based point fusion: DINOv2 or SAM "
+                             "features + SAM, no Stable Diffusion); default: the preset's")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                        help="default (IPSeg with our corrections of the reference, SAM-B); paper (reproduce IPSeg's "
+                             "reference code: reference mode, SAM-H, DINOv2 + SD); fast (IPSeg, DINOv2 only); gfsam "
+                             "(GF-SAM's reference: DINOv2-L, SAM-H); gfsam_fast (GF-SAM on sam_t's features); "
+                             "default: the method's own (default / gfsam_fast)")
     parser.add_argument("--features", choices=FEATURES, default=None,
                         help="feature source: dino+sd (the paper's), dino (DINOv2 only), sam (SAM's image "
                              "embedding: needs SAM alone); default: the preset's")
@@ -46,12 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sam", choices=SAM_MODELS, default=None,
                         help="SAM model (default: the preset's, sam_b; the paper uses sam_h)")
     parser.add_argument("--heatmap", action="store_true",
-                        help="also write <stem>.heatmap.png: the similarity map with the chosen points")
+                        help="also write <stem>.heatmap.png: the similarity map with the chosen points "
+                             "(and, for GF-SAM, <stem>.graph.png: its point graph, clusters coloured)")
     parser.add_argument("--kshot", choices=("mean", "max"), default="mean",
                         help="several prompts: average their prototypes (mean) or take the best match (max)")
     parser.add_argument("--max-instances", type=int, default=1, help="masks per image (default 1)")
     parser.add_argument("--presence-threshold", type=float, default=None,
                         help="below this presence score an image gets no mask (absent); default: always a mask")
+    parser.add_argument("--max-points", type=int, default=None, metavar="N",
+                        help="GF-SAM: at most N point prompts, one SAM mask each (default: the preset's, 128, the "
+                             "reference's); fewer is faster on a CPU")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of k-means (and of the SD noise outside the paper preset); default: the preset's")
     batch.add_batch_arguments(parser)
@@ -80,9 +92,11 @@ def make_config(args: argparse.Namespace):
         raise ValueError(f"--fast means --features dino; it contradicts --features {args.features}")
     changes = {"kshot": args.kshot, "max_instances": args.max_instances, "presence_threshold": args.presence_threshold}
     given = {"features": "dino" if args.fast else args.features, "reference": args.reference,
-             "sam_model": args.sam, "seed": args.seed}
+             "sam_model": args.sam, "seed": args.seed, "max_points": args.max_points}
     changes.update({k: v for k, v in given.items() if v is not None})
-    return IPSegConfig.from_preset(args.preset, **changes).validate()
+    if args.method is not None:
+        return IPSegConfig.for_method(args.method, args.preset, **changes).validate()
+    return IPSegConfig.from_preset(args.preset or "default", **changes).validate()
 
 
 def _pair(values: list | None, n: int, flag: str) -> list:
@@ -128,8 +142,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"ipseg: {err}", file=sys.stderr)
         return 2
     described = config.describe()
-    print(f"ipseg: preset {args.preset}, features {config.features} ({config.feature_source}), reference mode "
-          f"{'on' if config.reference else 'off'}, SAM {config.sam_model} ({described['sam_frame']} frame)")
+    print(f"ipseg: method {config.method}, preset {config.preset}, features {config.features} "
+          f"({config.feature_source}), reference mode {'on' if config.reference else 'off'}, SAM {config.sam_model} "
+          f"({described['sam_frame']} frame)")
     # Prompt problems (empty mask, no salient region) and missing weights surface when the engine starts;
     # the batch runner reports them as a message and exit code 2.
     return batch.run_from_args(args, functools.partial(make_processor, prompts, config, args.heatmap),

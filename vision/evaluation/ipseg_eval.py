@@ -1,4 +1,4 @@
-"""``python -m vision eval ipseg``: IPSeg's one-shot (k-shot) segmentation on PerSeg, FSS-1000,
+"""``python -m vision eval ipseg``: IPSeg's (or GF-SAM's) one-shot (k-shot) segmentation on PerSeg, FSS-1000,
 COCO-20i and PASCAL-5i.
 
 Every episode gives IPSeg the K prompt images with their ground-truth masks (the standard few-shot
@@ -8,10 +8,13 @@ original image size. Metrics (:mod:`vision.evaluation.segmentation_metrics`): mI
 class IoUs accumulated over each class's episodes) and FB-IoU; for PerSeg also bIoU. With several
 folds the table's last row is the mean over folds (how COCO-20i / PASCAL-5i results are reported).
 
-Engine settings come from ``--preset`` (``IPSegConfig.from_preset``), ``--features`` (the config's
-``features`` field), ``--sam`` (``sam_model``) and ``--set KEY=VALUE`` for any other config field; the
-engine validates them. An episode the engine refuses (e.g. an empty prompt mask) counts as an empty
-prediction and is listed in the summary.
+Engine settings come from ``--method`` (``ipseg``, ``gfsam`` or both), ``--preset``
+(``IPSegConfig.from_preset``; without it each method's own preset, ``default`` / ``gfsam_fast``),
+``--features`` (the config's ``features`` field), ``--sam`` (``sam_model``) and ``--set KEY=VALUE`` for any
+other config field; the engine validates them. An episode the engine refuses (e.g. an empty prompt mask)
+counts as an empty prediction and is listed in the summary. With several methods every method runs the
+same episodes, each method's outputs go to ``--out/<method>/`` and ``--out`` gets the comparison
+(``table.txt``: one row per method; ``summary.json``: each method's metrics and config).
 
 Outputs in ``--out``: ``episodes.jsonl`` (the episode list: give it back with ``--episode-file`` to rerun
 exactly the same episodes), ``items.jsonl`` (one line per episode: IoU, FB-IoU, bIoU, presence,
@@ -24,6 +27,11 @@ A real-weight smoke check on a synthetic PerSeg-layout dataset (exact masks, see
     python -m vision eval ipseg --dataset perseg --root /tmp/perseg_synth --sam sam_t --features sam \\
         --out /tmp/ipseg_eval_sam_t --json bench/results/ipseg_eval_sam_t.json
     cp /tmp/ipseg_eval_sam_t/table.txt bench/results/ipseg_eval_sam_t.txt
+
+and both methods on the same episodes, SAM features and ``sam_t`` for each::
+
+    python -m vision eval ipseg --dataset perseg --root /tmp/perseg_synth --method ipseg gfsam --sam sam_t \
+        --features sam --out /tmp/ipseg_gfsam_sam_t --json bench/results/ipseg_gfsam_eval_sam_t.json
 """
 
 from __future__ import annotations
@@ -61,18 +69,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the episode draws (default 0)")
     parser.add_argument("--episode-file", metavar="FILE", help="rerun the episodes of an earlier run's episodes.jsonl")
     parser.add_argument("--split", metavar="FILE", help="FSS-1000 test split file (default ROOT/test.txt)")
-    parser.add_argument("--preset", help="IPSegConfig.from_preset(NAME) (e.g. paper)")
+    parser.add_argument("--method", nargs="+", choices=("ipseg", "gfsam"), metavar="METHOD",
+                        help="ipseg and/or gfsam (several: the same episodes for each, and a comparison table); "
+                             "default: the preset's")
+    parser.add_argument("--preset", help="IPSegConfig.from_preset(NAME) (e.g. paper, gfsam); default: each method's "
+                        "own (default, gfsam_fast)")
     parser.add_argument("--features", help="feature set: dino+sd | dino | sam (the config's 'features' field)")
     parser.add_argument("--sam", help="SAM model of the hub (the config's 'sam_model': sam_b, sam_h, sam_t, ...)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other IPSegConfig field (repeatable)")
     parser.add_argument("--json", metavar="FILE", help="also write the summary here")
 
 
-def engine_config(args: argparse.Namespace) -> Any:
+def engine_config(args: argparse.Namespace, method: str | None = None) -> Any:
+    """The config of one run: ``--preset`` (or ``method``'s own preset) with ``method`` and the overrides."""
     from vision.engines.ipseg import IPSegConfig
+    from vision.engines.ipseg.config import METHOD_PRESETS
 
-    overrides = {**R.parse_settings(args.set), "features": args.features, "sam_model": args.sam}
-    return R.make_config(IPSegConfig, args.preset, overrides)
+    overrides = {**R.parse_settings(args.set), "features": args.features, "sam_model": args.sam, "method": method}
+    return R.make_config(IPSegConfig, args.preset or (METHOD_PRESETS[method] if method else None), overrides)
 
 
 def episode_prompts(dataset: D.FewShotDataset, episode: D.Episode, masks: D.EpisodeMasks) -> Any:
@@ -185,18 +199,58 @@ def _episodes(args: argparse.Namespace, dataset: D.FewShotDataset, out: Path) ->
 def run(args: argparse.Namespace) -> int:
     from vision.engines.ipseg import IPSegEngine
 
+    methods = list(dict.fromkeys(args.method or [None]))
     try:
         out = R.output_folder(args.out)
-        config = engine_config(args)
+        configs = [engine_config(args, method) for method in methods]
+        engines = [IPSegEngine(config) for config in configs]
         dataset = D.open_dataset(args.dataset, args.root, cache_dir=out, split=args.split)
         episodes = _episodes(args, dataset, out)
-        engine = IPSegEngine(config)
+        folders = [out] if len(engines) == 1 else [R.output_folder(out / e.config.method) for e in engines]
     except R.USER_ERRORS as err:
         print(f"error: {R.message(err)}", file=sys.stderr)
         return 2
+    summaries = []
+    for engine, folder in zip(engines, folders, strict=True):
+        code, summary = _run_engine(args, engine, dataset, episodes, folder)
+        if code not in (0, 130):
+            return code
+        summaries.append(summary)
+        if code == 130:
+            break
+    if len(engines) > 1:
+        _write_comparison(args, out, summaries)
+    return 130 if any(s["interrupted"] for s in summaries) else 0
+
+
+def _write_comparison(args: argparse.Namespace, out: Path, summaries: list[dict]) -> None:
+    """``--out``'s table.txt / summary.json with one row per method (the same episodes for each)."""
+    boundary = any("bIoU" in s["mean"] for s in summaries)
+    keys = ["mIoU", "FB-IoU"] + (["bIoU"] if boundary else [])
+    rows = [[s["config"]["method"], s["config"].get("preset", "-"), s["config"].get("mode", "-"),
+             s["config"]["fields"]["sam_model"], s["config"]["fields"]["features"], s["episodes"],
+             *(R.pct(s["mean"][k]) for k in keys), f"{s['seconds'] / max(1, s['episodes']):.2f}"] for s in summaries]
+    table = R.format_table(["method", "preset", "mode", "sam", "features", "episodes", *keys, "s/episode"], rows)
+    notice = summaries[0]["notice"]
+    header = f"{summaries[0]['dataset']} ({args.shots}-shot), the same episodes for each method"
+    text = "\n".join(filter(None, [notice, header, table]))
+    print(text)
+    summary = {"engine": "ipseg", "dataset": summaries[0]["dataset"], "root": summaries[0]["root"],
+               "shots": args.shots, "tiny": summaries[0]["tiny"], "notice": notice, "machine": R.machine(),
+               "methods": {s["config"]["method"]: {k: s[k] for k in ("folds", "mean", "episodes", "seconds",
+                                                                     "config", "failures")} for s in summaries}}
+    R.write_results(out, summary, text, args.json)
+    print(f"comparison: {out / R.TABLE}")
+
+
+def _run_engine(args: argparse.Namespace, engine: Any, dataset: D.FewShotDataset, episodes: list[D.Episode],
+                out: Path) -> tuple[int, dict]:
+    """One method over the episodes: items.jsonl, summary.json, table.txt and the plot in ``out``.
+    Returns (exit code, summary)."""
     tiny = bool(getattr(engine.hub, "tiny", False))
     boundary = dataset.name == "perseg"
-    bar = R.progress(len(episodes), f"ipseg {dataset.name}", "episode")
+    method = engine.config.method
+    bar = R.progress(len(episodes), f"{method} {dataset.name}", "episode")
     started = time.perf_counter()
     interrupted = False
     meters: dict[Any, FewShotMeter] = {}
@@ -207,16 +261,17 @@ def run(args: argparse.Namespace) -> int:
         except R.USER_ERRORS as err:
             bar.close()
             print(f"error: {R.message(err)}", file=sys.stderr)
-            return 2
+            return 2, {}
         except KeyboardInterrupt:  # keep what was measured: the summary covers the episodes done
             interrupted = True
     bar.close()
     seconds = time.perf_counter() - started
     metrics, table = summarise(meters, boundary)
     done = sum(v["episodes"] for v in metrics["folds"].values())
-    header = (f"IPSeg on {dataset.name} ({args.shots}-shot): {done} episodes, {seconds:.1f} s "
-              f"({seconds / max(1, done):.2f} s/episode); mode={getattr(engine.config, 'mode', '?')} "
-              f"sam={getattr(engine.config, 'sam_model', '?')}")
+    title = {"ipseg": "IPSeg", "gfsam": "GF-SAM"}.get(method, method)
+    header = (f"{title} on {dataset.name} ({args.shots}-shot): {done} episodes, {seconds:.1f} s "
+              f"({seconds / max(1, done):.2f} s/episode); preset={engine.config.preset} mode={engine.config.mode} "
+              f"sam={engine.config.sam_model} features={engine.config.features}")
     notice = R.tiny_notice(tiny)
     notes = (["INTERRUPTED: the numbers cover the episodes done so far"] if interrupted else []) + (
         [f"{len(failures)} episode(s) refused by the engine counted as empty predictions (see summary.json)"]
@@ -226,17 +281,18 @@ def run(args: argparse.Namespace) -> int:
     shown = table if len(metrics["per_class"]) <= MAX_PRINTED_CLASSES else \
         f"{fold_table}\n({len(metrics['per_class'])} classes: the per-class table is in {out / R.TABLE})"
     print("\n".join(filter(None, [notice, header, shown, *notes])))
-    summary = {"engine": "ipseg", "dataset": dataset.name, "root": str(dataset.root), "shots": args.shots,
-               "seed": args.seed, "episodes": done, "episodes_planned": len(episodes), "interrupted": interrupted,
-               "tiny": tiny, "notice": notice, "config": R.config_record(engine.config),
+    summary = {"engine": "ipseg", "method": method, "dataset": dataset.name, "root": str(dataset.root),
+               "shots": args.shots, "seed": args.seed, "episodes": done, "episodes_planned": len(episodes),
+               "interrupted": interrupted, "tiny": tiny, "notice": notice, "config": R.config_record(engine.config),
                "prompt_region": "the ground-truth mask of each prompt image", "seconds": round(seconds, 2),
                "machine": R.machine(), "failures": failures, **metrics,
                "files": {"episodes": EPISODES, "items": R.ITEMS, "plot": PLOT}}
-    R.write_results(out, summary, text, args.json)
+    single = args.method is None or len(set(args.method)) == 1
+    R.write_results(out, summary, text, args.json if single else None)
     names = list(metrics["per_class"])
     from vision.evaluation.plots import class_bars
 
     class_bars(names, [metrics["per_class"][n]["IoU"] for n in names], out / PLOT,
-               f"IPSeg {dataset.name} {args.shots}-shot: IoU per class", mean=metrics["mean"]["mIoU"], tiny=tiny)
+               f"{title} {dataset.name} {args.shots}-shot: IoU per class", mean=metrics["mean"]["mIoU"], tiny=tiny)
     print(f"results: {out}")
-    return 130 if interrupted else 0
+    return (130 if interrupted else 0), summary

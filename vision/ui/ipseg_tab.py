@@ -1,4 +1,5 @@
-"""The IPSeg tab: segment the concept of a prompt image in target images."""
+"""The IPSeg tab: segment the concept of a prompt image in target images, with IPSeg or GF-SAM (the
+Method choice); GF-SAM's point graph is drawn beside its masks."""
 
 from __future__ import annotations
 
@@ -36,20 +37,32 @@ def _ipseg_segment(config, concepts, targets: list[str], names: list[str], on_pr
 
 FEATURE_CHOICES = [("as the preset", "preset"), ("DINOv2 + Stable Diffusion 1.5 (the paper's)", "dino+sd"),
                    ("DINOv2 only", "dino"), ("SAM image embedding (PerSAM's; needs SAM alone)", "sam")]
-SAM_CHOICES = [("as the preset (default: sam_b, paper: sam_h)", "preset"), ("sam_t (MobileSAM-class TinyViT)", "sam_t"),
+SAM_CHOICES = [("as the preset (default: sam_b; paper, gfsam: sam_h; gfsam_fast: sam_t)", "preset"),
+               ("sam_t (MobileSAM-class TinyViT)", "sam_t"),
                ("sam_b (ViT-B)", "sam_b"), ("sam_h (ViT-H, the paper's)", "sam_h")]
 HOW_TO_READ = ("**How to read this:** *Masks* tints each instance found; the *heatmap* beside it is the similarity "
                "of every part of the target to the prompt's concept (blue: unlike, red: like; scaled per image), "
                "and the dots on both are the point prompts IPSeg chose from it for SAM (green: positive, red: "
                "negative). *Presence* is the mean of the highest similarities: compare it across targets.")
+HOW_TO_READ_GFSAM = ("**How to read this:** *Masks* tints the union of the SAM masks GF-SAM kept; the *point graph* "
+                     "beside it shows every point prompt GF-SAM chose (one SAM mask each), coloured by cluster (a line "
+                     "from a point to each point its mask covers; linked points form a cluster): filled dots are the "
+                     "points whose masks make the answer, rings were dropped by one gate (positive or "
+                     "overshooting), crosses by both. *Presence* is the mean similarity to the prompt inside the "
+                     "mask: compare it across targets.")
+METHOD_CHOICES = [("IPSeg", "ipseg"), ("GF-SAM (graph-based point fusion; no Stable Diffusion)", "gfsam")]
+METHOD_NAMES = {"ipseg": "IPSeg", "gfsam": "GF-SAM"}
 
 
-def ipseg_config(preset: str, features: str, sam_model: str, fast: bool, **settings):
+def ipseg_config(preset: str, features: str, sam_model: str, fast: bool, method: str | None = None, **settings):
     """The run's :class:`IPSegConfig`: the preset, then the tab's choices ("preset" keeps the preset's);
-    ``fast`` drops Stable Diffusion from DINOv2 + SD features."""
+    ``fast`` drops Stable Diffusion from DINOv2 + SD features. ``method`` (None: the preset's): a preset of
+    the other method is replaced by the method's own (``default`` for IPSeg, ``gfsam_fast`` for GF-SAM)."""
     from vision.engines.ipseg import IPSegConfig
-    from vision.engines.ipseg.config import PRESETS
+    from vision.engines.ipseg.config import METHOD_PRESETS, PRESETS
 
+    if method is not None and PRESETS.get(preset, {}).get("method", "ipseg") != method:
+        preset = METHOD_PRESETS[method]
     chosen = {**PRESETS.get(preset, {}), **settings}
     if features != "preset":
         chosen["features"] = features
@@ -61,6 +74,7 @@ def ipseg_config(preset: str, features: str, sam_model: str, fast: bool, **setti
 
 
 CLICK_LABELS = {"foreground (on the concept)": 1, "background (not the concept)": 0}
+MAX_CLICKS = 64  # the Segment engine's max_points
 
 
 @gpu.GPU(duration=60)
@@ -87,6 +101,9 @@ def click_mask(image, clicks_text: str | None, sam_model: str, preset: str, show
     points = form.parse_numbers(clicks_text, 3, "prompt clicks")
     if not points:
         return None
+    if len(points) > MAX_CLICKS:
+        raise ValueError(f"prompt clicks: {len(points)} given, at most {MAX_CLICKS} (SAM takes that many points; "
+                         "paint the concept with the brush instead)")
     check_clicks_on(image, shown_key, "prompt clicks")
     sam = click_sam(sam_model, preset)
     result = _segment_prompt(sam, image, points)
@@ -128,18 +145,21 @@ def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_v
 @errors.friendly_errors
 def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, threshold, sam_model, features="preset",
               preset="default", box_text="", shots_value=None, concepts_value=None, concept_name="concept",
-              kshot="mean", clicks_text="", shown_key=None, progress=gr.Progress(track_tqdm=True),
-              request: gr.Request = None):
-    """Segment the prompt's concept(s) in every target image (IPSeg); a bad target is listed, not fatal.
-    ``clicks_text``: clicks on the prompt image; SAM's mask there is the prompt region."""
+              kshot="mean", clicks_text="", shown_key=None, method="ipseg", max_points=128,
+              progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
+    """Segment the prompt's concept(s) in every target image (IPSeg or GF-SAM: ``method``); a bad target is
+    listed, not fatal. ``clicks_text``: clicks on the prompt image; SAM's mask there is the prompt region.
+    ``max_points``: GF-SAM's cap on its point prompts. Beside the masks: IPSeg's similarity heatmaps, or
+    GF-SAM's point graphs (its heatmaps are in the downloads)."""
     run = runs.Run(request, "ipseg")
     run.check()  # a request whose client left while it was queued does nothing (it stops between stages too)
     targets = form.require(form.gallery_paths(targets_value), "one or more target images")
     clicked = click_mask(form.editor_image_and_mask(prompt_value)[0], clicks_text, sam_model, preset, shown_key)
     concepts, prompt_files = prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value,
                                              concept_name, None if clicked is None else clicked.mask)
-    config = ipseg_config(preset, features, sam_model, bool(fast), max_instances=int(instances), kshot=kshot,
-                          presence_threshold=float(threshold) if threshold and threshold > 0 else None)
+    config = ipseg_config(preset, features, sam_model, bool(fast), method or "ipseg", max_instances=int(instances),
+                          kshot=kshot, presence_threshold=float(threshold) if threshold and threshold > 0 else None,
+                          max_points=int(max_points or 128))
     names = [Path(t).name for t in targets]
     progress(0.0, desc=f"segmenting {len(targets)} target(s), {config.feature_source}")
     try:
@@ -154,38 +174,71 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
     folder = storage.output_folder()
     annotated, overlays, heatmaps, files, rows = [], [], [], [], []
     for result in results:
-        t = result.index
-        stem = f"{t + 1:02d}_{storage.safe_name(Path(targets[t]).stem, 'target')}"
-        labels = [(inst.mask, f"{c.name} {k + 1} (score {inst.score:.3f})")
-                  for c in result.concepts for k, inst in enumerate(c.instances)]
-        annotated.append((result.image, labels))
-        presences = ", ".join(f"{c.name} {'present' if c.present else 'absent'} {c.presence:.3f}" for c in result.concepts)
-        overlays.append((result.overlay(), f"{t + 1} {names[t]}: {presences}; {len(result.masks)} mask(s)"))
-        for k, c in enumerate(result.concepts):
-            lo, hi = float(c.similarity.min()), float(c.similarity.max())
-            heatmaps.append((result.heatmap(k), f"{t + 1} {names[t]}: {c.name} similarity {lo:.2f} (blue) to {hi:.2f} (red)"))
-        for name, value in result.to_files(heatmaps=True).items():
-            files.append(storage.save_png(storage.mask_image(value), folder, f"{stem}_{Path(name).stem}"))
-        for c in result.concepts:
-            head = [t + 1, names[t], c.name, c.present, round(c.presence, 4)]
-            rows += [head + [k + 1, round(inst.score, 4), round(inst.sam_iou, 4), int(inst.mask.sum())]
-                     for k, inst in enumerate(c.instances)] or [head + [0, None, None, 0]]  # absent: no mask
-    region = results[0].concepts[0].prompt_regions[0]
+        views = _target_views(result, names, targets, folder)
+        for collected, part in zip((annotated, overlays, heatmaps, files, rows), views, strict=True):
+            collected.extend(part)
     notes = "; ".join(dict.fromkeys(n for r in results for n in r.notes))
     if notes:
         notices.warn(notes)
-    shots = len(concepts[0].prompts)
-    summary = (f"{tiny_prefix(get_hub())}{len(results)} target(s), preset **{preset}**, features **{config.feature_source}**, "
-               f"reference mode **{'on' if config.reference else 'off'}**, SAM `{config.sam_model}`, "
-               f"{len(concepts)} concept(s) ({', '.join(c.name for c in concepts)}), {shots} prompt image(s) for "
-               f"{concepts[0].name}" + (f" (k-shot {config.kshot})" if shots > 1 else "") +
-               f", prompt region from **{region['source']}**"
-               + (f" (SAM `{clicked.sam_model}` from {len(clicked.points)} click(s))" if clicked is not None else "") +
-               f" ({region['grid']}), "
-               f"{sum(r.timings['total'] for r in results):.2f} s." + (f" Notes: {notes}" if notes else "")
-               + (f"\n\n**{len(failed)} target(s) failed:** " + "; ".join(failed) if failed else "")
-               + f"\n\n{HOW_TO_READ}")
+    summary = _run_summary(results, concepts, config, clicked, notes, failed)
     return annotated[0], overlays, heatmaps, files, rows, summary, annotated
+
+
+def _target_views(result, names: list[str], targets: list[str], folder) -> tuple[list, ...]:
+    """One target's ([annotated image], [overlay], heatmaps or GF-SAM's point graphs (one per concept),
+    saved files, score rows)."""
+    t = result.index
+    stem = f"{t + 1:02d}_{storage.safe_name(Path(targets[t]).stem, 'target')}"
+    labels = [(inst.mask, f"{c.name} {k + 1} (score {inst.score:.3f})")
+              for c in result.concepts for k, inst in enumerate(c.instances)]
+    presences = ", ".join(f"{c.name} {'present' if c.present else 'absent'} {c.presence:.3f}" for c in result.concepts)
+    overlay = (result.overlay(), f"{t + 1} {names[t]}: {presences}; {len(result.masks)} mask(s)")
+    pictures, rows = [], []
+    for k, c in enumerate(result.concepts):
+        if c.graph is not None:
+            pictures.append((result.graph_image(k), f"{t + 1} {names[t]}: {c.name} {_graph_caption(c.graph)}"))
+        else:
+            lo, hi = float(c.similarity.min()), float(c.similarity.max())
+            pictures.append((result.heatmap(k),
+                             f"{t + 1} {names[t]}: {c.name} similarity {lo:.2f} (blue) to {hi:.2f} (red)"))
+        head = [t + 1, names[t], c.name, c.present, round(c.presence, 4)]
+        rows += [head + [k + 1, round(inst.score, 4), round(inst.sam_iou, 4), int(inst.mask.sum())]
+                 for k, inst in enumerate(c.instances)] or [head + [0, None, None, 0]]  # absent: no mask
+    files = [storage.save_png(storage.mask_image(value), folder, f"{stem}_{Path(name).stem}")
+             for name, value in result.to_files(heatmaps=True).items()]
+    return [(result.image, labels)], [overlay], pictures, files, rows
+
+
+def _run_summary(results, concepts, config, clicked, notes: str, failed: list[str]) -> str:
+    """The run's summary: what ran (method, preset, features, reference mode, SAM), the prompts, time,
+    failures and how to read the outputs."""
+    gfsam = config.method == "gfsam"
+    region = results[0].concepts[0].prompt_regions[0]
+    shots = len(concepts[0].prompts)
+    kshot = f" (k-shot {'maps averaged' if gfsam else config.kshot})" if shots > 1 else ""
+    clicks = f" (SAM `{clicked.sam_model}` from {len(clicked.points)} click(s))" if clicked is not None else ""
+    return (f"{tiny_prefix(get_hub())}{len(results)} target(s), method **{METHOD_NAMES[config.method]}**, "
+            f"preset **{config.preset}**, features **{config.feature_source}**, "
+            f"reference mode **{'on' if config.reference else 'off'}**, SAM `{config.sam_model}`, "
+            f"{len(concepts)} concept(s) ({', '.join(c.name for c in concepts)}), {shots} prompt image(s) for "
+            f"{concepts[0].name}{kshot}, prompt region from **{region['source']}**{clicks} ({region['grid']}), "
+            f"{sum(r.timings['total'] for r in results):.2f} s." + (f" Notes: {notes}" if notes else "")
+            + (f"\n\n**{len(failed)} target(s) failed:** " + "; ".join(failed) if failed else "")
+            + f"\n\n{HOW_TO_READ_GFSAM if gfsam else HOW_TO_READ}")
+
+
+HEATMAP_LABEL = ("IPSeg: similarity heatmaps (blue low, red high) and the points; GF-SAM: point graphs (colour: "
+                 "cluster; filled: in the mask, ring: dropped by one gate, cross: by both)")
+
+
+def _graph_caption(graph) -> str:
+    """One line on a concept's point graph, e.g. "point graph: 37 points, 2 clusters, 12 in the mask"."""
+    if graph.cluster_count == 0:
+        return "point graph: no point, no cluster (absent)"
+    kept = int((graph.states == 1).sum()) if graph.fallback is None else 1
+    fallback = ", the best-scored cluster's mask (no point passed both gates)" if graph.fallback is not None else ""
+    return (f"point graph: {len(graph.points)} points, {graph.cluster_count} cluster(s), {kept} in the mask"
+            f"{fallback}")
 
 
 def check_clicks_on(image, shown_key: str | None, what: str) -> None:
@@ -239,10 +292,11 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
     with gr.Tab("IPSeg", id="ipseg"):
         notices.missing_weights_note(hub, "ipseg", ipseg_config("default", "sam" if cpu else "preset", "sam_t" if cpu
                                                                 else "preset", hub.tiny or not _sd_weights_present()))
-        gr.Markdown("**IPSeg**: show a concept in a prompt image and find it in target images. Paint over the "
-                    "concept with the brush, click on it for SAM's mask, type a box, or leave the prompt "
-                    "unpainted to use its automatic foreground. More prompt images of the concept (k-shot) and "
-                    "other concepts are optional.")
+        gr.Markdown("**IPSeg** or **GF-SAM**: show a concept in a prompt image and find it in target images. "
+                    "Paint over the concept with the brush, click on it for SAM's mask, type a box, or leave the "
+                    "prompt unpainted to use its automatic foreground. More prompt images of the concept (k-shot) "
+                    "and other concepts are optional.")
+        method = _method_choice()
         with gr.Row():
             with gr.Column():
                 prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
@@ -289,8 +343,9 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                                           height=140, elem_id="ipseg-concepts")
                 with gr.Accordion("Options", open=False):
                     preset = gr.Radio(list(PRESETS), value="default", label="Preset",
-                                      info="paper: reproduces the reference code (reference mode, SAM-H); "
-                                           "fast: DINOv2 only")
+                                      info="paper: reproduces IPSeg's reference code (reference mode, SAM-H); "
+                                           "fast: DINOv2 only; gfsam: GF-SAM's reference (DINOv2-L, SAM-H); "
+                                           "gfsam_fast: GF-SAM on sam_t's own features", elem_id="ipseg-preset")
                     features = gr.Dropdown(FEATURE_CHOICES, value="sam" if cpu else "preset", label="Features")
                     region_kind = gr.Radio(["mask", "scribble"], value="mask", label="Painting marks",
                                            info="mask: painted over the whole concept; scribble: a few strokes on it")
@@ -300,6 +355,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Presence threshold",
                                           info="below it a target answers 'absent'; 0 = always a mask")
                     sam_model = gr.Dropdown(SAM_CHOICES, value="sam_t" if cpu else "preset", label="Segmenter (SAM)")
+                    max_points = _gfsam_points()
                 button = gr.Button("Segment", variant="primary", elem_id="ipseg-run")
             with gr.Column():
                 annotated = gr.AnnotatedImage(label="Masks (click a result below to show another target)",
@@ -307,8 +363,8 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                 with gr.Row():
                     overlays = gr.Gallery(label="Masks and point prompts (green +, red -)", columns=2,
                                           format="png", height=220, elem_id="ipseg-overlays")
-                    heatmaps = gr.Gallery(label="Similarity heatmaps (blue low, red high) and the points",
-                                          columns=2, format="png", height=220, elem_id="ipseg-heatmaps")
+                    heatmaps = gr.Gallery(label=HEATMAP_LABEL, columns=2, format="png", height=220,
+                                          elem_id="ipseg-heatmaps")
                 summary = gr.Markdown(label="Summary", elem_id="ipseg-summary")
                 scores = gr.Dataframe(headers=IPSEG_HEADERS, label="Scores", interactive=False)
                 files = gr.File(label="Download masks, overlays and heatmaps (PNG)", file_count="multiple")
@@ -320,10 +376,11 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                      [samples["chelsea"], [samples["chelsea"], samples["coffee"]], "60, 20, 390, 300"]],
                     inputs=[prompt, targets, box], label="Examples (skimage.data photographs; then click Segment)")
         inputs = [prompt, targets, region_kind, fast, instances, threshold, sam_model, features, preset, box, shots,
-                  concepts, concept_name, kshot, clicks, shown_key]
+                  concepts, concept_name, kshot, clicks, shown_key, method, max_points]
         button.click(run_ipseg, inputs, [annotated, overlays, heatmaps, files, scores, summary, state],
                      api_name="ipseg", **limits)
         overlays.select(_pick_target, state, annotated, api_visibility="undocumented", queue=False)
+        _link_method_and_preset(method, preset)
         # the SAM mask is shown in the click view, never written into the editor (a painted layer written
         # back from the server froze the editor in headless Chromium); a run makes it again from the clicks
         click_view.select(add_prompt_click, [clicks, click_kind], clicks, queue=False,
@@ -332,6 +389,35 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
             api_name="ipseg_prompt_mask", **limits)
         show_here.click(show_prompt_for_clicks, prompt, [click_view, clicks, click_note, shown_key], queue=False,
                         api_visibility="undocumented")
+
+
+def _method_choice() -> gr.Radio:
+    return gr.Radio(METHOD_CHOICES, value="ipseg", label="Method", elem_id="ipseg-method",
+                    info="IPSeg (the paper, faithful) or GF-SAM (graph-based point fusion: DINOv2 or SAM features "
+                         "and SAM only, lighter)")
+
+
+def _gfsam_points() -> gr.Slider:
+    return gr.Slider(1, 128, value=128, step=1, label="GF-SAM: point prompts (max)", elem_id="ipseg-max-points",
+                     info="one SAM mask each; the reference's 128; fewer is faster on a CPU")
+
+
+def _link_method_and_preset(method: gr.Radio, preset: gr.Radio) -> None:
+    """A method brings its own preset, a preset its method (on user input only: no event loop)."""
+    method.input(_preset_of_method, method, preset, queue=False, api_visibility="undocumented")
+    preset.input(_method_of_preset, preset, method, queue=False, api_visibility="undocumented")
+
+
+def _preset_of_method(method: str) -> str:
+    from vision.engines.ipseg.config import METHOD_PRESETS
+
+    return METHOD_PRESETS.get(method, "default")
+
+
+def _method_of_preset(preset: str) -> str:
+    from vision.engines.ipseg.config import PRESETS
+
+    return PRESETS.get(preset, {}).get("method", "ipseg")
 
 
 def _pick_target(state: list, evt: gr.SelectData):

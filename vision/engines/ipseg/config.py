@@ -11,12 +11,20 @@ FEATURES = ("dino+sd", "dino", "sam")  # the paper's DINOv2 + SD1.5, DINOv2 only
 SAM_MODELS = ("sam_t", "sam_b", "sam_h")
 SD_FEATURES = ("s5", "s4", "s3")
 FEATURE_LABELS = {"dino+sd": "dinov2+sd15", "dino": "dinov2-only", "sam": "sam-embedding"}
-METHODS = ("ipseg",)  # the exemplar methods this engine runs
+METHODS = ("ipseg", "gfsam")  # the exemplar methods this engine runs (GF-SAM: vision/engines/ipseg/gfsam.py)
+GFSAM_FEATURES = ("dino", "sam")  # GF-SAM compares one feature map: DINOv2's tokens or SAM's embedding
+# The preset a method gets when none is named (the command line's --method alone): each method's light
+# product-mode preset; the reference settings are the "paper" and "gfsam" presets.
+METHOD_PRESETS = {"ipseg": "default", "gfsam": "gfsam_fast"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # the paper's features with our corrections, SAM-B as the light segmenter
     "paper": {"reference": True, "features": "dino+sd", "sam_model": "sam_h", "seed": 0, "sd_noise_seed": 42},
     "fast": {"features": "dino"},  # no Stable Diffusion: SD weights never loaded
+    # GF-SAM as its reference runs it: DINOv2 ViT-L/14 on the 518 square (37 x 37 tokens), SAM-H, <= 128 points
+    "gfsam": {"method": "gfsam", "reference": True, "features": "dino", "dino_model": "dinov2_l14", "dino_size": 518,
+              "sam_model": "sam_h"},
+    "gfsam_fast": {"method": "gfsam", "features": "sam", "sam_model": "sam_t"},  # SAM alone: sam_t's embedding
 }
 
 
@@ -38,6 +46,13 @@ class IPSegConfig(EngineConfig):
     (DINOv2 only, fast) or ``"sam"`` (the SAM image embedding the cascade computes anyway, PerSAM's
     source: a run needs SAM alone). For backward compatibility ``sd_weight=0`` with ``"dino+sd"``
     means ``"dino"``.
+
+    ``method="gfsam"`` runs GF-SAM (:mod:`vision.engines.ipseg.gfsam`) on the same inputs: it uses
+    ``features`` ("dino" or "sam"), ``dino_model``, ``dino_size``, ``sam_model``, ``max_points``,
+    ``presence_threshold``, ``reference`` and ``min_side``; IPSeg's point and instance settings (``top_k``,
+    ``clusters``, ``kmeans_iters``, ``seed``, ``kshot``, ``max_instances``, ``instance_ratio``) do not apply
+    (k-shot maps are averaged, as the reference does; the answer is one mask, the union of the kept
+    clusters' masks).
     """
 
     ENGINE: ClassVar[str] = "ipseg"
@@ -69,10 +84,18 @@ class IPSegConfig(EngineConfig):
     max_instances: int = 1  # masks per concept per target
     instance_ratio: float = 0.8  # extra instances (no threshold): score >= ratio x first instance's score
     min_side: int = 14  # images with a shorter side are refused (one DINOv2 patch)
+    max_points: int = 128  # GF-SAM: at most this many point prompts (one SAM mask each); the reference's 128
 
     def __post_init__(self) -> None:
         if self.features == "dino+sd" and self.sd_weight == 0:  # the old spelling of the fast mode
             object.__setattr__(self, "features", "dino")
+
+    @classmethod
+    def for_method(cls, method: str, preset: str | None = None, **changes: Any) -> IPSegConfig:
+        """``preset`` (default: the method's own, :data:`METHOD_PRESETS`) with ``method`` and ``changes``."""
+        if method not in METHODS:
+            raise IPSegError(f"method={method!r} must be one of {', '.join(METHODS)}")
+        return cls.from_preset(preset or METHOD_PRESETS[method], **{**changes, "method": method})
 
     @property
     def use_sd(self) -> bool:
@@ -100,6 +123,8 @@ class IPSegConfig(EngineConfig):
         problems = []
         if self.method not in METHODS:
             problems.append(f"method={self.method!r} must be one of {', '.join(METHODS)}")
+        if self.method == "gfsam":
+            problems += self._gfsam_problems()
         if self.features not in FEATURES:
             problems.append(f"features={self.features!r} must be one of {', '.join(FEATURES)}")
         if self.dino_size <= 0 or self.dino_size % 14:
@@ -127,12 +152,21 @@ class IPSegConfig(EngineConfig):
         missing = missing_package(self.sam_backend)
         return [f"sam_backend: {missing}"] if missing else []
 
+    def _gfsam_problems(self) -> list[str]:
+        problems = []
+        if self.features not in GFSAM_FEATURES:
+            problems.append(f"features={self.features!r}: GF-SAM compares one feature map, "
+                            f"{' or '.join(GFSAM_FEATURES)} (dino+sd is IPSeg's)")
+        if self.max_points < 1:
+            problems.append(f"max_points={self.max_points} must be >= 1")
+        return problems
+
     def feature_key(self) -> tuple:
         """The settings that change prompt prototypes (part of the prompt-cache key)."""
         dino = (self.dino_model, self.dino_size) if self.use_dino else None
         sd = (self.sd_size, self.sd_timestep, self.latent_scale, self.noise_seed, self.sd_crop) if self.use_sd else None
         sam = (self.sam_model, self.sam_backend) if self.features == "sam" else None
-        return (self.features, self.reference, dino, sd, sam)
+        return (self.method, self.features, self.reference, dino, sd, sam)
 
     def models(self) -> dict[str, str]:
         """Role -> hub name of every model a run with these settings uses."""

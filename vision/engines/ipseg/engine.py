@@ -1,5 +1,10 @@
 """IPSeg: segment a visual concept in target images from an image prompt (training-free).
 
+The engine runs two methods on the same inputs and result types (``IPSegConfig.method``): ``"ipseg"``,
+described below, and ``"gfsam"``, GF-SAM's graph-based point fusion (presets ``gfsam``, ``gfsam_fast``),
+described with its reference differences in :mod:`vision.engines.ipseg.gfsam` and wired in by
+:mod:`vision.engines.ipseg.gfsam_run`.
+
 Algorithm (spec: ``shared/specs/ipseg.md``; paper: IJCV 2024, reference ``luckybird1994/IPSeg``):
 
 1. **Features** (:mod:`~vision.engines.ipseg.features`; ``features=``). ``"dino+sd"`` (the paper's):
@@ -93,6 +98,7 @@ import torch
 
 from vision.common import LRUCache, content_key
 from vision.engines.contract import Engine, ProgressCallback, ProgressReporter
+from vision.engines.ipseg import gfsam_run
 from vision.engines.ipseg.cascade import SamView, sam_cascade
 from vision.engines.ipseg.config import IPSegConfig, IPSegError
 from vision.engines.ipseg.features import FeatureExtractor, fused_similarity, prototype
@@ -113,6 +119,7 @@ class PromptFeatures:
     source: str  # "mask", "box", "scribble" or "auto-pca"
     grid_detail: str  # how the region reached the grid ("eroded", "uneroded", "touched", ...)
     notes: list[str]
+    shot: Any = None  # GF-SAM: the prompt's tokens and region weights (gfsam_align.Shot); None for IPSeg
 
 
 class StageProgress:
@@ -244,6 +251,10 @@ class IPSegEngine(Engine):
 
     # ---------------------------------------------------------------------------------------- internals
     def _prompt_features(self, image: np.ndarray, region: tuple | None) -> PromptFeatures:
+        if self.config.method == "gfsam":
+            shot, cells, source, detail, notes = gfsam_run.prompt_shot(self.hub, self.extractor, self.config,
+                                                                       self.mode, image, region)
+            return PromptFeatures({}, cells, source, detail, notes, shot)
         features = self.extractor.features(image)
         tokens = features[self.config.primary_feature]
         if region is None:
@@ -294,6 +305,11 @@ class IPSegEngine(Engine):
         image = _load(target, "target image")
         self._check_size(image, "target image")
         timings["load"] = time.perf_counter() - t0
+        if cfg.method == "gfsam":
+            results = self._gfsam_concepts(concepts, shots_per_concept, image, timings, progress)
+            timings["total"] = time.perf_counter() - start
+            return IPSegResult(image, results, timings, cached, cfg, self.tiny, notes, name,
+                               sam_backend=self.extractor.sam_backend)
         view, feats = self._target_features(image, timings, progress)
         timings.update(similarity=0.0, points=0.0, sam_decode=0.0)
         results = []
@@ -308,6 +324,17 @@ class IPSegEngine(Engine):
         timings["total"] = time.perf_counter() - start
         return IPSegResult(image, results, timings, cached, cfg, self.tiny, notes, name,
                            sam_backend=self.extractor.sam_backend)
+
+    def _gfsam_concepts(self, concepts: list[Concept], shots_per_concept: list[list[PromptFeatures]],
+                        image: np.ndarray, timings: dict[str, float], progress: StageProgress) -> list[ConceptResult]:
+        """GF-SAM on the target: its frame, tokens and SAM encoding once, then each concept."""
+        target = gfsam_run.prepare_target(self.hub, self.extractor, self.config, self.mode, image, timings, progress)
+        timings.update(alignment=0.0, sam_decode=0.0, graph=0.0)
+        results = []
+        for concept, shots in zip(concepts, shots_per_concept):
+            progress(f"GF-SAM points, SAM decoder and graph ({concept.name})")
+            results.append(gfsam_run.concept_result(concept.name, shots, target, self.config, self.mode, timings))
+        return results
 
     def _target_features(self, image: np.ndarray, timings: dict[str, float],
                          progress: StageProgress) -> tuple[SamView, dict[str, torch.Tensor]]:

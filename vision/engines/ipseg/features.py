@@ -164,14 +164,16 @@ class FeatureExtractor:
                 feats.update(self.sd(image, feats["dino"].shape[-1]))
         return feats
 
-    def sam_view(self, image: np.ndarray) -> SamView:
-        """``image`` encoded by SAM in the mode's frame, on the configured backend (``sam_backend``: the
-        fastest installed one on a CPU with ``auto``; :mod:`vision.sam.backends`)."""
+    def sam_view(self, image: np.ndarray, stretch: bool | None = None) -> SamView:
+        """``image`` encoded by SAM on the configured backend (``sam_backend``: the fastest installed one on a
+        CPU with ``auto``; :mod:`vision.sam.backends`), stretched to SAM's square when ``stretch`` (default:
+        the mode's frame)."""
         if self._runner is None:
             from vision.sam import runner_for
 
             self._runner = runner_for(self.hub, self.config.sam_model, self.config.sam_backend)
-        return SamView.encode(self.hub.get(self.config.sam_model), image, self.mode.stretch_sam, self._runner)
+        stretch = self.mode.stretch_sam if stretch is None else stretch
+        return SamView.encode(self.hub.get(self.config.sam_model), image, stretch, self._runner)
 
     @property
     def sam_backend(self) -> str:

@@ -26,6 +26,8 @@ class ProductMode:
     sd_crops = False  # [a] SD runs once on the whole letterboxed square
     sd_layer_order = SD_FEATURES  # [c] sd_layer_weights go to s5, s4, s3 (the spec's order)
     sam_frame = "aspect-kept"  # [e], for records
+    gfsam_reference = False  # GF-SAM [f]-[i] (gfsam.py's docstring): the image's aspect, cell-centre points,
+    # area-share prompt weights, ties by position; True: the reference's 1024 square, corners, samples, torch order
 
     def feature_weights(self, config: IPSegConfig) -> dict[str, float]:
         """[c] Weight of each feature's cosine map in S: ``{"dino": 1, "s5": 0.03, "s4": 0.02, "s3": 0.01}``
@@ -59,6 +61,7 @@ class ReferenceMode(ProductMode):
     sd_crops = True
     sd_layer_order = SD_FEATURES[::-1]  # the order the reference's extractor saved its maps in: s3, s4, s5
     sam_frame = "stretched-square"
+    gfsam_reference = True
 
     def valid_cells(self, box, n):
         from vision.engines.ipseg.features import reference_valid_region

@@ -1,5 +1,6 @@
-"""IPSeg's results: instances, per-concept results with their similarity map, per-target results with
-records, files and images (mask overlay, similarity heatmap with the chosen points), batch errors."""
+"""IPSeg's results: instances, per-concept results with their similarity map (and, for GF-SAM, the point
+graph), per-target results with records, files and images (mask overlay, similarity heatmap with the
+chosen points, GF-SAM's point graph), batch errors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from PIL import Image, ImageDraw
 from vision.engines.contract import engine_record
 from vision.engines.ipseg.cascade import mask_bbox
 from vision.engines.ipseg.config import IPSegConfig
+from vision.engines.ipseg.gfsam_result import PointGraph, draw_point_graph
 from vision.imaging import heatmap as colour_heatmap
 from vision.imaging import overlay_mask, palette, resize, tiny_banner
 
@@ -51,8 +53,9 @@ class ConceptResult:
     presence: float  # mean of the top-k values of S over the whole target
     present: bool
     instances: list[Instance]
-    similarity: np.ndarray  # S on the grid, float32 [g, g] (the grid spans the image)
+    similarity: np.ndarray  # S on the grid, float32 [g, g] (the grid spans the image); GF-SAM: its mean+ map
     prompt_regions: list[dict]  # per prompt image: {"source": mask|box|scribble|auto-pca, "grid": how}
+    graph: PointGraph | None = None  # GF-SAM's points, clusters and gate states (None for IPSeg)
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -68,7 +71,8 @@ class ConceptResult:
     def to_record(self) -> dict:
         return {"name": self.name, "present": self.present, "presence": round(self.presence, 6),
                 "similarity_range": [round(float(self.similarity.min()), 6), round(float(self.similarity.max()), 6)],
-                "prompt_regions": self.prompt_regions, "instances": [i.to_record() for i in self.instances]}
+                "prompt_regions": self.prompt_regions, "instances": [i.to_record() for i in self.instances],
+                **({"graph": self.graph.to_record()} if self.graph is not None else {})}
 
 
 @dataclass
@@ -159,6 +163,15 @@ class IPSegResult:
         scaled = (sim - lo) / (hi - lo) if hi > lo else np.zeros_like(sim)
         return self._annotate(colour_heatmap(scaled, self.image, alpha), c.instances if points else [])
 
+    def graph_image(self, concept: int | str = 0) -> np.ndarray:
+        """GF-SAM's point graph of the concept over the target (RGB uint8 [H, W, 3]; see
+        :func:`~vision.engines.ipseg.gfsam_result.draw_point_graph`); :class:`ValueError` for IPSeg."""
+        c = self.concept(concept)
+        if c.graph is None:
+            raise ValueError(f"the point graph is GF-SAM's; this result is from method={self.config.method!r}")
+        out = draw_point_graph(self.image, c.graph, c.mask)
+        return tiny_banner(out) if self.tiny else out
+
     def _annotate(self, image: np.ndarray, instances: list[Instance]) -> np.ndarray:
         canvas = Image.fromarray(image)
         draw = ImageDraw.Draw(canvas)
@@ -173,7 +186,8 @@ class IPSegResult:
     def to_files(self, heatmaps: bool = False) -> dict[str, Any]:
         """``{"mask.png": union mask, "overlay.png": overlay}``; with several masks also one
         ``<concept>_<k>.inst.png`` per instance (k from 0); with ``heatmaps`` the :meth:`heatmap` of each
-        concept (``heatmap.png``, or ``<concept>.heatmap.png`` for several concepts)."""
+        concept (``heatmap.png``, or ``<concept>.heatmap.png`` for several concepts) and, for GF-SAM, the
+        :meth:`graph_image` of each (``graph.png`` or ``<concept>.graph.png``)."""
         files: dict[str, Any] = {"mask.png": self.mask, "overlay.png": self.overlay()}
         if len(self.masks) > 1:
             for c in self.concepts:
@@ -181,7 +195,10 @@ class IPSegResult:
                     files[f"{_slug(c.name)}_{k}.inst.png"] = inst.mask
         if heatmaps:
             for k, c in enumerate(self.concepts):
-                files["heatmap.png" if len(self.concepts) == 1 else f"{_slug(c.name)}.heatmap.png"] = self.heatmap(k)
+                prefix = "" if len(self.concepts) == 1 else f"{_slug(c.name)}."
+                files[f"{prefix}heatmap.png"] = self.heatmap(k)
+                if c.graph is not None:
+                    files[f"{prefix}graph.png"] = self.graph_image(k)
         return files
 
 
