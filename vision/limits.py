@@ -8,15 +8,27 @@ option rather than an allocator error or a scheduler's complaint after the start
 * ``MAX_SIDE``: pixels per image side. 2048 is twice SDXL's native side (four times SD1.5's); memory
   grows with the square of the side (``--size 100000`` asks for a 10-gigapixel image), and the VAE
   works on 8x8-pixel latents, so a side is a multiple of ``SIDE_MULTIPLE``.
+
+And on the videos the video engine reads (:mod:`vision.videoio`), each overridable by an environment
+variable of the same name prefixed ``VISION_``:
+
+* ``MAX_VIDEO_BYTES``: 8 GiB per file (a feature film at high bitrate; larger is refused before decoding).
+* ``MAX_VIDEO_SIDE``: 4096 pixels per frame side (DCI 4K); each frame is encoded by SAM at 1024 anyway.
+* ``MAX_VIDEO_FRAMES``: 20,000 frames per run (after ``--every`` / ``--max-frames``): about 14 minutes at
+  24 fps, hours of work per run on a CPU; longer runs are split with ``--every`` or ``--max-frames``.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 
 MAX_STEPS = 1000
 MAX_SIDE = 2048
 SIDE_MULTIPLE = 8
+MAX_VIDEO_BYTES = int(os.environ.get("VISION_MAX_VIDEO_BYTES", 8 * 2**30))
+MAX_VIDEO_SIDE = int(os.environ.get("VISION_MAX_VIDEO_SIDE", 4096))
+MAX_VIDEO_FRAMES = int(os.environ.get("VISION_MAX_VIDEO_FRAMES", 20_000))
 
 
 class LimitError(ValueError):
