@@ -12,7 +12,7 @@ It also reports the median per-image engine time from ``results.jsonl``. ``--ray
 through the Ray Data runner (local Ray, 2 actors, includes Ray's start-up). Models are tiny random-weight
 ones by default; ``--full`` injects full-size random-weight models (CLIP ViT-B/16, DINO ViT-B/16,
 DINOv2 ViT-B/14, SAM ViT-B; SD1.5 with ``--ipseg-sd``) into the hub with ``hub.put`` — the speed of
-a network does not depend on its weight values. IPSeg runs DINOv2-only (``IPSegConfig.fast()``) unless
+a network does not depend on its weight values. IPSeg runs DINOv2-only (``IPSegConfig.from_preset("fast")``) unless
 ``--ipseg-sd`` (its SD1.5 pass at 960 px dominates on a CPU even with tiny models).
 
     python -m vision bench batch                          # tiny, best device, 6 images of 128 px
@@ -91,11 +91,11 @@ def make_trident_processor() -> Any:
 
 
 def make_ipseg_processor(prompt_path: str, use_sd: bool) -> Any:
-    from vision.engines.ipseg import IPSeg, IPSegConfig, Prompt
+    from vision.engines.ipseg import IPSegEngine, IPSegConfig, Prompt
 
-    engine = IPSeg(IPSegConfig() if use_sd else IPSegConfig.fast())
+    engine = IPSegEngine(IPSegConfig() if use_sd else IPSegConfig.from_preset("fast"))
     concepts = engine.prepare({"object": Prompt(prompt_path)})  # prompt features once per worker
-    return lambda item: engine.segment(concepts, item.image(), name=item.id)
+    return lambda item: engine(concepts, item.image(), name=item.id)
 
 
 # -------------------------------------------------------------------------------------- full-size models
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                          if use_sd else []))
                     factory = functools.partial(make_ipseg_processor, prompt_path, use_sd)
                     if not use_sd:
-                        notes.append("ipseg ran DINOv2-only (IPSegConfig.fast()); --ipseg-sd adds the SD1.5 features.")
+                        notes.append("ipseg ran DINOv2-only (the 'fast' preset); --ipseg-sd adds the SD1.5 features.")
                 else:
                     raise ValueError(f"unknown engine {name!r}")
                 rows.append(bench_engine(name, factory, folder, work, args))

@@ -158,7 +158,7 @@ def models_alone(engine, hub, device: str, sam_name: str, n_points: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vision.engines.ipseg import IPSeg, IPSegConfig, Prompt
+    from vision.engines.ipseg import IPSegEngine, IPSegConfig, Prompt
     from vision.hub import best_device
     from vision.imaging import sample_image
 
@@ -196,28 +196,28 @@ def main(argv: list[str] | None = None) -> int:
     prompt = Prompt(sample_image("chelsea"), box=(120, 40, 340, 290))
     names = ["coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "chelsea"]
     targets = [sample_image(names[i % len(names)]) for i in range(args.n)]
-    engine = IPSeg(config, hub=hub)
-    warm = engine.segment(prompt, targets[0])  # warm-up: first calls allocate and pick kernels
+    engine = IPSegEngine(config, hub=hub)
+    warm = engine(prompt, targets[0])  # warm-up: first calls allocate and pick kernels
 
     # 1. Prompt cache: N targets with it (one prompt pass) and without it (cleared before every target).
     def with_cache():
-        engine.clear_cache()
+        engine.prompt_cache.clear()
         return engine.segment_batch(prompt, targets)
 
     def without_cache():
         for target in targets:
-            engine.clear_cache()
-            engine.segment(prompt, target)
+            engine.prompt_cache.clear()
+            engine(prompt, target)
 
     cache_on, cache_off = timed(with_cache, device), timed(without_cache, device)
-    prompt_pass = timed(lambda: (engine.clear_cache(), engine.prepare(prompt)), device)
+    prompt_pass = timed(lambda: (engine.prompt_cache.clear(), engine.prepare(prompt)), device)
     # 2. Per-target engine time (prompt cached) vs the model passes it needs, each timed alone; alternated
     #    so both see the same machine, the best of --repeats kept.
     inst = warm.concepts[0].instances[0]
     n_points = len(inst.positive) + len(inst.negative)
     engine_runs, alone_runs, results = [], [], []
     for _ in range(args.repeats):
-        engine_runs.append(timed(lambda: results.append(engine.segment(prompt, targets[0])), device))
+        engine_runs.append(timed(lambda: results.append(engine(prompt, targets[0])), device))
         alone_runs.append(models_alone(engine, hub, device, sam_name, n_points, full_unet))
     alone = {k: min(run[k][pick] for run in alone_runs) for k in alone_runs[0]}
     alone_wall = {k: min(run[k][0] for run in alone_runs) for k in alone_runs[0]}
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": info, "device": device, "clock": clock, "load_average_before": load_before,
         "load_average_after": load_after,
-        "settings": {"sizes": sizes, "mode": config.mode, "sam": sam_name, "n_targets": args.n,
+        "settings": {"sizes": sizes, "mode": config.feature_source, "sam": sam_name, "n_targets": args.n,
                      "repeats": args.repeats, "paper_sizes": sizes == PAPER},
         "build_seconds": round(build_s, 1), "per_target_seconds": round(per_target, 3),
         "per_target_wall_seconds": round(per_target_wall, 3), "engine_stages_wall": stages,
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- torch {info['torch']}, diffusers {info['diffusers']}, transformers {info['transformers']}, "
         f"python {info['python']}, torch threads {info['torch_threads']}, device `{device}`",
         f"- load average (1/5/15 min) before: {load_before}; after: {load_after}",
-        f"- settings: {config.mode}, {sam_name}; DINOv2 at {sizes['dino_size']} px, SD at {sizes['sd_size']} px "
+        f"- settings: {config.feature_source}, {sam_name}; DINOv2 at {sizes['dino_size']} px, SD at {sizes['sd_size']} px "
         f"(latent {sizes['sd_size'] // 8}), SAM input {sizes['sam_size']} px"
         + ("" if sizes == PAPER else " (reduced for CPU; the paper's sizes are 840 / 960 / 1024)")
         + f"; N = {args.n} targets; engine and model-alone timings: best of {args.repeats}, alternated",

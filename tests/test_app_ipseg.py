@@ -86,7 +86,7 @@ def test_ipseg_features_preset_and_sam_choices_show_what_ran(client, photos, fea
                                                               reference, sam_used):
     *_, summary = _ipseg(client, editor(photos["coffee"]), [photos["coffee"]], fast=False, features=features,
                          preset=preset, sam=sam)
-    assert f"preset **{preset}**" in summary and f"mode **{mode}**" in summary
+    assert f"preset **{preset}**" in summary and f"features **{mode}**" in summary
     assert f"reference mode **{reference}**" in summary and f"SAM `{sam_used}`" in summary
 
 
@@ -247,7 +247,7 @@ def test_real_sam_t_a_click_on_the_cup_prompts_a_run_that_finds_it_flipped(real_
     assert f"SAM `sam_t` mask from 1 click(s): {int(cup.sum())} px" in note and "TINY" not in note
     *_, files, _, summary, = _ipseg(client, editor(prompt), [target], fast=False, sam="sam_t", features="sam",
                                     clicks=click_text)
-    assert "from **mask** (SAM `sam_t` from 1 click(s))" in summary and "mode **sam-embedding**" in summary
+    assert "from **mask** (SAM `sam_t` from 1 click(s))" in summary and "features **sam-embedding**" in summary
     (mask_file,) = [f for f in files if f.endswith("_mask.png")]
     found, expected = png(mask_file) > 0, cup[:, ::-1]
     iou = (found & expected).sum() / (found | expected).sum()

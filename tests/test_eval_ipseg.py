@@ -42,7 +42,7 @@ def test_perseg_end_to_end_reports_miou_fbiou_biou(hub, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "TINY MODE" in text and "mIoU" in text and "bIoU" in text
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["tiny"] and summary["episodes"] == 4 and summary["config"]["mode"] == "dinov2-only"
+    assert summary["tiny"] and summary["episodes"] == 4 and summary["config"]["feature_source"] == "dinov2-only" and summary["config"]["mode"] == "product"
     items = lines(out / "items.jsonl")
     assert len(items) == 4 and all(0 <= i["iou"] <= 1 and "biou" in i for i in items)
     # both objects have a class IoU and (one fold) the mIoU is their mean
@@ -141,7 +141,7 @@ class OracleEngine:
                       for e in episodes}  # an image is a query of each class it holds
         self.invert = invert
 
-    def segment(self, concept, image):
+    def __call__(self, concept, image):
         from types import SimpleNamespace
 
         mask = self.truth[np.asarray(image).tobytes(), concept.name]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vision.engines.ipseg import points
 from vision.engines.ipseg.cascade import SamView
-from vision.engines.ipseg import (SD_HOOKS, IPSeg, IPSegConfig, IPSegError, IPSegWarning, Prompt, find_instances,
+from vision.engines.ipseg import (SD_HOOKS, IPSegEngine, IPSegConfig, IPSegError, IPSegWarning, Prompt, find_instances,
                                   run_hooked_unet)
 from vision.hub import ModelHub
 from vision.imaging import sample_image
@@ -94,7 +94,7 @@ def test_hooks_are_removed_when_the_pass_fails(tiny_hub):
 
 
 def test_engine_sd_features_on_the_grid(tiny_hub, photos):
-    engine = IPSeg(TINY, hub=tiny_hub)
+    engine = IPSegEngine(TINY, hub=tiny_hub)
     feats = engine.extractor.sd(photos["coffee"], 60)
     up = list(reversed(tiny_hub.get("sd15_unet").config.block_out_channels))
     assert {k: tuple(v.shape) for k, v in feats.items()} == {"s5": (up[0], 60, 60), "s4": (up[1], 60, 60),
@@ -105,14 +105,14 @@ def test_engine_sd_features_on_the_grid(tiny_hub, photos):
 
 # -------------------------------------------------------------------------------------------- end to end
 def test_end_to_end_tiny_batch(tiny_hub, photos):
-    engine = IPSeg(TINY, hub=tiny_hub)
+    engine = IPSegEngine(TINY, hub=tiny_hub)
     counter = EncoderCounter(tiny_hub.get("sam_b").image_encoder)
     try:
         results = engine.segment_batch(photos["chelsea"], [photos["coffee"], photos["astronaut"], photos["rocket"]])
     finally:
         counter.close()
     assert counter.calls == 3  # SAM's image encoder: exactly once per target
-    assert engine.cache_misses == 1 and engine.cache_hits == 2  # one prompt pass for the batch
+    assert engine.prompt_cache.misses == 1 and engine.prompt_cache.hits == 2  # one prompt pass for the batch
     assert [r.prompt_cached for r in results] == [False, True, True]
     for result, name in zip(results, ("coffee", "astronaut", "rocket")):
         target = photos[name]
@@ -129,48 +129,48 @@ def test_end_to_end_tiny_batch(tiny_hub, photos):
         for stage in ("prompt", "dino", "sd", "sam_encode", "similarity", "points", "sam_decode", "total"):
             assert result.timings[stage] >= 0
         record = json.loads(json.dumps(result.to_record()))
-        assert record["mode"] == "dinov2+sd15" and record["tiny"] and record["width"] == w
+        assert record["feature_source"] == "dinov2+sd15" and record["mode"] == "product" and record["tiny"] and record["width"] == w
         files = result.to_files()
         assert set(files) == {"mask.png", "overlay.png"} and files["overlay.png"].shape == target.shape
 
 
 def test_deterministic_for_a_fixed_seed(tiny_hub, photos):
-    a = IPSeg(TINY, hub=tiny_hub).segment(photos["chelsea"], photos["coffee"])
-    b = IPSeg(TINY, hub=tiny_hub).segment(photos["chelsea"], photos["coffee"])
+    a = IPSegEngine(TINY, hub=tiny_hub)(photos["chelsea"], photos["coffee"])
+    b = IPSegEngine(TINY, hub=tiny_hub)(photos["chelsea"], photos["coffee"])
     np.testing.assert_array_equal(a.mask, b.mask)
     np.testing.assert_array_equal(a.similarity, b.similarity)
     assert a.to_record()["concepts"] == b.to_record()["concepts"]
 
 
 def test_cached_prompt_gives_the_fresh_result(tiny_hub, photos, tmp_path):
-    engine = IPSeg(TINY, hub=tiny_hub)
-    engine.segment(photos["chelsea"], photos["coffee"])
+    engine = IPSegEngine(TINY, hub=tiny_hub)
+    engine(photos["chelsea"], photos["coffee"])
     path = tmp_path / "prompt.png"
     Image.fromarray(photos["chelsea"]).save(path)
-    cached = engine.segment(str(path), photos["astronaut"])  # same pixels, given as a file: a cache hit
-    fresh = IPSeg(TINY, hub=tiny_hub).segment(photos["chelsea"], photos["astronaut"])
+    cached = engine(str(path), photos["astronaut"])  # same pixels, given as a file: a cache hit
+    fresh = IPSegEngine(TINY, hub=tiny_hub)(photos["chelsea"], photos["astronaut"])
     assert cached.prompt_cached and not fresh.prompt_cached
     np.testing.assert_array_equal(cached.mask, fresh.mask)
     np.testing.assert_array_equal(cached.similarity, fresh.similarity)
     assert cached.to_record()["concepts"] == fresh.to_record()["concepts"]
     prepared = engine.prepare(str(path))  # what a batch worker does: decode once, then only hash pixels
-    assert isinstance(prepared[0].prompts[0].image, np.ndarray) and engine.cache_misses == 1
-    np.testing.assert_array_equal(engine.segment(prepared, photos["astronaut"]).mask, fresh.mask)
+    assert isinstance(prepared[0].prompts[0].image, np.ndarray) and engine.prompt_cache.misses == 1
+    np.testing.assert_array_equal(engine(prepared, photos["astronaut"]).mask, fresh.mask)
     # Another region or other feature settings are other cache entries.
-    boxed = engine.segment(Prompt(photos["chelsea"], box=(100, 50, 300, 250)), photos["astronaut"])
+    boxed = engine(Prompt(photos["chelsea"], box=(100, 50, 300, 250)), photos["astronaut"])
     assert not boxed.prompt_cached and boxed.concepts[0].prompt_regions[0]["source"] == "box"
 
 
 def test_fast_mode_never_loads_sd(photos):
     hub = ModelHub(tiny=True, device="cpu")
-    result = IPSeg(IPSegConfig.fast(), hub=hub).segment(photos["chelsea"], photos["coffee"])
+    result = IPSegEngine(IPSegConfig.from_preset("fast"), hub=hub)(photos["chelsea"], photos["coffee"])
     assert result.mask.shape == photos["coffee"].shape[:2] and "sd" not in result.timings
     assert not any(hub.is_loaded(n) for n in ("sd15_unet", "sd15_vae", "sd15_text_encoder", "sd15_tokenizer"))
-    assert result.to_record()["mode"] == "dinov2-only"
+    assert result.to_record()["feature_source"] == "dinov2-only"
 
 
 def test_several_concepts_kshot_and_instances_share_one_encoding(tiny_hub, photos):
-    engine = IPSeg(IPSegConfig(sd_size=256, max_instances=3), hub=tiny_hub)
+    engine = IPSegEngine(IPSegConfig(sd_size=256, max_instances=3), hub=tiny_hub)
     mask = np.zeros(photos["chelsea"].shape[:2], bool)
     mask[60:240, 120:330] = True
     scribble = np.zeros(photos["rocket"].shape[:2], bool)
@@ -180,7 +180,7 @@ def test_several_concepts_kshot_and_instances_share_one_encoding(tiny_hub, photo
                 "rocket": Prompt(photos["rocket"], scribble=scribble)}
     counter = EncoderCounter(tiny_hub.get("sam_b").image_encoder)
     try:
-        result = engine.segment(concepts, photos["astronaut"])
+        result = engine(concepts, photos["astronaut"])
     finally:
         counter.close()
     assert counter.calls == 1
@@ -197,8 +197,8 @@ def test_several_concepts_kshot_and_instances_share_one_encoding(tiny_hub, photo
 
 
 def test_kshot_mean_and_max(tiny_hub, photos):
-    mean_engine = IPSeg(TINY, hub=tiny_hub)
-    max_engine = IPSeg(IPSegConfig(sd_size=256, kshot="max"), hub=tiny_hub)
+    mean_engine = IPSegEngine(TINY, hub=tiny_hub)
+    max_engine = IPSegEngine(IPSegConfig(sd_size=256, kshot="max"), hub=tiny_hub)
     a, _ = mean_engine.prompt_features(Prompt(photos["chelsea"]))
     b, _ = mean_engine.prompt_features(Prompt(photos["rocket"]))
     target = mean_engine.features(photos["coffee"])
@@ -261,7 +261,7 @@ def test_absent_below_the_presence_threshold(tiny_hub, photos):
     predictor = BlobPredictor(blobs)
     presence, present, instances = find_instances(sim, _view(predictor), IPSegConfig(presence_threshold=0.95))
     assert not present and instances == [] and predictor.calls == 0
-    result = IPSeg(IPSegConfig.fast(presence_threshold=2.0), hub=tiny_hub).segment(photos["chelsea"],
+    result = IPSegEngine(IPSegConfig.from_preset("fast", presence_threshold=2.0), hub=tiny_hub)(photos["chelsea"],
                                                                                   photos["coffee"])
     assert not result.concepts[0].present and result.masks == [] and not result.mask.any()
     assert result.mask.shape == photos["coffee"].shape[:2]
@@ -270,14 +270,14 @@ def test_absent_below_the_presence_threshold(tiny_hub, photos):
 
 # -------------------------------------------------------------------------------------------- bad inputs
 def test_prompt_mask_of_another_size_is_resized_with_a_warning(tiny_hub, photos):
-    engine = IPSeg(IPSegConfig.fast(), hub=tiny_hub)
+    engine = IPSegEngine(IPSegConfig.from_preset("fast"), hub=tiny_hub)
     half = np.zeros((150, 225), bool)  # chelsea is 300x451: the same shape at half size
     half[30:120, 60:165] = True
     with pytest.warns(IPSegWarning, match="resized"):
-        result = engine.segment(Prompt(photos["chelsea"], mask=half), photos["coffee"])
+        result = engine(Prompt(photos["chelsea"], mask=half), photos["coffee"])
     assert any("resized" in note for note in result.notes) and "resized" in json.dumps(result.to_record())
     with pytest.raises(IPSegError, match="differ too much"):
-        engine.segment(Prompt(photos["chelsea"], mask=np.ones((300, 100), bool)), photos["coffee"])
+        engine(Prompt(photos["chelsea"], mask=np.ones((300, 100), bool)), photos["coffee"])
 
 
 @pytest.mark.parametrize("prompt,match", [
@@ -291,14 +291,14 @@ def test_prompt_mask_of_another_size_is_resized_with_a_warning(tiny_hub, photos)
 ])
 def test_bad_prompts_raise_clear_errors(tiny_hub, photos, prompt, match):
     with pytest.raises(IPSegError, match=match):
-        IPSeg(IPSegConfig.fast(), hub=tiny_hub).segment(prompt(photos["chelsea"]), photos["coffee"])
+        IPSegEngine(IPSegConfig.from_preset("fast"), hub=tiny_hub)(prompt(photos["chelsea"]), photos["coffee"])
 
 
 def test_target_smaller_than_one_patch(tiny_hub, photos):
-    engine = IPSeg(IPSegConfig.fast(), hub=tiny_hub)
+    engine = IPSegEngine(IPSegConfig.from_preset("fast"), hub=tiny_hub)
     with pytest.raises(IPSegError, match="smaller than one 14-pixel"):
-        engine.segment(photos["chelsea"], np.zeros((10, 10, 3), np.uint8))
-    ok = engine.segment(photos["chelsea"], photos["coffee"][:20, :30])  # just above one patch: works
+        engine(photos["chelsea"], np.zeros((10, 10, 3), np.uint8))
+    ok = engine(photos["chelsea"], photos["coffee"][:20, :30])  # just above one patch: works
     assert ok.mask.shape == (20, 30)
 
 
@@ -306,12 +306,12 @@ def test_bad_settings():
     with pytest.raises(IPSegError, match="dino_size"):
         IPSegConfig(dino_size=500).validate()
     with pytest.raises(IPSegError, match="kshot"):
-        IPSeg(IPSegConfig(kshot="median"), hub=ModelHub(tiny=True, device="cpu"))
+        IPSegEngine(IPSegConfig(kshot="median"), hub=ModelHub(tiny=True, device="cpu"))
 
 
 def test_grid_to_pixels_of_the_engine_points(tiny_hub, photos):
     """The engine's points are the cell centres of its positive/negative cells (documented mapping)."""
-    result = IPSeg(IPSegConfig.fast(), hub=tiny_hub).segment(photos["chelsea"], photos["coffee"])
+    result = IPSegEngine(IPSegConfig.from_preset("fast"), hub=tiny_hub)(photos["chelsea"], photos["coffee"])
     inst = result.concepts[0].instances[0]
     np.testing.assert_allclose(inst.positive, points.cells_to_pixels(inst.positive_cells, (400, 600), 60))
     np.testing.assert_allclose(inst.negative, points.cells_to_pixels(inst.negative_cells, (400, 600), 60))
@@ -344,7 +344,7 @@ def test_cli_writes_masks_overlays_and_results(tiny_hub, photos, tmp_path, capsy
     ok = {line["id"]: line for line in lines if line["status"] == "ok"}
     assert set(ok) == {"coffee.jpg", "astronaut.jpg"}
     row = ok["coffee.jpg"]
-    assert row["tiny"] and row["mode"] == "dinov2-only" and np.isfinite(row["score"])
+    assert row["tiny"] and row["feature_source"] == "dinov2-only" and np.isfinite(row["score"])
     assert row["concepts"][0]["prompt_regions"][0]["source"] == "mask" and row["timings"]["sam_encode"] >= 0
     assert row["concepts"][0]["instances"][0]["points"]["positive"]
     errors = {json.loads(line)["id"]: json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()}

@@ -4,7 +4,7 @@ and batches that keep the good targets when one fails."""
 import numpy as np
 import pytest
 
-from vision.engines.ipseg import ConceptResult, Instance, IPSeg, IPSegConfig, IPSegError, IPSegResult
+from vision.engines.ipseg import ConceptResult, Instance, IPSegEngine, IPSegConfig, IPSegError, IPSegResult
 from vision.imaging import sample_image
 
 
@@ -47,12 +47,12 @@ def test_heatmap_files():
 def test_batch_keeps_the_good_targets_and_names_the_bad_ones(tiny_hub, tmp_path):
     from PIL import Image
 
-    engine = IPSeg(IPSegConfig.fast(), hub=tiny_hub)
+    engine = IPSegEngine(IPSegConfig.from_preset("fast"), hub=tiny_hub)
     astronaut = tmp_path / "astronaut.png"
     Image.fromarray(sample_image("astronaut")).save(astronaut)
     targets = [sample_image("coffee"), b"not an image", np.zeros((10, 10, 3), np.uint8), str(astronaut)]
     calls = []
-    results = engine.segment_batch(sample_image("chelsea"), targets, progress=lambda f, d: calls.append((f, d)),
+    results = engine.segment_batch(sample_image("chelsea"), targets, progress=lambda p: calls.append((p.fraction, p.message)),
                                    on_error="collect", names=["coffee.jpg", "broken.png", "speck.png", "astro"])
     assert [r.index for r in results] == [0, 3] and [r.name for r in results] == ["coffee.jpg", "astro"]
     assert [(e.index, e.name) for e in results.errors] == [(1, "broken.png"), (2, "speck.png")]

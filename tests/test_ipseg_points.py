@@ -102,12 +102,12 @@ def _image_with_rect(h, w, rows, cols):
     (840, 420, (420, 630), (98, 210), ((30, 45), (14, 30))),  # portrait: padded left and right
 ])
 def test_letterbox_feature_unletterbox_maps_region_to_cells(tiny_hub, h, w, rows, cols, cells):
-    from vision.engines.ipseg import IPSeg, IPSegConfig
+    from vision.engines.ipseg import IPSegEngine, IPSegConfig
     from vision.hub import ModelHub
 
     hub = ModelHub(tiny=True, device="cpu")
     hub.put("dinov2_b14", _PatchMeanDino())
-    engine = IPSeg(IPSegConfig.fast(), hub=hub)
+    engine = IPSegEngine(IPSegConfig.from_preset("fast"), hub=hub)
     fmap = engine.extractor.dino(_image_with_rect(h, w, rows, cols))
     assert fmap.shape == (4, 60, 60)
     expected = np.zeros((60, 60), bool)

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vision.engines.ipseg import IPSeg, IPSegConfig, IPSegError, find_instances, points
+from vision.engines.ipseg import IPSegEngine, IPSegConfig, IPSegError, find_instances, points
 from vision.engines.ipseg.cascade import SamView
 from vision.engines.ipseg.features import average_crops, crop_to_grid, reference_valid_region, slide_offsets
+from vision.engines.ipseg.modes import PRODUCT, REFERENCE, mode_for
 from vision.engines.ipseg.prompts import mask_to_grid
 from vision.hub import ModelHub
 from vision.imaging import Letterbox, letterbox, sample_image
@@ -59,7 +60,7 @@ def stub_engine():
     vae, unet = StubVAE(), StubUNet()
     hub.put("sd15_vae", vae)
     hub.put("sd15_unet", unet)
-    return IPSeg(IPSegConfig.from_preset("paper"), hub=hub), vae, unet
+    return IPSegEngine(IPSegConfig.from_preset("paper"), hub=hub), vae, unet
 
 
 def test_slide_offsets():
@@ -120,7 +121,7 @@ def test_reference_sd_features_run_four_crops_with_one_noise(stub_engine):
 
 def test_default_sd_features_are_one_pass_on_the_square(stub_engine):
     _, vae, unet = stub_engine
-    engine = IPSeg(IPSegConfig(), hub=stub_engine[0].hub)
+    engine = IPSegEngine(IPSegConfig(), hub=stub_engine[0].hub)
     vae.seen.clear()
     unet.samples.clear()
     raw, _ = engine.extractor.sd_raw(np.zeros((480, 640, 3), np.uint8))
@@ -132,13 +133,13 @@ def test_reference_mode_end_to_end_with_small_overlapping_crops(tiny_hub):
     # 192 px crops of a 256 square: offsets 0 and 64, four crops, latent 24 (the shared 64x64 noise
     # bicubic-resized, as the reference does for other sizes); the tiny models keep this fast.
     config = IPSegConfig.from_preset("paper", sd_size=256, sd_crop=192, sam_model="sam_b")
-    engine = IPSeg(config, hub=tiny_hub)
+    engine = IPSegEngine(config, hub=tiny_hub)
     raw, _ = engine.extractor.sd_raw(sample_image("coffee"))
     up = list(reversed(tiny_hub.get("sd15_unet").config.block_out_channels))
     assert {k: tuple(v.shape) for k, v in raw.items()} == {"s5": (1, up[0], 4, 4), "s4": (1, up[1], 8, 8),
                                                           "s3": (1, up[2], 16, 16)}
-    a = engine.segment(sample_image("chelsea"), sample_image("coffee"))
-    b = IPSeg(config, hub=tiny_hub).segment(sample_image("chelsea"), sample_image("coffee"))
+    a = engine(sample_image("chelsea"), sample_image("coffee"))
+    b = IPSegEngine(config, hub=tiny_hub)(sample_image("chelsea"), sample_image("coffee"))
     np.testing.assert_array_equal(a.mask, b.mask)  # deterministic: fixed noise and k-means seeds
     record = a.to_record()
     assert record["reference"] and record["features"] == "dino+sd" and a.mask.shape == (400, 600)
@@ -173,7 +174,7 @@ def test_reference_resamples_with_pytorch_nearest():
     # floor((i + 0.5) * 11 / 60) (grid row 5 -> kept row 1, i.e. row 3; default mode keeps rows 1..13).
     fmap = torch.arange(15, dtype=torch.float32)[None, :, None].repeat(1, 1, 15)
     box = Letterbox(480, 640, 960)
-    ref = crop_to_grid(fmap, box, 60, reference=True)[0, :, 0]
+    ref = crop_to_grid(fmap, box, 60, REFERENCE)[0, :, 0]
     assert ref[0] == 2 and ref[5] == 2 and ref[6] == 3 and ref[59] == 12
     ours = crop_to_grid(fmap, box, 60)[0, :, 0]
     assert ours[0] == 1 and ours[59] == 13
@@ -200,7 +201,7 @@ def test_reference_points_are_fractional_cells_on_floor_rows():
     sim = np.zeros((60, 60), np.float32)
     sim[10, 20:52] = np.linspace(1.0, 0.9, 32)  # the 32 top cells: row 10, columns 20..51
     sim[40:44, 5:13] = -1.0  # the 32 lowest
-    ref = points.select_points(sim, reference=True)
+    ref = points.select_points_reference(sim)
     ours = points.select_points(sim)
     assert np.all(ref.positive[:, 0] == 10.0)  # floor rows (the reference's idx / 60 would add col / 60)
     assert not np.all(ref.positive[:, 1] == np.round(ref.positive[:, 1]))  # centres not rounded to cells
@@ -269,11 +270,11 @@ def test_presets_and_layer_weight_order():
     paper = IPSegConfig.from_preset("paper")
     assert paper.reference and paper.sam_model == "sam_h" and paper.features == "dino+sd"
     assert (paper.seed, paper.noise_seed) == (0, 42)
-    assert paper.feature_weights() == pytest.approx({"dino": 1.0, "s3": 0.03, "s4": 0.02, "s5": 0.01})
-    assert IPSegConfig().feature_weights() == pytest.approx({"dino": 1.0, "s5": 0.03, "s4": 0.02, "s3": 0.01})
-    assert IPSegConfig.from_preset("fast") == IPSegConfig.fast() and IPSegConfig.fast().features == "dino"
+    assert mode_for(paper).feature_weights(paper) == pytest.approx({"dino": 1.0, "s3": 0.03, "s4": 0.02, "s5": 0.01})
+    assert PRODUCT.feature_weights(IPSegConfig()) == pytest.approx({"dino": 1.0, "s5": 0.03, "s4": 0.02, "s3": 0.01})
+    assert IPSegConfig.from_preset("fast") == IPSegConfig(preset="fast", features="dino")
     assert IPSegConfig(sd_weight=0.0).features == "dino" and not IPSegConfig(sd_weight=0.0).use_sd  # old spelling
-    assert IPSegConfig(features="sam").feature_weights() == {"sam": 1.0}
+    assert PRODUCT.feature_weights(IPSegConfig(features="sam")) == {"sam": 1.0}
     assert IPSegConfig.from_preset("default") == IPSegConfig()
     with pytest.raises(IPSegError, match="presets: default, paper, fast"):
         IPSegConfig.from_preset("best")
@@ -283,8 +284,9 @@ def test_presets_and_layer_weight_order():
     with pytest.raises(IPSegError, match="sam_t, sam_b, sam_h"):
         IPSegConfig(sam_model="sam_l").validate()
     described = paper.describe()
-    assert described == {"mode": "dinov2+sd15", "features": "dino+sd", "reference": True, "sam_model": "sam_h",
+    assert described == {"features": "dino+sd", "feature_source": "dinov2+sd15", "sam_model": "sam_h",
                          "sam_frame": "stretched-square"}
+    assert paper.reference and paper.mode == "reference" and paper.preset == "paper"
 
 
 def test_cli_paper_preset_says_which_mode_ran(tiny_hub, tmp_path, capsys):
@@ -303,7 +305,7 @@ def test_cli_paper_preset_says_which_mode_ran(tiny_hub, tmp_path, capsys):
     assert "preset paper, features dino (dinov2-only), reference mode on, SAM sam_h" in capsys.readouterr().out
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert row["reference"] is True and row["features"] == "dino" and row["sam_model"] == "sam_h"
-    assert row["sam_frame"] == "stretched-square" and row["mode"] == "dinov2-only" and row["tiny"]
+    assert row["sam_frame"] == "stretched-square" and row["feature_source"] == "dinov2-only" and row["tiny"]
     cells = row["concepts"][0]["instances"][0]["cells"]["positive"]
     assert any(c != round(c) for cell in cells for c in cell)  # fractional k-means centres
     assert Image.open(out / "coffee.mask.png").size == (600, 400)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vision.engines.ipseg import IPSeg, IPSegConfig, Prompt
+from vision.engines.ipseg import IPSegEngine, IPSegConfig, Prompt
 from vision.engines.ipseg.cascade import SamView
 from vision.hub import ModelHub
 from vision.imaging import sample_image
@@ -28,7 +28,7 @@ class EncoderCounter:
 
 def test_sam_features_need_sam_alone():
     hub = ModelHub(tiny=True, device="cpu")
-    engine = IPSeg(IPSegConfig(features="sam"), hub=hub)
+    engine = IPSegEngine(IPSegConfig(features="sam"), hub=hub)
     counter = EncoderCounter(hub.get("sam_b").image_encoder)
     cat = sample_image("chelsea")
     mask = np.zeros(cat.shape[:2], bool)
@@ -40,12 +40,12 @@ def test_sam_features_need_sam_alone():
     assert not any(hub.is_loaded(n) for n in FEATURE_MODELS)  # DINOv2 and SD never loaded
     assert counter.calls == 3  # the prompt once, each target once (its features come from that encoding)
     embedding_channels = hub.get("sam_b").prompt_encoder.embed_dim
-    assert engine.cache_misses == 1
+    assert engine.prompt_cache.misses == 1
     for result, name in zip(results, ("coffee", "astronaut")):
         assert result.similarity.shape == (64, 64) and np.isfinite(result.similarity).all()
         assert result.mask.shape == sample_image(name).shape[:2]
         record = json.loads(json.dumps(result.to_record()))
-        assert record["features"] == "sam" and record["mode"] == "sam-embedding" and not record["reference"]
+        assert record["features"] == "sam" and record["feature_source"] == "sam-embedding" and record["mode"] == "product" and not record["reference"]
         assert "sam_encode" in record["timings"] and "dino" not in record["timings"]
     protos = engine.prompt_features(Prompt(cat, mask=mask))[0].prototypes
     assert set(protos) == {"sam"} and protos["sam"].shape == (embedding_channels,)
@@ -57,7 +57,7 @@ def test_sam_embedding_is_cut_to_the_image_and_spans_the_grid():
     embedding = torch.arange(64, dtype=torch.float32)[None, None, :, None].repeat(1, 2, 1, 64)
     predictor = SimpleNamespace(features=embedding, input_size=(683, 1024),
                                 model=SimpleNamespace(image_encoder=SimpleNamespace(img_size=1024)))
-    engine = IPSeg(IPSegConfig(features="sam"), hub=ModelHub(tiny=True, device="cpu"))
+    engine = IPSegEngine(IPSegConfig(features="sam"), hub=ModelHub(tiny=True, device="cpu"))
     grid = engine.extractor.sam(SamView(predictor, (400, 600), (400, 600)))
     assert grid.shape == (2, 64, 64)
     rows = grid[0, :, 0]
@@ -82,7 +82,7 @@ def test_cli_sam_features(tiny_hub, tmp_path):
                  "--sam", "sam_b", "--input", str(target), "--output", str(out), "--no-progress"]) == 0
     assert Image.open(out / "coffee.mask.png").size == (600, 400)
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
-    assert row["features"] == "sam" and row["mode"] == "sam-embedding" and row["sam_model"] == "sam_b"
+    assert row["features"] == "sam" and row["feature_source"] == "sam-embedding" and row["sam_model"] == "sam_b"
 
 
 # ---------------------------------------------------------------------------- real weights (sam_t)
@@ -123,5 +123,5 @@ def test_real_sam_t_one_shot_on_a_flipped_scaled_photo():
     expected = cv2.resize(cup[:, ::-1].astype(np.uint8), (450, 300), interpolation=cv2.INTER_NEAREST).astype(bool)
     for reference in (False, True):
         config = IPSegConfig(features="sam", sam_model="sam_t", reference=reference)
-        result = IPSeg(config, hub=hub).segment(Prompt(coffee, mask=cup), target)
+        result = IPSegEngine(config, hub=hub)(Prompt(coffee, mask=cup), target)
         assert _iou(result.mask, expected) >= 0.7, reference

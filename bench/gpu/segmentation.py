@@ -112,19 +112,19 @@ def part_trident(run: Run) -> None:
 
 def part_ipseg(run: Run) -> None:
     from bench import ipseg as ib
-    from vision.engines.ipseg import IPSeg, IPSegConfig, Prompt
+    from vision.engines.ipseg import IPSegEngine, IPSegConfig, Prompt
     s = run.scale
     config = IPSegConfig(sam_model="sam_h", dino_size=s.dino_size, sd_size=s.ipseg_sd_size)
     run.resident([config.dino_model, "sd15_unet", "sd15_vae", "sd15_text_encoder", config.sam_model])
-    engine = IPSeg(config, hub=run.hub)
+    engine = IPSegEngine(config, hub=run.hub)
     prompt = Prompt(photo(PROMPT_IMAGE), box=PROMPT_BOX)
     targets = [photo(i) for i in range(s.ipseg_targets)]
-    warm = engine.segment(prompt, targets[0])  # warm-up, and the prompt pass that the cache keeps
+    warm = engine(prompt, targets[0])  # warm-up, and the prompt pass that the cache keeps
     instances = warm.concepts[0].instances
     n_points = len(instances[0].positive) + len(instances[0].negative) if instances else 2
     per_target, alone = [], []
     for _ in range(s.ipseg_repeats):
-        result, seconds = timed_call(lambda: engine.segment(prompt, targets[0]), run.device)
+        result, seconds = timed_call(lambda: engine(prompt, targets[0]), run.device)
         per_target.append(seconds)
         alone.append(ib.models_alone(engine, run.hub, run.device, config.sam_model, n_points, full_unet=True))
         if run.out_of_time():
@@ -133,11 +133,11 @@ def part_ipseg(run: Run) -> None:
     total = sum(v for k, v in forwards.items() if not k.startswith("("))
 
     def all_targets(clear_each: bool) -> None:  # one prompt pass for all, or one per target
-        engine.clear_cache()
+        engine.prompt_cache.clear()
         for target in targets:
             if clear_each:
-                engine.clear_cache()
-            engine.segment(prompt, target)
+                engine.prompt_cache.clear()
+            engine(prompt, target)
 
     cached_s = timed_call(lambda: all_targets(False), run.device)[1]
     uncached_s = timed_call(lambda: all_targets(True), run.device)[1]
@@ -146,7 +146,7 @@ def part_ipseg(run: Run) -> None:
     rows += [["**sum of model passes**", f"**{total:.3f}**"], ["**engine per target (prompt cached)**",
              f"**{engine_s:.3f}**"], ["**overhead ratio** (goal <= 1.15)", f"**{engine_s / total:.3f}**"]]
     run.report.write(
-        f"Settings: {config.mode}, {config.sam_model}, DINOv2 at {config.dino_size} px, SD at {config.sd_size} px, "
+        f"Settings: {config.feature_source}, {config.sam_model}, DINOv2 at {config.dino_size} px, SD at {config.sd_size} px, "
         f"SAM 1024; median of {len(per_target)} timed target(s) after a warm-up; `(unet_full)` (the whole UNet, "
         "not needed: the engine stops after its last hooked layer) is not in the sum. Stages of the last target "
         "(s): " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()) + ".\n\n"

@@ -78,7 +78,7 @@ def default_models() -> dict[str, list[str]]:
 
 def part_memory(run: Run) -> None:
     from vision.engines.generate import generate
-    from vision.engines.ipseg import IPSeg, IPSegConfig, Prompt
+    from vision.engines.ipseg import IPSegEngine, IPSegConfig, Prompt
     from vision.engines.story import FAMILIES, StoryConfig, StoryEngine, ip_adapter_on
     from vision.engines.trident import TridentEngine
 
@@ -109,7 +109,7 @@ def part_memory(run: Run) -> None:
 
     calls = {
         "trident": lambda: TridentEngine(run.hub).segment(image, ["cat", "dog", "person", "background"]),
-        "ipseg": lambda: IPSeg(IPSegConfig(dino_size=s.dino_size, sd_size=s.ipseg_sd_size), hub=run.hub).segment(
+        "ipseg": lambda: IPSegEngine(IPSegConfig(dino_size=s.dino_size, sd_size=s.ipseg_sd_size), hub=run.hub)(
             Prompt(photo(PROMPT_IMAGE), box=PROMPT_BOX), image),
         "generate": lambda: generate("a red fox in the snow", hub=run.hub, steps=s.memory_steps,
                                      width=s.story_size, height=s.story_size),

@@ -60,13 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def make_processor(prompts: list, config, heatmap: bool = False) -> object:
     """One engine per worker; the prompt features are computed here, once (top level for Ray)."""
     from vision import batch
-    from vision.engines.ipseg import IPSeg
+    from vision.engines.ipseg import IPSegEngine
 
-    engine = IPSeg(config)
+    engine = IPSegEngine(config)
     concepts = engine.prepare(prompts)
 
     def process(item):
-        result = engine.segment(concepts, item.image(), name=item.id)
+        result = engine(concepts, item.image(), name=item.id)
         return batch.BatchResult(result.to_files(heatmaps=True), result.to_record()) if heatmap else result
 
     return process
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ipseg: {err}", file=sys.stderr)
         return 2
     described = config.describe()
-    print(f"ipseg: preset {args.preset}, features {config.features} ({config.mode}), reference mode "
+    print(f"ipseg: preset {args.preset}, features {config.features} ({config.feature_source}), reference mode "
           f"{'on' if config.reference else 'off'}, SAM {config.sam_model} ({described['sam_frame']} frame)")
     # Prompt problems (empty mask, no salient region) and missing weights surface when the engine starts;
     # the batch runner reports them as a message and exit code 2.

@@ -87,7 +87,7 @@ def evaluate_episodes(engine: Any, dataset: D.FewShotDataset, episodes: Sequence
                       log: R.ItemLog | None = None, on_episode: Callable[[D.Episode], None] | None = None,
                       boundary: bool = False, meters: dict[Any, FewShotMeter] | None = None,
                       failures: list[dict] | None = None) -> tuple[dict[Any, FewShotMeter], list[dict]]:
-    """Run every episode; returns ({fold: meter}, failures). ``engine.segment(concept, image)`` must
+    """Run every episode; returns ({fold: meter}, failures). ``engine(concept, image)`` must
     return a result with ``.mask`` (bool [H, W]); an ``IPSegError`` counts as an empty prediction.
     ``meters`` / ``failures`` given by the caller are filled in place (kept if the run is interrupted)."""
     from vision.engines.ipseg import IPSegError
@@ -101,7 +101,7 @@ def evaluate_episodes(engine: Any, dataset: D.FewShotDataset, episodes: Sequence
         record: dict[str, Any] = {"episode": episode.id, "fold": episode.fold, "category": episode.category,
                                   "query": episode.query, "supports": list(episode.supports)}
         try:
-            result = engine.segment(episode_prompts(dataset, episode, masks), query)
+            result = engine(episode_prompts(dataset, episode, masks), query)
             pred = result.mask
             record.update(presence=R.clean(result.presence), present=bool(result.concepts[0].present),
                           instances=len(result.masks))
@@ -183,14 +183,14 @@ def _episodes(args: argparse.Namespace, dataset: D.FewShotDataset, out: Path) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from vision.engines.ipseg import IPSeg
+    from vision.engines.ipseg import IPSegEngine
 
     try:
         out = R.output_folder(args.out)
         config = engine_config(args)
         dataset = D.open_dataset(args.dataset, args.root, cache_dir=out, split=args.split)
         episodes = _episodes(args, dataset, out)
-        engine = IPSeg(config)
+        engine = IPSegEngine(config)
     except R.USER_ERRORS as err:
         print(f"error: {R.message(err)}", file=sys.stderr)
         return 2

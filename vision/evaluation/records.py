@@ -152,9 +152,10 @@ def make_config(cls: type, preset: str | None = None, overrides: dict[str, Any] 
 
 
 def config_record(config: Any) -> dict:
-    """The config's fields (JSON-able) plus its ``mode`` when it has one (which variant ran)."""
+    """The config's fields (JSON-able) plus what says which variant ran: its method, preset, mode
+    (reference or product), feature source, when it has them."""
     record = {"fields": json.loads(json.dumps(dataclasses.asdict(config), default=_jsonable))}
-    for name in ("mode", "reference"):
+    for name in ("method", "preset", "mode", "reference", "feature_source"):
         value = getattr(config, name, None)
         if value is not None and not callable(value):
             record[name] = value

@@ -10,15 +10,16 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
 from vision.ui.helpers import tiny_prefix
+from vision.ui.progress import engine_progress
 from vision.ui.uploads import check_before_decoding, checked_prompt_upload
 
 
 @functools.lru_cache(maxsize=4)
 def _ipseg_engine(config):
     """One IPSeg engine per settings (each keeps its prompt-feature cache across requests)."""
-    from vision.engines.ipseg import IPSeg
+    from vision.engines.ipseg import IPSegEngine
 
-    return IPSeg(config, hub=get_hub())
+    return IPSegEngine(config, hub=get_hub())
 
 
 def _sd_weights_present() -> bool:
@@ -29,7 +30,8 @@ def _sd_weights_present() -> bool:
 
 @ui.GPU(duration=120)
 def _ipseg_segment(config, concepts, targets: list[str], names: list[str], progress=None):
-    return _ipseg_engine(config).segment_batch(concepts, targets, progress=progress, on_error="collect", names=names)
+    return _ipseg_engine(config).segment_batch(concepts, targets, progress=engine_progress(progress),
+                                               on_error="collect", names=names)
 
 
 FEATURE_CHOICES = [("as the preset", "preset"), ("DINOv2 + Stable Diffusion 1.5 (the paper's)", "dino+sd"),
@@ -139,7 +141,7 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
     config = ipseg_config(preset, features, sam_model, bool(fast), max_instances=int(instances), kshot=kshot,
                           presence_threshold=float(threshold) if threshold and threshold > 0 else None)
     names = [Path(t).name for t in targets]
-    progress(0.0, desc=f"segmenting {len(targets)} target(s), {config.mode}")
+    progress(0.0, desc=f"segmenting {len(targets)} target(s), {config.feature_source}")
     try:
         results = _ipseg_segment(config, concepts, targets, names, progress)
     except ValueError as err:  # name uploads as the user knows them, not Gradio's temporary copies
@@ -173,7 +175,7 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
     if notes:
         ui.warn(notes)
     shots = len(concepts[0].prompts)
-    summary = (f"{tiny_prefix(get_hub())}{len(results)} target(s), preset **{preset}**, mode **{config.mode}**, "
+    summary = (f"{tiny_prefix(get_hub())}{len(results)} target(s), preset **{preset}**, features **{config.feature_source}**, "
                f"reference mode **{'on' if config.reference else 'off'}**, SAM `{config.sam_model}`, "
                f"{len(concepts)} concept(s) ({', '.join(c.name for c in concepts)}), {shots} prompt image(s) for "
                f"{concepts[0].name}" + (f" (k-shot {config.kshot})" if shots > 1 else "") +

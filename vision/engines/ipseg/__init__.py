@@ -1,6 +1,7 @@
 """IPSeg, image-prompt segmentation (training-free): the engine and its parts.
 
-* :mod:`.engine` - :class:`IPSeg` (the pipeline, reference mode and its documented differences)
+* :mod:`.engine` - :class:`IPSegEngine` (the pipeline, reference mode and its documented differences)
+* :mod:`.modes` - the product and reference behaviours (the one place ``reference`` is read)
 * :mod:`.config` - :class:`IPSegConfig`, presets (``default``, ``paper``, ``fast``), errors
 * :mod:`.prompts` - :class:`Prompt`, :class:`Concept` and the prompt region on the grid
 * :mod:`.features` - DINOv2 / SD1.5 / SAM features on the grid, prototypes, the fused similarity
@@ -19,7 +20,7 @@ from typing import Any
 
 _EXPORTS = {
     "config": ("FEATURES", "PRESETS", "SAM_MODELS", "IPSegConfig", "IPSegError", "IPSegWarning"),
-    "engine": ("IPSeg", "Progress", "PromptFeatures", "find_instances"),
+    "engine": ("IPSegEngine", "PromptFeatures", "find_instances"),
     "features": ("SD_HOOKS", "run_hooked_unet"),
     "prompts": ("Concept", "Prompt", "as_concepts"),
     "results": ("IPSegBatch", "ConceptResult", "Instance", "IPSegResult", "TargetError"),

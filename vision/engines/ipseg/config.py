@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+from vision.engines.contract import EngineConfig
 
 FEATURES = ("dino+sd", "dino", "sam")  # the paper's DINOv2 + SD1.5, DINOv2 only, SAM's image embedding
 SAM_MODELS = ("sam_t", "sam_b", "sam_h")
 SD_FEATURES = ("s5", "s4", "s3")
-MODE_LABELS = {"dino+sd": "dinov2+sd15", "dino": "dinov2-only", "sam": "sam-embedding"}
+FEATURE_LABELS = {"dino+sd": "dinov2+sd15", "dino": "dinov2-only", "sam": "sam-embedding"}
+METHODS = ("ipseg",)  # the exemplar methods this engine runs
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # the paper's features with our corrections, SAM-B as the light segmenter
@@ -26,7 +29,7 @@ class IPSegWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class IPSegConfig:
+class IPSegConfig(EngineConfig):
     """Settings; the defaults are the paper's method (with SAM-B as the light segmenter) and our
     corrections of the reference code. ``IPSegConfig.from_preset("paper")`` reproduces the reference
     (see :mod:`vision.engines.ipseg.engine` for every behaviour ``reference`` changes).
@@ -37,6 +40,12 @@ class IPSegConfig:
     means ``"dino"``.
     """
 
+    ENGINE: ClassVar[str] = "ipseg"
+    ERROR: ClassVar[type[ValueError]] = IPSegError
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+
+    preset: str = "default"
+    method: str = "ipseg"  # the exemplar method (see METHODS)
     features: str = "dino+sd"
     reference: bool = False  # reproduce the reference code (luckybird1994/IPSeg), quirks included
     dino_model: str = "dinov2_b14"
@@ -63,18 +72,6 @@ class IPSegConfig:
         if self.features == "dino+sd" and self.sd_weight == 0:  # the old spelling of the fast mode
             object.__setattr__(self, "features", "dino")
 
-    @classmethod
-    def from_preset(cls, name: str, **changes: Any) -> "IPSegConfig":
-        """A named preset (``"default"``, ``"paper"``, ``"fast"``; see :data:`PRESETS`) with ``changes``."""
-        if name not in PRESETS:
-            raise IPSegError(f"unknown IPSeg preset {name!r}; presets: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **changes})
-
-    @classmethod
-    def fast(cls, **changes: Any) -> "IPSegConfig":
-        """DINOv2-only fast mode: no Stable Diffusion features (and SD weights never loaded)."""
-        return cls.from_preset("fast", **changes)
-
     @property
     def use_sd(self) -> bool:
         return self.features == "dino+sd"
@@ -89,27 +86,18 @@ class IPSegConfig:
         return "sam" if self.features == "sam" else "dino"
 
     @property
-    def mode(self) -> str:
+    def feature_source(self) -> str:
         """The feature source as a label: ``dinov2+sd15``, ``dinov2-only`` or ``sam-embedding``."""
-        return MODE_LABELS[self.features]
+        return FEATURE_LABELS[self.features]
 
     @property
     def noise_seed(self) -> int:
         return self.seed if self.sd_noise_seed is None else self.sd_noise_seed
 
-    def feature_weights(self) -> dict[str, float]:
-        """Weight of each feature's cosine map in S. The reference applies ``sd_layer_weights`` to its
-        feature dict in the order it was saved, s3, s4, s5 (its comment says s5, s4, s3)."""
-        if self.features == "sam":
-            return {"sam": 1.0}
-        weights = {"dino": 1.0}
-        if self.use_sd:
-            order = SD_FEATURES[::-1] if self.reference else SD_FEATURES
-            weights.update({f: self.sd_weight * w for f, w in zip(order, self.sd_layer_weights)})
-        return weights
-
-    def validate(self) -> "IPSegConfig":
+    def problems(self) -> list[str]:
         problems = []
+        if self.method not in METHODS:
+            problems.append(f"method={self.method!r} must be one of {', '.join(METHODS)}")
         if self.features not in FEATURES:
             problems.append(f"features={self.features!r} must be one of {', '.join(FEATURES)}")
         if self.dino_size <= 0 or self.dino_size % 14:
@@ -126,9 +114,7 @@ class IPSegConfig:
             problems.append("top_k, clusters, kmeans_iters and max_instances must be >= 1")
         if not 0 <= self.sd_timestep < 1000:
             problems.append(f"sd_timestep={self.sd_timestep} must be in 0..999")
-        if problems:
-            raise IPSegError("invalid IPSeg settings: " + "; ".join(problems))
-        return self
+        return problems
 
     def feature_key(self) -> tuple:
         """The settings that change prompt prototypes (part of the prompt-cache key)."""
@@ -137,7 +123,19 @@ class IPSegConfig:
         sam = self.sam_model if self.features == "sam" else None
         return (self.features, self.reference, dino, sd, sam)
 
+    def models(self) -> dict[str, str]:
+        """Role -> hub name of every model a run with these settings uses."""
+        models = {"sam": self.sam_model}
+        if self.use_dino:
+            models["dino"] = self.dino_model
+        if self.use_sd:
+            models.update(unet="sd15_unet", vae="sd15_vae", text_encoder="sd15_text_encoder")
+        return models
+
     def describe(self) -> dict[str, Any]:
-        """What ran, for results records: feature source, reference mode on/off, SAM model and frame."""
-        return {"mode": self.mode, "features": self.features, "reference": self.reference,
-                "sam_model": self.sam_model, "sam_frame": "stretched-square" if self.reference else "aspect-kept"}
+        """What ran beyond :func:`~vision.engines.contract.engine_record`'s fields: the feature source
+        and the frame SAM saw the target in."""
+        from vision.engines.ipseg.modes import mode_for
+
+        return {"features": self.features, "feature_source": self.feature_source, "sam_model": self.sam_model,
+                "sam_frame": mode_for(self).sam_frame}

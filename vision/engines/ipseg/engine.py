@@ -26,24 +26,25 @@ Algorithm (spec: ``shared/specs/ipseg.md``; paper: IJCV 2024, reference ``luckyb
 
 **Reference mode** (``reference=True``; on in the ``paper`` preset, with SAM-H and the reference's seeds:
 k-means 0, SD noise 42) reproduces the reference code (``perseg_test.sh``, ``ipseg_fss.py``, ODISE's
-``slide_forward``). What it changes:
+``slide_forward``). What it changes (each item is one attribute of
+:mod:`~vision.engines.ipseg.modes`, letter in brackets):
 
-* SD runs on 2x2 overlapping 512 crops of the 960 square (offsets 0 and 448 per axis, latent 64 each),
+* [a] SD runs on 2x2 overlapping 512 crops of the 960 square (offsets 0 and 448 per axis, latent 64 each),
   every crop with the same noise (one ``randn(1, 4, 64, 64)`` of a generator seeded once), and each map
   is averaged where crops overlap, at its own resolution (s5 15x15 from 8x8 crops at cells 0 and 7, s4
   from 16x16 at 0 and 14, s3 from 32x32 at 0 and 28). Default: one pass on the whole square.
-* Undoing the letterbox keeps ``int(short / (long / n))`` cells of an n-cell axis, centred as
+* [b] Undoing the letterbox keeps ``int(short / (long / n))`` cells of an n-cell axis, centred as
   ``(n - kept) // 2`` (a 480x640 image keeps 11 of 15 s5 rows, 22 of 30 s4 rows, 46 of 60 s3/DINOv2
   rows); default: every cell the image touches (13, 24, 46). Maps and the prompt mask are resized with
   PyTorch ``nearest``; default: ``nearest-exact`` (cell centres).
-* The SD layer weights go to s3, s4, s5 in that order (0.3 c_s3 + 0.2 c_s4 + 0.1 c_s5): the reference
+* [c] The SD layer weights go to s3, s4, s5 in that order (0.3 c_s3 + 0.2 c_s4 + 0.1 c_s5): the reference
   applies them in the order its extractor saved the maps (s2, s3, s4, s5 by stride, s2 skipped) while
   its comment says s5, s4, s3. Default: the spec's 0.3 c_s5 + 0.2 c_s4 + 0.1 c_s3.
-* k-means starts from ``torch.randperm(32)[:4]`` of a generator seeded with 0 (re-seeded per call), runs
+* [d] k-means starts from ``torch.randperm(32)[:4]`` of a generator seeded with 0 (re-seeded per call), runs
   the reference's 20 ``cdist``/``argmin`` iterations, keeps centres fractional and drops NaN (emptied)
   clusters, collapse included (see :func:`~vision.engines.ipseg.points.lloyd_reference`). Default:
   k-means++ with centres rounded to cells.
-* SAM sees the target stretched to 1024x1024 (aspect not kept; OpenCV bilinear), points at
+* [e] SAM sees the target stretched to 1024x1024 (aspect not kept; OpenCV bilinear), points at
   ``col * 1024/60 + 1024/120``; the cascade runs in that frame and the final mask is resized (nearest)
   to the image. Default: ``SamPredictor``'s aspect-keeping frame (the same points in image pixels).
 
@@ -81,27 +82,25 @@ weights for your data (the score is a cosine, about -1..1.06).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from vision.engines.ipseg import points as pts
+from vision.common import LRUCache, content_key
+from vision.engines.contract import Engine, ProgressCallback, ProgressReporter
 from vision.engines.ipseg.cascade import SamView, sam_cascade
 from vision.engines.ipseg.config import IPSegConfig, IPSegError
 from vision.engines.ipseg.features import FeatureExtractor, fused_similarity, prototype
+from vision.engines.ipseg.modes import mode_for
 from vision.engines.ipseg.prompts import Concept, Prompt, as_concepts, auto_region, grid_region, mask_touches_grid, user_region
-from vision.engines.ipseg.results import IPSegBatch, ConceptResult, Instance, IPSegResult, TargetError
+from vision.engines.ipseg.results import ConceptResult, Instance, IPSegBatch, IPSegResult, TargetError
+from vision.engines.ipseg import points as pts
 from vision.imaging import ImageError, ImageInput, load_image
-
-ProgressCallback = Callable[[float, str], Any]  # (fraction done 0..1, the stage starting now)
 
 
 @dataclass
@@ -115,60 +114,59 @@ class PromptFeatures:
     notes: list[str]
 
 
-class Progress:
-    """Reports each stage to ``callback(fraction, description)`` as it starts (``gradio.Progress`` takes
-    this call as is): ``targets`` x ``steps`` stages, then ``(1.0, "done")``."""
+class StageProgress:
+    """IPSeg's progress: ``targets`` x ``steps`` stages, each reported as it starts, then "done".
+
+    Each :class:`~vision.engines.contract.Progress` has the message ``"<target label>: <stage>"`` and the
+    position ``{"target", "targets", "stage", "stages"}`` (target and stage 0-based, the one starting).
+    """
 
     def __init__(self, callback: ProgressCallback | None, targets: int, steps: int):
-        self.callback, self.targets, self.steps = callback, max(targets, 1), max(steps, 1)
-        self.done = 0
-        self.label = ""
+        self.report = ProgressReporter(callback)
+        self.targets, self.steps = max(targets, 1), max(steps, 1)
+        self.target, self.stage, self.label = 0, 0, ""
 
     def start_target(self, index: int, label: str) -> None:
-        self.done = index * self.steps  # a target that failed part-way does not shift the next ones
-        self.label = label
+        self.target, self.stage, self.label = index, 0, label  # a target that failed part-way shifts nothing
 
     def __call__(self, stage: str) -> None:
-        if self.callback is not None:
-            self.callback(min(self.done / (self.targets * self.steps), 1.0), f"{self.label}: {stage}")
-        self.done += 1
+        done = self.target * self.steps + self.stage
+        self.report(done / (self.targets * self.steps), f"{self.label}: {stage}", target=self.target,
+                    targets=self.targets, stage=self.stage, stages=self.steps)
+        self.stage += 1
 
     def finish(self) -> None:
-        if self.callback is not None:
-            self.callback(1.0, "done")
+        self.report.done()
 
 
 # ---------------------------------------------------------------------------------------------- engine
-class IPSeg:
+class IPSegEngine(Engine):
     """The IPSeg pipeline on the shared models of a :class:`vision.hub.ModelHub`.
 
-    >>> engine = IPSeg()                                   # IPSegConfig.from_preset("paper") reproduces the reference
-    >>> result = engine.segment(Prompt("dog.jpg", mask="dog_mask.png"), "park.jpg")
+    >>> engine = IPSegEngine()                             # IPSegConfig.from_preset("paper") reproduces the reference
+    >>> result = engine(Prompt("dog.jpg", mask="dog_mask.png"), "park.jpg")
     >>> result.mask, result.presence, result.heatmap(), result.concepts[0].instances[0].positive
     >>> results = engine.segment_batch({"dog": "dog.jpg", "ball": Prompt("ball.jpg", box=(10, 10, 90, 90))},
     ...                                ["a.jpg", "b.jpg"], on_error="collect")   # prompts computed once
     >>> results.errors                                     # [TargetError(index, name, message), ...]
     """
 
-    def __init__(self, config: IPSegConfig | None = None, hub: Any = None, cache_size: int = 64):
-        from vision.hub import get_hub
+    CONFIG: ClassVar[type[IPSegConfig]] = IPSegConfig
+    PROMPT_CACHE_SIZE = 64  # prompt images whose prototypes are kept
 
-        self.config = (config or IPSegConfig()).validate()
-        self.hub = hub if hub is not None else get_hub()
+    def __init__(self, config: IPSegConfig | None = None, hub: Any = None):
+        super().__init__(config, hub)
+        self.mode = mode_for(self.config)
         self.extractor = FeatureExtractor(self.hub, self.config)
-        self.cache_size = cache_size
-        self._cache: OrderedDict[tuple, PromptFeatures] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self.prompt_cache: LRUCache[PromptFeatures] = LRUCache(self.PROMPT_CACHE_SIZE)
 
     # ----------------------------------------------------------------------------------------- public
-    def segment(self, concepts: Any, target: ImageInput, name: str = "",
-                progress: ProgressCallback | None = None) -> IPSegResult:
+    def __call__(self, concepts: Any, target: ImageInput, name: str = "",
+                 progress: ProgressCallback | None = None) -> IPSegResult:
         """Segment the concept(s) in one target image (see :func:`as_concepts` for ``concepts``);
-        ``progress(fraction, stage)`` is called as each stage starts."""
+        ``progress`` receives a :class:`~vision.engines.contract.Progress` as each stage starts."""
         parsed = as_concepts(concepts)
-        tracker = Progress(progress, 1, self._steps(parsed))
+        tracker = StageProgress(progress, 1, self._steps(parsed))
         tracker.start_target(0, name or "target")
         result = self._segment(parsed, target, name, tracker)
         tracker.finish()
@@ -184,11 +182,11 @@ class IPSeg:
         ``.errors`` one :class:`TargetError` per failed target (bad image, too small, ...).
         """
         if on_error not in ("raise", "collect"):
-            raise ValueError(f"on_error={on_error!r} must be 'raise' or 'collect'")
+            raise IPSegError(f"on_error={on_error!r} must be 'raise' or 'collect'")
         if names is not None and len(names) != len(targets):
             raise IPSegError(f"{len(names)} names for {len(targets)} targets")
         parsed = as_concepts(concepts)
-        tracker = Progress(progress, len(targets), self._steps(parsed))
+        tracker = StageProgress(progress, len(targets), self._steps(parsed))
         results, errors = [], []
         for index, target in enumerate(targets):
             name = names[index] if names is not None else str(target) if isinstance(target, (str, os.PathLike)) else ""
@@ -217,38 +215,15 @@ class IPSeg:
             prepared.append(Concept(prompts, concept.name))
         return prepared
 
-    def clear_cache(self) -> None:
-        with self._cache_lock:
-            self._cache.clear()
-
     def prompt_features(self, prompt: Prompt) -> tuple[PromptFeatures, bool]:
         """The prompt's prototypes (cached by image content + region + feature settings) and whether they
         came from the cache."""
-        cfg = self.config
         image = _load(prompt.image, "prompt image")
         self._check_size(image, "prompt image")
         region = user_region(prompt, image.shape[:2])
-        key = (_digest(image), None if region is None else (region[0], _digest(region[1])), cfg.feature_key())
-        with self._cache_lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                self.cache_hits += 1
-                return self._cache[key], True
-        features = self.extractor.features(image)
-        tokens = features[cfg.primary_feature]
-        if region is None:
-            (cells, detail), source, notes = auto_region(image, tokens), "auto-pca", []
-        else:
-            source, mask, notes = region
-            cells, detail = grid_region(source, mask, tokens.shape[-1], "nearest" if cfg.reference else "nearest-exact")
-        entry = PromptFeatures({f: prototype(feat, cells) for f, feat in features.items()}, cells, source, detail,
-                               list(notes))
-        with self._cache_lock:
-            self.cache_misses += 1
-            self._cache[key] = entry
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return entry, False
+        key = (content_key(image), None if region is None else (region[0], content_key(region[1])),
+               self.config.feature_key())
+        return self.prompt_cache.get_or_make(key, lambda: self._prompt_features(image, region))
 
     def features(self, image: np.ndarray, timings: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
         """The image's features on its grid (see :meth:`FeatureExtractor.features`)."""
@@ -261,10 +236,21 @@ class IPSeg:
     def similarity(self, shots: list[PromptFeatures], target: dict[str, torch.Tensor]) -> np.ndarray:
         """S on the target's grid (float32 [g, g]) from one concept's prompt shots and the target's
         :meth:`features`; several shots are combined by ``config.kshot``."""
-        return fused_similarity([s.prototypes for s in shots], target, self.config.feature_weights(),
+        return fused_similarity([s.prototypes for s in shots], target, self.mode.feature_weights(self.config),
                                 self.config.kshot)
 
     # ---------------------------------------------------------------------------------------- internals
+    def _prompt_features(self, image: np.ndarray, region: tuple | None) -> PromptFeatures:
+        features = self.extractor.features(image)
+        tokens = features[self.config.primary_feature]
+        if region is None:
+            (cells, detail), source, notes = auto_region(image, tokens), "auto-pca", []
+        else:
+            source, mask, notes = region
+            cells, detail = grid_region(source, mask, tokens.shape[-1], self.mode.grid_sampling)
+        return PromptFeatures({f: prototype(feat, cells) for f, feat in features.items()}, cells, source, detail,
+                              list(notes))
+
     def _steps(self, concepts: list[Concept]) -> int:
         """Stages reported per target: each prompt image, the feature passes, SAM's encoder, each concept."""
         feature_passes = {"dino+sd": 2, "dino": 1, "sam": 0}[self.config.features]
@@ -276,10 +262,9 @@ class IPSeg:
             raise IPSegError(f"the {what} is {w}x{h} pixels: smaller than one {self.config.min_side}-pixel "
                              "DINOv2 patch on its shorter side; nothing to segment (use a larger image)")
 
-    def _segment(self, concepts: list[Concept], target: ImageInput, name: str, progress: Progress) -> IPSegResult:
-        cfg = self.config
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
+    def _prompt_shots(self, concepts: list[Concept], progress: StageProgress) -> tuple[list[list[PromptFeatures]],
+                                                                                       bool, list[str]]:
+        """Every concept's prompt features (cached), whether all came from the cache, and their notes."""
         shots_per_concept, cached, notes = [], True, []
         n_prompts, k = sum(len(c.prompts) for c in concepts), 0
         for concept in concepts:
@@ -292,6 +277,15 @@ class IPSeg:
                 notes += [n for n in entry.notes if n not in notes]
                 shots.append(entry)
             shots_per_concept.append(shots)
+        return shots_per_concept, cached, notes
+
+    def _segment(self, concepts: list[Concept], target: ImageInput, name: str, progress: StageProgress) -> IPSegResult:
+        """1. prompt features (cached) 2. target features and SAM encoding 3. per concept: similarity,
+        presence, points and the SAM cascade."""
+        cfg = self.config
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        shots_per_concept, cached, notes = self._prompt_shots(concepts, progress)
         timings["prompt"] = time.perf_counter() - start  # loading + hashing only, when every prompt is cached
         t0 = time.perf_counter()
         image = _load(target, "target image")
@@ -309,18 +303,17 @@ class IPSeg:
             regions = [{"source": s.source, "grid": s.grid_detail} for s in shots]
             results.append(ConceptResult(concept.name, presence, present, instances, sim, regions))
         timings["total"] = time.perf_counter() - start
-        return IPSegResult(image, results, timings, cached, cfg, bool(getattr(self.hub, "tiny", False)), notes,
-                           name)
+        return IPSegResult(image, results, timings, cached, cfg, self.tiny, notes, name)
 
     def _target_features(self, image: np.ndarray, timings: dict[str, float],
-                         progress: Progress) -> tuple[SamView, dict[str, torch.Tensor]]:
+                         progress: StageProgress) -> tuple[SamView, dict[str, torch.Tensor]]:
         """The target encoded by SAM (once) and its features (with SAM features, from that encoding)."""
         cfg = self.config
         feats = None if cfg.features == "sam" else self.extractor.features(image, timings, on_stage=progress)
         progress("SAM image encoder")
         t0 = time.perf_counter()
         # SAM is asked for after the feature models: a memory budget may offload those meanwhile.
-        view = SamView.encode(self.hub.get(cfg.sam_model), image, stretch=cfg.reference)
+        view = SamView.encode(self.hub.get(cfg.sam_model), image, stretch=self.mode.stretch_sam)
         timings["sam_encode"] = time.perf_counter() - t0
         if feats is None:
             feats = self.extractor.features(image, timings, sam_view=view)
@@ -356,7 +349,7 @@ def find_instances(sim: np.ndarray, view: SamView, config: IPSegConfig,
             if score < bar:
                 break
         t0 = time.perf_counter()
-        sel = pts.select_points(sim, cfg.top_k, cfg.clusters, cfg.kmeans_iters, cfg.seed, allowed, cfg.reference)
+        sel = mode_for(cfg).select_points(sim, cfg, allowed)
         cells = np.concatenate([sel.positive, sel.negative])
         labels = np.array([1] * len(sel.positive) + [0] * len(sel.negative))
         timings["points"] = timings.get("points", 0.0) + time.perf_counter() - t0
@@ -390,9 +383,3 @@ def _load(source: ImageInput, what: str) -> np.ndarray:
         return load_image(source)
     except ImageError as err:
         raise IPSegError(f"{what}: {err}") from None
-
-
-def _digest(arr: np.ndarray) -> str:
-    h = hashlib.sha256(str((arr.shape, arr.dtype.str)).encode())
-    h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()

@@ -5,7 +5,7 @@ overlapping crops), SAM's image embedding; prototypes and the fused similarity m
 960 px -> 15/30/60 decoder maps) or, for SAM, on SAM's 1024 frame (64x64). Each map is cut back to the
 cells that cover the real image and resized (nearest) to ``grid`` x ``grid``; from then on the grid
 spans the *image* (cells are not square for non-square images). Which cells are kept and how the map is
-resized differ by mode (:func:`valid_cells`, :func:`to_grid`).
+resized differ by mode (:meth:`~vision.engines.ipseg.modes.ProductMode.valid_cells`, :func:`to_grid`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from vision.engines.ipseg.cascade import SamView
 from vision.engines.ipseg.config import SD_FEATURES, IPSegConfig
+from vision.engines.ipseg.modes import PRODUCT, ProductMode, mode_for
 from vision.hub import model_lock
 from vision.imaging import Letterbox, letterbox
 
@@ -44,26 +45,20 @@ def reference_valid_region(height: int, width: int, n: int) -> tuple[slice, slic
     return (span, full) if width > height else (full, span)
 
 
-def valid_cells(box: Letterbox, n: int, reference: bool) -> tuple[slice, slice]:
-    """Cells of an ``n`` x ``n`` map of ``box``'s square that cover the image: every cell the image
-    touches (partly covered border cells included), or the reference's :func:`reference_valid_region`."""
-    return reference_valid_region(box.height, box.width, n) if reference else box.valid_region(n)
-
-
-def to_grid(feature: torch.Tensor, rows: slice, cols: slice, grid: int, reference: bool) -> torch.Tensor:
+def to_grid(feature: torch.Tensor, rows: slice, cols: slice, grid: int, sampling: str) -> torch.Tensor:
     """Crop [C, n, n] to ``rows``/``cols`` and resize to [C, grid, grid] by nearest sampling: at cell
-    centres (``nearest-exact``), or PyTorch's ``nearest`` (``floor(i * in / out)``) in reference mode."""
+    centres (``"nearest-exact"``) or PyTorch's ``"nearest"`` (``floor(i * in / out)``, the reference's)."""
     crop = feature[:, rows, cols]
     if crop.shape[-2:] == (grid, grid):
         return crop
-    mode = "nearest" if reference else "nearest-exact"
-    return F.interpolate(crop[None].float(), size=(grid, grid), mode=mode)[0].to(feature.dtype)
+    return F.interpolate(crop[None].float(), size=(grid, grid), mode=sampling)[0].to(feature.dtype)
 
 
-def crop_to_grid(feature: torch.Tensor, box: Letterbox, grid: int, reference: bool = False) -> torch.Tensor:
-    """Feature map [C, n, n] of the letterboxed square -> [C, grid, grid] over the real image."""
-    rows, cols = valid_cells(box, feature.shape[-1], reference)
-    return to_grid(feature, rows, cols, grid, reference)
+def crop_to_grid(feature: torch.Tensor, box: Letterbox, grid: int, mode: ProductMode = PRODUCT) -> torch.Tensor:
+    """Feature map [C, n, n] of the letterboxed square -> [C, grid, grid] over the real image: the cells
+    ``mode`` keeps (:meth:`ProductMode.valid_cells`) resized with its ``grid_sampling``."""
+    rows, cols = mode.valid_cells(box, feature.shape[-1])
+    return to_grid(feature, rows, cols, grid, mode.grid_sampling)
 
 
 # ------------------------------------------------------------------------------------- SD decoder maps
@@ -142,6 +137,7 @@ class FeatureExtractor:
     def __init__(self, hub: Any, config: IPSegConfig):
         self.hub = hub
         self.config = config
+        self.mode = mode_for(config)
         self._embedding: tuple[Any, torch.Tensor] | None = None  # (text encoder, empty-prompt embedding)
         self._scheduler = None
 
@@ -155,7 +151,7 @@ class FeatureExtractor:
         if self.config.features == "sam":
             start = time.perf_counter()
             if sam_view is None:
-                sam_view = SamView.encode(self.hub.get(self.config.sam_model), image, self.config.reference)
+                sam_view = SamView.encode(self.hub.get(self.config.sam_model), image, self.mode.stretch_sam)
             feats = {"sam": synced(self.sam(sam_view))}
             timings["sam_features"] = time.perf_counter() - start
             return feats
@@ -174,7 +170,7 @@ class FeatureExtractor:
         """SAM's image embedding on the image's grid ([C, n, n] float32, n = the embedding's side)."""
         embedding = view.predictor.features[0].float()
         rows, cols = view.valid_region(embedding.shape[-1])
-        return to_grid(embedding, rows, cols, embedding.shape[-1], self.config.reference)
+        return to_grid(embedding, rows, cols, embedding.shape[-1], self.mode.grid_sampling)
 
     def dino(self, image: np.ndarray) -> torch.Tensor:
         """DINOv2 tokens of the last block before the final LayerNorm, CLS dropped, on the image's grid
@@ -190,12 +186,12 @@ class FeatureExtractor:
         side = int(round(patches.shape[0] ** 0.5))
         if side * side != patches.shape[0]:
             raise RuntimeError(f"DINOv2 returned {patches.shape[0]} patch tokens, not a square grid")
-        return crop_to_grid(patches.T.reshape(-1, side, side), box, side, self.config.reference)
+        return crop_to_grid(patches.T.reshape(-1, side, side), box, side, self.mode)
 
     def sd(self, image: np.ndarray, grid: int) -> dict[str, torch.Tensor]:
         """SD1.5 decoder features s5, s4, s3 on the image's grid ([C, grid, grid] float32 each)."""
         raw, box = self.sd_raw(image)
-        return {name: crop_to_grid(feat[0].float(), box, grid, self.config.reference) for name, feat in raw.items()}
+        return {name: crop_to_grid(feat[0].float(), box, grid, self.mode) for name, feat in raw.items()}
 
     def sd_raw(self, image: np.ndarray) -> tuple[dict[str, torch.Tensor], Letterbox]:
         """The hooked UNet outputs on the letterboxed square ({"s5": [1, C, S/64, S/64], "s4": [1, C,
@@ -208,7 +204,7 @@ class FeatureExtractor:
         cfg = self.config
         square, box = letterbox(image, cfg.sd_size)
         pixels = torch.as_tensor(square, dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1.0
-        if not cfg.reference:
+        if not self.mode.sd_crops:
             return self._sd_pass(pixels, self._seeded_noise), box
         crop = min(cfg.sd_crop, cfg.sd_size)
         offsets = slide_offsets(cfg.sd_size, crop)
@@ -312,5 +308,5 @@ def device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
 
 
 __all__ = ["SD_FEATURES", "SD_HOOKS", "FeatureExtractor", "run_hooked_unet", "crop_to_grid", "to_grid",
-           "valid_cells", "reference_valid_region", "slide_offsets", "average_crops", "prototype", "cosine_map",
+           "reference_valid_region", "slide_offsets", "average_crops", "prototype", "cosine_map",
            "fused_similarity"]

@@ -140,19 +140,24 @@ def cluster_cells(cells: np.ndarray, clusters: int, iters: int, seed: int, grid:
 
 
 def select_points(similarity: np.ndarray, k: int = 32, clusters: int = 4, iters: int = 20, seed: int = 0,
-                  allowed: np.ndarray | None = None, reference: bool = False) -> PointSelection:
-    """The spec's point prompts from a similarity map S [g, g].
+                  allowed: np.ndarray | None = None) -> PointSelection:
+    """The spec's point prompts from a similarity map S [g, g] (the project's mode).
 
     Positive: k-means (``clusters``, ``iters``, ``seed``) of the ``k`` highest cells of S (only among
     ``allowed`` cells when given); negative: the same on 1 - S, i.e. the ``k`` lowest cells of the whole
-    map. Default: :func:`kmeans` with centres rounded to cells; ``reference``: :func:`kmeans_reference`,
-    centres kept fractional.
+    map. :func:`kmeans` with centres rounded to cells.
     """
     grid = similarity.shape[1]
     top = top_k_cells(similarity, k, allowed)
     bottom = top_k_cells(1.0 - similarity, k)
-    if reference:
-        return PointSelection(kmeans_reference(top, clusters, iters, seed),
-                              kmeans_reference(bottom, clusters, iters, seed), top, bottom)
     return PointSelection(cluster_cells(top, clusters, iters, seed, grid),
                           cluster_cells(bottom, clusters, iters, seed, grid), top, bottom)
+
+
+def select_points_reference(similarity: np.ndarray, k: int = 32, clusters: int = 4, iters: int = 20, seed: int = 0,
+                            allowed: np.ndarray | None = None) -> PointSelection:
+    """:func:`select_points` as the reference does it: :func:`kmeans_reference`, centres kept fractional."""
+    top = top_k_cells(similarity, k, allowed)
+    bottom = top_k_cells(1.0 - similarity, k)
+    return PointSelection(kmeans_reference(top, clusters, iters, seed),
+                          kmeans_reference(bottom, clusters, iters, seed), top, bottom)

@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vision.engines.contract import engine_record
 from vision.engines.ipseg.cascade import mask_bbox
 from vision.engines.ipseg.config import IPSegConfig
-from vision.imaging import overlay_mask, palette, resize
+from vision.imaging import overlay_mask, palette, resize, tiny_banner
 
 POSITIVE_COLOUR = (0, 255, 0)
 NEGATIVE_COLOUR = (255, 0, 0)
@@ -122,19 +123,17 @@ class IPSegResult:
         return self.concepts[which]
 
     def to_record(self) -> dict:
-        """JSON-able summary: what ran (feature source, reference mode, SAM model), presence, instances
-        (scores, points, boxes), regions, timings."""
-        record = {
-            "present": any(c.present for c in self.concepts), "score": round(self.presence, 6),
-            "category": self.concepts[0].name, "width": self.size[1], "height": self.size[0],
-            "concepts": [c.to_record() for c in self.concepts], **self.config.describe(),
-            "prompt_cached": self.prompt_cached,
-            "timings": {k: round(v, 4) for k, v in self.timings.items()}, "notes": list(self.notes),
-        }
+        """JSON-able summary: what ran (:func:`~vision.engines.contract.engine_record`'s fields, the
+        feature source, SAM model and frame), presence, instances (scores, points, boxes), regions."""
+        record = engine_record(self.config, tiny=self.tiny, timings=self.timings, models=self.config.models())
+        record.update({
+            **self.config.describe(), "present": any(c.present for c in self.concepts),
+            "score": round(self.presence, 6), "category": self.concepts[0].name, "width": self.size[1],
+            "height": self.size[0], "concepts": [c.to_record() for c in self.concepts],
+            "prompt_cached": self.prompt_cached, "notes": list(self.notes),
+        })
         if self.name:
             record["target"] = self.name
-        if self.tiny:
-            record["tiny"] = True  # random-weight models: the masks are noise
         return record
 
     def overlay(self) -> np.ndarray:
@@ -167,12 +166,8 @@ class IPSegResult:
             for pts, fill in ((inst.positive, POSITIVE_COLOUR), (inst.negative, NEGATIVE_COLOUR)):
                 for x, y in pts:
                     draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=(0, 0, 0))
-        if self.tiny:
-            from vision.tiny import TINY_NOTICE
-
-            draw.rectangle([0, 0, canvas.width, 12], fill=(0, 0, 0))
-            draw.text((2, 0), TINY_NOTICE, fill=(255, 255, 0))
-        return np.asarray(canvas)
+        out = np.asarray(canvas)
+        return tiny_banner(out) if self.tiny else out
 
     def to_files(self, heatmaps: bool = False) -> dict[str, Any]:
         """``{"mask.png": union mask, "overlay.png": overlay}``; with several masks also one
