@@ -74,6 +74,13 @@ def sam_t(folder: Path, device: str, dtype: torch.dtype) -> Any:
     return sam_t_weights.load(folder).to(device=device, dtype=dtype)
 
 
+def sam2_video(folder: Path, device: str, dtype: torch.dtype) -> Any:
+    """SAM 2.1's video model (``transformers.Sam2VideoModel``) from ``config.json`` + ``model.safetensors``."""
+    from transformers import Sam2VideoModel
+
+    return Sam2VideoModel.from_pretrained(folder, torch_dtype=dtype).to(device)
+
+
 def diffusers_model(cls_name: str, subfolder: str, variant: str | None = "fp16"):
     def build(folder: Path, device: str, dtype: torch.dtype) -> Any:
         import diffusers

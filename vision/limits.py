@@ -26,9 +26,9 @@ import os
 MAX_STEPS = 1000
 MAX_SIDE = 2048
 SIDE_MULTIPLE = 8
-MAX_VIDEO_BYTES = int(os.environ.get("VISION_MAX_VIDEO_BYTES", 8 * 2**30))
-MAX_VIDEO_SIDE = int(os.environ.get("VISION_MAX_VIDEO_SIDE", 4096))
-MAX_VIDEO_FRAMES = int(os.environ.get("VISION_MAX_VIDEO_FRAMES", 20_000))
+MAX_VIDEO_BYTES = int(os.environ.get("VISION_MAX_VIDEO_BYTES", str(8 * 2**30)))
+MAX_VIDEO_SIDE = int(os.environ.get("VISION_MAX_VIDEO_SIDE", "4096"))
+MAX_VIDEO_FRAMES = int(os.environ.get("VISION_MAX_VIDEO_FRAMES", "20000"))
 
 
 class LimitError(ValueError):
