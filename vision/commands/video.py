@@ -21,11 +21,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from vision.engines.ipseg.config import (  # no torch: --help stays quick
-    FEATURES,
-    METHODS,
-    SAM_MODELS,
-)
+from vision.engines.ipseg.config import FEATURES, METHODS, SAM_MODELS  # no torch: --help stays quick
 from vision.engines.video.config import PRESETS, SAM2_MODELS, TRACKS
 
 NAME = "video"

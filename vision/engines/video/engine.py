@@ -38,24 +38,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vision.engines.contract import (
-    Cancelled,
-    Engine,
-    ProgressCallback,
-    ProgressReporter,
-)
+from vision.engines.contract import Cancelled, Engine, ProgressCallback, ProgressReporter
 from vision.engines.video import adapters
 from vision.engines.video.config import VideoConfig, VideoError
 from vision.engines.video.prompt import VideoPrompt
 from vision.engines.video.results import FrameResult, FrameSummary, VideoResult
-from vision.videoio import (
-    Frame,
-    VideoInfo,
-    check_length,
-    probe,
-    read_frame,
-    read_frames,
-)
+from vision.videoio import Frame, VideoInfo, check_length, probe, read_frame, read_frames
+from vision.weights import WeightsError
 
 DoneMasks = Callable[[int], dict[str, np.ndarray]]  # finished frame index -> concept -> bool [H, W] mask
 
@@ -144,11 +133,13 @@ class VideoEngine(Engine):
         start = time.perf_counter()
         try:
             instances, score, present, prior, timings, notes = tracker.step(frame, name)
-        except Cancelled:
+        except (Cancelled, WeightsError):  # a stop, or missing weights: no frame can run
             raise
         except Exception as err:  # noqa: BLE001 -- one bad frame is reported and the video goes on
             tracker.forget()
-            return self._failed(frame, name, f"{info.path}: frame {frame.index}: {type(err).__name__}: {err}")
+            text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            where = f"frame {frame.index}" if str(info.path) in text else f"{info.path}: frame {frame.index}"
+            return self._failed(frame, name, f"{where}: {text}")
         timings = {**timings, "frame": time.perf_counter() - start}
         return FrameResult(frame.index, name, frame.time, frame.image, instances, score, present, self.config,
                            self.tiny, prior, timings, notes)

@@ -14,6 +14,7 @@ One of:
 from __future__ import annotations
 
 from collections.abc import Sequence
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +86,7 @@ class VideoPrompt:
     def load_mask(self, info: VideoInfo) -> np.ndarray:
         """The prompt mask as bool [H, W] of the video's frame size (:class:`VideoError` when it is another
         size or empty)."""
-        name = str(self.mask) if isinstance(self.mask, (str, bytes)) or hasattr(self.mask, "__fspath__") else "prompt mask"
+        name = str(self.mask) if isinstance(self.mask, (str, os.PathLike)) else "prompt mask"
         try:
             mask = load_mask(self.mask)
         except (ImageError, OSError) as err:

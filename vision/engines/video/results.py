@@ -94,12 +94,12 @@ def overlay_frame(image: np.ndarray, masks: list[tuple[int, np.ndarray]], score:
     import cv2
 
     colours = palette(max([i for i, _ in masks], default=0) + 2)
-    out = image
+    out = np.array(image, dtype=np.uint8)  # a writable copy (decoded frames may be read-only)
     for ident, mask in masks:
         colour = tuple(int(v) for v in colours[ident + 1])
         out = overlay_mask(out, mask, colour=colour)
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        out = cv2.drawContours(np.ascontiguousarray(out), contours, -1, colour, 2)
+        out = cv2.drawContours(out, contours, -1, colour, 2)
     if error is not None:
         out = stamp_text(out, f"frame failed: {error}")
     elif score is not None:

@@ -103,7 +103,7 @@ class Sam2Tracker:
 
     @torch.no_grad()
     def _run(self, image: np.ndarray, conditioning: bool) -> tuple[np.ndarray, float]:
-        inputs = self.processor(images=image, return_tensors="pt")
+        inputs = self.processor(images=np.require(image, requirements="W"), return_tensors="pt")
         pixels = inputs.pixel_values[0].to(self.session.inference_device, self.session.dtype)
         out = self.model(inference_session=self.session, frame=pixels, frame_idx=self.position)
         masks = self.processor.post_process_masks([out.pred_masks], original_sizes=inputs.original_sizes,

@@ -56,10 +56,14 @@ class Sam2Track:
         self.resumed = False
 
     def observe(self, frame: Frame, masks: dict[str, np.ndarray]) -> None:
+        """Condition on a finished frame's saved mask; when it is empty (the object was lost there), on the
+        original prompt and its frame again."""
         union = np.logical_or.reduce(list(masks.values())) if masks else None
         if union is not None and union.any():
             self.tracker.condition(frame.image, mask=union)
-            self.conditioned = self.resumed = True
+        else:
+            self._condition(self.engine.prompt_frame(self.info, self.prompt))
+        self.conditioned = self.resumed = True
 
     def forget(self) -> None:
         """SAM 2's memory simply lacks the failed frame."""
