@@ -160,7 +160,7 @@ def write_overlay(writer: Writer, info: VideoInfo, items: list[Item], rows: dict
             for frame in read_frames(info, wanted=[item.index for item in items]):
                 row = rows[info.frame_name(frame.index)]
                 image = frame.image if frame.ok else np.zeros((info.height, info.width, 3), np.uint8)
-                masks = _instance_masks(writer, row)
+                masks = saved_instance_masks(writer.out, row)
                 error = row.get("reason") if row.get("status") != "ok" else None
                 out.write(overlay_frame(image, masks, row.get("score"), bool(row.get("tiny")), error))
         os.replace(tmp, target)
@@ -170,12 +170,13 @@ def write_overlay(writer: Writer, info: VideoInfo, items: list[Item], rows: dict
     return target
 
 
-def _instance_masks(writer: Writer, row: dict) -> list[tuple[int, np.ndarray]]:
+def saved_instance_masks(out: Path, row: dict) -> list[tuple[int, np.ndarray]]:
+    """A frame's saved instance masks as (id, bool [H, W]) from its results line (``out``: the folder)."""
     outputs = row.get("outputs") or {}
     found = []
     for inst in row.get("instances") or []:
         rel = outputs.get(instance_suffix(inst["concept"], inst["id"])) or (
             outputs.get("mask.png") if len(row["instances"]) == 1 else None)
         if rel is not None:
-            found.append((int(inst["id"]), load_mask(writer.out / rel)))
+            found.append((int(inst["id"]), load_mask(out / rel)))
     return found
