@@ -93,7 +93,7 @@ def test_exemplar_track_records_and_ids(tiny_hub, one_torch_thread, frames_dir, 
     result = VideoEngine(config, hub=tiny_hub)(frames_dir, exemplar(clip))
     assert [f.index for f in result.frames] == [0, 1, 2]
     frames = list(VideoEngine(config, hub=tiny_hub).track(videoio.probe(frames_dir), exemplar(clip)))
-    assert [f.prior for f in frames][0] == "none"
+    assert frames[0].prior == "none"
     record = json.loads(json.dumps(frames[1].to_record()))
     assert record["track"] == "exemplar" and record["features"] == "sam" and record["frame"] == 1
     assert record["method"] == "ipseg" and record["preset"] == "fast" and record["mode"] == "product"

@@ -78,31 +78,39 @@ def paste(canvas: np.ndarray, patch: np.ndarray, centre: tuple[float, float], he
     return mask
 
 
+# Backgrounds: (photo, crop top, left, bottom, right as fractions).
+BACKGROUNDS = {"astronaut": ("astronaut", 0.0, 0.45, 0.6, 1.0), "chelsea": ("chelsea", 0.0, 0.0, 1.0, 0.6)}
+
+
 def synthetic_clip(frames: int = 24, size: tuple[int, int] = (240, 320), max_scale: float = 1.5,
-                   obj: str = "cup", occlude: bool = True) -> SyntheticClip:
+                   obj: str = "cup", occlude: bool = True, background: str = "astronaut",
+                   reverse: bool = False) -> SyntheticClip:
     """A clip of ``frames`` frames of ``size`` (H, W) pixels; deterministic (no randomness).
 
     The object starts at 40% of the frame's height, centred at (28%, 50%) of the frame (x, y), and moves
-    linearly to (70%, 45%) while its height grows linearly to ``max_scale`` x. With ``occlude`` a bar 14%
-    of the frame wide moves from x = 95% to x = 5% of the frame, in front of the object.
+    linearly to (70%, 45%) while its height grows linearly to ``max_scale`` x (``reverse``: right to left).
+    With ``occlude`` a bar 14% of the frame wide moves from x = 95% to x = 5% of the frame (``reverse``:
+    the other way), in front of the object. ``background``: a key of :data:`BACKGROUNDS`.
     """
     if frames < 2:
         raise ValueError(f"frames must be >= 2, got {frames}")
     H, W = size
     photo, *crop = OBJECTS[obj]
     patch = _crop(sample_image(photo), *crop)
-    background = cv2.resize(_crop(sample_image("astronaut"), 0.0, 0.45, 0.6, 1.0), (W, H),
-                            interpolation=cv2.INTER_AREA)
+    name, *area = BACKGROUNDS[background]
+    background = cv2.resize(_crop(sample_image(name), *area), (W, H), interpolation=cv2.INTER_AREA)
     bar = cv2.resize(_crop(sample_image("rocket"), 0.0, 0.4, 1.0, 0.6), (max(2, round(0.14 * W)), H),
                      interpolation=cv2.INTER_AREA)
     out_frames, out_masks = [], []
     for k in range(frames):
         t = k / (frames - 1)
         canvas = background.copy()
-        centre = ((0.28 + 0.42 * t) * W, (0.5 - 0.05 * t) * H)
+        x = 0.28 + 0.42 * t
+        centre = ((1 - x if reverse else x) * W, (0.5 - 0.05 * t) * H)
         mask = paste(canvas, patch, centre, round(0.4 * H * (1 + (max_scale - 1) * t)))
         if occlude:
-            left = round((0.95 - 0.9 * t) * W - bar.shape[1] / 2)
+            bar_x = 0.95 - 0.9 * t
+            left = round((1 - bar_x if reverse else bar_x) * W - bar.shape[1] / 2)
             cols = slice(max(left, 0), min(left + bar.shape[1], W))
             canvas[:, cols] = bar[:, cols.start - left: cols.stop - left]
             mask[:, cols] = False
@@ -112,3 +120,31 @@ def synthetic_clip(frames: int = 24, size: tuple[int, int] = (240, 320), max_sca
                           interpolation=cv2.INTER_AREA)
     exemplar_mask = paste(exemplar, patch, (170, 105), 130)
     return SyntheticClip(out_frames, out_masks, exemplar, exemplar_mask)
+
+
+DAVIS_SEQUENCES = {"cup-astronaut": {"background": "astronaut"},
+                   "cup-chelsea": {"background": "chelsea", "reverse": True}}
+
+
+def write_davis(root: str | Path, frames: int = 8, size: tuple[int, int] = (240, 320)) -> Path:
+    """A two-sequence dataset in the DAVIS-2017 layout (``JPEGImages/480p``, ``Annotations/480p`` with
+    object id 1 as a palette index, ``ImageSets/2017/val.txt``) and a ``pairs.txt`` for the one-shot
+    layout: each sequence's cup is found from the other sequence's first frame. Returns ``root``."""
+    from vision.imaging import label_png
+
+    root = Path(root)
+    for name, options in DAVIS_SEQUENCES.items():
+        clip = synthetic_clip(frames, size=size, **options)
+        images, notes = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
+        images.mkdir(parents=True, exist_ok=True)
+        notes.mkdir(parents=True, exist_ok=True)
+        for k, (frame, mask) in enumerate(zip(clip.frames, clip.masks)):
+            Image.fromarray(frame).save(images / f"{k:05d}.jpg", quality=95)
+            label_png(mask.astype(np.uint8)).save(notes / f"{k:05d}.png")
+    split = root / "ImageSets" / "2017" / "val.txt"
+    split.parent.mkdir(parents=True, exist_ok=True)
+    split.write_text("".join(f"{n}\n" for n in DAVIS_SEQUENCES))
+    a, b = DAVIS_SEQUENCES
+    (root / "pairs.txt").write_text(f"# target_seq target_object exemplar_seq exemplar_frame exemplar_object\n"
+                                    f"{a} 1 {b} 0 1\n{b} 1 {a} 0 1\n")
+    return root

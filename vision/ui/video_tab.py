@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 
 from vision.hub import ModelHub, get_hub
 from vision.ui import helpers as ui
@@ -97,7 +96,7 @@ def run_video_tab(video, kind, exemplar, exemplar_mask, exemplar_box, clicks, fr
     if failed:
         ui.warn(f"{len(failed)} frame(s) failed:\n" + "\n".join(failed[:5]))
     text = _summary(config, rows, summary, notes, failed)
-    slider = gr.Slider(0, len(rows) - 1, value=0, step=1, label=f"Frame (position among the {len(rows)} processed)")
+    slider = gr.Slider(0, max(len(rows) - 1, 1), value=0, step=1, label=f"Frame (position among the {len(rows)} processed)")
     return (str(folder / "overlay.mp4"), score_table(rows), frame_view(str(folder), video_path, 0), slider,
             _downloads(folder), text, [str(folder), video_path])
 
@@ -222,7 +221,7 @@ def video_tab(hub: ModelHub, limits: dict) -> None:
                                      height=220)
                 frame_image = gr.Image(label="Frame with its mask", type="numpy", interactive=False,
                                        elem_id="video-frame-mask")
-                slider = gr.Slider(0, 0, value=0, step=1, label="Frame", elem_id="video-slider")
+                slider = gr.Slider(0, 1, value=0, step=1, label="Frame", elem_id="video-slider")
                 summary = gr.Markdown(elem_id="video-summary")
                 files = gr.File(label="Downloads: overlay, masks (zip), results.jsonl, COCO RLE", file_count="multiple")
         state = gr.State(None, time_to_live=3600)  # [output folder, video path]

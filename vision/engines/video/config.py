@@ -34,7 +34,7 @@ class VideoConfig(EngineConfig):
     """Settings of :class:`~vision.engines.video.engine.VideoEngine`.
 
     ``track``: ``"exemplar"`` (every frame segmented by the image-prompt engine, with the temporal prior
-    ``prior``) or ``"sam2"`` (the prompt frame's mask propagated by SAM 2.1's video model ``sam2_model``).
+    ``prior``: the region around the previous frame's mask, grown by ``prior_margin``) or ``"sam2"`` (the prompt frame's mask propagated by SAM 2.1's video model ``sam2_model``).
     The image-prompt engine (:mod:`vision.engines.ipseg`, methods ``ipseg`` / ``gfsam``) runs
     ``IPSegConfig.from_preset(image_preset)`` with ``method``, ``features``, ``sam_model``,
     ``max_instances`` and ``presence_threshold`` when given (None: that preset's).
@@ -54,7 +54,8 @@ class VideoConfig(EngineConfig):
     sam_model: str | None = None
     max_instances: int | None = None
     presence_threshold: float | None = None
-    prior: bool = True  # exemplar track: the previous frame's result as a second shot
+    prior: bool = True  # exemplar track: search the region around the previous frame's mask
+    prior_margin: float = 0.5  # that region: the previous box grown by this x its longer side on each side
     sam2_model: str = "sam2_tiny"
     every: int = 1
     max_frames: int | None = None
@@ -77,6 +78,8 @@ class VideoConfig(EngineConfig):
             problems.append(f"every={self.every!r} must be an integer >= 1 (1: every frame)")
         if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
             problems.append(f"max_frames={self.max_frames!r} must be an integer >= 1, or None for all frames")
+        if not isinstance(self.prior_margin, (int, float)) or not 0 <= self.prior_margin <= 10:
+            problems.append(f"prior_margin={self.prior_margin!r} must be a number from 0 to 10 (x the object's size)")
         if self.reference:
             problems.append("reference=True: there is no reference code for video (set it on the image method)")
         try:
@@ -100,5 +103,5 @@ class VideoConfig(EngineConfig):
         if self.track == "sam2":
             out["sam2_model"] = self.sam2_model
         else:
-            out["prior"] = "previous-frame-shot" if self.prior else "none"
+            out["prior"] = f"search-region (margin {self.prior_margin:g})" if self.prior else "none"
         return out

@@ -13,8 +13,8 @@ One of:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 

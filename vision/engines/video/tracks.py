@@ -32,7 +32,7 @@ class ExemplarTrack:
             concepts = engine.image_engine.prepare(exemplar)
         except adapters.image_error() as err:
             raise VideoError(f"exemplar: {err}") from None
-        self.tracker = ExemplarTracker(engine.image_engine, concepts, prior=engine.config.prior)
+        self.tracker = ExemplarTracker(engine.image_engine, concepts, engine.config.prior, engine.config.prior_margin)
 
     def observe(self, frame: Frame, masks: dict[str, np.ndarray]) -> None:
         self.tracker.observe(frame.image, masks)
