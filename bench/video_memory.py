@@ -122,10 +122,10 @@ def _markdown(report: dict) -> str:
              f"- machine: `{m['uname']}`; CPU: {m['cpu']} ({m['cpu_count']} logical CPUs); torch {m['torch']}",
              f"- load average before: {m.get('load_average')}; after: {report['load_after']}",
              f"- models: {report['models']}; clip: synthetic, {report['size'][1]}x{report['size'][0]}, H.264 mp4, 24 fps",
-             f"- each run a fresh process doing what `python -m vision video` does (masks, results.jsonl, "
-             f"overlay.mp4); peak = VmHWM", f"- command: `{report['command']}`", "",
-             f"| track | peak RSS {short} frames (MB) | peak RSS {long} frames (MB) | ratio (goal <= 1.2) | "
-             f"seconds {short} / {long} |", "|---|---|---|---|---|"]
+             ("- each run a fresh process doing what `python -m vision video` does (masks, results.jsonl, "
+              "overlay.mp4); peak = VmHWM"), f"- command: `{report['command']}`", "",
+             (f"| track | peak RSS {short} frames (MB) | peak RSS {long} frames (MB) | ratio (goal <= 1.2) | "
+              f"seconds {short} / {long} |"), "|---|---|---|---|---|"]
     for row in report["rows"]:
         lines.append(f"| {row['track']} | {row[f'peak_rss_mb_{short}']} | {row[f'peak_rss_mb_{long}']} | "
                      f"**{row['ratio']}** | {row[f'seconds_{short}']} / {row[f'seconds_{long}']} |")

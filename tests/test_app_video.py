@@ -5,6 +5,7 @@ score plot shows."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ def test_video_api_outputs_agree(client, clip_files):
     assert slider["maximum"] == 2  # the slider walks the 3 processed frames
     names = sorted(p.rsplit("/", 1)[-1] for p in downloads)
     assert names == ["coco.json", "masks.zip", "overlay.mp4", "results.jsonl"]
-    lines = [json.loads(line) for line in open(next(p for p in downloads if p.endswith(".jsonl")))]
+    results = Path(next(p for p in downloads if p.endswith(".jsonl")))
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["id"] for r in lines] == ["00000", "00002", "00004"]
     assert [r["score"] for r in lines] == [pytest.approx(r[1]) for r in rows]
     assert "TINY MODE" in summary and "track **exemplar**" in summary and "How to read this" in summary
