@@ -72,7 +72,9 @@ def write_clip(path: Path, frames: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench video_memory", description=__doc__.splitlines()[0])
+    from vision.wording import vision_command
+
+    parser = argparse.ArgumentParser(prog=vision_command("bench", "video_memory"), description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs=2, default=(30, 300), metavar=("SHORT", "LONG"))
     parser.add_argument("--tracks", nargs="+", choices=("sam2", "exemplar"), default=["sam2", "exemplar"])
     parser.add_argument("--models", choices=("tiny", "full"), default="tiny")

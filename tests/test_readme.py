@@ -122,6 +122,13 @@ def inputs(tmp_path_factory) -> Path:
     (voc / "ImageSets/Segmentation/val.txt").write_text("2008_000001\n")
     (root / "prompts.txt").write_text("a lighthouse at dusk\n# a comment\na bowl of cherries\n")
     (root / "story.txt").write_text("a knight walks into a misty forest\nthe knight meets a small dragon\n")
+    from vision.evaluation.synthetic_video import synthetic_clip
+    from vision.videoio import write_video
+
+    clip = synthetic_clip(4, size=(96, 128))  # the video commands' clip and its exemplar
+    write_video(clip.frames, root / "clip.mp4", fps=12)
+    Image.fromarray(clip.exemplar).save(root / "cup.png")
+    Image.fromarray(clip.exemplar_mask.astype(np.uint8) * 255).save(root / "cup_mask.png")
     (root / "stories").mkdir()
     (root / "stories" / "knight.txt").write_text("a knight walks into a misty forest\nthe knight meets a dragon\n")
     with pytest.MonkeyPatch.context() as patch:  # the datasets the eval commands read
