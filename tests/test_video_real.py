@@ -52,8 +52,11 @@ def test_mp4_and_frame_folder_give_the_same_masks(sam_t_hub, clip, tmp_path):
     for source, out in ((folder, tmp_path / "from_frames"), (mp4, tmp_path / "from_mp4")):
         summary = run_video(engine, source, prompt, out, overlay=False, log=lambda _: None)
         assert (summary.done, summary.failed) == (4, 0)
+    ious = []
     for name in ("00000", "00006", "00012", "00018"):
         a = load_mask(tmp_path / "from_frames" / f"{name}.mask.png")
         b = load_mask(tmp_path / "from_mp4" / f"{name}.mask.png")
         assert np.array_equal(a, b), name
-        assert iou(a, clip.masks[int(name)]) >= 0.7, name
+        ious.append(iou(a, clip.masks[int(name)]))
+    print(f"every 6th frame: IoU {np.round(ious, 3).tolist()}")
+    assert np.mean(ious) >= 0.8  # and they are the cup (frame 12, the bar across it, is the hardest)

@@ -104,12 +104,13 @@ class VideoEngine(Engine):
         carried = _carried_frames(selected, set(todo)) if done is not None else set()
         tracker = self._tracker(info, prompt)
         report = ProgressReporter(progress)
-        for k, frame in enumerate(read_frames(info, wanted=sorted(set(todo) | carried))):
+        positions = {index: k for k, index in enumerate(todo)}
+        for frame in read_frames(info, wanted=sorted(positions.keys() | carried)):
             if frame.index in carried:
                 if frame.ok:
                     tracker.observe(frame, done(frame.index))
                 continue
-            position = todo.index(frame.index)
+            position = positions[frame.index]
             report(position / max(len(todo), 1), f"frame {frame.index} ({position + 1}/{len(todo)})",
                    frame=position, frames=len(todo))
             yield self._frame_result(tracker, info, frame)
