@@ -22,7 +22,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from vision.hub import ModelHub, get_hub, set_hub, tiny_requested  # noqa: E402
 from vision.tiny import TINY_NOTICE  # noqa: E402
-from vision.ui import helpers as ui  # noqa: E402
+from vision.ui import memory  # noqa: E402
 from vision.ui.layout import CSS, build_demo  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    ui.limit_malloc_arenas()
+    memory.limit_malloc_arenas()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.tiny:

@@ -86,8 +86,8 @@ def make_trident_processor() -> Any:
     from vision.engines.trident import TridentEngine, parse_classes
 
     engine = TridentEngine()
-    engine.text_embeddings(parse_classes(TRIDENT_CLASSES).queries, engine.config.clip)  # once per worker
-    return lambda item: engine.segment(item.image(), TRIDENT_CLASSES)
+    engine.text_embeddings(parse_classes(TRIDENT_CLASSES).queries)  # once per worker
+    return lambda item: engine(item.image(), TRIDENT_CLASSES)
 
 
 def make_ipseg_processor(prompt_path: str, use_sd: bool) -> Any:

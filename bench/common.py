@@ -18,6 +18,24 @@ from typing import Any
 
 import torch
 
+RESULTS = Path(__file__).resolve().parent / "results"  # the recorded results, tracked in git
+
+
+def add_save_option(parser: Any, what: str) -> None:
+    """``--save``: also write the report into ``bench/results/`` (the recorded results, tracked in git). Without
+    it (or ``--out``) a benchmark only prints: a run on a user's machine never overwrites the recorded ones."""
+    parser.add_argument("--save", action="store_true", help=f"write {what} into bench/results/ (the recorded "
+                        "results, tracked in git); without it or --out the report is only printed")
+
+
+def report_path(args: Any, name: str, out: str | None = None) -> Path | None:
+    """Where a benchmark writes its report: ``out`` (its ``--out``/``--results``), else ``bench/results/NAME``
+    with ``--save``, else None (print only)."""
+    if out:
+        return Path(out)
+    return RESULTS / name if getattr(args, "save", False) else None
+
+
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),

@@ -25,7 +25,8 @@ counts of a T-step run.
     python -m vision bench deepcache --full     # GPU: 512^2, 50 steps, CFG 7.5 (batch 2), fp16 on CUDA
     python -m vision bench deepcache --tiny     # smoke test with the tiny UNet (seconds)
 
-Results go to ``bench/results/deepcache.md`` and ``.json`` (``--results DIR``; ``--no-write``).
+The report is printed; ``--save`` also writes it to ``bench/results/deepcache.md`` and ``.json`` (the recorded
+results), ``--results DIR`` to another folder.
 """
 
 from __future__ import annotations
@@ -43,10 +44,9 @@ if __package__ in (None, ""):  # `python bench/deepcache.py`
 import numpy as np
 import torch
 
-from bench.common import SD15_UNET, machine
+from bench.common import SD15_UNET, add_save_option, machine, report_path
 from vision.wording import vision_command
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PEER_NAME = "PyPI DeepCache.DeepCacheSDHelper"
 
 
@@ -164,8 +164,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "with --threads 1)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default fp32 (fp16 with --full on CUDA)")
     p.add_argument("--no-peer", action="store_true", help="skip the PyPI helper")
-    p.add_argument("--results", default=str(RESULTS), help="folder for deepcache.md/.json (default bench/results)")
-    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--results", default=None, metavar="DIR", help="also write deepcache.md/.json into DIR")
+    add_save_option(p, "deepcache.md/.json")
     return p.parse_args(argv)
 
 
@@ -336,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = render(result)
     print(text)
-    if not args.no_write:
-        out = Path(args.results)
+    out = report_path(args, "", args.results)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         stem = "deepcache_tiny" if args.tiny else "deepcache_full" if args.full else "deepcache"
         (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -72,7 +72,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_round(engine, pipe, processors, prompts, previous, config, size, device) -> dict:
+def time_round(engine, pipe, prompts, previous, size, device) -> dict:
     """One round, timed: wall-clock, process CPU time, and the part spent inside UNet calls (hooks
     around ``pipe.unet``; they synchronise CUDA, which the per-step loop does anyway)."""
     if device.startswith("cuda"):
@@ -93,7 +93,7 @@ def time_round(engine, pipe, processors, prompts, previous, config, size, device
     try:
         _sync(device)
         start, start_cpu = time.perf_counter(), time.process_time()
-        frames, encode_s = engine.generate_round(pipe, processors, 1, prompts, previous, config, size)
+        frames, encode_s = engine.generate_round(pipe, 1, prompts, previous, size)
         _sync(device)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     finally:
@@ -131,22 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     hub = full_size_hub(device)
     build_s = time.perf_counter() - t0
-    engine = StoryEngine(hub)
     rng = np.random.default_rng(0)
     previous = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n_ref)]
     base = dict(rounds=1, steps=steps, size=size, seed=0, guidance=7.5)
-    pipe = engine.pipeline(StoryConfig(**base))
+    pipe = StoryEngine(StoryConfig(**base), hub).pipeline()
     results = {}
-    with ip_adapter_on(pipe.unet, hub.get("ip_adapter_sd15")) as processors:
-        warm = StoryConfig(**{**base, "steps": 2})
-        engine.generate_round(pipe, processors, 1, prompts[:1], previous, warm, size)  # warm-up
+    with ip_adapter_on(pipe, hub.get("ip_adapter_sd15")):
+        warm = StoryEngine(StoryConfig(**{**base, "steps": 2}), hub)
+        warm.generate_round(pipe, 1, prompts[:1], previous, size)  # warm-up
         modes = (("off", 0), (f"N={args.interval}", args.interval))
         times: dict[str, list[float]] = {label: [] for label, _ in modes}
         cpu_times: dict[str, list[float]] = {label: [] for label, _ in modes}
         for repeat in range(args.repeats):  # interleaved, so that a load change hits both modes alike
             for label, interval in modes:
-                config = StoryConfig(**base, deepcache=interval)
-                run = time_round(engine, pipe, processors, prompts[:n_gen], previous, config, size, device)
+                engine = StoryEngine(StoryConfig(**base, deepcache=interval), hub)
+                run = time_round(engine, pipe, prompts[:n_gen], previous, size, device)
                 print(f"[{repeat + 1}/{args.repeats}] {label}: {run['seconds']:.2f} s per round "
                       f"(process CPU time {run['cpu_seconds']:.1f} s)"
                       + (f", peak {run['peak_gib']:.2f} GiB" if gpu else ""), flush=True)

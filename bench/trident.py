@@ -19,7 +19,8 @@ splice, SAM affinity, logits, components, merge); the goal is <= 1.15. Runs are 
     python -m vision bench trident --repeats 3  # the recorded CPU run (about 3x longer)
     python -m vision bench trident --device cuda --repeats 10
 
-Results go to ``bench/results/trident.md`` and ``.json`` (``--out`` to change).
+The results are printed; ``--save`` also writes ``bench/results/trident.md`` and ``.json`` (the recorded
+ones), ``--out`` elsewhere.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ if __package__ in (None, ""):  # `python bench/trident.py`
 import numpy as np
 import torch
 
-from bench.common import machine
+from bench.common import add_save_option, machine, report_path
 from vision.wording import vision_command
 
 
@@ -130,7 +131,7 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=vision_command("bench", "trident"), description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default="voc21")
@@ -139,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--clock", choices=list(CLOCK), default=None,
                         help="wall time, or process CPU time (default: cpu on CPU, wall on CUDA)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "trident"),
-                        help="results path without extension (.md and .json are written)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=None, help="also write the results here (path without extension: .md "
+                        "and .json are written)")
+    add_save_option(parser, "trident.md/.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     from PIL import Image
 
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TridentConfig.from_preset(args.preset)
     classes = parse_classes(["cat", "dog", "background"] if args.preset == "open"
                             else mode_for(config).class_list(args.preset))
-    engine = TridentEngine(hub, config)
+    engine = TridentEngine(config, hub)
     embed_dim = hub.get(config.clip).text_projection.shape[1]
     generator = torch.Generator().manual_seed(0)
     names = classes.unique_queries
@@ -177,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.warmup + repeats):
         batches.clear()
         results = []
-        seconds = timed(lambda: results.append(engine.segment(image, classes, config=config, return_probs=False)),
-                        args.device)
+        seconds = timed(lambda: results.append(engine(image, classes, return_probs=False)), args.device)
         result, calls = results[0], list(batches)
         alone = forwards_alone(hub, image, config, calls, args.device)
         if i < args.warmup:
@@ -210,11 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]},
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(summary) + "\n")
     print(markdown(summary))
+    out = report_path(args, "trident", args.out)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+        out.with_suffix(".md").write_text(markdown(summary) + "\n")
+        print(f"wrote {out.with_suffix('.md')} and .json")
     return 0
 
 

@@ -84,9 +84,9 @@ def client(server):
 @pytest.fixture(scope="session")
 def photos():
     """skimage.data photographs as small PNG files (tiny models do not need big images)."""
-    from vision.ui import helpers as ui
+    from vision.ui import examples
 
-    return ui.sample_paths(("astronaut", "coffee", "chelsea"), max_side=160)
+    return examples.sample_paths(("astronaut", "coffee", "chelsea"), max_side=160)
 
 
 @pytest.fixture(scope="session")
@@ -131,3 +131,17 @@ def real_page(browser, real_server):
     tab = _open_page(browser, real_server.url)
     yield tab
     tab.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sam_exports_dir(tmp_path_factory):
+    """SAM's ONNX exports (vision.sam.export) go to one folder of the session, not beside the shared
+    weights (made once per session, reused by every test)."""
+    folder = tmp_path_factory.mktemp("sam_exports")
+    previous = os.environ.get("VISION_EXPORTS_DIR")
+    os.environ["VISION_EXPORTS_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("VISION_EXPORTS_DIR", None)
+    else:
+        os.environ["VISION_EXPORTS_DIR"] = previous

@@ -12,7 +12,7 @@ from app_harness import click, open_tab, png
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from vision.ui import helpers as ui
+from vision.ui import errors
 
 # prompt, negative, preset, steps, guidance, seed, scheduler, family, size, DeepCache, N, branch, schedule,
 # start image, strength
@@ -86,8 +86,8 @@ def test_generate_api_outputs_are_named(client):
 
 
 def test_html_text_escapes_only_markup():
-    assert ui._as_html_text("steps must be >= 1 & < 1000") == "steps must be >= 1 & < 1000"
-    assert ui._as_html_text("got <class 'int'> &amp;") == "got &lt;class 'int'> &amp;amp;"
+    assert errors.as_html_text("steps must be >= 1 & < 1000") == "steps must be >= 1 & < 1000"
+    assert errors.as_html_text("got <class 'int'> &amp;") == "got &lt;class 'int'> &amp;amp;"
 
 
 def test_browser_generate_tab_compare_shows_the_slider_and_the_speedup(page):

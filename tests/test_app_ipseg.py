@@ -105,15 +105,15 @@ def test_ipseg_prompt_clicks_need_a_click_inside_the_prompt_and_no_other_region(
 def test_clicks_made_on_another_image_than_the_prompt_are_refused():
     """The page's click view may show an older prompt than the editor (a new upload or Examples row):
     its clicks are refused with the way out; without a view (the API) the clicks are the caller's."""
-    from vision.engines.segment import image_key
+    from vision.common import content_key
     from vision.ui.ipseg_tab import check_clicks_on
 
     shown, prompt = np.zeros((4, 6, 3), np.uint8), np.ones((4, 6, 3), np.uint8)
-    check_clicks_on(prompt, image_key(prompt), "prompt clicks")
+    check_clicks_on(prompt, content_key(prompt), "prompt clicks")
     check_clicks_on(prompt, None, "prompt clicks")
     with pytest.raises(ValueError, match="prompt clicks: the prompt image changed since it was shown for "
                                          "clicking; press 'Show the prompt here'"):
-        check_clicks_on(prompt, image_key(shown), "prompt clicks")
+        check_clicks_on(prompt, content_key(shown), "prompt clicks")
 
 
 def test_ipseg_progress_moves_through_the_stages(client, photos):
@@ -236,13 +236,13 @@ def test_real_sam_t_a_click_on_the_cup_prompts_a_run_that_finds_it_flipped(real_
     (SAM features, sam_t) finds the cup in the flipped photo: IoU >= 0.7 with the flipped click mask."""
     from gradio_client import Client
 
-    from vision.engines.segment import Segment, SegmentConfig
+    from vision.engines.segment import SegmentConfig, SegmentEngine
 
     prompt, target = coffee_files
     client = Client(real_server.url, verbose=False)
     click_text = "{}, {}, 1".format(*CUP_CLICK)
     view, note = client.predict(editor(prompt), click_text, "sam_t", "default", api_name="/ipseg_prompt_mask")
-    cup = Segment(SegmentConfig(sam_model="sam_t"), hub=sam_t_hub).segment(prompt, [[*CUP_CLICK, 1]]).mask
+    cup = SegmentEngine(SegmentConfig(sam_model="sam_t"), hub=sam_t_hub)(prompt, [[*CUP_CLICK, 1]]).mask
     assert png(view).shape[:2] == cup.shape == (400, 600)
     assert f"SAM `sam_t` mask from 1 click(s): {int(cup.sum())} px" in note and "TINY" not in note
     *_, files, _, summary, = _ipseg(client, editor(prompt), [target], fast=False, sam="sam_t", features="sam",

@@ -30,7 +30,8 @@ def test_story_api_returns_frames_storyboard_and_files(client):
 def test_story_streams_one_update_per_round_with_singular_wording(client):
     job = client.submit("a fox", "sd15", "none", 2, 0, 1, False, 3, api_name="/story")
     job.result(timeout=120)
-    outputs = job.outputs()
+    # while a round runs the handler yields no-op updates (gr.skip(): so that a cancel reaches it, vision.ui.runs)
+    outputs = [o for o in job.outputs() if o[1] != {"__type__": "update"}]
     statuses = [o[1] for o in outputs]
     assert len(outputs) == 3, statuses  # rounds 0, 1, 2
     assert all(f"Round {r}/2 done (1 frame," in s for r, s in enumerate(statuses)), statuses
@@ -51,6 +52,92 @@ def test_story_errors_are_plain_text(client):
     with pytest.raises(AppError) as err:
         client.predict("a fox", "sd15", "comic", 0, -1, 1, True, 3, api_name="/story")
     assert "seed must be an integer >= 0" in str(err.value) and "&gt;" not in str(err.value)
+
+
+def test_a_story_over_the_app_limits_is_refused_naming_the_limit(client):
+    """#20.3: a 500-line story held the only run slot about 11 minutes."""
+    from vision.limits import MAX_APP_STORY_FRAMES, MAX_PROMPT_CHARS
+
+    long_story = "\n".join(f"frame {i}" for i in range(MAX_APP_STORY_FRAMES + 1))
+    with pytest.raises(AppError, match=f"{MAX_APP_STORY_FRAMES + 1} frames.*at most {MAX_APP_STORY_FRAMES}"):
+        client.predict(long_story, "sd15", "comic", 0, 0, 1, False, 3, api_name="/story")
+    with pytest.raises(AppError, match=f"line 2 has {MAX_PROMPT_CHARS + 1} characters.*at most {MAX_PROMPT_CHARS}"):
+        client.predict("a fox\n" + "x" * (MAX_PROMPT_CHARS + 1), "sd15", "comic", 0, 0, 1, False, 3,
+                       api_name="/story")
+
+
+def _wait_for_log(server, text: str, timeout: float = 120.0) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = server.log_text()
+        if text in log:
+            return log
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} not in the server log:\n{server.log_text()[-3000:]}")
+
+
+def _wait_until_running(job, timeout: float = 120.0) -> None:
+    """Until the handler has yielded (it yields while its engine works, vision.ui.runs)."""
+    import time
+
+    from gradio_client.utils import Status
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if job.status().code == Status.ITERATING:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the story did not start: {job.status()}")
+
+
+@pytest.mark.parametrize("how", ["cancel", "disconnect"])
+def test_an_abandoned_story_stops_at_its_next_step_and_frees_the_slot(server, how):
+    """#20.3: a client that cancels (``job.cancel()``) or goes away (``client.close()``: its session ends)
+    stops its story at the next denoising step, and the next request gets the run slot."""
+    import re
+    import time
+
+    from gradio_client import Client
+
+    frames, steps = 40, 10
+    story = "\n".join(f"{how} frame {i}" for i in range(frames))
+    leaving = Client(server.url, verbose=False)
+    job = leaving.submit(story, "sd15", "none", 0, 0, steps, False, 3, api_name="/story")
+    _wait_until_running(job)  # it runs (and holds the slot)
+    job.cancel() if how == "cancel" else leaving.close()
+    log = _wait_for_log(server, f"story stopped ({'cancelled' if how == 'cancel' else 'client gone'})")
+    stopped = re.search(rf"story stopped \(\w[\w ]*\) at round 0/0: frame (\d+)/{frames}, step (\d+)/{steps}", log)
+    assert stopped and int(stopped.group(1)) < frames - 2, log[-2000:]
+    started = time.monotonic()
+    gallery, status, *_ = Client(server.url, verbose=False).predict("a fox", "sd15", "none", 0, 0, 1, False, 3,
+                                                                     api_name="/story")
+    assert len(gallery) == 1 and time.monotonic() - started < 60  # the slot was free
+    if how == "cancel":
+        leaving.close()
+
+
+def test_a_queued_request_whose_client_left_does_nothing(server, photos):
+    """#20.3: a /segment call waited 99 s for the slot after its client had gone, then ran anyway."""
+    import time
+
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+
+    blocker = Client(server.url, verbose=False)
+    story = blocker.submit("\n".join(f"queue frame {i}" for i in range(40)), "sd15", "none", 0, 0, 10, False, 3,
+                           api_name="/story")
+    _wait_until_running(story)
+    leaving = Client(server.url, verbose=False)
+    queued = leaving.submit(handle_file(photos["chelsea"]), "80, 60, 1", "", "sam_t", "1 mask", api_name="/segment")
+    while queued.status().code != Status.IN_QUEUE:
+        time.sleep(0.2)
+    leaving.close()
+    _wait_for_log(server, f"client gone (session {leaving.session_hash[:8]})")
+    story.cancel()
+    _wait_for_log(server, "segment stopped (client gone) at before it started")
+    blocker.close()
 
 
 def test_browser_story_tab_steps_through_the_rounds(page):

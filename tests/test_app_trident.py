@@ -16,7 +16,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from vision.engines.trident.classes import parse_class_text
-from vision.ui import helpers as ui
+from vision.ui import form
 
 
 def trident(client, image, classes="cat|kitten; grass; background", preset="open", prob=0.0, refine=True):
@@ -37,13 +37,13 @@ def annotation_masks(value) -> dict[str, np.ndarray]:
     (None, []),
 ])
 def test_class_text_is_read_as_the_cli_reads_labels(text, expected):
-    assert ui.parse_class_text(text) == expected
-    assert ui.parse_class_text(text) == parse_class_text(text or "")  # the library's (and the CLI's) reading
+    assert form.parse_class_text(text) == expected
+    assert form.parse_class_text(text) == parse_class_text(text or "")  # the library's (and the CLI's) reading
 
 
 def test_a_line_break_in_the_class_text_is_refused_with_the_syntax():
     with pytest.raises(ValueError, match="one line, classes separated by ';', synonyms of a class by '\\|'"):
-        ui.parse_class_text("cat; kitten\ngrass\nbackground")
+        form.parse_class_text("cat; kitten\ngrass\nbackground")
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -80,7 +80,7 @@ def test_trident_api_reads_synonyms_after_a_bar_names_open_mode_and_fits_the_sta
     assert [row[1:3] for row in table["data"]] == [["person", "person | astronaut"], ["rocket", "rocket"],
                                                    ["background", "background"]]
     assert len(heatmaps) == 3
-    assert "preset **open**" in summary and "mode **open** (reference off" in summary
+    assert "preset **open**" in summary and "mode **product** (reference off" in summary
     assert "refinement off" in summary
     refined, before = annotation_masks(annotated), annotation_masks(coarse)
     assert all(np.array_equal(refined[k], before[k]) for k in refined)  # no refinement: coarse = labels

@@ -526,6 +526,44 @@ def test_same_stem_and_odd_names(tmp_path):
         batch.image_items(src / "missing")
 
 
+def test_a_file_name_that_is_not_utf8_round_trips_escaped_and_never_stops_a_run(tmp_path, capsys):
+    """Issue 20.1: a file named with the bytes chat_\\xe9\\xff.png stopped every run (UnicodeEncodeError in
+    the results writer), so the files after it were never processed."""
+    raw_name = b"chat_\xe9\xff.png"
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", os.fsdecode(raw_name), "z.png"):  # the odd one sorts between the others
+        Image.fromarray(np.full((6, 6, 3), 220, np.uint8)).save(src / name)
+    out = tmp_path / "out"
+    summary = run(src, out)
+    assert (summary.done, summary.failed) == (3, 0)
+    assert (out / os.fsdecode(b"chat_\xe9\xff.mask.png")).is_file()  # the output keeps the name's bytes
+    text = (out / "results.jsonl").read_bytes().decode("utf-8")  # the results file is valid UTF-8
+    rows = [json.loads(line) for line in text.splitlines()]
+    odd = next(r for r in rows if r["id"].startswith("chat_"))
+    assert os.fsencode(odd["id"]) == raw_name  # lossless: the JSON escapes give the bytes back
+    assert "\\udce9\\udcff" in text  # written as escapes, one per undecodable byte
+    assert "not valid UTF-8" in odd["name_note"] and "os.fsencode" in odd["name_note"]  # and said so
+    assert "name_note" not in next(r for r in rows if r["id"] == "a.png")
+    assert run(src, out).skipped == 3  # a rerun finds every item complete, the odd one included
+    shards = [item.id for i in range(2) for item in batch.select_shard(batch.image_items(src), f"{i}/2")]
+    assert sorted(shards) == sorted(r["id"] for r in rows)  # and it has a shard like every other name
+
+
+def test_an_item_whose_commit_fails_is_a_failure_not_the_end_of_the_run(dataset, tmp_path, monkeypatch):
+    original = batch.Writer.commit
+
+    def commit(self, item, outcome):
+        if item.id == "coffee.jpg":
+            raise OSError(28, "No space left on device")
+        return original(self, item, outcome)
+
+    monkeypatch.setattr(batch.Writer, "commit", commit)
+    summary = run(dataset, tmp_path / "out")
+    assert summary.done == 11 and summary.failed == 5  # 4 bad files and the item that could not be written
+    assert ("coffee.jpg", "OSError: [Errno 28] No space left on device") in summary.failures
+
+
 def test_prompt_items_and_text_outputs(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red fox in the snow\n\n# a comment\n{\"prompt\": \"A castle!\", \"seed\": 7}\na red fox in the snow\n")
@@ -663,11 +701,12 @@ def test_ray_runner_matches_local_runner(tmp_path):
     if not ok:
         pytest.skip(f"Ray runner not tested: {why}")
     src = make_folder(tmp_path / "in")
+    Image.fromarray(np.full((6, 6, 3), 220, np.uint8)).save(src / os.fsdecode(b"chat_\xe9\xff.png"))  # not UTF-8
     local, remote = tmp_path / "local", tmp_path / "ray"
     s_local = run(src, local, batch_size=2)
     s_ray = run(src, remote, batch_size=2, ray=True,
                 ray_options={"init": {"num_cpus": 2}, "num_actors": 2, "num_gpus": 0})
-    assert (s_ray.done, s_ray.failed) == (s_local.done, s_local.failed) == (12, 4)
+    assert (s_ray.done, s_ray.failed) == (s_local.done, s_local.failed) == (13, 4)
     assert output_files(local) == output_files(remote), "a Ray run writes the same files as a local run"
 
     def strip(rows):

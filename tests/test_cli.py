@@ -18,7 +18,8 @@ from vision.cli import chosen_command, main
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "numpy", "PIL", "diffusers", "transformers", "gradio", "cv2", "vision.engines", "vision.batch")
 # An engine's package marker and its torch-free config (choices for the options) are all --help may load.
-LIGHT_ENGINE_MODULES = ("vision.engines", "vision.engines.ipseg", "vision.engines.ipseg.config")
+# torch-free modules the options need: the IPSeg config (its choices) and the contract its config builds on
+LIGHT_ENGINE_MODULES = ("vision.engines", "vision.engines.contract", "vision.engines.ipseg", "vision.engines.ipseg.config")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -98,12 +99,12 @@ def test_generate_and_story_refuse_out_of_range_steps_and_sizes_before_any_model
                                                                                       monkeypatch):
     """``--size 100000`` ended in an allocator error after start-up; ``--steps 10000`` in diffusers'
     message after the models loaded."""
-    import vision.engines.generate as engine
+    from vision.engines.generate import GenerateEngine
 
     def never(*args, **kwargs):
         raise AssertionError("the engine ran")
 
-    monkeypatch.setattr(engine, "generate", never)
+    monkeypatch.setattr(GenerateEngine, "__call__", never)
     out = tmp_path / "gen"
     for option, value, message in (("--size", "100000", "--size must be a multiple of 8 from 8 to 2048"),
                                    ("--width", "4096", "--width must be"),

@@ -9,10 +9,18 @@ import pytest
 import torch
 
 from vision import tiny
-from vision.deepcache import (DeepCache, DeepCacheError, branch_info, full_steps, nonuniform_full_steps,
-                              num_branches, uniform_full_steps)
+from vision.deepcache import (
+    DeepCache,
+    DeepCacheError,
+    branch_info,
+    full_steps,
+    nonuniform_full_steps,
+    num_branches,
+    uniform_full_steps,
+)
 
 STEPS = 6
+HELPER_MISSING = "the PyPI DeepCache helper is not installed (requirements.txt installs it)"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -232,22 +240,31 @@ def test_freeu_does_not_corrupt_the_cache():
 
 
 def test_enable_disable_restores_the_unet_exactly(unet):
+    """DeepCache attaches as one hook in diffusers' HookRegistry; disabling removes it and the UNet's
+    forward is its class's again (diffusers' registry, created on first use, is the only new attribute)."""
+    from diffusers.hooks import HookRegistry
+
+    from vision.deepcache.cache import HOOK_NAME, DeepCacheHook, attached_hook
+
     kw = _inputs(unet)
     before = dict(unet.__dict__)
     with torch.no_grad():
         plain = unet(timestep=torch.tensor(10), **kw).sample
         cache = DeepCache(unet, interval=4, branch=0).enable()
-        assert "forward" in unet.__dict__
+        assert isinstance(attached_hook(unet), DeepCacheHook)
+        assert HookRegistry.check_if_exists_or_initialize(unet).get_hook(HOOK_NAME) is attached_hook(unet)
         with pytest.raises(RuntimeError, match="already enabled"):
             cache.enable()
         with pytest.raises(RuntimeError, match="another DeepCache"):
             DeepCache(unet, interval=2).enable()
         cache.disable()
         cache.disable()  # idempotent
-        assert "forward" not in unet.__dict__
-        assert unet.__dict__.keys() == before.keys()
+        assert attached_hook(unet) is None
+        assert unet.forward.__func__ is type(unet).forward and unet.forward.__self__ is unet
+        assert set(unet.__dict__) - set(before) <= {"_diffusers_hook", "forward"}
+        assert all(unet.__dict__[k] is v for k, v in before.items() if k != "forward")
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
-        assert all("forward" not in m.__dict__ for m in unet.modules())
+        assert all("forward" not in m.__dict__ for m in unet.modules() if m is not unet)
         assert torch.equal(unet(timestep=torch.tensor(10), **kw).sample, plain)
 
 
@@ -341,18 +358,20 @@ def test_n1_is_bitwise_identical_to_the_plain_pipeline(tiny_hub):
 
 
 def test_pipeline_decisions_and_detach(tiny_hub):
+    from vision.deepcache.cache import attached_hook
+
     pipe = _pipe(tiny_hub)
     cls, unet = type(pipe), pipe.unet
     plain = _run(pipe, steps=8)
     with DeepCache(pipe, interval=3, branch=1) as cache:
-        assert type(pipe) is not cls and isinstance(pipe, cls)
+        assert type(pipe) is cls and attached_hook(unet) is cache._hook  # no class swap: a diffusers hook
         cached = _run(pipe, steps=8)
         gen = cache.last_generation()
         assert gen["full_steps"] == uniform_full_steps(8, 3) and gen["calls"] == 8
         assert gen["partial_calls"] == 5
         assert not torch.equal(cached, plain)
         assert torch.isfinite(cached).all()
-    assert type(pipe) is cls and "forward" not in unet.__dict__
+    assert type(pipe) is cls and attached_hook(unet) is None
     assert torch.equal(_run(pipe, steps=8), plain)
 
 
@@ -537,7 +556,7 @@ def test_sdxl_layout_pipeline(tiny_hub):
 
 
 def test_matches_the_pypi_helper_when_installed(tiny_hub):
-    helper_mod = pytest.importorskip("DeepCache", reason="the PyPI DeepCache peer is not installed (benchmark only)")
+    helper_mod = pytest.importorskip("DeepCache", reason=HELPER_MISSING)
     pipe = _pipe(tiny_hub)
     for n, b in [(3, 0), (2, 1), (4, 2)]:
         with DeepCache(pipe, interval=n, branch=b):
@@ -557,7 +576,7 @@ def test_matches_the_pypi_helper_when_installed(tiny_hub):
 def test_pypi_helper_numbers_pndm_by_the_first_index_of_the_value(tiny_hub):
     """The third convention, documented in vision.deepcache.steps: the helper's step is
     ``list(timesteps).index(t)``, so PNDM's duplicate repeats index 1 and index 2 never occurs."""
-    helper_mod = pytest.importorskip("DeepCache", reason="the PyPI DeepCache peer is not installed (benchmark only)")
+    helper_mod = pytest.importorskip("DeepCache", reason=HELPER_MISSING)
     pipe = _pipe(tiny_hub, scheduler="pndm")
     helper = helper_mod.DeepCacheSDHelper(pipe=pipe)
     helper.set_params(cache_interval=2, cache_branch_id=1)
@@ -576,3 +595,65 @@ def test_pypi_helper_numbers_pndm_by_the_first_index_of_the_value(tiny_hub):
     for reference in (False, True):  # neither of our numberings is the helper's
         with DeepCache(pipe, interval=2, branch=1, reference=reference):
             assert (_run(pipe) - theirs).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------ attachment and upgrades
+
+
+def test_unet_forward_mirrors_the_installed_diffusers():
+    """Fails loudly when the installed diffusers' UNet forward (or the block/LoRA code DeepCache restates)
+    differs from the version vision/deepcache/unet_forward.py mirrors; the message says what to do."""
+    from vision.deepcache import unet_forward
+
+    problem = unet_forward.mirror_problem()
+    assert problem is None, problem
+    assert "0.39.0" in unet_forward.__doc__ and unet_forward.MIRRORED_DIFFUSERS in unet_forward.MIRRORS
+
+
+def test_a_changed_unet_forward_is_named(monkeypatch):
+    from vision.deepcache import unet_forward
+
+    recorded = dict(unet_forward.MIRRORS[unet_forward.MIRRORED_DIFFUSERS])
+    recorded["diffusers.models.unets.unet_2d_condition.UNet2DConditionModel.forward"] = "0" * 16
+    monkeypatch.setattr(unet_forward, "MIRRORS", {unet_forward.MIRRORED_DIFFUSERS: recorded})
+    problem = unet_forward.mirror_problem.__wrapped__()
+    assert problem is not None and "UNet2DConditionModel.forward" in problem
+    assert "CrossAttnUpBlock2D" not in problem and "unet_forward.py mirrors (diffusers 0.39.0)" in problem
+
+
+def test_an_interrupted_pipeline_call_does_not_leak_into_the_next(tiny_hub):
+    """A run stopped mid-loop (e.g. a cancelled Generate) leaves a half generation; the next pipeline call
+    begins a fresh one (its new scheduler.timesteps) and equals a call on a fresh cache."""
+    pipe = _pipe(tiny_hub)
+
+    def stop_at_step_3(p, i, t, tensors):
+        if i == 2:
+            raise KeyboardInterrupt
+        return tensors
+
+    with DeepCache(pipe, interval=3, branch=1) as cache:
+        with pytest.raises(KeyboardInterrupt):
+            _run(pipe, steps=8, callback_on_step_end=stop_at_step_3)
+        assert cache.last_generation()["calls"] == 3
+        after = _run(pipe, steps=8)
+        assert cache.last_generation()["kinds"][:4] == ["full", "partial", "partial", "full"]
+    with DeepCache(pipe, interval=3, branch=1):
+        fresh = _run(pipe, steps=8)
+    assert torch.equal(after, fresh)
+
+
+def test_no_patched_internals_in_deepcache_and_generation():
+    """Attachment goes through diffusers' hooks: no class swap, no instance-dict write, no private
+    attribute of a third-party object assigned, anywhere in vision/deepcache or the generation engine."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "vision"
+    files = sorted(root.glob("deepcache/*.py")) + sorted(root.glob("engines/generate*.py")) + sorted(
+        root.glob("engines/generate/*.py"))
+    bad = re.compile(r"__class__\s*=|__dict__\s*\[[^]]*\]\s*=|__dict__\.(pop|update|setdefault)|"
+                     r"setattr\(|\.\b_[a-z]\w*\s*=(?!=)")
+    found = [f"{f.relative_to(root)}:{n}: {line.strip()}" for f in files
+             for n, line in enumerate(f.read_text().splitlines(), 1)
+             if bad.search(line) and not line.lstrip().startswith("#") and "self._" not in line]
+    assert not found, found

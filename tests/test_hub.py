@@ -130,7 +130,7 @@ def test_status_reports_loaded_models_and_memory(tiny_hub):
     rows = {r["name"]: r for r in tiny_hub.status()}
     assert rows["sam_b"]["loaded"] and rows["sam_b"]["device"] == "cpu" and rows["sam_b"]["memory_mb"] > 0
     assert rows["sam_b"]["weights"] == "tiny (random)"
-    assert set(rows) == set(ModelHub.names())
+    assert {name for name, row in rows.items() if not row["weights"].startswith("user: ")} == set(ModelHub.names())
 
 
 def test_memory_budget_offloads_least_recently_used():
@@ -181,3 +181,22 @@ def test_tiny_large_variants_forward_shapes(tiny_hub):
     assert bigg(pixel_values=torch.zeros(2, 3, 224, 224)).image_embeds.shape == (2, tiny.TINY_IMAGE_EMBED)
     vae = tiny_hub.get("sdxl_vae")
     assert vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean.shape == (1, 4, 8, 8)
+
+
+def test_user_models_are_loaded_once_listed_and_at_most_three_kept():
+    from vision.hub import MAX_USER_MODELS
+
+    hub = ModelHub(tiny=True, device="cpu")
+    made = []
+
+    def load(i):
+        made.append(i)
+        return torch.nn.Linear(2, 2)
+
+    first = hub.get_user("checkpoint:a", lambda: load(0), "a.safetensors")
+    assert hub.get_user("checkpoint:a", lambda: load(9), "a.safetensors") is first and made == [0]
+    rows = {r["name"]: r for r in hub.status()}
+    assert rows["checkpoint:a"]["weights"] == "user: a.safetensors" and rows["checkpoint:a"]["memory_mb"] >= 0
+    for i in range(1, MAX_USER_MODELS + 1):
+        hub.get_user(f"checkpoint:{i}", lambda i=i: load(i), f"{i}.safetensors")
+    assert not hub.is_loaded("checkpoint:a") and hub.is_loaded(f"checkpoint:{MAX_USER_MODELS}")  # least recent out

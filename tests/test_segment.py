@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from vision.engines import segment as S
-from vision.engines.segment import Segment, SegmentConfig, SegmentError
+from vision.engines.segment import SegmentConfig, SegmentEngine, SegmentError
 from vision.imaging import sample_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,13 +41,13 @@ def chelsea():
 
 @pytest.fixture
 def engine(tiny_hub, one_torch_thread):
-    return Segment(SegmentConfig(), tiny_hub)
+    return SegmentEngine(SegmentConfig(backend="torch"), tiny_hub)
 
 
 # ---------------------------------------------------------------------------------------- tiny models
 @pytest.mark.parametrize("sam", ["sam_t", "sam_b", "sam_h"])
 def test_a_click_gives_three_masks_best_first(tiny_hub, one_torch_thread, chelsea, sam):
-    result = Segment(SegmentConfig(sam_model=sam), tiny_hub).segment(chelsea, [(200, 150)])
+    result = SegmentEngine(SegmentConfig(sam_model=sam, backend="torch"), tiny_hub)(chelsea, [(200, 150)])
     assert result.multimask and len(result.masks) == len(result.scores) == 3
     assert result.scores == sorted(result.scores, reverse=True)
     assert all(m.shape == (300, 451) and m.dtype == bool for m in result.masks)
@@ -55,28 +55,28 @@ def test_a_click_gives_three_masks_best_first(tiny_hub, one_torch_thread, chelse
 
 
 def test_several_prompts_give_one_mask_unless_asked(engine, chelsea):
-    assert len(engine.segment(chelsea, [(200, 150), (50, 50, 0)]).masks) == 1
-    assert len(engine.segment(chelsea, box=(10, 10, 200, 200)).masks) == 1
-    assert len(engine.segment(chelsea, [(200, 150), (50, 50, 0)], multimask=True).masks) == 3
-    assert len(engine.segment(chelsea, [(200, 150)], multimask=False).masks) == 1
+    assert len(engine(chelsea, [(200, 150), (50, 50, 0)]).masks) == 1
+    assert len(engine(chelsea, box=(10, 10, 200, 200)).masks) == 1
+    assert len(engine(chelsea, [(200, 150), (50, 50, 0)], multimask=True).masks) == 3
+    assert len(engine(chelsea, [(200, 150)], multimask=False).masks) == 1
 
 
 def test_embedding_is_cached_by_image_content(tiny_hub, one_torch_thread, chelsea):
-    engine = Segment(SegmentConfig(cache_size=2), tiny_hub)
+    engine = SegmentEngine(SegmentConfig(cache_size=2, backend="torch"), tiny_hub)
     counter = EncoderCounter(tiny_hub.get("sam_t"))
     try:
-        first = engine.segment(chelsea, [(200, 150)])
-        second = engine.segment(chelsea.copy(), [(100, 100), (300, 200, 0)])  # another array, same pixels
+        first = engine(chelsea, [(200, 150)])
+        second = engine(chelsea.copy(), [(100, 100), (300, 200, 0)])  # another array, same pixels
         assert (counter.calls, first.embedding_cached, second.embedding_cached) == (1, False, True)
         assert second.timings["encoder"] == 0.0 and first.timings["encoder"] > 0
         # The cached embedding gives the same masks as a fresh one.
-        again = Segment(SegmentConfig(), tiny_hub).segment(chelsea, [(200, 150)])
+        again = SegmentEngine(SegmentConfig(backend="torch"), tiny_hub)(chelsea, [(200, 150)])
         assert all(np.array_equal(a, b) for a, b in zip(first.masks, again.masks))
         # LRU of 2: chelsea, other, chelsea (hit), third (evicts other), other (miss).
         other, third = np.flipud(chelsea).copy(), np.fliplr(chelsea).copy()
         counter.calls = 0
         for image in (other, chelsea, third, other):
-            engine.segment(image, [(10, 10)])
+            engine(image, [(10, 10)])
         assert counter.calls == 3 and engine.cache.misses == 4  # 1 before + 3 here
     finally:
         counter.close()
@@ -85,13 +85,13 @@ def test_embedding_is_cached_by_image_content(tiny_hub, one_torch_thread, chelse
 def test_everything_mode_caps_the_grid_on_cpu_and_says_so(tiny_hub, one_torch_thread, chelsea):
     # Thresholds at zero: random weights must still yield masks to check the outputs with.
     loose = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_side=8, cpu_points_per_side=4)
-    capped = Segment(SegmentConfig(**loose), tiny_hub).everything(chelsea)
-    assert capped.mode == "everything" and capped.points_per_side == 4
+    capped = SegmentEngine(SegmentConfig(**loose, backend="torch"), tiny_hub).everything(chelsea)
+    assert capped.task == "everything" and capped.points_per_side == 4
     assert any("capped at 4 on CPU" in n for n in capped.notes)
     assert capped.masks and [int(m.sum()) for m in capped.masks] == sorted((int(m.sum()) for m in capped.masks), reverse=True)
     labels = capped.labels()
     assert labels.max() <= len(capped.masks) and np.array_equal(labels > 0, capped.mask)
-    reference = Segment(SegmentConfig(**loose, reference=True), tiny_hub)
+    reference = SegmentEngine(SegmentConfig(**loose, reference=True, backend="torch"), tiny_hub)
     assert reference.grid_side(tiny_hub.get("sam_t")) == (8, [])
     files = capped.to_files()
     assert set(files) == {"mask.png", "overlay.png", "rle.json", "labels.png"}
@@ -102,7 +102,7 @@ def test_outputs_png_rle_and_record(engine, chelsea):
 
     from vision.batch import encode_files
 
-    result = engine.segment(chelsea, [(200, 150)], name="cat.png")
+    result = engine(chelsea, [(200, 150)], name="cat.png")
     encoded = encode_files(result)
     png = np.asarray(Image.open(io.BytesIO(encoded["mask.png"])))
     assert set(np.unique(png)) <= {0, 255} and np.array_equal(png == 255, result.mask)
@@ -112,7 +112,7 @@ def test_outputs_png_rle_and_record(engine, chelsea):
         code = {"size": entry["segmentation"]["size"], "counts": entry["segmentation"]["counts"].encode()}
         assert np.array_equal(coco_mask.decode(code).astype(bool), mask)
     record = json.loads(json.dumps(result.to_record()))
-    assert record["mode"] == "points" and record["score"] == record["scores"][0] and record["tiny"] is True
+    assert record["task"] == "points" and record["score"] == record["scores"][0] and record["tiny"] is True
     assert record["points"] == [[200.0, 150.0, 1]] and record["areas"][0] == int(result.mask.sum())
     assert result.overlay().shape == chelsea.shape
 
@@ -130,21 +130,21 @@ def test_outputs_png_rle_and_record(engine, chelsea):
 ])
 def test_bad_prompts_are_refused_naming_the_field(engine, chelsea, kwargs, message):
     with pytest.raises(SegmentError, match=message):
-        engine.segment(chelsea, **kwargs)
+        engine(chelsea, **kwargs)
 
 
 def test_bad_images_are_refused(engine, monkeypatch, tmp_path):
     from vision.imaging import ImageError
 
     with pytest.raises(SegmentError, match=r"image: 1x1 pixels is too small"):
-        engine.segment(np.zeros((1, 1, 3), np.uint8), [(0, 0)])
+        engine(np.zeros((1, 1, 3), np.uint8), [(0, 0)])
     monkeypatch.setattr(S, "MAX_PIXELS", 100 * 100)
     with pytest.raises(SegmentError, match=r"image: 101x100 pixels exceeds the limit of 10000"):
-        engine.segment(np.zeros((100, 101, 3), np.uint8), [(0, 0)])
+        engine(np.zeros((100, 101, 3), np.uint8), [(0, 0)])
     with pytest.raises(SegmentError, match=r"image: 101x100 pixels exceeds"):
         engine.everything(np.zeros((100, 101, 3), np.uint8))
     with pytest.raises(ImageError, match="no such file"):
-        engine.segment(tmp_path / "missing.png", [(0, 0)])
+        engine(tmp_path / "missing.png", [(0, 0)])
 
 
 def test_settings_are_checked():
@@ -188,9 +188,16 @@ def test_cli_reports_bad_options_and_bad_points(tiny_hub, one_torch_thread, chel
 
 
 # -------------------------------------------------------------------------------------- real weights
-@pytest.fixture(scope="module")
-def real(sam_t_hub):
-    return Segment(SegmentConfig(), sam_t_hub)
+@pytest.fixture(scope="module", params=["torch", "onnx", "openvino"])
+def real(request, sam_t_hub):
+    """The engine with the real weights on each backend (the ONNX export is made once, beside them)."""
+    from vision.sam.backends import missing_package
+
+    if missing_package(request.param):
+        pytest.skip(missing_package(request.param))
+    engine = SegmentEngine(SegmentConfig(backend=request.param), sam_t_hub)
+    assert engine.runner.backend_name == request.param, engine.runner.notes
+    return engine
 
 
 def coin_regions() -> list[np.ndarray]:
@@ -221,36 +228,36 @@ def test_one_click_per_coin_gives_that_coin(real):
     coins = data.coins()
     regions = coin_regions()
     assert len(regions) >= 20
-    scores = [iou(real.segment(coins, [deepest_point(r)]).mask, r) for r in regions]
+    scores = [iou(real(coins, [deepest_point(r)]).mask, r) for r in regions]
     assert np.mean(np.array(scores) >= 0.85) >= 0.8, np.round(scores, 3)
 
 
 def test_a_click_on_the_cats_face_gives_the_cat(real, chelsea):
-    result = real.segment(chelsea, [(240, 170)])
+    result = real(chelsea, [(240, 170)])
     assert result.mask.mean() >= 0.5 and result.mask[170, 240]
     assert not result.tiny and result.scores[0] > 0.9
 
 
 def test_second_click_costs_the_decoder_only(sam_t_hub, chelsea):
-    engine = Segment(SegmentConfig(), sam_t_hub)
+    engine = SegmentEngine(SegmentConfig(backend="torch"), sam_t_hub)
     counter = EncoderCounter(sam_t_hub.get("sam_t"))
     try:
-        first = engine.segment(np.ascontiguousarray(chelsea[:, ::-1]), [(200, 150)])
-        second = engine.segment(np.ascontiguousarray(chelsea[:, ::-1]), [(200, 150), (20, 20, 0)])
+        first = engine(np.ascontiguousarray(chelsea[:, ::-1]), [(200, 150)])
+        second = engine(np.ascontiguousarray(chelsea[:, ::-1]), [(200, 150), (20, 20, 0)])
     finally:
         counter.close()
     assert counter.calls == 1 and second.embedding_cached and second.timings["encoder"] == 0.0
     assert first.timings["encoder"] > second.timings["decoder"]
 
 
-def test_cli_end_to_end_with_real_weights(sam_t_weights, real, chelsea_file, chelsea, tmp_path):
+def test_cli_end_to_end_with_real_weights(sam_t_weights, sam_t_hub, chelsea_file, chelsea, tmp_path):
     out = tmp_path / "out"
     done = run_cli("segment", "--image", str(chelsea_file), "--point", "240,170", "--output", str(out), "--no-progress",
                    env_extra={"VISION_WEIGHTS_SAM_T": str(sam_t_weights), "VISION_TINY": "0"})  # whatever earlier tests set
     assert done.returncode == 0, done.stderr
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
-    assert row["status"] == "ok" and row["sam_model"] == "sam_t" and "tiny" not in row
+    assert row["status"] == "ok" and row["sam_model"] == "sam_t" and row["tiny"] is False
     assert row["scores"] == sorted(row["scores"], reverse=True) and len(row["scores"]) == 3
     mask = np.asarray(Image.open(out / "chelsea.mask.png"))
     assert set(np.unique(mask)) <= {0, 255}
-    assert np.array_equal(mask == 255, real.segment(chelsea, [(240, 170)]).mask)
+    assert np.array_equal(mask == 255, SegmentEngine(SegmentConfig(), sam_t_hub)(chelsea, [(240, 170)]).mask)

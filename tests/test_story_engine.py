@@ -18,8 +18,15 @@ def cfg(**kw):
 
 
 def run(hub, tmp_path, prompts=PROMPTS, name="out", **kw):
-    engine_kw = {k: kw.pop(k) for k in ("on_progress", "stop_after_round", "overwrite") if k in kw}
-    return S.StoryEngine(hub).run(prompts, cfg(**kw), tmp_path / name, **engine_kw)
+    engine_kw = {k: kw.pop(k) for k in ("progress", "stop_after_round", "overwrite") if k in kw}
+    return S.StoryEngine(cfg(**kw), hub)(prompts, tmp_path / name, **engine_kw)
+
+
+def ip_processors(unet):
+    """The IP-Adapter attention processors on ``unet`` (one per cross-attention layer)."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    return [p for p in unet.attn_processors.values() if isinstance(p, IPAdapterAttnProcessor2_0)]
 
 
 @pytest.fixture(scope="module")
@@ -27,26 +34,27 @@ def two_rounds(tiny_hub, tmp_path_factory):
     """One story of 2 frames, 2 rounds of 2 steps, and its progress events: read by several tests."""
     events = []
     result = run(tiny_hub, tmp_path_factory.mktemp("story"), PROMPTS[:2], rounds=2, steps=2,
-                 on_progress=events.append)
+                 progress=events.append)
     return result, events
 
 
-def test_round0_equals_the_generation_engine(tiny_hub, tmp_path):
-    from vision.engines.generate import generate
+def _generate(hub, prompt, **settings):
+    from vision.engines.generate import GenerateConfig, GenerateEngine
 
+    config = GenerateConfig(steps=3, seed=5, width=64, height=64, negative_prompt=S.DEFAULT_NEGATIVE, **settings)
+    return GenerateEngine(config, hub)(prompt).images[0]
+
+
+def test_round0_equals_the_generation_engine(tiny_hub, tmp_path):
     result = run(tiny_hub, tmp_path, PROMPTS[:2], rounds=0)
     for prompt, frame in zip(PROMPTS[:2], result.round_images(0)):  # the default style is the reference's comic
-        plain = generate(S.StoryConfig().styled(prompt), hub=tiny_hub, steps=3, seed=5, width=64, height=64,
-                         deepcache=3, negative_prompt=S.DEFAULT_NEGATIVE).images[0]
+        plain = _generate(tiny_hub, S.StoryConfig().styled(prompt), deepcache=3)
         assert np.array_equal(frame, plain)
 
 
 def test_round0_equals_generation_without_deepcache_too(tiny_hub, tmp_path):
-    from vision.engines.generate import generate
-
     result = run(tiny_hub, tmp_path, PROMPTS[:1], rounds=0, deepcache=0, style="comic")
-    plain = generate(S.StoryConfig(style="comic").styled(PROMPTS[0]), hub=tiny_hub, steps=3, seed=5, width=64,
-                     height=64, deepcache=0, negative_prompt=S.DEFAULT_NEGATIVE).images[0]
+    plain = _generate(tiny_hub, S.StoryConfig(style="comic").styled(PROMPTS[0]), deepcache=0)
     assert np.array_equal(result.final[0], plain)
 
 
@@ -72,9 +80,10 @@ def test_grca_tokens_and_one_encoder_call_per_round(tiny_hub, tmp_path, monkeypa
     kv_inputs = []
     original = S.ip_adapter_on
 
-    def spying_ip_adapter_on(unet, state_dict):
-        ctx = original(unet, state_dict)
-        procs = ctx.__enter__()
+    def spying_ip_adapter_on(pipe, state_dict):
+        ctx = original(pipe, state_dict)
+        ctx.__enter__()
+        procs = ip_processors(pipe.unet)
         for p in procs:
             p.to_k_ip[0].register_forward_hook(lambda m, inp, out: kv_inputs.append((tuple(inp[0].shape),
                                                                                      tuple(out.shape))))
@@ -122,7 +131,9 @@ def test_shared_unet_is_plain_again_after_a_story(tiny_hub, tmp_path):
     assert unet.encoder_hid_proj is None and unet.config.encoder_hid_dim_type is None
     with torch.no_grad():
         assert torch.equal(unet(x, 5, encoder_hidden_states=text).sample, before)
-    assert "forward" not in unet.__dict__  # DeepCache detached too
+    from vision.deepcache.cache import attached_hook
+
+    assert attached_hook(unet) is None and unet.forward.__func__ is type(unet).forward  # DeepCache detached too
 
 
 def test_outputs_manifest_record_and_progress(two_rounds):
@@ -147,16 +158,16 @@ def test_outputs_manifest_record_and_progress(two_rounds):
     assert not [p for p in out.rglob("*.part")]
     record = result.to_record()
     json.dumps(record)
-    assert record["tiny"] and "random" in record["notice"].lower() and set(record["timings"]) == {"0", "1", "2"}
+    assert record["tiny"] and "random" in record["notice"].lower() and set(record["round_timings"]) == {"0", "1", "2"}
     files = result.to_files()
     assert set(files) == {"storyboard.png", "frame_000.png", "frame_001.png", "record.json"}
     assert all(p.is_file() for p in result.paths())
     # progress: every frame of every round, in order, and every denoising step between, ending at 1.0
-    frame_events = [(e.round, e.frame) for e in events if e.frame > 0 and not e.steps]
+    frame_events = [(e["round"], e["frame"]) for e in events if e["frame"] > 0 and not e["steps"]]
     assert frame_events == [(r, i) for r in range(3) for i in (1, 2)]
-    step_events = [(e.round, e.frame, e.step, e.steps) for e in events if e.steps]
+    step_events = [(e["round"], e["frame"], e["step"], e["steps"]) for e in events if e["steps"]]
     assert step_events == [(r, i, s, 2) for r in range(3) for i in (0, 1) for s in (1, 2)]
-    assert [e.message for e in events if e.steps][:2] == ["round 0/2: frame 1/2, step 1/2",
+    assert [e.message for e in events if e["steps"]][:2] == ["round 0/2: frame 1/2, step 1/2",
                                                           "round 0/2: frame 1/2, step 2/2"]
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -175,25 +186,25 @@ def test_interrupt_and_resume_gives_identical_final_frames(tiny_hub, tmp_path, t
         pass
 
     def crash_mid_round(p):  # dies after the first frame of round 2: round 2 is not done
-        if p.round == 2 and p.frame == 1:
+        if p["round"] == 2 and p["frame"] == 1:
             raise Crash
 
     with pytest.raises(Crash):
-        run(tiny_hub, tmp_path, name="resumed", on_progress=crash_mid_round, **kw)
+        run(tiny_hub, tmp_path, name="resumed", progress=crash_mid_round, **kw)
     manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
     assert manifest["rounds_done"] == [0, 1]
 
     events = []
-    resumed = run(tiny_hub, tmp_path, name="resumed", on_progress=events.append, **kw)
+    resumed = run(tiny_hub, tmp_path, name="resumed", progress=events.append, **kw)
     assert resumed.resumed_from == 1 and resumed.complete
-    assert {e.round for e in events if e.frame > 0} == {2}  # only round 2 was generated again
+    assert {e["round"] for e in events if e["frame"] > 0} == {2}  # only round 2 was generated again
     assert all(np.array_equal(a, b) for a, b in zip(resumed.final, full.final))
     for r in range(3):
         assert all(np.array_equal(a, b) for a, b in zip(resumed.round_images(r), full.round_images(r)))
 
     events.clear()
-    again = run(tiny_hub, tmp_path, name="resumed", on_progress=events.append, **kw)  # all done: nothing runs
-    assert not [e for e in events if e.frame > 0]
+    again = run(tiny_hub, tmp_path, name="resumed", progress=events.append, **kw)  # all done: nothing runs
+    assert not [e for e in events if e["frame"] > 0]
     assert again.resumed_from == 2 and all(np.array_equal(a, b) for a, b in zip(again.final, full.final))
 
 
@@ -229,15 +240,15 @@ def test_rounds_zero_and_one_frame(tiny_hub, tmp_path):
 def test_two_hundred_reference_frames(tiny_hub):
     """A round over 200 frames: one encoder call, 800 reference tokens per cross-attention (memory: two
     rounds of frames + [2, 200, D] embeddings; measured in bench/results/story.md)."""
-    engine = S.StoryEngine(tiny_hub)
-    config = cfg(steps=1, guidance=7.5, deepcache=0)
-    pipe = engine.pipeline(config)
+    engine = S.StoryEngine(cfg(steps=1, guidance=7.5, deepcache=0), tiny_hub)
+    pipe = engine.pipeline()
     rng = np.random.default_rng(0)
     previous = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(200)]
     shapes = []
-    with S.ip_adapter_on(pipe.unet, tiny_hub.get("ip_adapter_sd15")) as procs:
+    with S.ip_adapter_on(pipe, tiny_hub.get("ip_adapter_sd15")):
+        procs = ip_processors(pipe.unet)
         hook = procs[0].to_k_ip[0].register_forward_hook(lambda m, inp, out: shapes.append(tuple(inp[0].shape)))
-        frames, _ = engine.generate_round(pipe, procs, 1, ["frame 1"], previous, config, 64)
+        frames, _ = engine.generate_round(pipe, 1, ["frame 1"], previous, 64)
         hook.remove()
     assert len(frames) == 1 and frames[0].shape == (64, 64, 3)
     assert shapes[0][:3] == (2, 200, 4)
@@ -248,11 +259,11 @@ def test_sdxl_family_runs_on_realvisxl(tiny_hub, tmp_path):
     assert result.complete and result.final[0].shape == (64, 64, 3)
     record = result.to_record()
     assert record["checkpoint"] == "realvisxl" and record["guidance"] == 5.0
-    pipe = S.StoryEngine(tiny_hub).pipeline(cfg(family="sdxl"))
+    pipe = S.StoryEngine(cfg(family="sdxl"), tiny_hub).pipeline()
     assert pipe.unet is tiny_hub.get("realvisxl_unet") and pipe.unet is not tiny_hub.get("sdxl_unet")
     assert pipe.text_encoder_2 is tiny_hub.get("realvisxl_text_encoder_2")
     assert pipe.unet.encoder_hid_proj is None  # the IP-Adapter is off the shared UNet again
-    base = S.StoryEngine(tiny_hub).pipeline(cfg(family="sdxl", checkpoint="sdxl"))
+    base = S.StoryEngine(cfg(family="sdxl", checkpoint="sdxl"), tiny_hub).pipeline()
     assert base.unet is tiny_hub.get("sdxl_unet")
 
 
@@ -273,7 +284,7 @@ def test_cli_story(tiny_hub, tmp_path, capsys):
         assert manifest["arguments"]["config"]["style"] == "comic"
         assert manifest["arguments"]["config"]["deepcache"] == 2
         assert (tmp_path / "cli" / "storyboard.png").is_file()
-        assert manifest["arguments"]["mode"] == "sd15 preset, product mode"
+        assert (manifest["arguments"]["preset"], manifest["arguments"]["mode"]) == ("sd15", "product")
 
         rc = cli.main(["--tiny", "--device", "cpu", "story", "--story", str(story), "--output",
                        str(tmp_path / "ref"), "--preset", "reference", "--rounds", "1", "--steps", "2"])
@@ -281,7 +292,7 @@ def test_cli_story(tiny_hub, tmp_path, capsys):
         assert "reference preset, reference mode" in capsys.readouterr().out
         manifest = json.loads((tmp_path / "ref" / "manifest.json").read_text())
         arguments = manifest["arguments"]
-        assert arguments["mode"] == "reference preset, reference mode" and arguments["guidance"] == 5.0
+        assert (arguments["preset"], arguments["mode"]) == ("reference", "reference") and arguments["guidance"] == 5.0
         assert arguments["config"]["preset"] == "reference" and arguments["config"]["reference"] is True
         assert arguments["config"]["deepcache"] == 0 and arguments["config"]["rounds"] == 1  # --rounds overrides
         assert arguments["models"] == {"ip_adapter": "ip_adapter_sdxl", "image_encoder": "ip_image_encoder_bigg",

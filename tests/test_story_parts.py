@@ -105,7 +105,7 @@ def test_presets():
         S.StoryConfig(preset="mine").validate()
     for name, preset in S.PRESETS.items():
         preset.validate()
-        assert preset.preset == name and preset.mode().startswith(f"{name} preset, ")
+        assert preset.preset == name and preset.describe().startswith(f"{name} preset, ")
 
 
 def test_reference_preset_is_the_reference_run(tiny_hub):
@@ -115,15 +115,15 @@ def test_reference_preset_is_the_reference_run(tiny_hub):
     from diffusers import DDIMScheduler
 
     ref = S.StoryConfig.from_preset("reference")
-    ref.validate()
-    assert ref.reference and ref.mode() == "reference preset, reference mode"
+    assert ref.validate() == ref
+    assert ref.reference and ref.mode == "reference" and ref.describe() == "reference preset, reference mode"
     assert (ref.family, ref.base_model(), ref.steps, ref.resolved_size(tiny=False), ref.rounds) == (
         "sdxl", "realvisxl", 50, 1024, 10)
     assert ref.guidance_scale() == 5.0 and ref.deepcache == 0 and ref.reference_size == 256 and ref.style == "comic"
     assert ref.lambdas() == pytest.approx(np.linspace(0.3, 0.5, 10).tolist())
     assert S.FAMILIES["sdxl"].ip_adapter == "ip_adapter_sdxl"
     assert S.FAMILIES["sdxl"].image_encoder == "ip_image_encoder_bigg"
-    scheduler = S.StoryEngine(tiny_hub).pipeline(ref).scheduler
+    scheduler = S.StoryEngine(ref, tiny_hub).pipeline().scheduler
     theirs = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                            clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     assert type(scheduler) is DDIMScheduler
@@ -158,14 +158,16 @@ def _unet_out(unet, text):
 def test_ip_adapter_context_restores_the_shared_unet_exactly(tiny_hub):
     from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-    unet = tiny_hub.get("sd15_unet")
+    pipe = S.StoryEngine(S.StoryConfig(), tiny_hub).pipeline()
+    unet = pipe.unet
     text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(2))
     before = _unet_out(unet, text)
     procs_before = dict(unet.attn_processors)
     proj_before, type_before = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
     n_params = sum(p.numel() for p in unet.parameters())
 
-    with S.ip_adapter_on(unet, tiny_hub.get("ip_adapter_sd15")) as procs:
+    with S.ip_adapter_on(pipe, tiny_hub.get("ip_adapter_sd15")):
+        procs = [p for p in unet.attn_processors.values() if isinstance(p, IPAdapterAttnProcessor2_0)]
         n_cross = sum(1 for name in procs_before if name.endswith("attn2.processor"))
         assert len(procs) == n_cross > 0
         assert all(isinstance(p, IPAdapterAttnProcessor2_0) for p in procs)
@@ -180,10 +182,11 @@ def test_ip_adapter_context_restores_the_shared_unet_exactly(tiny_hub):
 
 
 def test_ip_adapter_context_restores_after_an_error(tiny_hub):
-    unet = tiny_hub.get("sd15_unet")
+    pipe = S.StoryEngine(S.StoryConfig(), tiny_hub).pipeline()
+    unet = pipe.unet
     procs_before = dict(unet.attn_processors)
     with pytest.raises(RuntimeError, match="boom"):
-        with S.ip_adapter_on(unet, tiny_hub.get("ip_adapter_sd15")):
+        with S.ip_adapter_on(pipe, tiny_hub.get("ip_adapter_sd15")):
             raise RuntimeError("boom")
     assert all(unet.attn_processors[k] is v for k, v in procs_before.items())
     assert unet.encoder_hid_proj is None
@@ -195,13 +198,14 @@ def test_grca_is_one_softmax_over_the_concatenated_4b_tokens(tiny_hub):
     differs from attending to the average of the B images' tokens."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    unet = tiny_hub.get("sd15_unet")
+    pipe = S.StoryEngine(S.StoryConfig(), tiny_hub).pipeline()
+    unet = pipe.unet
     modules = dict(unet.named_modules())
-    with S.ip_adapter_on(unet, tiny_hub.get("ip_adapter_sd15")):
+    with S.ip_adapter_on(pipe, tiny_hub.get("ip_adapter_sd15")):
         name = next(k for k in unet.attn_processors if k.endswith("attn2.processor"))
         attn = modules[name[: -len(".processor")]]
         proc = attn.processor
-        S.set_reference_scale([proc], 0.4)
+        pipe.set_ip_adapter_scale(0.4)
         g = torch.Generator().manual_seed(3)
         batch, B, C = 2, 3, unet.config.cross_attention_dim
         hidden = torch.randn(batch, 16, attn.to_q.in_features, generator=g)
@@ -249,13 +253,13 @@ def test_reference_pixels_resize_then_clip_preprocess():
 
 
 def test_encode_references_is_one_batched_call(tiny_hub):
-    engine = S.StoryEngine(tiny_hub)
+    engine = S.StoryEngine(S.StoryConfig(), tiny_hub)
     encoder = tiny_hub.get("ip_image_encoder_h")
     calls = []
     hook = encoder.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
     try:
         frames = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(5)]
-        embeds = engine.encode_references(frames, S.StoryConfig())
+        embeds = engine.encode_references(frames)
     finally:
         hook.remove()
     assert calls == [5] and embeds.shape == (5, encoder.config.projection_dim)

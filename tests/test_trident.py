@@ -16,7 +16,7 @@ FAST = PRESETS["open"].replace(refine=False)
 
 @pytest.fixture(scope="module")
 def engine(tiny_hub):
-    return TridentEngine(tiny_hub)
+    return TridentEngine(hub=tiny_hub)
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_templates_are_openais_80():
 def test_end_to_end_on_photos(engine, sam_encoder_calls, name):
     image = sample_image(name)
     classes = ["cat", "cup|mug", "person", "background|sky|wall"]
-    result = engine.segment(image, classes, config=PRESETS["voc21"])
+    result = TridentEngine(PRESETS["voc21"], engine.hub)(image, classes)
     h, w = image.shape[:2]
     assert result.labels.shape == (h, w) and result.coarse.shape == (h, w)
     assert result.labels.min() >= 0 and result.labels.max() < len(classes)
@@ -80,17 +80,17 @@ def test_end_to_end_on_photos(engine, sam_encoder_calls, name):
 
 def test_window_count_and_background_threshold(engine):
     image = np.asarray(Image.fromarray(sample_image("chelsea")).resize((500, 375)))
-    result = engine.segment(image, ["cat", "dog", "background"], config=PRESETS["voc21"].replace(prob_thd=1.0))
+    result = TridentEngine(PRESETS["voc21"].replace(prob_thd=1.0), engine.hub)(image, ["cat", "dog", "background"])
     # Reference mode (on in voc21): 597 -> 608 on the long side, the short side scaled alike -> 464.
     assert result.info["windows"] == 6 and result.info["resized"] == [464, 608]
     assert (result.coarse == 2).all()  # every max probability < 1.0: all background
-    open_mode = engine.segment(image, ["cat", "background"], config=PRESETS["voc21"].replace(reference=False))
-    assert open_mode.info["resized"] == [448, 608] and open_mode.info["mode"] == "open"
+    open_mode = TridentEngine(PRESETS["voc21"].replace(reference=False), engine.hub)(image, ["cat", "background"])
+    assert open_mode.info["resized"] == [448, 608] and open_mode.to_record()["mode"] == "product"
 
 
 def test_cityscapes_halves_get_their_own_sam_pass(engine, sam_encoder_calls):
     image = np.asarray(Image.fromarray(sample_image("astronaut")).resize((256, 128)))
-    result = engine.segment(image, None, config=PRESETS["cityscapes"].replace(reference=False))
+    result = TridentEngine(PRESETS["cityscapes"].replace(reference=False), engine.hub)(image, None)
     assert len(sam_encoder_calls) == 2 and result.info["sam_passes"] == 2
     assert result.labels.shape == (128, 256) and result.labels.max() < 19
 
@@ -109,14 +109,14 @@ def test_text_embeddings_are_cached_per_model_and_class_list(engine, tiny_hub, m
 
 
 def test_result_files_and_record(engine):
-    result = engine.segment(sample_image("chelsea"), ["cat", "background"], config=FAST)
+    result = TridentEngine(FAST, engine.hub)(sample_image("chelsea"), ["cat", "background"])
     files = result.to_files()
     assert set(files) == {"labels.png", "coarse.png", "overlay.png"}
     assert files["labels.png"].mode == "P"
     assert np.array_equal(np.asarray(files["labels.png"]), result.labels)
     record = json.loads(json.dumps(result.to_record()))
     assert record["classes"] == ["cat", "background"] and record["tiny"] is True
-    assert record["reference"] is False and record["mode"] == "open"  # the mode that ran
+    assert record["reference"] is False and record["mode"] == "product"  # the mode that ran
     assert "random-weight" in record["notice"]
     assert abs(sum(record["pixel_fraction"].values()) - 1.0) < 1e-3
 
@@ -139,16 +139,16 @@ def test_bad_class_lists_are_clear_errors(engine):
     for message, classes in cases.items():
         with pytest.raises(ValueError, match=message):
             if classes is None:
-                engine.segment(image, ["cat", "dog"], config=FAST.replace(prob_thd=0.3))
+                TridentEngine(FAST.replace(prob_thd=0.3), engine.hub)(image, ["cat", "dog"])
             else:
-                engine.segment(image, classes, config=FAST)
+                TridentEngine(FAST, engine.hub)(image, classes)
     assert MAX_CLASSES == 255
     assert len(parse_classes([f"thing {i}" for i in range(255)]).names) == 255
 
 
 def test_long_and_non_ascii_labels_work(engine):
     long_name = "a very long description of a fluffy striped cat " * 8
-    result = engine.segment(sample_image("chelsea"), [long_name, "Katze|猫|čičák", "background"], config=FAST)
+    result = TridentEngine(FAST, engine.hub)(sample_image("chelsea"), [long_name, "Katze|猫|čičák", "background"])
     assert result.info["truncated_names"] == [" ".join(long_name.split())]
     assert result.labels.max() < 3
     e = engine.text_embeddings(("猫", "čičák", "cat"))
@@ -159,7 +159,7 @@ def test_long_and_non_ascii_labels_work(engine):
 def test_tiny_images_are_upscaled(engine, size):
     h, w = size
     image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    result = engine.segment(image, ["cat", "background"], config=PRESETS["open"])
+    result = TridentEngine(PRESETS["open"], engine.hub)(image, ["cat", "background"])
     assert result.labels.shape == (h, w) and result.info["resized"][0] >= 336 and result.info["resized"][1] >= 336
 
 
@@ -169,7 +169,7 @@ def test_not_an_image_is_a_clear_error(engine, tmp_path):
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(ImageError, match="not an image"):
-        engine.segment(bad, ["cat", "background"], config=FAST)
+        TridentEngine(FAST, engine.hub)(bad, ["cat", "background"])
 
 
 def test_config_validation():
@@ -182,14 +182,14 @@ def test_config_validation():
 
 
 def test_dinov2_option_runs(engine):
-    result = engine.segment(sample_image("coffee"), ["cup", "background"], config=FAST.replace(vfm="dinov2_b14"))
+    result = TridentEngine(FAST.replace(vfm="dinov2_b14"), engine.hub)(sample_image("coffee"), ["cup", "background"])
     assert result.labels.shape == sample_image("coffee").shape[:2]
 
 
 def test_h14_and_sam_h_options_run(engine, tiny_hub):
     # CLIP H/14's 24x24 window grid differs from DINO's 21x21: values and outputs are resized between them.
     cfg = FAST.replace(clip="clip_h14", sam="sam_h", refine=True)
-    result = engine.segment(sample_image("chelsea"), ["cat", "background"], config=cfg)
+    result = TridentEngine(cfg, engine.hub)(sample_image("chelsea"), ["cat", "background"])
     assert result.labels.shape == (300, 451) and result.info["resized"] == [448, 686]  # multiples of 14
     assert tiny_hub.dtype_for("sam_h") == torch.float32  # SAM-H never runs in fp16
 

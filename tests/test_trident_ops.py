@@ -338,3 +338,29 @@ def test_refinement_prefers_higher_score_where_masks_overlap():
     # Between the squares both grown masks cover background pixels where P_1 = P_3 = 0: R ties, and
     # every covered pixel takes one of the two classes.
     assert set(labels[20, 45:55].tolist()) <= {1, 3}
+
+
+def test_dino_v1_tokens_use_the_reference_layer_norm_eps(tmp_path):
+    """#20.9: the Hub's DINO ViT-B/16 config says LayerNorm eps 1e-12; the DINO the reference loads with
+    torch.hub (facebookresearch/dino vision_transformer.py: ``partial(nn.LayerNorm, eps=1e-6)``) uses 1e-6.
+    A checkpoint saved with the Hub's config must give the tokens of the same weights at eps 1e-6."""
+    from transformers import ViTConfig, ViTModel
+
+    from vision import builders
+
+    def vit(eps: float) -> ViTModel:
+        config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           patch_size=16, image_size=224, layer_norm_eps=eps)
+        return ViTModel(config, add_pooling_layer=False).eval()
+
+    torch.manual_seed(0)
+    as_on_the_hub = vit(1e-12)
+    as_on_the_hub.save_pretrained(tmp_path)
+    reference = vit(1e-6)
+    reference.load_state_dict(as_on_the_hub.state_dict())
+    loaded = builders.dino_v1(tmp_path, "cpu", torch.float32).eval()
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 0.01  # low variance
+    with torch.no_grad():
+        tokens = splice.vfm_tokens(loaded, pixels)
+        assert torch.equal(tokens, splice.vfm_tokens(reference, pixels))
+        assert not torch.equal(tokens, splice.vfm_tokens(as_on_the_hub, pixels))  # the eps changes them

@@ -23,7 +23,7 @@ BENCHMARKS = [name for name in PRESETS if name != "open"]
 
 @pytest.fixture(scope="module")
 def engine(tiny_hub):
-    return TridentEngine(tiny_hub)
+    return TridentEngine(hub=tiny_hub)
 
 
 def test_reference_is_on_in_every_benchmark_preset_and_off_in_open():
@@ -251,7 +251,7 @@ def test_cityscapes_reference_runs_a_third_sam_pass_for_refinement(engine, tiny_
     handle = tiny_hub.get("sam_b").image_encoder.register_forward_hook(lambda m, i, o: calls.append(1))
     try:
         image = np.asarray(Image.fromarray(sample_image("astronaut")).resize((256, 128)))
-        result = engine.segment(image, None, config=PRESETS["cityscapes"])
+        result = TridentEngine(PRESETS["cityscapes"], engine.hub)(image, None)
     finally:
         handle.remove()
     assert len(calls) == 3 and result.info["sam_passes"] == 3  # two halves, then the whole image
@@ -340,7 +340,7 @@ def test_coco_objects_repeated_bed_ties_with_background_and_loses():
 def test_every_benchmark_preset_runs_with_its_own_class_list(engine, preset):
     size = (128, 64) if preset == "cityscapes" else (64, 48)
     image = np.asarray(Image.fromarray(sample_image("astronaut")).resize(size))
-    result = engine.segment(image, None, config=PRESETS[preset])
+    result = TridentEngine(PRESETS[preset], engine.hub)(image, None)
     k = len(CLASS_LISTS[preset].names)
     assert result.labels.shape == image.shape[:2] and 0 <= result.labels.min() and result.labels.max() < k
     assert result.probs.shape == (k, *image.shape[:2])

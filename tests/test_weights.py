@@ -99,3 +99,67 @@ def test_cli_hub_download_without_network_fails_fast_with_advice(tmp_path):
     assert time.monotonic() - start < 15
     assert out.returncode == 1
     assert "dinov2_b14" in out.stdout and "python -m vision weights download dinov2_b14" in out.stdout
+
+
+STORY_MODELS = ("sd15_unet", "sd15_vae", "sd15_text_encoder", "ip_adapter_sd15", "ip_image_encoder_h")
+
+
+def test_every_missing_model_of_a_request_is_reported_at_once(empty_weights, monkeypatch):
+    """#20.5: Story needs five models and said so in five failed runs, one model each."""
+    from vision.engines.story import StoryConfig, StoryEngine
+
+    monkeypatch.setenv("VISION_OFFLINE", "1")
+    assert sorted(weights.models_for("story")) == sorted(STORY_MODELS)
+    with pytest.raises(weights.WeightsMissingError) as err:
+        StoryEngine(StoryConfig.from_preset("sd15"), hub=ModelHub(tiny=False, device="cpu"))(["a fox"], empty_weights.parent / "out")
+    message = str(err.value)
+    for name in STORY_MODELS:
+        assert f"{name} (" in message and f"{weights.spec(name).size_mb} MB" in message
+    total = sum(weights.spec(name).size_mb for name in STORY_MODELS)
+    assert f"{total} MB in all" in message
+    assert "python -m vision weights download --for story" in message
+    assert message.count("Get them") == 1  # one message, not one per model
+
+
+def test_each_engine_has_a_download_set_and_the_cli_fetches_it(tmp_path):
+    for engine in weights.ENGINES:
+        assert weights.models_for(engine) and set(weights.models_for(engine)) <= set(weights.REGISTRY)
+    out = run_cli("weights", "download", "--for", "story", env_extra={
+        "VISION_WEIGHTS_DIR": str(tmp_path / "w"), "HF_HUB_CACHE": str(tmp_path / "c"), "VISION_OFFLINE": "1"})
+    assert out.returncode == 1
+    for name in STORY_MODELS:
+        assert f"{name}: not downloaded" in out.stdout
+    assert "python -m vision weights download --for story" in out.stdout.splitlines()[-1]
+    bad = run_cli("weights", "download", "--for", "nothing")
+    assert bad.returncode == 2 and "invalid choice: 'nothing'" in bad.stderr and "'story'" in bad.stderr
+
+
+def test_cli_story_without_weights_prints_the_message_not_a_traceback(empty_weights, monkeypatch, capsys):
+    """#20.6: ``story`` printed a 60-line double traceback for missing weights (the others print the message)."""
+    from vision.cli import main
+    from vision.hub import get_hub, set_hub
+
+    monkeypatch.setenv("VISION_OFFLINE", "1")
+    story = empty_weights.parent / "story.txt"
+    story.write_text("a fox\n")
+    previous = get_hub()
+    set_hub(ModelHub(tiny=False, device="cpu"))
+    try:
+        code = main(["story", "--story", str(story), "--output", str(empty_weights.parent / "out")])
+    finally:
+        set_hub(previous)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "--for story" in err and all(name in err for name in STORY_MODELS)
+
+
+def test_batch_summary_keeps_the_whole_missing_weights_advice(tmp_path):
+    """#20.6: the batch summary cut the advice at 'Get them one of these ways:'."""
+    from vision.batch import Summary
+
+    advice = weights.missing_models_message([weights.spec("sam_t")], "segment")
+    summary = Summary(total=3, failed=3, output=str(tmp_path),
+                      failures=[("a.png", advice), ("b.png", advice), ("c.png", advice)])
+    text = summary.text()
+    assert "python -m vision weights download --for segment" in text
+    assert text.count("Get them") == 1 and "a.png, b.png, c.png" in text

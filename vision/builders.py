@@ -39,10 +39,17 @@ def dinov2(folder: Path, device: str, dtype: torch.dtype) -> Any:
     return Dinov2Model.from_pretrained(folder, torch_dtype=dtype).to(device)
 
 
+DINO_LAYER_NORM_EPS = 1e-6  # DINO's own (facebookresearch/dino vision_transformer.py); the Hub config says 1e-12
+
+
 def dino_v1(folder: Path, device: str, dtype: torch.dtype) -> Any:
+    """DINO v1 ViT-B/16 (transformers' ``ViTModel``) with the LayerNorm eps it was trained with, 1e-6, the
+    value of the torch.hub DINO that Trident's reference code loads (the Hub's config.json says 1e-12, which
+    shifts the tokens of low-variance inputs)."""
     from transformers import ViTModel
 
-    return ViTModel.from_pretrained(folder, add_pooling_layer=False, torch_dtype=dtype).to(device)
+    return ViTModel.from_pretrained(folder, add_pooling_layer=False, torch_dtype=dtype,
+                                    layer_norm_eps=DINO_LAYER_NORM_EPS).to(device)
 
 
 def open_clip_model(arch: str):
@@ -151,3 +158,21 @@ def sd_scheduler() -> Any:
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(SD_SCHEDULER_CONFIG)
+
+
+# Stable Diffusion 3.5's flow-matching schedule (its scheduler_config.json)
+SD3_SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "shift": 3.0}
+
+
+def sd3_scheduler() -> Any:
+    """SD3.5's FlowMatchEulerDiscreteScheduler (the engine derives its own with ``from_config``)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER_CONFIG)
+
+
+def t5_tokenizer(folder: Path, device: str, dtype: torch.dtype) -> Any:
+    """SD3.5's T5 tokenizer (``tokenizer_3/``)."""
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(folder / "tokenizer_3")

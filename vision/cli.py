@@ -71,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         from vision.tiny import TINY_NOTICE
 
         print(TINY_NOTICE, file=sys.stderr)
+    from vision.weights import WeightsError
+
     try:
         return args.run(args)
+    except WeightsError as err:  # missing or damaged weights: the message says what to do, no traceback
+        print(f"{args.command}: {err}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `... | head` stopped reading: not a failure; silence Python's exit-time flush
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -14,7 +14,10 @@ sam_h, sam2_tiny, sam2_small, sam2_base_plus, sam2_large,
 sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_unet, sdxl_vae,
 sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
 ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg, realvisxl_unet,
-realvisxl_vae, realvisxl_text_encoder, realvisxl_text_encoder_2.
+realvisxl_vae, realvisxl_text_encoder, realvisxl_text_encoder_2, controlnet_canny_sd15, controlnet_depth_sd15,
+controlnet_canny_sdxl, controlnet_depth_sdxl, depth_anything_v2_small, sd35_medium_transformer,
+sd35_large_transformer, sd35_vae, sd35_text_encoder, sd35_text_encoder_2, sd35_text_encoder_3, sd35_tokenizer_3,
+sd35_scheduler.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import torch
 from vision import builders, tiny, weights
 
 Builder = Callable[[Path, str, torch.dtype], Any]
+
+MAX_USER_MODELS = 3  # user checkpoints / ControlNets kept loaded at once (an SDXL checkpoint is ~7 GB in fp16)
 
 # Every SAM the hub holds (all ``segment_anything`` ``Sam`` objects), lightest first. ``sam_t`` has
 # MobileSAM's TinyViT encoder: no ViT attention blocks (Trident's global aggregation needs them).
@@ -49,6 +54,7 @@ class ModelEntry:
     weights: str | None = None
     local: Callable[[], Any] | None = None
     keep_fp32: bool = False  # SAM: fp16 SAM-H produces garbage masks
+    bf16: bool = False  # SD3.5: bfloat16 on CUDA, as published (its T5 overflows in fp16)
 
 
 def _t(fn: Callable[[], Any]) -> Callable[["ModelHub"], Any]:
@@ -57,6 +63,7 @@ def _t(fn: Callable[[], Any]) -> Callable[["ModelHub"], Any]:
 
 def _entries() -> dict[str, ModelEntry]:
     b = builders
+    sd3_transformer = b.diffusers_model("SD3Transformer2DModel", "transformer", None)
     e = [
         ModelEntry("dinov2_b14", _t(tiny.dinov2_b14), b.dinov2, "dinov2_b14"),
         ModelEntry("dino_b16", _t(tiny.dino_b16), b.dino_v1, "dino_b16"),
@@ -99,6 +106,33 @@ def _entries() -> dict[str, ModelEntry]:
                    b.transformers_model("CLIPTextModel", "text_encoder"), "realvisxl_text_encoder"),
         ModelEntry("realvisxl_text_encoder_2", _t(tiny.sdxl_text_encoder_2),
                    b.transformers_model("CLIPTextModelWithProjection", "text_encoder_2"), "realvisxl_text_encoder_2"),
+        # ControlNets and the depth estimator of the Generate engine's control input (#26)
+        ModelEntry("controlnet_canny_sd15", _t(tiny.controlnet_sd15), b.diffusers_model("ControlNetModel", None, None),
+                   "controlnet_canny_sd15"),
+        ModelEntry("controlnet_depth_sd15", _t(tiny.controlnet_sd15), b.diffusers_model("ControlNetModel", None, None),
+                   "controlnet_depth_sd15"),
+        ModelEntry("controlnet_canny_sdxl", _t(tiny.controlnet_sdxl), b.diffusers_model("ControlNetModel", None),
+                   "controlnet_canny_sdxl"),
+        ModelEntry("controlnet_depth_sdxl", _t(tiny.controlnet_sdxl), b.diffusers_model("ControlNetModel", None),
+                   "controlnet_depth_sdxl"),
+        ModelEntry("depth_anything_v2_small", _t(tiny.depth_anything_v2_small),
+                   b.transformers_model("AutoModelForDepthEstimation", "", variant=None), "depth_anything_v2_small"),
+        # Stable Diffusion 3.5 Medium / Large
+        ModelEntry("sd35_medium_transformer", _t(tiny.sd35_transformer), sd3_transformer, "sd35_medium_transformer",
+                   bf16=True),
+        ModelEntry("sd35_large_transformer", _t(tiny.sd35_large_transformer), sd3_transformer,
+                   "sd35_large_transformer", bf16=True),
+        ModelEntry("sd35_vae", _t(tiny.sd35_vae), b.diffusers_model("AutoencoderKL", "vae", None), "sd35_vae",
+                   bf16=True),
+        ModelEntry("sd35_text_encoder", _t(tiny.sd35_text_encoder),
+                   b.transformers_model("CLIPTextModelWithProjection", "text_encoder", None), "sd35_text_encoder",
+                   bf16=True),
+        ModelEntry("sd35_text_encoder_2", _t(tiny.sdxl_text_encoder_2),
+                   b.transformers_model("CLIPTextModelWithProjection", "text_encoder_2", None), "sd35_text_encoder_2",
+                   bf16=True),
+        ModelEntry("sd35_text_encoder_3", _t(tiny.sd35_text_encoder_3),
+                   b.transformers_model("T5EncoderModel", "text_encoder_3", None), "sd35_text_encoder_3", bf16=True),
+        ModelEntry("sd35_tokenizer_3", _t(tiny.sd35_tokenizer_3), b.t5_tokenizer, "sd35_tokenizer_3"),
     ]
     shared = {
         "clip_tokenizer": lambda: __import__("open_clip").get_tokenizer("ViT-B-16"),
@@ -107,6 +141,7 @@ def _entries() -> dict[str, ModelEntry]:
         "sdxl_tokenizer_2": lambda: b.clip_tokenizer(pad_token="!"),
         "sd15_scheduler": b.sd_scheduler,
         "sdxl_scheduler": b.sd_scheduler,
+        "sd35_scheduler": b.sd3_scheduler,
     }
     e += [ModelEntry(name, tiny=_t(fn), local=fn) for name, fn in shared.items()]
     return {entry.name: entry for entry in e}
@@ -155,6 +190,7 @@ class ModelHub:
         self._slots: dict[str, _Slot] = {}
         self._locks = {name: threading.Lock() for name in ENTRIES}
         self._budget_lock = threading.RLock()
+        self._user: dict[str, str] = {}  # key of a user model -> its source (file, folder or repo)
 
     @staticmethod
     def names() -> list[str]:
@@ -162,6 +198,8 @@ class ModelHub:
 
     def dtype_for(self, name: str) -> torch.dtype:
         """fp16 on CUDA, fp32 elsewhere; SAM stays fp32 everywhere."""
+        if self.device.startswith("cuda") and ENTRIES[name].bf16:
+            return torch.bfloat16
         if self.device.startswith("cuda") and not ENTRIES[name].keep_fp32:
             return torch.float16
         return torch.float32
@@ -225,10 +263,35 @@ class ModelHub:
         return name in self._slots
 
     def unload(self, name: str) -> None:
-        with self._locks[name]:
+        with self._lock_of(name):
             self._slots.pop(name, None)
+            self._user.pop(name, None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    # -- the user's own models (checkpoints, LoRA-free modules, ControlNets from their files) --------------
+
+    def get_user(self, key: str, load: Callable[[], Any], source: str) -> Any:
+        """A model from the user's own file, folder or repo, under ``key`` (e.g. ``checkpoint:<path>``):
+        loaded once by ``load()`` and shared like the registry's models, in the memory budget, listed by
+        :meth:`status` (``source`` says where it came from). At most :data:`MAX_USER_MODELS` stay loaded:
+        loading one more drops the least recently used (its memory is freed when no run holds it)."""
+        with self._lock_of(key):
+            slot = self._slots.get(key)
+            if slot is None:
+                obj = load()
+                slot = self._slots[key] = _Slot(obj, time.monotonic())
+                self._user[key] = source
+                self.load_counts[key] = self.load_counts.get(key, 0) + 1
+            slot.last_used = time.monotonic()
+        for stale in sorted(self._user, key=lambda k: self._slots[k].last_used)[:-MAX_USER_MODELS]:
+            self.unload(stale)
+        self._fit_budget(key)
+        return slot.obj
+
+    def _lock_of(self, name: str) -> threading.Lock:
+        with self._budget_lock:
+            return self._locks.setdefault(name, threading.Lock())
 
     def status(self) -> list[dict[str, Any]]:
         """One row per known model: loaded?, device, dtype, memory (MiB), weights present?"""
@@ -245,6 +308,12 @@ class ModelHub:
                 "weights": "tiny (random)" if self.tiny else
                 ("bundled" if entry.weights is None else weights.status(entry.weights)),
             })
+        for key, source in list(self._user.items()):
+            slot = self._slots.get(key)
+            if slot is not None:
+                rows.append({"name": key, "loaded": True, "device": _device_of(slot.obj),
+                             "dtype": str(_dtype_of(slot.obj)).replace("torch.", ""),
+                             "memory_mb": round(module_bytes(slot.obj) / 2**20, 1), "weights": f"user: {source}"})
         return rows
 
 

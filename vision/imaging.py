@@ -67,11 +67,10 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """PIL image of any mode -> RGB uint8 [H, W, 3]."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        peak = arr.max() if arr.max() > 0 else 1.0
-        return array_to_rgb((arr / max(peak, 255.0) * 255.0).round().astype(np.uint8))
+    """PIL image of any mode -> RGB uint8 [H, W, 3]: 16-bit, 32-bit and float modes by
+    :func:`levels_to_uint8`, alpha (RGBA, LA, PA, a palette's transparency) composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return array_to_rgb(np.asarray(image))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -79,20 +78,40 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def levels_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Pixel values of any depth -> uint8 levels, one rule for files and arrays alike.
+
+    bool: 0/255. Floats in 0..1: x 255. Otherwise (integers, other floats; negatives and NaN become 0) by
+    the largest value: up to 255 the values are 8-bit levels already (a 16-bit file of ``camera()`` saved
+    with its 8-bit values), up to 65535 they are 16-bit levels (/ 257), beyond that they are scaled so the
+    largest is 255. Rounded to the nearest level.
+    """
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    values = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+    peak = float(values.max(initial=0.0))
+    if arr.dtype.kind == "f" and peak <= 1.0:
+        scale = 1.0 / 255.0
+    elif peak <= 255.0:
+        scale = 1.0
+    elif peak <= 65535.0:
+        scale = 257.0
+    else:
+        scale = peak / 255.0
+    return np.clip(np.round(values / scale), 0, 255).astype(np.uint8)
+
+
 def array_to_rgb(arr: np.ndarray) -> np.ndarray:
-    """[H, W], [H, W, 1|3|4] of uint8/float/16-bit -> RGB uint8 [H, W, 3]."""
+    """[H, W], [H, W, 1|3|4] of uint8/float/16-bit/bool -> RGB uint8 [H, W, 3] (:func:`levels_to_uint8`;
+    alpha composited on white)."""
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise ImageError(f"expected an image array [H, W] or [H, W, 3|4], got shape {arr.shape}")
-    if arr.dtype == np.uint16:
-        arr = (arr / 257.0).round().astype(np.uint8)
-    elif arr.dtype.kind == "f":
-        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8) if arr.max() <= 1.0 else np.clip(arr, 0, 255).astype(np.uint8)
-    elif arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    arr = arr.astype(np.uint8)
+    arr = levels_to_uint8(arr)
     if arr.ndim == 2:
         return np.repeat(arr[..., None], 3, axis=2)
     if arr.shape[2] == 4:

@@ -1,4 +1,5 @@
-"""Limits on the diffusion settings a user picks, in one place for the CLI, the app and the engines.
+"""Limits on what a user asks for (diffusion settings, story length, videos), in one place for the CLI, the app and
+the engines.
 
 Checked up front, before any model loads, so that a value out of range is a clear message naming the
 option rather than an allocator error or a scheduler's complaint after the start-up:
@@ -8,6 +9,14 @@ option rather than an allocator error or a scheduler's complaint after the start
 * ``MAX_SIDE``: pixels per image side. 2048 is twice SDXL's native side (four times SD1.5's); memory
   grows with the square of the side (``--size 100000`` asks for a 10-gigapixel image), and the VAE
   works on 8x8-pixel latents, so a side is a multiple of ``SIDE_MULTIPLE``.
+* ``MAX_STORY_FRAMES``: frames (lines) of one story run; every round attends to all frames of the round
+  before (4 tokens each), so memory and time grow with it.
+* ``MAX_APP_STORY_FRAMES``: the same in the app, which serves everyone from one run slot: a 500-line
+  story held it about 11 minutes (tiny models) while other requests timed out behind it. Longer stories run
+  from the CLI (``python -m vision story``, which also resumes). ``VISION_APP_MAX_STORY_FRAMES`` raises it
+  on a private server.
+* ``MAX_PROMPT_CHARS``: characters of one frame's prompt; the text encoders read 77 tokens (a few hundred
+  characters), so a longer line is a paste gone wrong, not a prompt.
 
 And on the videos the video engine reads (:mod:`vision.videoio`), each overridable by an environment
 variable of the same name prefixed ``VISION_``:
@@ -26,6 +35,9 @@ import os
 MAX_STEPS = 1000
 MAX_SIDE = 2048
 SIDE_MULTIPLE = 8
+MAX_STORY_FRAMES = 1000
+MAX_APP_STORY_FRAMES = int(os.environ.get("VISION_APP_MAX_STORY_FRAMES", 50))
+MAX_PROMPT_CHARS = 1000
 MAX_VIDEO_BYTES = int(os.environ.get("VISION_MAX_VIDEO_BYTES", str(8 * 2**30)))
 MAX_VIDEO_SIDE = int(os.environ.get("VISION_MAX_VIDEO_SIDE", "4096"))
 MAX_VIDEO_FRAMES = int(os.environ.get("VISION_MAX_VIDEO_FRAMES", "20000"))
@@ -54,3 +66,17 @@ def check_side(side: object, name: str = "size") -> int:
                          f"(the VAE works on 8x8-pixel latents; memory grows with the square of the side), "
                          f"got {side!r}")
     return side
+
+
+def check_story(prompts: list[str], max_frames: int = MAX_STORY_FRAMES, source: str = "the story",
+                where: str = "") -> list[str]:
+    """``prompts`` (one per frame) if there are at most ``max_frames`` of at most MAX_PROMPT_CHARS characters,
+    else :class:`LimitError` naming ``source``, the line and the limit (``where`` says whose limit it is)."""
+    if len(prompts) > max_frames:
+        raise LimitError(f"{source} has {len(prompts)} frames (lines); at most {max_frames} are allowed per run"
+                         f"{where}")
+    for number, prompt in enumerate(prompts, start=1):
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise LimitError(f"{source}: line {number} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} "
+                             "are allowed (the text encoders read the first 77 tokens only)")
+    return prompts

@@ -39,7 +39,7 @@ def dino_b16() -> Any:
     from transformers import ViTConfig, ViTModel
 
     cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                    patch_size=16, image_size=224)
+                    patch_size=16, image_size=224, layer_norm_eps=1e-6)  # as vision.builders.dino_v1 loads it
     return _seeded(lambda: ViTModel(cfg, add_pooling_layer=False))
 
 
@@ -173,7 +173,8 @@ def sd15_text_encoder() -> Any:
     return _text_encoder()
 
 
-SDXL_TINY_TEXT = (16, 16)  # hidden widths of the two tiny SDXL text encoders
+SDXL_TINY_TEXT = (16, 24)  # hidden widths of the two tiny SDXL text encoders (they differ, as 768 and 1280 do:
+# diffusers tells the two apart by width when it loads a single-file SDXL checkpoint)
 SDXL_TINY_TIME_DIM = 8
 
 
@@ -246,3 +247,100 @@ def ip_adapter_state_dict(unet, image_embed_dim: int, tokens: int = 4) -> dict[s
         layers[f"{key}.to_v_ip.weight"] = rand(inner, cross)
         key += 2
     return {"image_proj": proj, "ip_adapter": layers}
+
+
+def controlnet_from(unet: Any, seed: int = 0) -> Any:
+    """A ControlNet of ``unet``'s layout (``ControlNetModel.from_unet``, a small hint encoder) whose zero
+    convolutions and hint encoder get small random weights (from_unet zeroes them: no effect at all)."""
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding")):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return controlnet.eval()
+
+
+def controlnet_sd15() -> Any:
+    return controlnet_from(sd15_unet())
+
+
+def controlnet_sdxl() -> Any:
+    return controlnet_from(sdxl_unet())
+
+
+def depth_anything_v2_small() -> Any:
+    """Depth Anything V2's class (DINOv2 backbone, DPT head) with tiny widths."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, patch_size=14,
+                            image_size=518, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                                 fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
+    return _seeded(lambda: DepthAnythingForDepthEstimation(config))
+
+
+SD3_TINY_JOINT_DIM = 48  # the tiny T5's width (SD3 pads the CLIP embeddings to it)
+
+
+def sd35_transformer(medium: bool = True) -> Any:
+    """SD3.5's MMDiT (``SD3Transformer2DModel``, RMS-norm q/k; Medium's MMDiT-X dual attention in its first
+    layer) with tiny widths: 2 heads of 8, 4 layers, patch 2, 16 latent channels."""
+    from diffusers import SD3Transformer2DModel
+
+    pooled = sum(SDXL_TINY_TEXT)
+    return _seeded(lambda: SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=4, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=SD3_TINY_JOINT_DIM, caption_projection_dim=16,
+        pooled_projection_dim=pooled, pos_embed_max_size=64, qk_norm="rms_norm",
+        dual_attention_layers=(0,) if medium else ()))
+
+
+def sd35_large_transformer() -> Any:
+    return sd35_transformer(medium=False)
+
+
+def sd35_vae() -> Any:
+    """SD3's VAE layout (16 latent channels, no quant convs, its scaling and shift) with tiny widths."""
+    from diffusers import AutoencoderKL
+
+    return _seeded(lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+        norm_num_groups=8, sample_size=64, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=1.5305, shift_factor=0.0609))
+
+
+def sd35_text_encoder() -> Any:
+    """SD3's first text encoder (CLIP-L with its projection) with tiny widths."""
+    return _text_encoder(with_projection=True, hidden=SDXL_TINY_TEXT[0], projection=SDXL_TINY_TEXT[0])
+
+
+def sd35_tokenizer_3() -> Any:
+    """A ``T5TokenizerFast`` (SentencePiece-style unigram, ``</s>`` appended) over a 76-piece vocabulary:
+    letters and digits, alone and word-initial (the real T5 vocabulary is a download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    symbols = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    vocab += [(c, -2.0) for c in symbols] + [("\u2581" + c, -1.5) for c in symbols]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                             special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=512)
+
+
+def sd35_text_encoder_3() -> Any:
+    """SD3's third text encoder (a T5 encoder) with tiny widths, over :func:`sd35_tokenizer_3`'s vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=76, d_model=SD3_TINY_JOINT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=2,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    return _seeded(lambda: T5EncoderModel(config))

@@ -87,6 +87,7 @@ def _spec(name, description, files, size_mb, license, **kw) -> WeightSpec:
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 IP_ADAPTER_REPO = "h94/IP-Adapter"
+SD35_MEDIUM_REPO = "stabilityai/stable-diffusion-3.5-medium"
 
 REGISTRY: dict[str, WeightSpec] = {
     s.name: s
@@ -164,6 +165,43 @@ REGISTRY: dict[str, WeightSpec] = {
               ("vae", "VAE", "diffusion_pytorch_model.safetensors", 335),
               ("text_encoder", "text encoder 1 (CLIP ViT-L, fp16 weights)", "model.fp16.safetensors", 246),
               ("text_encoder_2", "text encoder 2 (OpenCLIP bigG, fp16 weights)", "model.fp16.safetensors", 1390)]],
+        # ControlNets of the Generate engine (#26): canny and depth for SD1.5 and SDXL
+        _spec("controlnet_canny_sd15", "ControlNet v1.1 canny for SD1.5",
+              ["config.json", "diffusion_pytorch_model.safetensors"], 1445, "CreativeML OpenRAIL-M",
+              repo_id="lllyasviel/control_v11p_sd15_canny"),
+        _spec("controlnet_depth_sd15", "ControlNet v1.1 depth for SD1.5",
+              ["config.json", "diffusion_pytorch_model.safetensors"], 1445, "CreativeML OpenRAIL-M",
+              repo_id="lllyasviel/control_v11f1p_sd15_depth"),
+        _spec("controlnet_canny_sdxl", "ControlNet canny for SDXL 1.0 (fp16 weights)",
+              ["config.json", "diffusion_pytorch_model.fp16.safetensors"], 2502, "CreativeML OpenRAIL++-M",
+              repo_id="diffusers/controlnet-canny-sdxl-1.0"),
+        _spec("controlnet_depth_sdxl", "ControlNet depth for SDXL 1.0 (fp16 weights)",
+              ["config.json", "diffusion_pytorch_model.fp16.safetensors"], 2502, "CreativeML OpenRAIL++-M",
+              repo_id="diffusers/controlnet-depth-sdxl-1.0"),
+        # Stable Diffusion 3.5 (gated repos: accept the licence on the repo's page, then HF_TOKEN)
+        _spec("sd35_medium_transformer", "SD3.5 Medium MMDiT-X transformer (2.5 B parameters)",
+              ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"], 4940,
+              "Stability AI Community License", repo_id=SD35_MEDIUM_REPO),
+        _spec("sd35_large_transformer", "SD3.5 Large MMDiT transformer (8.1 B parameters)",
+              ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
+               "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+               "transformer/diffusion_pytorch_model-00002-of-00002.safetensors"], 16300,
+              "Stability AI Community License", repo_id="stabilityai/stable-diffusion-3.5-large"),
+        *[_spec(f"sd35_{part}", f"SD3.5 {what}", [f"{part}/{f}" for f in files], size_mb,
+                "Stability AI Community License", repo_id=SD35_MEDIUM_REPO)
+          for part, what, files, size_mb in [
+              ("vae", "VAE (16 latent channels)", ["config.json", "diffusion_pytorch_model.safetensors"], 168),
+              ("text_encoder", "text encoder 1 (CLIP-L with projection)", ["config.json", "model.safetensors"], 247),
+              ("text_encoder_2", "text encoder 2 (OpenCLIP bigG with projection)", ["config.json", "model.safetensors"],
+               1390),
+              ("text_encoder_3", "text encoder 3 (T5-XXL encoder)",
+               ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"], 9520),
+              ("tokenizer_3", "T5 tokenizer", ["special_tokens_map.json", "spiece.model", "tokenizer.json",
+                                               "tokenizer_config.json"], 3)]],
+        _spec("depth_anything_v2_small", "Depth Anything V2 small (depth maps for the depth ControlNet)",
+              ["config.json", "model.safetensors"], 99, "Apache-2.0",
+              repo_id="depth-anything/Depth-Anything-V2-Small-hf"),
     ]
 }
 
@@ -365,3 +403,98 @@ def corrupt(name: str, path: Path, err: Exception) -> WeightsCorruptError:
         f"The file is probably truncated or damaged: delete it and run `{download_command(name)}`."
     )
 
+
+
+# ----------------------------------------------------------------------------------- what a run needs
+ENGINES = ("segment", "ipseg", "trident", "generate", "story")
+
+
+def _generation_models(family: str) -> list[str]:
+    from vision.engines.generate.config import family_spec
+
+    spec = family_spec(family)
+    return [spec[role] for role in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+            if role in spec]
+
+
+def models_for(engine: str, config: object = None) -> list[str]:
+    """The weights (registry names) a run of ``engine`` with ``config`` needs (default: its default preset);
+    ``weights download --for ENGINE`` fetches these."""
+    if engine == "segment":
+        from vision.engines.segment import SegmentConfig
+
+        names = [(config or SegmentConfig.from_preset()).sam_model]
+    elif engine == "ipseg":
+        from vision.engines.ipseg import IPSegConfig
+
+        names = list((config or IPSegConfig.from_preset()).models().values())
+    elif engine == "trident":
+        from vision.engines.trident import TridentConfig
+
+        cfg = config or TridentConfig.from_preset()
+        names = [cfg.clip, cfg.vfm, cfg.sam]
+    elif engine == "generate":
+        from vision.engines.generate.config import GenerateConfig
+
+        names = _generation_models((config or GenerateConfig.from_preset()).family)
+    elif engine == "story":
+        from vision.engines.story import FAMILIES, StoryConfig
+
+        cfg = config or StoryConfig.from_preset()
+        family = FAMILIES[cfg.family]
+        names = [*_generation_models(cfg.base_model()), family.ip_adapter, family.image_encoder]
+    else:
+        raise KeyError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+    return [name for name in dict.fromkeys(names) if name in REGISTRY]
+
+
+def missing_models_message(specs: list[WeightSpec], engine: str | None = None, reason: str = "") -> str:
+    """One message for every missing model of a request: each with its size, the total, and one command
+    that downloads them all (``--for ENGINE`` when they are that engine's set)."""
+    names = [s.name for s in specs]
+    if engine in ENGINES and set(names) <= set(models_for(engine)):
+        command = vision_command("weights", "download", "--for", engine)
+    else:
+        command = download_command(*names)
+    lines = "\n".join(f"    - {s.name} ({s.description}, {s.size_mb} MB)" for s in specs)
+    what = f"{engine} needs" if engine else "this run needs"
+    why = f" ({reason})" if reason else ""
+    return (f"Weights missing{why}: {what} {len(specs)} model(s) not on disk, {sum(s.size_mb for s in specs)} MB "
+            f"in all:\n{lines}\nGet them one of these ways:\n"
+            f"    - download them:  {command}\n"
+            f"    - or place each model's files in {weights_dir()}/<name>/ (`{vision_command('weights', 'list')}` "
+            f"shows where each comes from), or set VISION_WEIGHTS_<NAME> to a folder that holds them\n"
+            f"  Without weights, run with --tiny (random weights) to try the app.")
+
+
+def missing_note(engine: str, config: object = None) -> str:
+    """A line for a tab: which of ``engine``'s models are missing and the size to download ('' if none)."""
+    missing = [spec(name) for name in models_for(engine, config) if status(name) == "missing"]
+    if not missing:
+        return ""
+    listed = ", ".join(f"`{s.name}` ({s.size_mb} MB)" for s in missing)
+    return (f"⚠️ Weights missing for this tab's default settings: {listed}, {sum(s.size_mb for s in missing)} MB "
+            f"in all. Download them with `{vision_command('weights', 'download', '--for', engine)}`, or start "
+            "the app with --tiny to try it (random weights).")
+
+
+def ensure_present(hub: object, names: list[str] | tuple[str, ...], engine: str | None = None) -> None:
+    """Before a run: make every model in ``names`` present (downloading it where allowed), and raise ONE
+    :class:`WeightsMissingError` that lists every model still missing. A tiny hub, models the hub was
+    given a path for and models it already holds (loaded, or put there) need nothing."""
+    if getattr(hub, "tiny", False):
+        return
+    given = getattr(hub, "weight_paths", {}) or {}
+    held = getattr(hub, "is_loaded", lambda _name: False)
+    missing = []
+    for name in dict.fromkeys(names):
+        if name not in REGISTRY or name in given or held(name) or status(name) != "missing":
+            continue
+        try:
+            resolve(name)
+        except WeightsMissingError:
+            missing.append(spec(name))
+    if missing:
+        offline = os.environ.get("VISION_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise WeightsMissingError(missing_models_message(missing, engine, "offline" if offline else
+                                                         "they could not be downloaded"))

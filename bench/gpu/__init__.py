@@ -43,15 +43,16 @@ import gc
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
-from bench.common import gpu_info, machine
+from bench.common import add_save_option, gpu_info, machine, report_path
 from bench.gpu.diffusion import part_compile, part_deepcache, part_sdxl
-from bench.gpu.harness import RESULTS, Run, memory_text, table
+from bench.gpu.harness import Run, memory_text, table
 from bench.gpu.segmentation import part_ipseg, part_trident
 from bench.gpu.story_memory import default_models, part_memory, part_story
 from vision.wording import vision_command
@@ -106,12 +107,20 @@ def header(run: Run, argv: list[str]) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=vision_command("bench", "gpu"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=480, help="seconds for all parts together (default 480)")
-    parser.add_argument("--out", default=None, help="the Markdown report (default bench/results/gpu.md; "
-                        "gpu_smoke.md with --smoke)")
+    parser.add_argument("--out", default=None, help="the Markdown report (default: gpu.md, gpu_smoke.md with "
+                        "--smoke, in the system's temporary folder; --save: in bench/results/)")
+    add_save_option(parser, "the report (gpu.md, gpu_smoke.md with --smoke)")
     parser.add_argument("--device", default=None, help="cuda (default) or cpu (with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="dry run: tiny models, small sizes, every part")
     parser.add_argument("--parts", default=",".join(p[0] for p in PARTS), help="comma-separated subset of the parts")
     return parser.parse_args(argv)
+
+
+def report_output(args: argparse.Namespace) -> Path:
+    """The report's file: ``--out``, or ``bench/results/`` with ``--save``, else the temporary folder (the
+    report is written as the parts finish, so a killed run keeps what it measured)."""
+    name = "gpu_smoke.md" if args.smoke else "gpu.md"
+    return report_path(args, name, args.out) or Path(tempfile.gettempdir()) / f"vision-bench-{name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VISION_TINY"] = "1"
         if device == "cpu":
             torch.set_num_threads(1)  # tiny models gain nothing from threads, which on shared cores wait long
-    out = Path(args.out or RESULTS.with_name("gpu_smoke.md" if args.smoke else "gpu.md"))
+    out = report_output(args)
     run = Run(device, args.smoke, args.budget_s, out)
     run.report.write(header(run, argv))
     summary = []

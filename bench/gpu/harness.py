@@ -16,7 +16,6 @@ import torch
 
 from bench.common import put_full_size
 
-RESULTS = Path(__file__).resolve().parent.parent / "results" / "gpu.md"
 SEED = 1234
 
 

@@ -18,7 +18,7 @@ from bench.gpu.harness import PROMPT_BOX, PROMPT_IMAGE, Run, median, photo, tabl
 
 def trident_worker(engine: Any, config: Any, classes: Any) -> Callable[[Any], Any]:
     """The batch runner's ``make_processor`` (the engine holds the class list's text embeddings)."""
-    return lambda item: engine.segment(item.image(), classes, config=config)
+    return lambda item: engine(item.image(), classes)
 
 
 def set_random_text(engine: Any, classes: Any, clip_name: str) -> None:
@@ -26,7 +26,7 @@ def set_random_text(engine: Any, classes: Any, clip_name: str) -> None:
     once per class list, not per image, so it stays out of per-image times."""
     width = engine.hub.get(clip_name).text_projection.shape[1]
     embeddings = torch.randn(len(classes.queries), width, generator=torch.Generator().manual_seed(0))
-    engine.set_text_embeddings(classes.queries, embeddings.to(engine.hub.device), clip_name)
+    engine.set_text_embeddings(classes.queries, embeddings.to(engine.hub.device))
 
 
 def trident_timing(run: Run, engine: Any, config: Any, classes: Any, image: np.ndarray,
@@ -41,8 +41,7 @@ def trident_timing(run: Run, engine: Any, config: Any, classes: Any, image: np.n
     try:
         for i in range(1 + repeats):  # the first run warms up
             batches.clear()
-            result, seconds = timed_call(lambda: engine.segment(image, classes, config=config, return_probs=False),
-                                         run.device)
+            result, seconds = timed_call(lambda: engine(image, classes, return_probs=False), run.device)
             calls = list(batches)
             forwards = tb.forwards_alone(run.hub, image, config, calls, run.device)
             if i:
@@ -71,7 +70,7 @@ def part_trident(run: Run) -> None:
     base = TridentConfig.from_preset("voc21")
     run.resident([base.clip, base.vfm, base.sam])
     classes = parse_classes(CLASS_LISTS["voc21"])
-    engine = TridentEngine(run.hub, base)
+    engine = TridentEngine(base, run.hub)
     set_random_text(engine, classes, base.clip)
     images = voc_images(s.images, s.image_size)
     with tempfile.TemporaryDirectory(prefix="bench_gpu_trident_") as tmp:
@@ -90,7 +89,7 @@ def part_trident(run: Run) -> None:
             rows.append([label, "not run (budget spent)"] + ["-"] * 8)
             continue
         run.resident([config.clip, config.vfm, config.sam])
-        engine = TridentEngine(run.hub, config)
+        engine = TridentEngine(config, run.hub)
         set_random_text(engine, classes, config.clip)
         t = trident_timing(run, engine, config, classes, images[0], s.trident_repeats)
         f = t["forwards"]

@@ -18,31 +18,30 @@ def part_story(run: Run) -> None:
 
     s = run.scale
     run.resident(["sd15_unet", "sd15_vae", "sd15_text_encoder", "ip_image_encoder_h", "ip_adapter_sd15"])
-    engine = StoryEngine(run.hub)
     rng = np.random.default_rng(0)
     references = [rng.integers(0, 256, (s.story_size, s.story_size, 3), dtype=np.uint8)
                   for _ in range(max(s.story_frames, s.story_references))]
     prompts = [sb.PROMPTS[i % len(sb.PROMPTS)] + f", panel {i + 1}" for i in range(len(references))]
     base = dict(rounds=1, steps=s.story_steps, size=s.story_size, seed=0, guidance=s.guidance)
-    pipe = engine.pipeline(StoryConfig(**base))
+    pipe = StoryEngine(StoryConfig(**base), run.hub).pipeline()
     rows, results = [], {}
-    with ip_adapter_on(pipe.unet, run.hub.get("ip_adapter_sd15")) as processors:
-        warm = StoryConfig(**{**base, "steps": 2})
-        engine.generate_round(pipe, processors, 1, prompts[:1], references[:s.story_frames], warm, s.story_size)
+    with ip_adapter_on(pipe, run.hub.get("ip_adapter_sd15")):
+        warm = StoryEngine(StoryConfig(**{**base, "steps": 2}), run.hub)
+        warm.generate_round(pipe, 1, prompts[:1], references[:s.story_frames], s.story_size)
         for label, interval in (("off", 0), ("N=3", 3)):
             if run.out_of_time():
                 break
-            config = StoryConfig(**base, deepcache=interval)
+            engine = StoryEngine(StoryConfig(**base, deepcache=interval), run.hub)
             frames = s.story_frames
-            r = results[label] = sb.time_round(engine, pipe, processors, prompts[:frames], references[:frames], config,
-                                               s.story_size, run.device)
+            r = results[label] = sb.time_round(engine, pipe, prompts[:frames], references[:frames], s.story_size,
+                                               run.device)
             rows.append([f"DeepCache {label}", frames, frames, f"{r['seconds']:.2f}", f"{r['seconds'] / frames:.2f}",
                          f"{r['unet_seconds']:.2f}", f"{r['encode_seconds']:.2f}",
                          "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"])
         if not run.out_of_time():
             config = StoryConfig(**base)  # the engine's default DeepCache
-            r = sb.time_round(engine, pipe, processors, prompts[:s.story_generated], references[:s.story_references],
-                              config, s.story_size, run.device)
+            r = sb.time_round(StoryEngine(config, run.hub), pipe, prompts[:s.story_generated],
+                              references[:s.story_references], s.story_size, run.device)
             rows.append([f"DeepCache N={config.deepcache} (default)", s.story_references, s.story_generated,
                          f"{r['seconds']:.2f}", f"{r['seconds'] / s.story_generated:.2f}", f"{r['unet_seconds']:.2f}",
                          f"{r['encode_seconds']:.2f}", "-" if r["peak_gib"] is None else f"**{r['peak_gib']:.2f}**"])
@@ -77,8 +76,8 @@ def default_models() -> dict[str, list[str]]:
 
 
 def part_memory(run: Run) -> None:
-    from vision.engines.generate import generate
-    from vision.engines.ipseg import IPSegEngine, IPSegConfig, Prompt
+    from vision.engines.generate import GenerateConfig, GenerateEngine
+    from vision.engines.ipseg import IPSegConfig, IPSegEngine, Prompt
     from vision.engines.story import FAMILIES, StoryConfig, StoryEngine, ip_adapter_on
     from vision.engines.trident import TridentEngine
 
@@ -101,18 +100,19 @@ def part_memory(run: Run) -> None:
     image = voc_images(1, s.image_size)[0]
 
     def story_round():
-        engine, config = StoryEngine(run.hub), StoryConfig(steps=s.memory_steps, size=s.story_size)
-        pipe = engine.pipeline(config)
+        config = StoryConfig(steps=s.memory_steps, size=s.story_size)
+        engine = StoryEngine(config, run.hub)
+        pipe = engine.pipeline()
         references = [image] * s.story_frames
-        with ip_adapter_on(pipe.unet, run.hub.get(FAMILIES[config.family].ip_adapter)) as processors:
-            engine.generate_round(pipe, processors, 1, ["a knight"], references, config, s.story_size)
+        with ip_adapter_on(pipe, run.hub.get(FAMILIES[config.family].ip_adapter)):
+            engine.generate_round(pipe, 1, ["a knight"], references, s.story_size)
 
     calls = {
-        "trident": lambda: TridentEngine(run.hub).segment(image, ["cat", "dog", "person", "background"]),
+        "trident": lambda: TridentEngine(hub=run.hub)(image, ["cat", "dog", "person", "background"]),
         "ipseg": lambda: IPSegEngine(IPSegConfig(dino_size=s.dino_size, sd_size=s.ipseg_sd_size), hub=run.hub)(
             Prompt(photo(PROMPT_IMAGE), box=PROMPT_BOX), image),
-        "generate": lambda: generate("a red fox in the snow", hub=run.hub, steps=s.memory_steps,
-                                     width=s.story_size, height=s.story_size),
+        "generate": lambda: GenerateEngine(GenerateConfig(steps=s.memory_steps, width=s.story_size,
+                                                          height=s.story_size), run.hub)("a red fox in the snow"),
         "story": story_round,
     }
     peaks = []

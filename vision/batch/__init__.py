@@ -73,8 +73,8 @@ Usage from an engine's CLI module (``vision/commands/<engine>.py``)::
                                                    # --shard --coco-json --ray ... (--device if absent)
 
     def make_processor(classes):                   # top level, so Ray can pickle it
-        engine = TridentEngine(classes)            # models and text features: once per worker
-        return lambda item: engine.segment(item.image())   # a result with to_files()/to_record()
+        engine = TridentEngine()                   # models: once per worker
+        return lambda item: engine(item.image(), classes)  # a result with to_files()/to_record()
 
     def run(args):
         return batch.run_from_args(args, functools.partial(make_processor, args.classes.split(",")),

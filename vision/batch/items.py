@@ -255,8 +255,9 @@ def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 def shard_of(item_id: str, n: int) -> int:
-    """The shard (0..n-1) of an item: a stable hash of its id (the same on every machine and run)."""
-    return int.from_bytes(hashlib.sha1(item_id.encode("utf-8")).digest()[:8], "big") % n
+    """The shard (0..n-1) of an item: a stable hash of its id (the same on every machine and run; a name
+    that is not valid UTF-8 is hashed as its bytes)."""
+    return int.from_bytes(hashlib.sha1(item_id.encode("utf-8", "surrogateescape")).digest()[:8], "big") % n
 
 
 def select_shard(items: Sequence[Item], shard: str | Sequence[int] | None) -> list[Item]:

@@ -49,15 +49,32 @@ class Summary:
     def rate(self) -> float:
         return self.done / self.seconds if self.seconds > 0 else 0.0
 
+    def _failure_lines(self, shown: int = 5) -> str:
+        """The first failures, one line each; a reason of several lines (missing weights and how to get
+        them) is printed whole, once, after the items it stopped."""
+        by_reason: dict[str, list[str]] = {}
+        for rid, reason in self.failures:
+            by_reason.setdefault(reason or "", []).append(rid)
+        lines, count = "", 0
+        for reason, ids in by_reason.items():
+            if "\n" in reason:
+                named = ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+                lines += f"\n  {named}: " + reason.replace("\n", "\n  ")
+                continue
+            for rid in ids:
+                if count < shown:
+                    lines += f"\n  {rid}: {reason}"
+                count += 1
+        if count > shown:
+            lines += f"\n  ... and {count - shown} more"
+        return lines
+
     def text(self) -> str:
         line = (f"batch: {self.done} done, {self.skipped} skipped, {self.failed} failed of {self.total} "
                 f"in {self.seconds:.1f} s ({self.rate:.2f} {self.unit}/s); outputs in {self.output}")
         if self.failed:
             line += f"\n  failures are listed in {Path(self.output) / ERRORS_NAME}"
-            for rid, reason in self.failures[:5]:
-                line += f"\n  {rid}: {reason.splitlines()[0] if reason else ''}"
-            if len(self.failures) > 5:
-                line += f"\n  ... and {len(self.failures) - 5} more"
+            line += self._failure_lines()
         if self.interrupted:
             line += "\n  interrupted: rerun the same command to resume"
         return line
@@ -159,7 +176,11 @@ def _run_claimed(writer: Writer, items: Sequence[Item], make_processor: Callable
     bar = _progress(len(todo), unit, progress)
 
     def record(item: Item, outcome: Outcome) -> None:
-        row = writer.commit(item, outcome)
+        try:
+            row = writer.commit(item, outcome)
+        except Exception as err:  # noqa: BLE001 -- one item's files or lines that cannot be written stop no run
+            row = {"status": "error", "reason": f"{type(err).__name__}: {err}"}
+            log(f"batch: {item.id}: its results could not be written ({row['reason']})")
         if row["status"] == "ok":
             summary.done += 1
         elif row["status"] == "skipped":

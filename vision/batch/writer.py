@@ -30,6 +30,25 @@ def hash_settings(settings: dict | None) -> str | None:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")
+NAME_NOTE = ("the file name is not valid UTF-8: each undecodable byte 0xNN is recorded as the escape \\udcNN "
+             "(Python's surrogateescape); os.fsencode(id) gives the name's bytes back")
+
+
+def has_undecodable_bytes(text: str) -> bool:
+    """``text`` came from a file name that is not valid UTF-8 (it holds surrogate-escaped bytes)."""
+    return SURROGATE.search(text) is not None
+
+
+def json_line(row: dict) -> bytes:
+    """``row`` as one UTF-8 JSON line. Names that are not valid UTF-8 reach Python with each undecodable
+    byte as a lone surrogate (U+DC80..U+DCFF), which UTF-8 cannot encode: those are written as JSON
+    ``\\uXXXX`` escapes, which ``json.loads`` reads back to the same string (lossless), and the rest stays
+    readable (``ensure_ascii=False``)."""
+    text = json.dumps(row, sort_keys=False, default=json_default, ensure_ascii=False)
+    return (SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n").encode("utf-8")
+
+
 def read_jsonl(path: Path) -> tuple[list[dict], int]:
     """(parsed lines, number of unparsable lines: e.g. a line cut by a kill)."""
     if not path.exists():
@@ -107,7 +126,7 @@ class Writer:
             raise
 
     def _append(self, path: Path, row: dict) -> None:
-        line = (json.dumps(row, sort_keys=False, default=json_default, ensure_ascii=False) + "\n").encode("utf-8")
+        line = json_line(row)
         with locked(self.lock_path):
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             try:
@@ -150,7 +169,7 @@ class Writer:
                 rows, bad = read_jsonl(path)
                 keep = [r for r in rows if r["id"] not in ids]
                 if bad or len(keep) != len(rows):
-                    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep).encode("utf-8")
+                    data = b"".join(json_line(r) for r in keep)
                     self.write_file(path, data)
         self.clean_temp_files()
 
@@ -175,6 +194,8 @@ class Writer:
     def commit(self, item: Item, outcome: Outcome) -> dict:
         """Write an item's files, then its results line (and errors line). Returns the line."""
         row: dict = {"id": item.id, "status": outcome.status, "input": item.input_label}
+        if has_undecodable_bytes(item.id):
+            row["name_note"] = NAME_NOTE
         if outcome.status == "ok":
             try:
                 targets = {suffix: self.target(item, suffix) for suffix in outcome.files}

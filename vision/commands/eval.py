@@ -24,6 +24,7 @@ papers' tables; in tiny mode the numbers are those of random weights (noise).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -106,13 +107,13 @@ def run_trident(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     classes = mode_for(config).class_list(args.preset)
-    engine = TridentEngine(config=config)
+    engine = TridentEngine(config)
     tiny = bool(engine.hub.tiny)
     bar = tqdm(total=len(samples), unit="image", desc=f"trident {args.preset}")
     started = time.perf_counter()
 
     def predict(path: Path):
-        return engine.segment(path, classes, config=config, return_probs=False).labels
+        return engine(path, classes, return_probs=False).labels
 
     try:
         matrix = evaluate(predict, samples, len(classes.names), LAYOUTS[args.preset].reduce_zero_label,
@@ -130,9 +131,9 @@ def run_trident(args: argparse.Namespace) -> int:
           f"refine={'on' if config.refine else 'off'} reference={'on' if config.reference else 'off'}")
     print(matrix.table(classes.display))
     if args.json:
-        summary = {"engine": "trident", "preset": args.preset, "reference": config.reference, "root": str(args.root),
-                   "tiny": tiny, "seconds": round(seconds, 2),
-                   "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        summary = {"engine": "trident", "method": config.method, "preset": args.preset, "mode": config.mode,
+                   "reference": config.reference, "root": str(args.root), "tiny": tiny, "seconds": round(seconds, 2),
+                   "config": dataclasses.asdict(config),
                    **matrix.summary(classes.display)}
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return 0

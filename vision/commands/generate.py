@@ -87,17 +87,18 @@ def item_config(base: Any, item: Any) -> Any:
     """The settings of one prompt: ``base`` with its JSON line's overrides and its seed."""
     overrides = {k: v for k, v in (item.params or {}).items() if k in PER_PROMPT}
     overrides.setdefault("seed", base.seed + item.index)
-    return dataclasses.replace(base, **overrides)
+    return base.replace(**overrides)
 
 
-def make_processor(config: dict, init_image: str | None):
-    """One engine per worker (top level so that Ray can pickle it)."""
-    from vision.engines.generate import GenerateConfig, generate
+def make_processor(config: Any, init_image: str | None):
+    """One processor per worker (top level so that Ray can pickle it): an engine per prompt's settings."""
+    from vision.engines.generate import GenerateEngine
+    from vision.hub import get_hub
     from vision.imaging import load_image
 
-    base = GenerateConfig(**config)
+    hub = get_hub()
     image = load_image(init_image) if init_image else None
-    return lambda item: generate([item.text], item_config(base, item), image=image)
+    return lambda item: GenerateEngine(item_config(config, item), hub)([item.text], image=image)
 
 
 def print_speedups(output: str, items: list) -> None:
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"generate: {err}", file=sys.stderr)
         return 2
     settings = {**dataclasses.asdict(config), "init_image": args.init_image}
-    code = batch.run_from_args(args, functools.partial(make_processor, dataclasses.asdict(config), args.init_image),
+    code = batch.run_from_args(args, functools.partial(make_processor, config, args.init_image),
                                inputs="prompts", settings=settings, input_path=args.prompts, items=items)
     if config.compare and code in (0, 1):
         print_speedups(args.output, batch.select_shard(items, args.shard))

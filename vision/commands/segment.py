@@ -4,7 +4,8 @@
 Per image: ``<stem>.mask.png`` (the best mask, 0/255; the union of all masks with ``--everything``),
 ``<stem>.overlay.png``, ``<stem>.rle.json`` (COCO RLE of every mask with its predicted IoU) and, with
 ``--everything``, ``<stem>.labels.png``; one ``results.jsonl`` line per image with the scores (best
-first). ``--image`` is the batch mode's ``--input``: a folder applies the same prompts to every image.
+first) and the backend that ran. ``--backend`` picks where SAM runs (``auto``: torch on a GPU, the
+fastest installed of OpenVINO / ONNX Runtime on a CPU). ``--image`` is the batch mode's ``--input``: a folder applies the same prompts to every image.
 The engine is :mod:`vision.engines.segment`; this module only maps options onto it.
 """
 
@@ -15,7 +16,6 @@ import dataclasses
 import functools
 import sys
 
-
 NAME = "segment"
 HELP = "SAM masks from clicks (--point X,Y[,LABEL]) and/or a box, or every mask (--everything)"
 
@@ -23,6 +23,7 @@ HELP = "SAM masks from clicks (--point X,Y[,LABEL]) and/or a box, or every mask 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vision import batch
     from vision.hub import SAM_MODELS
+    from vision.sam.backends import BACKENDS
 
     parser.add_argument("--image", "--input", "-i", dest="input", metavar="IMG_OR_DIR",
                         help="an image, or a folder of images (the same prompts for each)")
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     masks.add_argument("--multimask", dest="multimask", action="store_true", default=None,
                        help="three candidate masks (default: for a lone click only)")
     masks.add_argument("--single-mask", dest="multimask", action="store_false", help="one mask")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="where SAM runs: torch, onnx (onnxruntime), openvino, or auto (default: torch on a "
+                             "GPU, the fastest installed on a CPU)")
     parser.add_argument("--reference", action="store_true",
                         help="SAM's own behaviour (the full 32x32 everything grid on CPU too)")
     batch.add_batch_arguments(parser)
@@ -54,17 +58,17 @@ def parse_numbers(text: str, counts: tuple[int, ...], flag: str) -> list[float]:
 
 def make_processor(config, points: list, box, multimask, everything: bool):
     """One engine per worker (top level for Ray); prompts are checked against each image."""
-    from vision.engines.segment import Segment
+    from vision.engines.segment import SegmentEngine
 
-    engine = Segment(config)
+    engine = SegmentEngine(config)
     if everything:
         return lambda item: engine.everything(item.image(), name=item.id)
-    return lambda item: engine.segment(item.image(), points, box, multimask=multimask, name=item.id)
+    return lambda item: engine(item.image(), points, box, multimask=multimask, name=item.id)
 
 
 def run(args: argparse.Namespace) -> int:
     from vision import batch
-    from vision.engines.segment import PRESETS
+    from vision.engines.segment import SegmentConfig
     from vision.hub import get_hub
 
     try:
@@ -74,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--everything takes no --point or --box")
         if not args.everything and not points and box is None:
             raise ValueError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1 (or --everything)")
-        preset = PRESETS["sam" if args.reference else "default"]
-        config = dataclasses.replace(preset, sam_model=args.sam).validate()
+        config = SegmentConfig.from_preset("sam" if args.reference else "default", sam_model=args.sam,
+                                           backend=args.backend).validate()
     except ValueError as err:  # bad options (SegmentError is a ValueError)
         print(f"segment: {err}", file=sys.stderr)
         return 2

@@ -70,24 +70,24 @@ def run(args: argparse.Namespace) -> int:
         check_steps(config.steps, "--steps")
         if config.size is not None:
             check_side(config.size, "--size")
-        config.validate()
+        config = config.validate()
         prompts = load_story(args.story)
     except ValueError as err:  # StoryError and LimitError
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"story: {config.mode()}, {config.family} ({config.base_model()}), {config.steps} steps, "
+    print(f"story: {config.describe()}, {config.family} ({config.base_model()}), {config.steps} steps, "
           f"CFG {config.guidance_scale():g}, DeepCache {'N=' + str(config.deepcache) if config.deepcache else 'off'}")
     total = (config.rounds + 1) * len(prompts)
     bar = tqdm(total=total, unit="frame", desc="story")
 
     def progress(p) -> None:
-        step = f" step {p.step}/{p.steps}" if p.steps else ""
-        bar.set_description(f"round {min(p.round, config.rounds)}/{config.rounds}{step}")
-        bar.n = min(total, p.round * p.frames + p.frame)
+        step = f" step {p['step']}/{p['steps']}" if p["steps"] else ""
+        bar.set_description(f"round {min(p['round'], config.rounds)}/{config.rounds}{step}")
+        bar.n = min(total, p["round"] * p["frames"] + p["frame"])
         bar.refresh()
 
     try:
-        result = StoryEngine().run(prompts, config, args.output, on_progress=progress, overwrite=args.overwrite)
+        result = StoryEngine(config)(prompts, args.output, progress=progress, overwrite=args.overwrite)
     except StoryError as err:
         bar.close()
         print(f"error: {err}", file=sys.stderr)
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resumed after round {result.resumed_from}")
     for r, t in sorted(result.timings.items()):
         print(f"round {r}: {t['seconds']:.1f} s ({t['seconds_per_frame']:.2f} s/frame)")
-    print(f"{plural(len(prompts), 'frame')} x {plural(config.rounds + 1, 'pass', 'passes')} ({config.mode()}) "
+    print(f"{plural(len(prompts), 'frame')} x {plural(config.rounds + 1, 'pass', 'passes')} ({config.describe()}) "
           f"-> {result.output_dir}")
     print(f"storyboard: {result.output_dir / result.files['storyboard']}")
     if result.tiny:

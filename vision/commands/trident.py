@@ -17,6 +17,7 @@ Benchmark presets reproduce the reference code's behaviour (``reference`` mode, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -66,12 +67,12 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def make_processor(classes: Any, config: Any) -> Any:
-    """Once per worker: the engine and its text embeddings; then one ``segment`` per image."""
+    """Once per worker: the engine and its text embeddings; then one engine call per image."""
     from vision.engines.trident import TridentEngine
 
-    engine = TridentEngine(config=config)
-    engine.text_embeddings(classes.unique_queries, config.clip)
-    return lambda item: engine.segment(item.image(), classes, config=config)
+    engine = TridentEngine(config)
+    engine.text_embeddings(classes.unique_queries)
+    return lambda item: engine(item.image(), classes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     settings = {"classes": [list(n) for n in classes.names], "background": classes.background,
-                "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+                "config": dataclasses.asdict(config),
                 "tiny": bool(getattr(args, "tiny", False))}
     return batch.run_from_args(args, functools.partial(make_processor, classes, config), settings=settings)

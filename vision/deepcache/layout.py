@@ -92,6 +92,6 @@ def branch_info(unet: Any, branch: int) -> dict:
 def check_branch(branch: int, layout: Layout) -> None:
     if isinstance(branch, bool) or not isinstance(branch, (int, np.integer)) or not 0 <= branch < layout.num_skips:
         levels = layout.levels[-1] + 1
-        raise DeepCacheError(f"branch {branch!r} is out of range for this UNet: valid branches are 0..{layout.num_skips - 1} "
-                             f"({levels} resolution levels; 0 = shallowest and fastest)")
+        raise DeepCacheError(f"branch {branch!r} is out of range for this UNet: valid branches are "
+                             f"0..{layout.num_skips - 1} ({levels} resolution levels; 0 = shallowest and fastest)")
 

@@ -4,10 +4,27 @@ A full step runs the whole UNet as diffusers does (whole blocks) and returns the
 up layer ``b`` (the feature to cache). A retrieval step runs ``conv_in``, the down layers up to branch
 ``b``, then up layers ``b..0`` on the cached feature, with the upsamplers between them, and the output
 head. No block is patched: the blocks are called one by one around the branch.
+
+**Mirrored diffusers version: 0.39.0** (:data:`MIRRORED_DIFFUSERS`). :func:`unet_forward` restates
+``UNet2DConditionModel.forward`` of that version (its embeddings, ControlNet residuals, up-sampling sizes),
+:func:`_down_layer` / :func:`_up_layer` one layer of ``(CrossAttn)DownBlock2D`` / ``(CrossAttn)UpBlock2D``,
+:class:`LoraScale` the ``apply_lora_scale`` decorator, and :mod:`vision.deepcache.controlnet` the part of
+``ControlNetModel.forward`` a retrieval step needs. :data:`MIRRORS` records, per diffusers version
+checked, a hash of each of those functions' code (docstrings and comments excluded);
+:func:`mirror_problem` compares the installed diffusers with them (tests/test_deepcache.py fails with its
+message, and :class:`~vision.deepcache.DeepCache` warns once). After a diffusers upgrade: compare the
+functions, update this file, and add the new version's :func:`installed_hashes` to :data:`MIRRORS`.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
+import importlib
+import inspect
+import textwrap
+import warnings
 from typing import Any
 
 import torch
@@ -156,3 +173,74 @@ class LoraScale:
             from diffusers.utils import unscale_lora_layers
 
             unscale_lora_layers(self.model, self.scale)
+
+
+# ---------------------------------------------------------------------------------- the mirrored source
+MIRRORED_DIFFUSERS = "0.39.0"
+MIRRORED_FUNCTIONS = (  # module, qualified name: the diffusers code this module restates
+    ("diffusers.models.unets.unet_2d_condition", "UNet2DConditionModel.forward"),
+    ("diffusers.models.unets.unet_2d_blocks", "CrossAttnDownBlock2D.forward"),
+    ("diffusers.models.unets.unet_2d_blocks", "DownBlock2D.forward"),
+    ("diffusers.models.unets.unet_2d_blocks", "CrossAttnUpBlock2D.forward"),
+    ("diffusers.models.unets.unet_2d_blocks", "UpBlock2D.forward"),
+    ("diffusers.utils.peft_utils", "apply_lora_scale"),
+    ("diffusers.models.controlnets.controlnet", "ControlNetModel.forward"),  # vision/deepcache/controlnet.py
+)
+# diffusers version -> function -> first 16 hex digits of the sha256 of its code (see source_hash)
+MIRRORS: dict[str, dict[str, str]] = {
+    "0.39.0": {
+        "diffusers.models.unets.unet_2d_condition.UNet2DConditionModel.forward": "c38f02369325e0a4",
+        "diffusers.models.unets.unet_2d_blocks.CrossAttnDownBlock2D.forward": "f2a23145dd70f3a6",
+        "diffusers.models.unets.unet_2d_blocks.DownBlock2D.forward": "d34a57726dc70f7c",
+        "diffusers.models.unets.unet_2d_blocks.CrossAttnUpBlock2D.forward": "5483b1f0b4a0f431",
+        "diffusers.models.unets.unet_2d_blocks.UpBlock2D.forward": "77f599338a770a12",
+        "diffusers.utils.peft_utils.apply_lora_scale": "a3b0b090cb701f2b",
+        "diffusers.models.controlnets.controlnet.ControlNetModel.forward": "ca3c23690b7789b2",
+    },
+}
+
+
+def source_hash(module: str, qualname: str) -> str:
+    """A hash of a function's code: its AST unparsed without docstrings (so comments, blank lines and
+    docstring edits do not count, any code change does); 16 hex digits."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(obj))))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()[:16]
+
+
+def installed_hashes() -> dict[str, str]:
+    """:func:`source_hash` of every mirrored function in the installed diffusers."""
+    return {f"{module}.{name}": source_hash(module, name) for module, name in MIRRORED_FUNCTIONS}
+
+
+@functools.lru_cache(maxsize=1)
+def mirror_problem() -> str | None:
+    """None when the installed diffusers' mirrored functions are those of a version in :data:`MIRRORS`;
+    else a message naming the changed functions and what to do."""
+    import diffusers
+
+    installed = installed_hashes()
+    if any(installed == recorded for recorded in MIRRORS.values()):
+        return None
+    known = MIRRORS.get(diffusers.__version__) or MIRRORS[MIRRORED_DIFFUSERS]
+    changed = sorted(name for name, digest in installed.items() if known.get(name) != digest)
+    return (f"diffusers {diffusers.__version__} changed {', '.join(changed)} from the code that "
+            f"vision/deepcache/unet_forward.py mirrors (diffusers {MIRRORED_DIFFUSERS}): DeepCache's full and "
+            "retrieval paths may no longer equal the UNet's forward. Compare the functions, update "
+            "unet_forward.py, and record installed_hashes() under the new version in MIRRORS")
+
+
+@functools.lru_cache(maxsize=1)
+def warn_if_mirror_is_stale() -> None:
+    """Warn (once per process) when :func:`mirror_problem` finds a difference."""
+    problem = mirror_problem()
+    if problem is not None:
+        warnings.warn(problem, RuntimeWarning, stacklevel=3)

@@ -14,8 +14,9 @@ Every engine (Segment, IPSeg with its methods ``ipseg`` / ``gfsam``, Trident wit
   records and messages use), ``ERROR`` (the engine's ``ValueError`` subclass) and ``PRESETS`` (preset name
   -> field values; the first is the default), give the dataclass a ``preset`` and a ``reference`` field
   (and ``method`` where the engine has several), and implement :meth:`EngineConfig.problems` (one message
-  per bad field, naming it). ``reference=True`` reproduces the method's reference code, quirks included;
-  the engine's docstring lists every behaviour it changes, with the reason.
+  per bad field, naming it). A preset is a mapping of field values or a config instance.
+  ``reference=True`` reproduces the method's reference code, quirks included; the engine's docstring
+  lists every behaviour it changes, with the reason.
 * **Engine.** Subclass :class:`Engine`: its ``__init__(config=None, hub=None)`` validates the config and
   takes the shared hub; ``__call__`` runs the pipeline's numbered steps and returns the result.
 * **Progress.** ``progress`` is a callable taking one :class:`Progress` (fraction of the whole call done,
@@ -87,9 +88,10 @@ class ProgressReporter:
 class EngineConfig:
     """Mixin for an engine's frozen settings dataclass (see the module docstring)."""
 
-    ENGINE: ClassVar[str] = ""
+    ENGINE: ClassVar[str] = ""  # the engine's name in records ("ipseg", "trident", ...)
+    TITLE: ClassVar[str] = ""  # its name in messages ("IPSeg", "Trident", ...); default: ENGINE
     ERROR: ClassVar[type[ValueError]] = ValueError
-    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    PRESETS: ClassVar[Mapping[str, Any]] = {}  # name -> field values (a mapping) or a config instance
 
     @classmethod
     def default_preset(cls) -> str:
@@ -100,12 +102,15 @@ class EngineConfig:
         """The named preset (default: the first) with ``changes``; ``preset`` records the name."""
         name = cls.default_preset() if name is None else name
         if name not in cls.PRESETS:
-            raise cls.ERROR(f"unknown {cls.ENGINE} preset {name!r}; presets: {', '.join(cls.PRESETS)}")
+            raise cls.ERROR(f"unknown {cls.TITLE or cls.ENGINE} preset {name!r}; presets: {', '.join(cls.PRESETS)}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(changes) - fields)
         if unknown:
-            raise cls.ERROR(f"unknown {cls.ENGINE} setting(s): {', '.join(unknown)}")
-        return cls(**{"preset": name, **cls.PRESETS[name], **changes})
+            raise cls.ERROR(f"unknown {cls.TITLE or cls.ENGINE} setting(s): {', '.join(unknown)}")
+        preset = cls.PRESETS[name]
+        if isinstance(preset, cls):
+            return dataclasses.replace(preset, preset=name, **changes)
+        return cls(**{"preset": name, **preset, **changes})
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
@@ -122,7 +127,7 @@ class EngineConfig:
         """The config itself (normalised); raises ``ERROR`` listing every unusable field."""
         problems = self.problems()
         if problems:
-            raise self.ERROR(f"invalid {self.ENGINE} settings: " + "; ".join(problems))
+            raise self.ERROR(f"invalid {self.TITLE or self.ENGINE} settings: " + "; ".join(problems))
         return self.normalised()
 
     @property

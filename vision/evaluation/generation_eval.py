@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import sys
 import time
@@ -153,17 +152,17 @@ def evaluate_settings(prompts: Sequence[str], base: Any, settings: Sequence[Sett
                       on_run: Any = None) -> dict[Setting, Totals]:
     """Generate every prompt with the baseline and each setting (same seeds), write the images, score
     them; returns the totals per setting (the baseline first)."""
-    from vision.engines.generate import generate
+    from vision.engines.generate import GenerateEngine
 
     runs = [Setting(0, base.branch), *settings]
     totals = {s: Totals() for s in runs}
-    generate(list(prompts[:1]), dataclasses.replace(base, deepcache=0, steps=min(2, base.steps), compare=False))
+    GenerateEngine(base.replace(deepcache=0, steps=min(2, base.steps), compare=False))(list(prompts[:1]))
     for start in range(0, len(prompts), batch):
         chunk = list(prompts[start:start + batch])
         for setting in runs:
-            config = dataclasses.replace(base, deepcache=setting.interval, branch=setting.branch,
-                                         seed=base.seed + start, compare=False)
-            result = generate(chunk, config)
+            config = base.replace(deepcache=setting.interval, branch=setting.branch, seed=base.seed + start,
+                                  compare=False)
+            result = GenerateEngine(config)(chunk)
             scores = scorer.clip_score(result.images, chunk) if scorer is not None else [None] * len(chunk)
             total = totals[setting]
             total.seconds += result.seconds
@@ -279,7 +278,7 @@ def make_settings(args: argparse.Namespace, base: Any, unet: Any) -> list[Settin
                           f"got {intervals}")
     settings = [Setting(n, b) for n in intervals for b in branches]
     for s in settings:
-        dataclasses.replace(base, deepcache=s.interval, branch=s.branch).validate()
+        base.replace(deepcache=s.interval, branch=s.branch).validate()
         DeepCache(unet, interval=s.interval, branch=s.branch, schedule=base.schedule, center=base.center,
                   power=base.power)  # refuses a branch the UNet does not have (never enabled here)
     return settings
@@ -320,9 +319,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {R.message(err)}", file=sys.stderr)
             return 2
     bar.close()
-    from vision.engines.generate import default_size
+    write_report(out, args, prompts, base, settings, totals, unet, scorer, tiny, time.perf_counter() - started)
+    print(f"results: {out}")
+    return 0
 
-    side = base.width or default_size(hub, base.family)
+
+def write_report(out: Path, args: argparse.Namespace, prompts: list[str], base: Any, settings: list, totals: Any,
+                 unet: Any, scorer: Any, tiny: bool, seconds: float) -> None:
+    """The CSV, the printed table, ``summary.json`` and the speed-up plot of a finished evaluation."""
+    from vision.engines.generate import default_size
+    from vision.hub import get_hub
+
+    side = base.width or default_size(get_hub(), base.family)
     macs = count_step_macs(unet, (base.height or side, side), sorted({s.branch for s in settings}))
     rows = settings_rows(totals, base, macs)
     with open(out / CSV_NAME, "w", newline="", encoding="utf-8") as f:
@@ -332,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
     notice = R.tiny_notice(tiny)
     header = (f"DeepCache on {base.family}: {len(prompts)} prompts, {base.steps} {base.scheduler} steps, "
               f"{side}px, guidance {base.guidance}, {base.schedule} schedule; scorer "
-              f"{scorer.name if scorer else 'none'}; {time.perf_counter() - started:.1f} s")
+              f"{scorer.name if scorer else 'none'}; {seconds:.1f} s")
     notes = [] if macs is not None else ["MACs not counted (SDXL or non-square images: the counter handles "
                                          "square SD1.x UNets only)"]
     text = "\n".join(filter(None, [notice, header, render(rows), *notes,
@@ -352,5 +360,3 @@ def run(args: argparse.Namespace) -> int:
     speedup_scatter([{"label": r["setting"], "speedup": r["speedup"], "score": r["clip_score"],
                       "baseline": r["N"] == 0} for r in rows], out / PLOT,
                     f"DeepCache {base.steps} {base.scheduler} steps: CLIP score vs speed-up", tiny=tiny)
-    print(f"results: {out}")
-    return 0

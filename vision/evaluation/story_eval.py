@@ -125,9 +125,7 @@ def engine_config(args: argparse.Namespace) -> Any:
 
     overrides = {**R.parse_settings(args.set), "rounds": args.rounds, "steps": args.steps, "size": args.size,
                  "deepcache": args.deepcache, "seed": args.seed, "style": args.style, "family": args.family}
-    config = R.make_config(StoryConfig, args.preset, overrides)
-    config.validate()
-    return config
+    return R.make_config(StoryConfig, args.preset, overrides).validate()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,8 +167,8 @@ def evaluate_stories(engine: Any, scorer: Any, stories: Sequence[Story], config:
     done_before = 0
     for story in stories:
         frames = len(story.prompts)
-        result = engine.run(list(story.prompts), config, out / "stories" / story.name, overwrite=overwrite,
-                            on_progress=lambda p: on_frames and on_frames(done_before + p.round * p.frames + p.frame))
+        result = engine(list(story.prompts), out / "stories" / story.name, overwrite=overwrite,
+                        progress=lambda p: on_frames and on_frames(done_before + p["round"] * p["frames"] + p["frame"]))
         done_before += frames * (config.rounds + 1)
         for r in result.rounds_done:
             scores = score_round(scorer, story, result.round_images(r))
@@ -204,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         out = R.output_folder(args.out)
         stories = load_stories(args.stories, args.limit)
         config = engine_config(args)
-        engine = StoryEngine()
+        engine = StoryEngine(config)
         scorer = ClipScorer.from_hub(args.scorer, engine.hub)
     except R.USER_ERRORS as err:
         print(f"error: {R.message(err)}", file=sys.stderr)
@@ -231,7 +229,15 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 130
     bar.close()
-    per_round = round_summary(by_round, config)
+    write_report(out, args, stories, config, scorer.name, round_summary(by_round, config), tiny,
+                 time.perf_counter() - started)
+    print(f"results: {out}")
+    return 0
+
+
+def write_report(out: Path, args: argparse.Namespace, stories: Sequence[Story], config: Any, scorer: str,
+                 per_round: dict[int, dict], tiny: bool, seconds: float) -> None:
+    """The CSV, the printed table, ``summary.json`` and the per-round plot of a finished evaluation."""
     with open(out / CSV_NAME, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["round", "lambda", "clip_t", "accs", "stories", "stories_all_pairs_accs"])
@@ -239,15 +245,14 @@ def run(args: argparse.Namespace) -> int:
             writer.writerow([r, round(v["lambda"], 4), v["clip_t"], v["accs"], v["stories"], v["fallback"]])
     notice = R.tiny_notice(tiny)
     header = (f"Story-Adapter: {len(stories)} stories, {sum(len(s.prompts) for s in stories)} frames, "
-              f"{config.rounds} rounds, {config.family}, {config.steps} steps, scorer {scorer.name}; "
-              f"{time.perf_counter() - started:.1f} s")
+              f"{config.rounds} rounds, {config.family}, {config.steps} steps, scorer {scorer}; {seconds:.1f} s")
     fallback = sum(v["fallback"] for v in per_round.values())
     note = (f"aCCS fell back to all frame pairs for {fallback} story-round(s) without a [name] tag seen twice"
             if fallback else None)
     text = "\n".join(filter(None, [notice, header, round_table(per_round), note]))
     print(text)
     summary = {"engine": "story", "stories_folder": str(args.stories), "stories": [s.name for s in stories],
-               "tiny": tiny, "notice": notice, "config": R.config_record(config), "scorer": scorer.name,
+               "tiny": tiny, "notice": notice, "config": R.config_record(config), "scorer": scorer,
                "clip_t": "cos(frame, its prompt), mean over frames, then over stories",
                "accs": "cos(first appearance, later appearance) per [name] character, mean over pairs; all frame "
                        "pairs when a story has no character tagged twice; then mean over stories",
@@ -260,5 +265,3 @@ def run(args: argparse.Namespace) -> int:
     round_curves(rounds, {"aCCS": [per_round[r]["accs"] for r in rounds],
                           "CLIP-T": [per_round[r]["clip_t"] for r in rounds]}, out / PLOT,
                  "Story-Adapter: consistency and text alignment per round", tiny=tiny)
-    print(f"results: {out}")
-    return 0

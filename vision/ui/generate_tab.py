@@ -8,8 +8,8 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import helpers as ui
-from vision.ui.helpers import tiny_prefix
+from vision.ui import errors, examples, form, gpu, notices, runs, storage
+from vision.ui.notices import tiny_prefix
 
 TINY_STEPS = 4  # the tab's default steps in tiny mode (outputs are noise: keep runs short)
 HOW_TO_READ = ("How to read this: the summary gives the time of the run and how many UNet calls DeepCache "
@@ -18,11 +18,11 @@ HOW_TO_READ = ("How to read this: the summary gives the time of the run and how 
                "the speed-up is the plain run's time over the cached run's, measured one after the other.")
 
 
-@ui.GPU(duration=180)
+@gpu.GPU(duration=180)
 def _generate(prompt: str, config, image: str | None, on_progress=None):
-    from vision.engines.generate import generate
+    from vision.engines.generate import GenerateEngine
 
-    return generate(prompt, config, image=image, hub=get_hub(), on_progress=on_progress)
+    return GenerateEngine(config, get_hub())(prompt, image=image, progress=on_progress)
 
 
 def _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
@@ -41,20 +41,20 @@ def _generate_config(preset, negative, steps, guidance, seed, scheduler, family,
         strength=float(strength), compare=compare)
 
 
-def _mode(config: dict) -> str:
-    return f"preset **{config['preset']}**, {'reference' if config['reference'] else 'product'} mode"
+def _mode(config) -> str:
+    return f"preset **{config.preset}**, {config.mode} mode"
 
 
 def _generation_summary(result) -> str:
     from vision.wording import plural
 
     config = result.config
-    kind = f"image-to-image (strength {config['strength']:g})" if result.img2img else "text-to-image"
-    lines = [f"{tiny_prefix(get_hub())}{kind}, {result.width}x{result.height}, {plural(config['steps'], 'step')} "
-             f"({config['scheduler']}), seed {result.seeds[0]}, {_mode(config)}: **{result.seconds:.2f} s**"]
+    kind = f"image-to-image (strength {config.strength:g})" if result.img2img else "text-to-image"
+    lines = [f"{tiny_prefix(get_hub())}{kind}, {result.width}x{result.height}, {plural(config.steps, 'step')} "
+             f"({config.scheduler}), seed {result.seeds[0]}, {_mode(config)}: **{result.seconds:.2f} s**"]
     calls = result.deepcache
     if calls:
-        lines.append(f"DeepCache N={config['deepcache']}, branch {config['branch']}, {config['schedule']}: "
+        lines.append(f"DeepCache N={config.deepcache}, branch {config.branch}, {config.schedule}: "
                      f"{plural(calls['full_calls'], 'full UNet call')} and "
                      f"{plural(calls['partial_calls'], 'partial call')} (full steps {calls['full_steps']}).")
     else:
@@ -68,43 +68,47 @@ def _generation_summary(result) -> str:
 
 
 def _generation_files(result) -> list[str]:
-    folder = ui.output_folder()
+    folder = storage.output_folder()
     names = {"png": "deepcache" if result.deepcache else "image", "plain.png": "without_deepcache"}
-    return [ui.save_png(image, folder, names.get(suffix, Path(suffix).stem))
+    return [storage.save_png(image, folder, names.get(suffix, Path(suffix).stem))
             for suffix, image in result.to_files().items()]
 
 
-def _step_progress(progress):
-    """The engine's per-denoising-step reports as ``gr.Progress`` updates (None on ZeroGPU, whose GPU
-    process cannot call back into the page)."""
-    if ui.ON_ZERO_GPU:
+def _step_progress(progress, run: runs.Run):
+    """The engine's per-denoising-step reports as ``gr.Progress`` updates, stopping the run when its client
+    leaves (None on ZeroGPU, whose GPU process cannot call back into the page)."""
+    if gpu.ON_ZERO_GPU:
         return None
-    return lambda p: progress(p.fraction, desc=p.message)
+    return run.progress(progress)
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def run_generate(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                 branch, schedule, init_image, strength, progress=gr.Progress()):
+                 branch, schedule, init_image, strength, progress=gr.Progress(), request: gr.Request = None):
     """Text-to-image (or image-to-image from ``init_image``) with Stable Diffusion, DeepCache on or off."""
-    ui.require((prompt or "").strip(), "a prompt")
+    form.require((prompt or "").strip(), "a prompt")
     config = _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache,
                               interval, branch, schedule, strength, compare=False)
+    run = runs.Run(request, "generate")
+    run.check()  # a request whose client left while it was queued does nothing
     progress(0.0, desc="loading the models")
-    result = _generate(prompt, config, ui.file_path(init_image), _step_progress(progress))
+    result = _generate(prompt, config, form.file_path(init_image), _step_progress(progress, run))
     return result.images[0], _generation_summary(result), _generation_files(result)
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def run_compare(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                branch, schedule, init_image, strength, progress=gr.Progress()):
+                branch, schedule, init_image, strength, progress=gr.Progress(), request: gr.Request = None):
     """The same seed without and with DeepCache: a before/after slider and the measured speed-up."""
-    ui.require((prompt or "").strip(), "a prompt")
+    form.require((prompt or "").strip(), "a prompt")
     if int(interval) < 2:
         raise ValueError("DeepCache interval N must be at least 2 to compare (N=1 runs every step in full).")
     config = _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache,
                               interval, branch, schedule, strength, compare=True)
+    run = runs.Run(request, "generate")
+    run.check()  # a request whose client left while it was queued does nothing
     progress(0.0, desc="loading the models")
-    result = _generate(prompt, config, ui.file_path(init_image), _step_progress(progress))
+    result = _generate(prompt, config, form.file_path(init_image), _step_progress(progress, run))
     before_after = (result.baseline_images[0], result.images[0])
     return before_after, _generation_summary(result), _generation_files(result)
 
@@ -125,6 +129,7 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
 
     defaults = GenerateConfig()
     with gr.Tab("Generate", id="generate"):
+        notices.missing_weights_note(hub, "generate")
         gr.Markdown("**Stable Diffusion with DeepCache**: DeepCache reuses the deep UNet features of a full "
                     "step for the next N-1 steps and runs only the shallow branch in between. "
                     "*Compare* runs the same seed with and without it and measures the speed-up. Upload a start "
@@ -157,7 +162,7 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
                                            info="0 fastest, 1 the paper's")
                     schedule = gr.Radio(["uniform", "nonuniform"], value=defaults.schedule, label="Schedule")
                 with gr.Accordion("Image-to-image", open=False):
-                    init_image = gr.Image(label="Start image (empty = text-to-image)", type="filepath",
+                    init_image = gr.Image(label="Start image (empty = text-to-image)", type="filepath", image_mode=None,
                                           sources=["upload", "clipboard"], elem_id="generate-init")
                     strength = gr.Slider(0.05, 1.0, value=defaults.strength, step=0.05, label="Strength",
                                          info="how much of the start image is re-drawn (1 = all of it)")
@@ -172,14 +177,17 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
                 summary = gr.Markdown(label="Summary", elem_id="generate-summary")
                 files = gr.File(label="Download (PNG)", file_count="multiple")
                 gr.Markdown(HOW_TO_READ)
+        for shown in (image, slider):  # images written once per request (vision.ui.storage)
+            storage.written_once(shown)
         inputs = [prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
                   branch, schedule, init_image, strength]
         example_steps = TINY_STEPS if hub.tiny else 30
-        ui.example_button(f'Example: "a red fox in the snow, watercolour", negative "blurry", {example_steps} steps, '
-                          f"{defaults.scheduler}, DeepCache N=3 (click, then Generate or Compare)",
-                          ["a red fox in the snow, watercolour", "blurry", "default", example_steps, 7.5, 7,
-                           defaults.scheduler, "sd15", 0, True, 3, 1, "uniform", None, defaults.strength],
-                          inputs, "generate-example")
+        examples.example_button(
+            f'Example: "a red fox in the snow, watercolour", negative "blurry", {example_steps} steps, '
+            f"{defaults.scheduler}, DeepCache N=3 (click, then Generate or Compare)",
+            ["a red fox in the snow, watercolour", "blurry", "default", example_steps, 7.5, 7,
+             defaults.scheduler, "sd15", 0, True, 3, 1, "uniform", None, defaults.strength],
+            inputs, "generate-example")
         preset.input(lambda name: preset_settings(name, hub.tiny), preset,
                      [steps, guidance, scheduler, family, size, use_deepcache, interval, branch, schedule],
                      queue=False, api_visibility="undocumented")

@@ -8,9 +8,9 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import helpers as ui
-from vision.ui.helpers import tiny_prefix
-from vision.ui.progress import engine_progress
+from vision.ui import errors, examples, form, gpu, notices, runs, storage, uploads
+from vision.ui.notices import tiny_prefix
+from vision.ui.sam import default_sam, segment_engine
 from vision.ui.uploads import check_before_decoding, checked_prompt_upload
 
 
@@ -28,10 +28,10 @@ def _sd_weights_present() -> bool:
     return all(weights.status(n) != "missing" for n in ("sd15_unet", "sd15_vae", "sd15_text_encoder"))
 
 
-@ui.GPU(duration=120)
-def _ipseg_segment(config, concepts, targets: list[str], names: list[str], progress=None):
-    return _ipseg_engine(config).segment_batch(concepts, targets, progress=engine_progress(progress),
-                                               on_error="collect", names=names)
+@gpu.GPU(duration=120)
+def _ipseg_segment(config, concepts, targets: list[str], names: list[str], on_progress=None):
+    return _ipseg_engine(config).segment_batch(concepts, targets, progress=on_progress, on_error="collect",
+                                               names=names)
 
 
 FEATURE_CHOICES = [("as the preset", "preset"), ("DINOv2 + Stable Diffusion 1.5 (the paper's)", "dino+sd"),
@@ -63,18 +63,15 @@ def ipseg_config(preset: str, features: str, sam_model: str, fast: bool, **setti
 CLICK_LABELS = {"foreground (on the concept)": 1, "background (not the concept)": 0}
 
 
-@ui.GPU(duration=60)
+@gpu.GPU(duration=60)
 def _segment_prompt(sam_model: str, image, points: list):
-    from vision.ui.segment_tab import _segment_engine
-
-    return _segment_engine(sam_model).segment(image, points, name="prompt image")
+    return segment_engine(sam_model)(image, points, name="prompt image")
 
 
 def click_sam(sam_model: str, preset: str) -> str:
     """The SAM that masks clicks: the tab's choice; "preset": the preset's SAM where its weights are on
     disk, else the Segment tab's default (sam_t when installed), so a click works on the weights at hand."""
     from vision import weights
-    from vision.ui.segment_tab import default_sam
 
     if sam_model != "preset":
         return sam_model
@@ -87,7 +84,7 @@ def click_mask(image, clicks_text: str | None, sam_model: str, preset: str, show
     :class:`~vision.engines.segment.SegmentResult`; :func:`click_sam`, through the Segment engine, whose
     embedding cache makes a click after the first cost the decoder only), or None without clicks.
     ``shown_key``: see :func:`check_clicks_on`."""
-    points = ui.parse_numbers(clicks_text, 3, "prompt clicks")
+    points = form.parse_numbers(clicks_text, 3, "prompt clicks")
     if not points:
         return None
     check_clicks_on(image, shown_key, "prompt clicks")
@@ -106,8 +103,8 @@ def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_v
     prompt files (to name them in messages)."""
     from vision.engines.ipseg import Concept, Prompt
 
-    image, painted = ui.editor_image_and_mask(prompt_value)
-    box = ui.parse_box(box_text, "prompt box")
+    image, painted = form.editor_image_and_mask(prompt_value)
+    box = form.parse_box(box_text, "prompt box")
     given = [name for name, value in (("a painted region", painted), ("a box", box), ("clicks", clicked))
              if value is not None]
     if len(given) > 1:
@@ -115,12 +112,12 @@ def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_v
                          "(clear the others)")
     region = ({region_kind: painted} if painted is not None else {"box": box} if box is not None
               else {"mask": clicked} if clicked is not None else {})
-    shots, others = ui.gallery_paths(shots_value), ui.gallery_paths(concepts_value)
+    shots, others = form.gallery_paths(shots_value), form.gallery_paths(concepts_value)
     name = (concept_name or "").strip() or "concept"
     concepts = [Concept([Prompt(image, **region), *(Prompt(p) for p in shots)], name)]
     taken = {name}
     for path in others:
-        other = ui.safe_name(Path(path).stem, "concept")
+        other = storage.safe_name(Path(path).stem, "concept")
         while other in taken:
             other += "_"
         taken.add(other)
@@ -128,14 +125,17 @@ def prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_v
     return concepts, shots + others
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, threshold, sam_model, features="preset",
               preset="default", box_text="", shots_value=None, concepts_value=None, concept_name="concept",
-              kshot="mean", clicks_text="", shown_key=None, progress=gr.Progress(track_tqdm=True)):
+              kshot="mean", clicks_text="", shown_key=None, progress=gr.Progress(track_tqdm=True),
+              request: gr.Request = None):
     """Segment the prompt's concept(s) in every target image (IPSeg); a bad target is listed, not fatal.
     ``clicks_text``: clicks on the prompt image; SAM's mask there is the prompt region."""
-    targets = ui.require(ui.gallery_paths(targets_value), "one or more target images")
-    clicked = click_mask(ui.editor_image_and_mask(prompt_value)[0], clicks_text, sam_model, preset, shown_key)
+    run = runs.Run(request, "ipseg")
+    run.check()  # a request whose client left while it was queued does nothing (it stops between stages too)
+    targets = form.require(form.gallery_paths(targets_value), "one or more target images")
+    clicked = click_mask(form.editor_image_and_mask(prompt_value)[0], clicks_text, sam_model, preset, shown_key)
     concepts, prompt_files = prompt_concepts(prompt_value, box_text, region_kind, shots_value, concepts_value,
                                              concept_name, None if clicked is None else clicked.mask)
     config = ipseg_config(preset, features, sam_model, bool(fast), max_instances=int(instances), kshot=kshot,
@@ -143,19 +143,19 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
     names = [Path(t).name for t in targets]
     progress(0.0, desc=f"segmenting {len(targets)} target(s), {config.feature_source}")
     try:
-        results = _ipseg_segment(config, concepts, targets, names, progress)
+        results = _ipseg_segment(config, concepts, targets, names, run.progress(progress))
     except ValueError as err:  # name uploads as the user knows them, not Gradio's temporary copies
-        raise type(err)(ui.name_uploads(str(err), prompt_files + targets)) from None
-    failed = [f"{e.name}: {ui.name_uploads(e.message, targets)}" for e in results.errors]
+        raise type(err)(uploads.name_uploads(str(err), prompt_files + targets)) from None
+    failed = [f"{e.name}: {uploads.name_uploads(e.message, targets)}" for e in results.errors]
     if not results:
         raise ValueError("no target could be segmented:\n" + "\n".join(failed))
     if failed:
-        ui.warn(f"{len(failed)} target(s) skipped:\n" + "\n".join(failed))
-    folder = ui.output_folder()
+        notices.warn(f"{len(failed)} target(s) skipped:\n" + "\n".join(failed))
+    folder = storage.output_folder()
     annotated, overlays, heatmaps, files, rows = [], [], [], [], []
     for result in results:
         t = result.index
-        stem = f"{t + 1:02d}_{ui.safe_name(Path(targets[t]).stem, 'target')}"
+        stem = f"{t + 1:02d}_{storage.safe_name(Path(targets[t]).stem, 'target')}"
         labels = [(inst.mask, f"{c.name} {k + 1} (score {inst.score:.3f})")
                   for c in result.concepts for k, inst in enumerate(c.instances)]
         annotated.append((result.image, labels))
@@ -165,7 +165,7 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
             lo, hi = float(c.similarity.min()), float(c.similarity.max())
             heatmaps.append((result.heatmap(k), f"{t + 1} {names[t]}: {c.name} similarity {lo:.2f} (blue) to {hi:.2f} (red)"))
         for name, value in result.to_files(heatmaps=True).items():
-            files.append(ui.save_png(ui.mask_image(value), folder, f"{stem}_{Path(name).stem}"))
+            files.append(storage.save_png(storage.mask_image(value), folder, f"{stem}_{Path(name).stem}"))
         for c in result.concepts:
             head = [t + 1, names[t], c.name, c.present, round(c.presence, 4)]
             rows += [head + [k + 1, round(inst.score, 4), round(inst.sam_iou, 4), int(inst.mask.sum())]
@@ -173,7 +173,7 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
     region = results[0].concepts[0].prompt_regions[0]
     notes = "; ".join(dict.fromkeys(n for r in results for n in r.notes))
     if notes:
-        ui.warn(notes)
+        notices.warn(notes)
     shots = len(concepts[0].prompts)
     summary = (f"{tiny_prefix(get_hub())}{len(results)} target(s), preset **{preset}**, features **{config.feature_source}**, "
                f"reference mode **{'on' if config.reference else 'off'}**, SAM `{config.sam_model}`, "
@@ -190,21 +190,21 @@ def run_ipseg(prompt_value, targets_value, region_kind, fast, instances, thresho
 
 def check_clicks_on(image, shown_key: str | None, what: str) -> None:
     """Refuse clicks made on a click view that showed another image than the prompt now in the editor
-    (``shown_key``: the :func:`~vision.engines.segment.image_key` of the image shown; None: no view, as
+    (``shown_key``: the :func:`~vision.common.content_key` of the image shown; None: no view, as
     over the API, where the clicks are the caller's own)."""
-    from vision.engines.segment import image_key
+    from vision.common import content_key
 
-    if shown_key is not None and image_key(image) != shown_key:
+    if shown_key is not None and content_key(image) != shown_key:
         raise ValueError(f"{what}: the prompt image changed since it was shown for clicking; press 'Show the "
                          "prompt here' and click again (or clear the clicks)")
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def prompt_mask_from_clicks(prompt_value, clicks_text, sam_model="preset", preset="default", shown_key=None):
     """Clicks on the prompt -> the click view (SAM's mask and the clicks drawn on the prompt image) and a
     line on that mask. A run makes the same mask from the same clicks (the embedding is cached)."""
-    image, _ = ui.editor_image_and_mask(prompt_value)
-    result = ui.require(click_mask(image, clicks_text, sam_model, preset, shown_key), "a click on the prompt image")
+    image, _ = form.editor_image_and_mask(prompt_value)
+    result = form.require(click_mask(image, clicks_text, sam_model, preset, shown_key), "a click on the prompt image")
     return result.overlay(), (f"{tiny_prefix(get_hub())}SAM `{result.sam_model}` mask from {len(result.points)} "
                               f"click(s): {int(result.mask.sum())} px, score {result.scores[0]:.3f}. Segment uses "
                               "it as the prompt region.")
@@ -213,17 +213,17 @@ def prompt_mask_from_clicks(prompt_value, clicks_text, sam_model="preset", prese
 def add_prompt_click(clicks_text: str, kind: str, evt: gr.SelectData) -> str:
     """A click on the click view (pixel coordinates of the prompt image) -> the clicks text."""
     x, y = (int(v) for v in evt.index[:2])
-    return ui.append_point(clicks_text, x, y, CLICK_LABELS.get(kind, 1))
+    return form.append_point(clicks_text, x, y, CLICK_LABELS.get(kind, 1))
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def show_prompt_for_clicks(prompt_value):
     """The editor's prompt image -> the click view (the plain image), no clicks, no note, and the key of
     the image shown (clicks are checked against it: the editor may have changed since)."""
-    from vision.engines.segment import image_key
+    from vision.common import content_key
 
-    image, _ = ui.editor_image_and_mask(prompt_value)
-    return image, "", "", image_key(image)
+    image, _ = form.editor_image_and_mask(prompt_value)
+    return image, "", "", content_key(image)
 
 
 IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instance", "score", "SAM IoU", "area (px)"]
@@ -232,8 +232,13 @@ IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instan
 def ipseg_tab(hub: ModelHub, limits: dict) -> None:
     from vision.engines.ipseg.config import PRESETS
 
-    samples = ui.sample_paths()
+    from vision.ui.layout import cpu_preset
+
+    samples = examples.sample_paths()
+    cpu = cpu_preset(hub)  # no GPU: SAM features and sam_t by default (seconds per target, not minutes)
     with gr.Tab("IPSeg", id="ipseg"):
+        notices.missing_weights_note(hub, "ipseg", ipseg_config("default", "sam" if cpu else "preset", "sam_t" if cpu
+                                                                else "preset", hub.tiny or not _sd_weights_present()))
         gr.Markdown("**IPSeg**: show a concept in a prompt image and find it in target images. Paint over the "
                     "concept with the brush, click on it for SAM's mask, type a box, or leave the prompt "
                     "unpainted to use its automatic foreground. More prompt images of the concept (k-shot) and "
@@ -241,7 +246,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
         with gr.Row():
             with gr.Column():
                 prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
-                                     type="numpy", format="png", layers=False, transforms=(),
+                                     type="filepath", image_mode=None, format="png", layers=False, transforms=(),
                                      sources=("clipboard",), elem_id="ipseg-prompt",
                                      value=samples["chelsea"],
                                      brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
@@ -267,7 +272,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     clicks = gr.Textbox("", label="Prompt clicks: x, y, label (1 on the concept, 0 not); ';' "
                                         "between clicks", elem_id="ipseg-clicks")
                     click_note = gr.Markdown("", elem_id="ipseg-click-note")
-                    shown_key = gr.State(None)  # image_key of the image in the click view
+                    shown_key = gr.State(None)  # content_key of the image in the click view
                 box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
                                  placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
                 targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
@@ -286,7 +291,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     preset = gr.Radio(list(PRESETS), value="default", label="Preset",
                                       info="paper: reproduces the reference code (reference mode, SAM-H); "
                                            "fast: DINOv2 only")
-                    features = gr.Dropdown(FEATURE_CHOICES, value="preset", label="Features")
+                    features = gr.Dropdown(FEATURE_CHOICES, value="sam" if cpu else "preset", label="Features")
                     region_kind = gr.Radio(["mask", "scribble"], value="mask", label="Painting marks",
                                            info="mask: painted over the whole concept; scribble: a few strokes on it")
                     fast = gr.Checkbox(value=hub.tiny or not _sd_weights_present(),
@@ -294,7 +299,7 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     instances = gr.Slider(1, 8, value=1, step=1, label="Instances per target (max)")
                     threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Presence threshold",
                                           info="below it a target answers 'absent'; 0 = always a mask")
-                    sam_model = gr.Dropdown(SAM_CHOICES, value="preset", label="Segmenter (SAM)")
+                    sam_model = gr.Dropdown(SAM_CHOICES, value="sam_t" if cpu else "preset", label="Segmenter (SAM)")
                 button = gr.Button("Segment", variant="primary", elem_id="ipseg-run")
             with gr.Column():
                 annotated = gr.AnnotatedImage(label="Masks (click a result below to show another target)",
@@ -307,6 +312,8 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                 summary = gr.Markdown(label="Summary", elem_id="ipseg-summary")
                 scores = gr.Dataframe(headers=IPSEG_HEADERS, label="Scores", interactive=False)
                 files = gr.File(label="Download masks, overlays and heatmaps (PNG)", file_count="multiple")
+        for shown in (annotated, overlays, heatmaps, click_view):  # images written once per request (vision.ui.storage)
+            storage.written_once(shown)
         state = gr.State([], time_to_live=3600)  # every target's annotated image
         gr.Examples([[samples["astronaut"], [samples["astronaut"], samples["rocket"]], ""],
                      [samples["coffee"], [samples["coffee"], samples["chelsea"]], ""],

@@ -23,7 +23,7 @@ from typing import Any
 import gradio as gr
 
 from vision.hub import ModelHub
-from vision.ui import helpers as ui
+from vision.ui import tables
 
 HOW_TO_READ = ("How to read this: *loaded* models stay in memory and are shared by every tab; *weights* says "
                "where each model's files are (present in `weights/`, cached by Hugging Face, or missing: "
@@ -31,15 +31,19 @@ HOW_TO_READ = ("How to read this: *loaded* models stay in memory and are shared 
 
 
 def models_status(hub: ModelHub) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The panel for the API: the summary (Markdown) and each table as ``{"headers": [...], "data": rows}``."""
-    return (ui.device_summary(hub), {"headers": ui.MODELS_HEADERS, "data": ui.models_table(hub)},
-            {"headers": ui.WEIGHTS_HEADERS, "data": ui.weights_table()})
+    """The panel for the API: the summary (Markdown, with the SAM backend) and each table as
+    ``{"headers": [...], "data": rows}``."""
+    from vision.sam.backends import backend_summary
+
+    summary = f"{tables.device_summary(hub)}\n\n{backend_summary(hub.device)}"
+    return (summary, {"headers": tables.MODELS_HEADERS, "data": tables.models_table(hub)},
+            {"headers": tables.WEIGHTS_HEADERS, "data": tables.weights_table()})
 
 
 def models_panel(hub: ModelHub) -> tuple[str, str, str]:
     """The page's panel: :func:`models_status` with its tables as Markdown."""
-    summary, *tables = models_status(hub)
-    return (summary, *(ui.markdown_table(table["headers"], table["data"]) for table in tables))
+    summary, *rows = models_status(hub)
+    return (summary, *(tables.markdown_table(table["headers"], table["data"]) for table in rows))
 
 
 def models_tab(hub: ModelHub, tabs: gr.Tabs) -> list:

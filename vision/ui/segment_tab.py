@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import gradio as gr
 
-from vision.engines.segment import Segment, SegmentConfig
+from vision.engines.segment import SegmentConfig, SegmentEngine
 from vision.hub import SAM_MODELS, ModelHub, get_hub
-from vision.ui import helpers as ui
-from vision.ui.helpers import tiny_prefix
+from vision.ui import errors, examples, form, gpu, notices, runs, storage, uploads
+from vision.ui.notices import tiny_prefix
+from vision.ui.sam import default_sam, segment_engine
 from vision.ui.uploads import check_before_decoding
 
 CLICK_KINDS = ("foreground point", "background point", "box corner")
@@ -32,54 +32,38 @@ HOW_TO_READ_EVERYTHING = (
     "holds mask *k* as value *k*.")
 
 
-@functools.lru_cache(maxsize=len(SAM_MODELS))
-def _segment_engine(sam_model: str):
-    """One Segment engine per SAM model (each caches image embeddings: a click after the first on the
-    same image runs the decoder only)."""
-    return Segment(SegmentConfig(sam_model=sam_model), hub=get_hub())
-
-
 def _everything_engine(sam_model: str, points_per_side: int, pred_iou_thresh: float,
-                       stability_score_thresh: float) -> Segment:
-    """A Segment engine with the generator settings of one request, sharing the click engine's embedding
-    cache (everything mode after clicks on the same image skips the encoder, and the other way round)."""
-    config = SegmentConfig(sam_model=sam_model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
-                           stability_score_thresh=stability_score_thresh)
-    engine = Segment(config, hub=get_hub())
-    engine.cache = _segment_engine(sam_model).cache
-    return engine
+                       stability_score_thresh: float) -> SegmentEngine:
+    """A Segment engine with the generator settings of one request, sharing the click engine's encoded
+    images (everything mode after clicks on the same image skips the encoder, and the other way round)."""
+    return segment_engine(sam_model).with_config(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                                                 stability_score_thresh=stability_score_thresh)
 
 
-def default_sam(hub: ModelHub) -> str:
-    """sam_t (real MobileSAM-class weights) when installed or in tiny mode, else sam_b."""
-    from vision import weights
-
-    return "sam_t" if hub.tiny or weights.status("sam_t") != "missing" else "sam_b"
-
-
-@ui.GPU(duration=60)
+@gpu.GPU(duration=60)
 def _segment(sam_model: str, image: str, points: list, box, multimask):
-    return _segment_engine(sam_model).segment(image, points, box, multimask=multimask, name=Path(image).name)
+    return segment_engine(sam_model)(image, points, box, multimask=multimask, name=Path(image).name)
 
 
-@ui.GPU(duration=120)
+@gpu.GPU(duration=120)
 def _everything(image: str, *settings):
     return _everything_engine(*settings).everything(image, name=Path(image).name)
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def run_segment(image, points_text, box_text, sam_model, multimask_choice, mode="prompts",
                 points_per_side=EVERYTHING_DEFAULTS.points_per_side,
                 pred_iou_thresh=EVERYTHING_DEFAULTS.pred_iou_thresh,
-                stability_thresh=EVERYTHING_DEFAULTS.stability_score_thresh):
+                stability_thresh=EVERYTHING_DEFAULTS.stability_score_thresh, request: gr.Request = None):
     """SAM masks: in "prompts" mode of the object under the clicks and/or inside the box, in "everything"
     mode every mask the automatic generator finds. Returns the overlay, the mask PNG (best mask or the
     union), the downloads, the masks table and the summary."""
-    image = ui.require(ui.file_path(image), "an image (then click on the object)")
+    runs.Run(request, "segment").check()  # a request whose client left while it was queued does nothing
+    image = form.require(form.file_path(image), "an image (then click on the object)")
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r} must be one of {', '.join(MODES)}")
-    points = ui.parse_numbers(points_text, 3, "points")
-    box = ui.parse_box(box_text)
+    points = form.parse_numbers(points_text, 3, "points")
+    box = form.parse_box(box_text)
     if mode == "everything" and (points or box):
         raise ValueError("points/box: the everything mode takes no clicks or box (clear them, or use the prompts mode)")
     try:
@@ -88,8 +72,8 @@ def run_segment(image, points_text, box_text, sam_model, multimask_choice, mode=
         else:
             result = _segment(sam_model, image, points, box, MULTIMASK.get(multimask_choice))
     except ValueError as err:  # name the upload as the user knows it, not Gradio's temporary copy
-        raise type(err)(ui.name_uploads(str(err), [image])) from None
-    mask_file, downloads = _save_files(result, ui.safe_name(Path(image).stem, "image"))
+        raise type(err)(uploads.name_uploads(str(err), [image])) from None
+    mask_file, downloads = _save_files(result, storage.safe_name(Path(image).stem, "image"))
     stability = result.stability or [None] * len(result.masks)
     rows = [[k + 1, round(s, 4), int(m.sum()), None if st is None else round(st, 4)]
             for k, (m, s, st) in enumerate(zip(result.masks, result.scores, stability))]
@@ -99,12 +83,12 @@ def run_segment(image, points_text, box_text, sam_model, multimask_choice, mode=
 def _save_files(result, stem: str) -> tuple[str, list[str]]:
     """The engine's files in a fresh folder: the mask PNG, and the downloads (overlay PNG, labels PNG in
     everything mode, COCO RLE JSON)."""
-    folder = ui.output_folder()
+    folder = storage.output_folder()
     files = result.to_files()
-    mask_file = ui.save_png(ui.mask_image(files.pop("mask.png")), folder, f"{stem}.mask")
-    downloads = [ui.save_png(files.pop("overlay.png"), folder, f"{stem}.overlay")]
+    mask_file = storage.save_png(storage.mask_image(files.pop("mask.png")), folder, f"{stem}.mask")
+    downloads = [storage.save_png(files.pop("overlay.png"), folder, f"{stem}.overlay")]
     if "labels.png" in files:
-        downloads.append(ui.save_png(files.pop("labels.png"), folder, f"{stem}.labels"))
+        downloads.append(storage.save_png(files.pop("labels.png"), folder, f"{stem}.labels"))
     rle = folder / f"{stem}.rle.json"
     rle.write_text(json.dumps(files.pop("rle.json")))
     downloads.append(str(rle))
@@ -115,7 +99,7 @@ def _summary(result) -> str:
     t = result.timings
     encoder = f"encoder {t['encoder']:.2f} s"
     size = f"{result.size[1]}x{result.size[0]}"
-    if result.mode == "everything":
+    if result.task == "everything":
         notes = "".join(f" Note: {n}." for n in result.notes)
         encoder = "embedding from the cache" if result.embedding_cached else encoder
         return (f"{tiny_prefix(get_hub())}Everything: **{len(result.masks)} mask(s)** covering "
@@ -141,7 +125,7 @@ def add_click(points_text: str, box_text: str, corner, kind: str, mode: str, evt
         box = (min(x0, x), min(y0, y), max(x0, x) + 1, max(y0, y) + 1)
         return points_text, ", ".join(str(v) for v in box), None
     label = 1 if kind == "foreground point" else 0
-    return ui.append_point(points_text, x, y, label), box_text, None
+    return form.append_point(points_text, x, y, label), box_text, None
 
 
 def segment_after_click(image, points_text, box_text, corner, sam_model, multimask_choice, mode):
@@ -153,14 +137,16 @@ def segment_after_click(image, points_text, box_text, corner, sam_model, multima
 
 
 def segment_tab(hub: ModelHub, limits: dict) -> None:
-    samples = ui.sample_paths(("coins", "chelsea"))
+    samples = examples.sample_paths(("coins", "chelsea"))
     with gr.Tab("Segment", id="segment"):
+        notices.missing_weights_note(hub, "segment", SegmentConfig(sam_model=default_sam(hub)))
         gr.Markdown("**Segment** (SAM): upload a photo and click on an object. Each click adds a point of the kind "
                     "chosen below; two *box corner* clicks make a box. Points and the box can also be typed. The "
                     "*everything* mode finds every mask SAM can (no clicks; press Segment).")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(label="Image (click on the object)", type="filepath",
+                # image_mode=None: Gradio hands over the file as uploaded, decoded by vision.imaging.load_image as the CLI does
+                image = gr.Image(label="Image (click on the object)", type="filepath", image_mode=None,
                                  sources=("upload", "clipboard"), elem_id="segment-image")
                 check_before_decoding(image, "image")
                 mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id="segment-mode",
@@ -198,11 +184,12 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
                                       "mask (JSON)", file_count="multiple")
         corner = gr.State(None)
         inputs = [image, points, box, sam_model, multimask, mode, grid, iou_thresh, stability_thresh]
+        storage.written_once(overlay)  # its image is written once per request (see vision.ui.storage)
         outputs = [overlay, mask_file, files, scores, summary]
         with gr.Row():  # skimage.data photographs
-            ui.example_button("Example: coins, a click at 155, 51 (then Segment)", [samples["coins"], "155, 51, 1", ""],
-                              [image, points, box], "segment-example-coins")
-            ui.example_button("Example: chelsea, the box 60, 20, 390, 300 (then Segment)",
+            examples.example_button("Example: coins, a click at 155, 51 (then Segment)",
+                                    [samples["coins"], "155, 51, 1", ""], [image, points, box], "segment-example-coins")
+            examples.example_button("Example: chelsea, the box 60, 20, 390, 300 (then Segment)",
                               [samples["chelsea"], "", "60, 20, 390, 300"], [image, points, box],
                               "segment-example-chelsea")
         button.click(run_segment, inputs, outputs, api_name="segment", **limits)

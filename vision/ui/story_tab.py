@@ -8,8 +8,8 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import helpers as ui
-from vision.ui.helpers import tiny_prefix
+from vision.ui import errors, examples, form, gpu, notices, runs, storage
+from vision.ui.notices import tiny_prefix
 
 TINY_ROUNDS, TINY_STEPS = 1, 2  # the tab's defaults in tiny mode (outputs are noise: keep runs short)
 HOW_TO_READ = ("How to read this: round 0 draws each frame from its text alone; every later round redraws all "
@@ -26,7 +26,7 @@ def _story_round_view(result, r: int) -> tuple[list[tuple[str, str]], str]:
     return items, str(result.output_dir / board)
 
 
-@ui.GPU(duration=300)
+@gpu.GPU(duration=300)
 def _story_round(prompts: list[str], config, out: Path, r: int, on_progress=None):
     """Run the story engine up to round ``r``; it resumes from its own folder, so each call adds one round.
 
@@ -34,7 +34,7 @@ def _story_round(prompts: list[str], config, out: Path, r: int, on_progress=None
     """
     from vision.engines.story import StoryEngine
 
-    return StoryEngine(get_hub()).run(prompts, config, out, on_progress=on_progress, stop_after_round=r)
+    return StoryEngine(config, get_hub())(prompts, out, progress=on_progress, stop_after_round=r)
 
 
 def _round_choices(done: int) -> list[tuple[str, int]]:
@@ -46,33 +46,48 @@ def story_config(preset, style, rounds, seed, steps, use_deepcache, interval):
     from vision.engines.story import StoryConfig
     from vision.limits import check_steps
 
-    config = StoryConfig.from_preset(preset or "sd15", rounds=int(rounds), seed=int(seed),
-                                     steps=check_steps(int(steps), "Denoising steps"), style=style,
-                                     deepcache=int(interval) if use_deepcache else 0)
-    config.validate()
-    return config
+    return StoryConfig.from_preset(preset or "sd15", rounds=int(rounds), seed=int(seed),
+                                   steps=check_steps(int(steps), "Denoising steps"), style=style,
+                                   deepcache=int(interval) if use_deepcache else 0).validate()
 
 
-@ui.friendly_errors
+def story_prompts(story_text: str | None) -> list[str]:
+    """The story's frame prompts (one per non-blank line), within the app's limits (:mod:`vision.limits`)."""
+    from vision.limits import MAX_APP_STORY_FRAMES, check_story
+
+    prompts = [line.strip() for line in (story_text or "").splitlines() if line.strip()]
+    form.require(prompts, "a story (one frame prompt per line)")
+    return check_story(prompts, MAX_APP_STORY_FRAMES, "story",
+                       where=" in the app, which shares one run slot (longer stories: python -m vision story "
+                             "--story FILE, which also resumes)")
+
+
+@errors.friendly_errors
 def run_story(story_text, preset, style, rounds, seed, steps, use_deepcache, interval,
-              progress=gr.Progress()):
+              progress=gr.Progress(), request: gr.Request = None):
     """Illustrate a story (one frame per line); yields the gallery after every round, then the storyboard,
-    with the round selector and the stored rounds' views."""
+    with the round selector and the stored rounds' views. Stops at the next denoising step when its client
+    cancels or leaves (:mod:`vision.ui.runs`)."""
     from vision.wording import plural
 
-    ui.require((story_text or "").strip(), "a story (one frame prompt per line)")
+    prompts = story_prompts(story_text)
     config = story_config(preset, style, rounds, seed, steps, use_deepcache, interval)
+    run = runs.Run(request, "story")
+    run.check()  # a request whose client left while it was queued does nothing
     tiny = tiny_prefix(get_hub())
-    out = ui.output_folder() / "story"
+    out = storage.output_folder() / "story"
     views: dict[str, tuple[list, str]] = {}
-    # Frame-level progress from the engine; on ZeroGPU (separate GPU process) the page gets round-level only.
-    on_progress = None if ui.ON_ZERO_GPU else (lambda p: progress(p.fraction, desc=p.message))
+    # Step-level progress (and so cancellation) from the engine; on ZeroGPU (a separate GPU process that
+    # cannot call back into the page) round-level only.
+    on_progress = None if gpu.ON_ZERO_GPU else run.progress(progress)
     for r in range(config.rounds + 1):
         progress(r / (config.rounds + 1), desc=f"round {r}/{config.rounds}")
-        result = _story_round(story_text.splitlines(), config, out, r, on_progress)
+        run.check()
+        result = yield from run.in_background(_story_round, prompts, config, out, r, on_progress,
+                                              idle=(gr.skip(),) * 6)
         items, board = _story_round_view(result, r)
         views[str(r)] = (items, board)
-        status = (f"{tiny}{config.mode()}, {config.base_model()}. Round {r}/{config.rounds} done "
+        status = (f"{tiny}{config.describe()}, {config.base_model()}. Round {r}/{config.rounds} done "
                   f"({plural(len(items), 'frame')}, reference weight {config.lambda_of(r):.2f}, "
                   f"{result.timings[r]['seconds']:.1f} s).")
         if result.complete:
@@ -108,6 +123,7 @@ def story_tab(hub: ModelHub, limits: dict) -> None:
     example = ("a red fox wakes up in a snowy forest\nthe fox crosses a frozen river\n"
                "the fox finds a warm cabin at dusk")
     with gr.Tab("Story", id="story"):
+        notices.missing_weights_note(hub, "story")
         gr.Markdown("**Story-Adapter**: one frame per line. Round 0 draws each frame from its text; every "
                     "further round redraws all frames while attending to all frames of the round before, "
                     "so characters and style converge. The gallery updates after each round.")
@@ -128,7 +144,9 @@ def story_tab(hub: ModelHub, limits: dict) -> None:
                 with gr.Row():
                     deepcache = gr.Checkbox(value=defaults.deepcache > 0, label="DeepCache")
                     interval = gr.Slider(2, 10, value=defaults.deepcache, step=1, label="DeepCache interval N")
-                button = gr.Button("Illustrate the story", variant="primary", elem_id="story-run")
+                with gr.Row():
+                    button = gr.Button("Illustrate the story", variant="primary", elem_id="story-run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="story-stop")
             with gr.Column():
                 round_pick = gr.Radio([], label="Round to view", elem_id="story-round")
                 gallery = gr.Gallery(label="Frames (latest round)", columns=4, height="auto", elem_id="story-gallery")
@@ -139,12 +157,14 @@ def story_tab(hub: ModelHub, limits: dict) -> None:
         views = gr.State({})
         inputs = [story, preset, style, rounds, seed, steps, deepcache, interval]
         example_rounds = TINY_ROUNDS if hub.tiny else 2
-        ui.example_button(f"Example: {' / '.join(example.splitlines())} (sd15, comic, {example_rounds} rounds; "
+        examples.example_button(f"Example: {' / '.join(example.splitlines())} (sd15, comic, {example_rounds} rounds; "
                           "click, then Illustrate the story)",
                           [example, "sd15", "comic", example_rounds, 0, TINY_STEPS if hub.tiny else 30, True, 3],
                           inputs, "story-example")
         preset.input(lambda name: preset_settings(name, hub.tiny), preset, [style, rounds, steps, deepcache, interval],
                      queue=False, api_visibility="undocumented")
-        button.click(run_story, inputs, [gallery, status, board, files, round_pick, views], api_name="story",
-                     **limits)
+        run_event = button.click(run_story, inputs, [gallery, status, board, files, round_pick, views],
+                                 api_name="story", **limits)
+        # Gradio closes the running handler; the engine stops at its next step (vision.ui.runs)
+        stop.click(None, None, None, cancels=[run_event], queue=False, api_visibility="undocumented")
         round_pick.input(show_round, [views, round_pick], [gallery, board], queue=False, api_visibility="undocumented")

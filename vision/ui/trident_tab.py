@@ -9,8 +9,8 @@ import gradio as gr
 import numpy as np
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import helpers as ui
-from vision.ui.helpers import tiny_prefix
+from vision.ui import errors, examples, form, gpu, notices, runs, storage
+from vision.ui.notices import tiny_prefix
 
 HEATMAP_SIDE = 384  # heatmaps are shown at most this many pixels per side (one per class: keep them light)
 DEFAULT_CLASSES = "person|astronaut; rocket; flag; background|sky|wall"
@@ -22,17 +22,17 @@ HOW_TO_READ = (
     "class is less probable than it become background.")
 
 
-@functools.lru_cache(maxsize=1)
-def _trident_engine():
-    """One shared Trident engine (it caches text embeddings per class list and is thread-safe)."""
+@functools.lru_cache(maxsize=4)
+def _trident_engine(config):
+    """One Trident engine per settings (thread-safe; text embeddings are cached across engines)."""
     from vision.engines.trident import TridentEngine
 
-    return TridentEngine(get_hub())
+    return TridentEngine(config, get_hub())
 
 
-@ui.GPU(duration=60)
-def _trident_segment(image: str, classes, config):
-    return _trident_engine().segment(image, classes, config=config, return_probs=True)
+@gpu.GPU(duration=60)
+def _trident_segment(image: str, classes, config, on_progress=None):
+    return _trident_engine(config)(image, classes, return_probs=True, progress=on_progress)
 
 
 def _label_view(image: np.ndarray, labels: np.ndarray, names: tuple[str, ...]):
@@ -59,31 +59,34 @@ def _summary(result, record: dict, truncated: list[str]) -> str:
             + (f" Names truncated to CLIP's 77 tokens: {', '.join(truncated)}." if truncated else ""))
 
 
-@ui.friendly_errors
-def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progress=gr.Progress(track_tqdm=True)):
+@errors.friendly_errors
+def run_trident(image, class_text, preset, prob_thd, refine, clip_model, progress=gr.Progress(track_tqdm=True),
+                request: gr.Request = None):
     """Open-vocabulary segmentation of an image into the given class names (Trident)."""
     from vision.engines.trident import TridentConfig
     from vision.imaging import load_image, tiny_banner
 
-    image = ui.require(ui.file_path(image), "an image")
-    classes = ui.parse_class_text(class_text) or None  # None: the preset's own benchmark classes
+    image = form.require(form.file_path(image), "an image")
+    classes = form.parse_class_text(class_text) or None  # None: the preset's own benchmark classes
     config = TridentConfig.from_preset(preset, prob_thd=float(prob_thd), refine=bool(refine), clip=clip_model)
     progress(0.0, desc="segmenting")
-    result = _trident_segment(image, classes, config)
+    run = runs.Run(request, "trident")
+    run.check()  # a request whose client left while it was queued does nothing (it stops between stages too)
+    result = _trident_segment(image, classes, config, run.progress(progress))
     names = result.class_names
     stamp = tiny_banner if result.tiny else (lambda picture: picture)
     photo = load_image(image)
     shown = stamp(photo)
-    folder = ui.output_folder()
-    stem = ui.safe_name(Path(image).stem, "image")
-    files = [ui.save_png(value, folder, f"{stem}_{Path(name).stem}") for name, value in result.to_files().items()]
+    folder = storage.output_folder()
+    stem = storage.safe_name(Path(image).stem, "image")
+    files = [storage.save_png(value, folder, f"{stem}_{Path(name).stem}") for name, value in result.to_files().items()]
     record = result.to_record()
     share = record["pixel_fraction"]  # {class: fraction of the pixels}, classes present only
     rows = [[i, name, " | ".join(result.classes.names[i]), round(100 * share.get(name, 0.0), 2)]
             for i, name in enumerate(names)]
     truncated = record.get("truncated_names") or []
     if truncated:
-        ui.warn(f"Class names longer than CLIP's 77 tokens were truncated: {', '.join(truncated)}")
+        notices.warn(f"Class names longer than CLIP's 77 tokens were truncated: {', '.join(truncated)}")
     return (_label_view(shown, result.labels, names), _label_view(shown, result.coarse, names),
             _probability_gallery(photo, result.probs, names, stamp), files, rows, _summary(result, record, truncated))
 
@@ -111,10 +114,11 @@ def _examples(samples: dict[str, str], image, classes, preset, presets: list[str
 
 
 def trident_tab(hub: ModelHub, limits: dict) -> None:
-    from vision.engines.trident import PRESETS
+    from vision.engines.trident import PRESETS, TridentConfig
 
-    samples = ui.sample_paths()
+    samples = examples.sample_paths()
     with gr.Tab("Trident", id="trident"):
+        notices.missing_weights_note(hub, "trident", TridentConfig.from_preset("open"))
         gr.Markdown("**Trident**: open-vocabulary semantic segmentation from class names (CLIP + DINO proxy "
                     "attention on spliced windows, SAM global aggregation and SAM prompt refinement).")
         with gr.Row():
@@ -122,8 +126,8 @@ def trident_tab(hub: ModelHub, limits: dict) -> None:
                 image = gr.Image(label="Image", type="filepath", image_mode=None, sources=("upload", "clipboard"),
                                  value=samples["astronaut"], elem_id="trident-image")
                 classes = gr.Textbox(label="Class names", lines=1, max_lines=1, elem_id="trident-classes",
-                                     value=DEFAULT_CLASSES, placeholder=ui.CLASS_EXAMPLE,
-                                     info=f"{ui.CLASS_SYNTAX}, as the CLI's --labels (e.g. '{ui.CLASS_EXAMPLE}'); "
+                                     value=DEFAULT_CLASSES, placeholder=form.CLASS_EXAMPLE,
+                                     info=f"{form.CLASS_SYNTAX}, as the CLI's --labels (e.g. '{form.CLASS_EXAMPLE}'); "
                                           "a class named 'background' is the background. Empty: the preset's "
                                           "benchmark classes.")
                 with gr.Row():
@@ -149,6 +153,8 @@ def trident_tab(hub: ModelHub, limits: dict) -> None:
                                      interactive=False)
                 files = gr.File(label="Download: label PNG (pixel = class index), coarse labels, overlay",
                                 file_count="multiple", elem_id="trident-files")
+        for shown in (annotated, coarse, heatmaps):  # images written once per request (vision.ui.storage)
+            storage.written_once(shown)
         _examples(samples, image, classes, preset, list(PRESETS))
         preset.change(lambda name: PRESETS[name].prob_thd, preset, prob_thd, queue=False,
                       api_visibility="undocumented")

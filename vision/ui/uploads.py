@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from vision.imaging import ImageError, load_image
-from vision.ui import helpers as ui
+from vision.ui.errors import to_gr_error
+from vision.ui.notices import warn
 
 
 def check_image_file(path: str, name: str | None = None, what: str = "image") -> None:
@@ -64,7 +64,7 @@ def check_before_decoding(component: Any, what: str) -> Any:
             try:
                 check_files(files, what)
             except ImageError as err:
-                raise ui.to_gr_error(err) from None
+                raise to_gr_error(err) from None
         return decode(payload)
 
     component.preprocess = preprocess
@@ -86,6 +86,14 @@ def checked_prompt_upload(path: str | None) -> tuple[Any, str]:
         check_image_file(path, name, what="prompt image")
     except ImageError as err:
         message = f"{err}. The previous prompt was cleared: upload another image."
-        ui.warn(message)
+        warn(message)
         return None, f"⚠️ {message}"
     return path, f"Prompt image: {name}"
+
+
+def name_uploads(message: str, paths: list[str]) -> str:
+    """``message`` with each of ``paths`` (Gradio's temporary copies) replaced by its file name, the
+    name the user uploaded it under (Gradio keeps it as the copy's name)."""
+    for path in sorted({p for p in paths if p}, key=len, reverse=True):
+        message = message.replace(str(path), Path(path).name)
+    return message

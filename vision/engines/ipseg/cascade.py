@@ -9,9 +9,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
-from vision.hub import model_lock
 from vision.imaging import resize
 
 
@@ -25,22 +23,23 @@ class SamView:
     to [H, W] by nearest resizing.
     """
 
-    predictor: Any  # a SamPredictor (or anything with its predict()) whose image is set
+    # A vision.sam.SamImage of the frame: it predicts with SamPredictor's API (predict(), features,
+    # input_size), so a stand-in predictor works too.
+    predictor: Any
     image_hw: tuple[int, int]
     frame_hw: tuple[int, int]
 
     @classmethod
-    def encode(cls, model: Any, image: np.ndarray, stretch: bool) -> "SamView":
-        from segment_anything import SamPredictor
+    def encode(cls, model: Any, image: np.ndarray, stretch: bool, runner: Any = None) -> "SamView":
+        """``image`` (RGB uint8 [H, W, 3]) in its frame, encoded by ``runner`` (a
+        :class:`~vision.sam.SamRunner` of ``model``: its backend; default: torch, nothing cached)."""
+        from vision.sam import SamRunner
 
-        predictor = SamPredictor(model)
+        runner = runner or SamRunner(model)
         side = model.image_encoder.img_size
         frame = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR) if stretch else image
-        with torch.no_grad(), model_lock(model):
-            predictor.set_image(frame)
-        if predictor.features.is_cuda:
-            torch.cuda.synchronize(predictor.features.device)
-        return cls(predictor, tuple(image.shape[:2]), tuple(frame.shape[:2]))
+        encoded, _ = runner.encode(np.ascontiguousarray(frame), cache=False)
+        return cls(encoded, tuple(image.shape[:2]), tuple(frame.shape[:2]))
 
     @property
     def stretched(self) -> bool:

@@ -41,6 +41,7 @@ class IPSegConfig(EngineConfig):
     """
 
     ENGINE: ClassVar[str] = "ipseg"
+    TITLE: ClassVar[str] = "IPSeg"
     ERROR: ClassVar[type[ValueError]] = IPSegError
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 

@@ -101,6 +101,7 @@ from vision.engines.ipseg.prompts import Concept, Prompt, as_concepts, auto_regi
 from vision.engines.ipseg.results import ConceptResult, Instance, IPSegBatch, IPSegResult, TargetError
 from vision.engines.ipseg import points as pts
 from vision.imaging import ImageError, ImageInput, load_image
+from vision.weights import ensure_present
 
 
 @dataclass
@@ -166,6 +167,7 @@ class IPSegEngine(Engine):
         """Segment the concept(s) in one target image (see :func:`as_concepts` for ``concepts``);
         ``progress`` receives a :class:`~vision.engines.contract.Progress` as each stage starts."""
         parsed = as_concepts(concepts)
+        ensure_present(self.hub, list(self.config.models().values()), "ipseg")  # every missing model at once
         tracker = StageProgress(progress, 1, self._steps(parsed))
         tracker.start_target(0, name or "target")
         result = self._segment(parsed, target, name, tracker)
@@ -186,6 +188,7 @@ class IPSegEngine(Engine):
         if names is not None and len(names) != len(targets):
             raise IPSegError(f"{len(names)} names for {len(targets)} targets")
         parsed = as_concepts(concepts)
+        ensure_present(self.hub, list(self.config.models().values()), "ipseg")  # every missing model at once
         tracker = StageProgress(progress, len(targets), self._steps(parsed))
         results, errors = [], []
         for index, target in enumerate(targets):

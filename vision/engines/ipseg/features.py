@@ -10,13 +10,13 @@ resized differ by mode (:meth:`~vision.engines.ipseg.modes.ProductMode.valid_cel
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vision.common import stage
 from vision.engines.ipseg.cascade import SamView
 from vision.engines.ipseg.config import SD_FEATURES, IPSegConfig
 from vision.engines.ipseg.modes import PRODUCT, ProductMode, mode_for
@@ -148,22 +148,19 @@ class FeatureExtractor:
         ``on_stage(name)`` is called before each model pass; ``timings`` gets seconds per pass."""
         timings = {} if timings is None else timings
         on_stage = on_stage or (lambda _stage: None)
+        device = self.hub.device
         if self.config.features == "sam":
-            start = time.perf_counter()
-            if sam_view is None:
-                sam_view = SamView.encode(self.hub.get(self.config.sam_model), image, self.mode.stretch_sam)
-            feats = {"sam": synced(self.sam(sam_view))}
-            timings["sam_features"] = time.perf_counter() - start
-            return feats
+            with stage(timings, "sam_features", device):
+                if sam_view is None:
+                    sam_view = SamView.encode(self.hub.get(self.config.sam_model), image, self.mode.stretch_sam)
+                return {"sam": self.sam(sam_view)}
         on_stage("DINOv2 features")
-        start = time.perf_counter()
-        feats = {"dino": synced(self.dino(image))}
-        timings["dino"] = time.perf_counter() - start
+        with stage(timings, "dino", device):
+            feats = {"dino": self.dino(image)}
         if self.config.use_sd:
             on_stage("SD features")
-            start = time.perf_counter()
-            feats.update({k: synced(v) for k, v in self.sd(image, feats["dino"].shape[-1]).items()})
-            timings["sd"] = time.perf_counter() - start
+            with stage(timings, "sd", device):
+                feats.update(self.sd(image, feats["dino"].shape[-1]))
         return feats
 
     def sam(self, view: SamView) -> torch.Tensor:
@@ -295,13 +292,6 @@ def fused_similarity(shots: Sequence[dict[str, torch.Tensor]], target: dict[str,
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def synced(t: torch.Tensor) -> torch.Tensor:
-    """``t`` after the device finished computing it (so stage timings are true on CUDA)."""
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)
-    return t
-
-
 def device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
     param = next(model.parameters(), None)
     return (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)

@@ -7,13 +7,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
 from vision.engines.contract import engine_record
 from vision.engines.ipseg.cascade import mask_bbox
 from vision.engines.ipseg.config import IPSegConfig
+from vision.imaging import heatmap as colour_heatmap
 from vision.imaging import overlay_mask, palette, resize, tiny_banner
 
 POSITIVE_COLOUR = (0, 255, 0)
@@ -154,9 +154,7 @@ class IPSegResult:
         sim = c.similarity_image(self.size)
         lo, hi = float(sim.min()), float(sim.max())
         scaled = (sim - lo) / (hi - lo) if hi > lo else np.zeros_like(sim)
-        colours = cv2.applyColorMap(np.round(scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-        blended = ((1 - alpha) * self.image + alpha * colours).round().astype(np.uint8)
-        return self._annotate(blended, c.instances if points else [])
+        return self._annotate(colour_heatmap(scaled, self.image, alpha), c.instances if points else [])
 
     def _annotate(self, image: np.ndarray, instances: list[Instance]) -> np.ndarray:
         canvas = Image.fromarray(image)

@@ -67,18 +67,18 @@ each: 200 frames at 512^2 = 150 MiB per round), the B CLIP embeddings and the 4B
 rounds before are on disk (:meth:`StoryResult.round_images` reads them back).
 """
 
-from vision.engines.story.adapter import ip_adapter_on, reference_pixels, set_reference_scale
+from vision.engines.story.adapter import ip_adapter_on, reference_pixels
 from vision.engines.story.config import (DEFAULT_NEGATIVE, FAMILIES, MAX_FRAMES, PRESETS, STYLES, TINY_SIZE,
                                          StoryConfig, StoryError, StoryFamily, load_story)
-from vision.engines.story.engine import StoryEngine, run_story
+from vision.engines.story.engine import StoryEngine
 from vision.engines.story.files import (MANIFEST, MANIFEST_FORMAT, STORYBOARD, atomic_write, frame_name, read_png,
                                         round_dir, save_json, save_png)
-from vision.engines.story.results import StoryProgress, StoryResult
+from vision.engines.story.results import StoryResult, story_progress
 from vision.engines.story.storyboard import (STORYBOARD_GAP, STORYBOARD_MAX_WIDTH, make_storyboard, storyboard_columns,
                                              storyboard_layout)
 
-__all__ = ["StoryConfig", "StoryEngine", "StoryError", "StoryProgress", "StoryResult", "StoryFamily", "run_story",
-           "load_story", "ip_adapter_on", "reference_pixels", "set_reference_scale", "make_storyboard",
+__all__ = ["StoryConfig", "StoryEngine", "StoryError", "StoryResult", "StoryFamily", "story_progress",
+           "load_story", "ip_adapter_on", "reference_pixels", "make_storyboard",
            "storyboard_columns", "storyboard_layout", "frame_name", "round_dir", "save_png", "save_json", "read_png",
            "atomic_write", "DEFAULT_NEGATIVE", "FAMILIES", "MAX_FRAMES", "PRESETS", "STYLES", "TINY_SIZE", "MANIFEST",
            "MANIFEST_FORMAT", "STORYBOARD", "STORYBOARD_GAP", "STORYBOARD_MAX_WIDTH"]

@@ -11,61 +11,38 @@ from PIL import Image
 
 from vision.hub import model_lock
 
-_MISSING = object()
-
-
 @contextlib.contextmanager
-def ip_adapter_on(unet: Any, state_dict: dict) -> Iterator[Any]:
-    """Load an IP-Adapter (``{"image_proj": ..., "ip_adapter": ...}``) onto ``unet`` for the block.
+def ip_adapter_on(pipe: Any, state_dict: dict) -> Iterator[None]:
+    """Load an IP-Adapter (``{"image_proj": ..., "ip_adapter": ...}``) onto ``pipe``'s UNet for the block.
 
-    Uses diffusers' own loader (``unet._load_ip_adapter_weights``), which puts an
+    Uses diffusers' public loader (``pipe.load_ip_adapter`` with the state dict; no image encoder: the
+    engine encodes reference frames itself and passes ``ip_adapter_image_embeds``), which puts an
     ``IPAdapterAttnProcessor2_0`` on every cross-attention layer and an image projection in
-    ``unet.encoder_hid_proj``. On exit the UNet gets back exactly what it had: the same attention
-    processor objects, the same ``encoder_hid_proj`` and ``config.encoder_hid_dim_type``, so that the
-    other engines sharing it see the plain UNet again. Yields the list of IP processors.
+    ``unet.encoder_hid_proj``. On exit ``pipe.unload_ip_adapter()`` removes them and the UNet gets back
+    the very attention processor objects it had (``set_attn_processor``), so that the other engines
+    sharing it see the plain UNet again. Set lambda with ``pipe.set_ip_adapter_scale``.
 
     Holds the UNet's :func:`vision.hub.model_lock` meanwhile: other engines running the shared UNet
     (generation, IPSeg's features) take the same lock, so none of them sees the adapter, and two story
-    runs never save each other's adapter as "the original".
+    runs never interleave their adapters.
     """
-    with model_lock(unet):
-        yield from _ip_adapter_on(unet, state_dict)
-
-
-def _ip_adapter_on(unet: Any, state_dict: dict) -> Iterator[Any]:
-    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
     from diffusers.utils import logging as diffusers_logging
 
-    saved_procs = dict(unet.attn_processors)
-    saved_proj = unet.encoder_hid_proj
-    saved_type = unet.config.__dict__.get("encoder_hid_dim_type", _MISSING)
-    saved_text_proj = getattr(unet, "text_encoder_hid_proj", _MISSING)
-    verbosity = diffusers_logging.get_verbosity()
-    try:
-        diffusers_logging.set_verbosity_error()  # its `.to()` warns about fp32 modules it does not have
+    unet = pipe.unet
+    with model_lock(unet):
+        saved_processors = dict(unet.attn_processors)
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # "image_encoder is not loaded": we pass the embeddings
         try:
-            unet._load_ip_adapter_weights([state_dict], low_cpu_mem_usage=False)
+            pipe.load_ip_adapter(state_dict, subfolder="", weight_name="", image_encoder_folder=None,
+                                 low_cpu_mem_usage=False)
         finally:
             diffusers_logging.set_verbosity(verbosity)
-        yield [p for p in unet.attn_processors.values() if isinstance(p, IPAdapterAttnProcessor2_0)]
-    finally:
-        unet.set_attn_processor(saved_procs)
-        unet.encoder_hid_proj = saved_proj
-        if saved_type is _MISSING:
-            unet.config.__dict__.pop("encoder_hid_dim_type", None)
-        else:
-            object.__setattr__(unet.config, "encoder_hid_dim_type", saved_type)
-        if saved_text_proj is _MISSING:
-            if hasattr(unet, "text_encoder_hid_proj"):
-                delattr(unet, "text_encoder_hid_proj")
-        else:
-            unet.text_encoder_hid_proj = saved_text_proj
-
-
-def set_reference_scale(processors: Sequence[Any], scale: float) -> None:
-    """Set lambda on every IP-Adapter attention processor (one adapter each)."""
-    for proc in processors:
-        proc.scale = [float(scale)] * len(proc.scale)
+        try:
+            yield
+        finally:
+            pipe.unload_ip_adapter()
+            unet.set_attn_processor(saved_processors)
 
 
 def reference_pixels(images: Sequence[np.ndarray], reference_size: int, encoder_size: int) -> torch.Tensor:

@@ -7,9 +7,12 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
+
+from vision.engines.contract import EngineConfig
+from vision.limits import MAX_STORY_FRAMES, LimitError, check_story
 
 DEFAULT_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the reference's, all styles
 
@@ -46,15 +49,15 @@ FAMILIES: dict[str, StoryFamily] = {
 }
 
 TINY_SIZE = 64  # default frame size in tiny mode (the tiny UNet's native 8x8 latent)
-MAX_FRAMES = 1000
+MAX_FRAMES = MAX_STORY_FRAMES
 
 
 class StoryError(ValueError):
     """A story, configuration or output folder that cannot be used; the message says why."""
 
 
-@dataclass
-class StoryConfig:
+@dataclass(frozen=True)
+class StoryConfig(EngineConfig):
     """Settings of one story run; :meth:`from_preset` gives a named one (:data:`PRESETS`).
 
     ``deepcache`` is the DeepCache interval N (0 = off; 1 = on with every step full, which equals off) on
@@ -63,6 +66,10 @@ class StoryConfig:
     SDXL), ``guidance`` the CFG scale (None: the family's default, 7.5 SD1.5 / 5.0 SDXL). ``reference``
     turns on reference mode (see :mod:`vision.engines.story`); ``preset`` names the preset it came from.
     """
+
+    ENGINE: ClassVar[str] = "story"
+    TITLE: ClassVar[str] = "story"
+    ERROR: ClassVar[type[ValueError]] = StoryError
 
     preset: str = "sd15"
     reference: bool = False
@@ -82,55 +89,63 @@ class StoryConfig:
     scheduler: str = "ddim"
     reference_size: int = 256
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "StoryConfig":
-        if name not in PRESETS:
-            raise StoryError(f"unknown story preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-    def validate(self) -> None:
+    def problems(self) -> list[str]:
+        problems = []
         if self.preset not in PRESETS:
-            raise StoryError(f"unknown story preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            problems.append(f"unknown story preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.family not in FAMILIES:
-            raise StoryError(f"unknown model family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+            return problems + [f"unknown model family {self.family!r}; choose one of {', '.join(FAMILIES)}"]
         if self.checkpoint is not None and self.checkpoint not in FAMILIES[self.family].checkpoints:
-            raise StoryError(f"checkpoint {self.checkpoint!r} is not a {self.family} model; choose one of "
-                             f"{', '.join(FAMILIES[self.family].checkpoints)}")
+            problems.append(f"checkpoint {self.checkpoint!r} is not a {self.family} model; choose one of "
+                            f"{', '.join(FAMILIES[self.family].checkpoints)}")
         if self.style not in STYLES:
-            raise StoryError(f"unknown style {self.style!r}; choose one of {', '.join(STYLES)}")
-        if not isinstance(self.rounds, int) or self.rounds < 0:
-            raise StoryError(f"rounds must be an integer >= 0 (0 = round 0 only), got {self.rounds!r}")
-        if self.steps < 1:
-            raise StoryError(f"steps must be >= 1, got {self.steps}")
+            problems.append(f"unknown style {self.style!r}; choose one of {', '.join(STYLES)}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
+            problems.append(f"rounds must be an integer >= 0 (0 = round 0 only), got {self.rounds!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            problems.append(f"steps must be >= 1, got {self.steps}")
         if self.size is not None and (self.size < 8 or self.size % 8):
-            raise StoryError(f"size must be a positive multiple of 8, got {self.size}")
+            problems.append(f"size must be a positive multiple of 8, got {self.size}")
         for name, minimum in (("deepcache", 0), ("deepcache_branch", 0), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise StoryError(f"{name} must be an integer >= {minimum}, got {value!r}"
-                                 + (" (0 = DeepCache off)" if name == "deepcache" else ""))
-        if self.scheduler != "ddim":
-            from vision.engines.generate import GenerateError, scheduler_name
-
-            try:
-                self.scheduler = scheduler_name(self.scheduler)
-            except GenerateError as err:
-                raise StoryError(str(err)) from None
+                problems.append(f"{name} must be an integer >= {minimum}, got {value!r}"
+                                + (" (0 = DeepCache off)" if name == "deepcache" else ""))
+        problems += self._scheduler_problems()
         if self.reference_size < 1:
-            raise StoryError(f"reference_size must be >= 1, got {self.reference_size}")
+            problems.append(f"reference_size must be >= 1, got {self.reference_size}")
+        problems += self._number_problems()
+        return problems
+
+    def _scheduler_problems(self) -> list[str]:
+        from vision.engines.generate import GenerateError, scheduler_name
+
+        try:
+            scheduler_name(self.scheduler)
+        except GenerateError as err:
+            return [str(err)]
+        return []
+
+    def _number_problems(self) -> list[str]:
         for name in ("lambda_start", "lambda_end", "guidance"):
             value = getattr(self, name)
             if name == "guidance" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise StoryError(f"{name} must be a finite number, got {value!r}")
+                return [f"{name} must be a finite number, got {value!r}"]
         if self.guidance_scale() < 0:
-            raise StoryError(f"guidance must be >= 0 (<= 1 disables classifier-free guidance), got {self.guidance}")
+            return [f"guidance must be >= 0 (<= 1 disables classifier-free guidance), got {self.guidance}"]
+        return []
 
-    def mode(self) -> str:
-        """Which preset and mode this is, for records and messages: "<preset> preset, reference mode" or
-        "<preset> preset, product mode"."""
-        return f"{self.preset} preset, {'reference' if self.reference else 'product'} mode"
+    def normalised(self) -> "StoryConfig":
+        """The config with the scheduler's alias resolved (``plms`` -> ``pndm``)."""
+        from vision.engines.generate import scheduler_name
+
+        return replace(self, scheduler=scheduler_name(self.scheduler))
+
+    def describe(self) -> str:
+        """Which preset and mode this is, for messages: "<preset> preset, <reference|product> mode"."""
+        return f"{self.preset} preset, {self.mode} mode"
 
     def guidance_scale(self) -> float:
         """The CFG scale: ``guidance``, or the family's default (7.5 SD1.5, 5.0 SDXL) when it is None."""
@@ -157,7 +172,7 @@ class StoryConfig:
         return f"{prefix}{prompt}{suffix}"
 
 
-PRESETS: dict[str, StoryConfig] = {
+PRESETS: dict[str, StoryConfig] = {  # the first is the default
     # the product default: fits a 16 GB GPU (SD1.5 + IP-Adapter, 512^2), DeepCache N = 3
     "sd15": StoryConfig(),
     # SDXL + RealVisXL V4.0, 1024^2, CFG 5.0, DeepCache N = 3
@@ -169,6 +184,9 @@ PRESETS: dict[str, StoryConfig] = {
                              scheduler="ddim", steps=50, guidance=5.0, rounds=10, lambda_start=0.3, lambda_end=0.5,
                              style="comic", negative_prompt=DEFAULT_NEGATIVE, deepcache=0, reference_size=256),
 }
+
+
+StoryConfig.PRESETS = PRESETS
 
 
 def load_story(story: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -194,6 +212,7 @@ def load_story(story: str | os.PathLike | Sequence[str]) -> list[str]:
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise StoryError(f"{source} has no frames: give at least one non-empty prompt (one frame per line)")
-    if len(prompts) > MAX_FRAMES:
-        raise StoryError(f"{source} has {len(prompts)} frames; at most {MAX_FRAMES} are supported per run")
-    return prompts
+    try:
+        return check_story(prompts, MAX_FRAMES, source)
+    except LimitError as err:
+        raise StoryError(str(err)) from None

@@ -1,39 +1,32 @@
-"""What a story run reports while it runs (:class:`StoryProgress`) and what it returns (:class:`StoryResult`)."""
+"""What a story run reports while it runs (:func:`story_progress`) and what it returns (:class:`StoryResult`)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from vision.engines.story.config import StoryConfig, StoryError
+from vision.engines.contract import Progress, engine_record
+from vision.engines.story.config import FAMILIES, StoryConfig, StoryError
 from vision.engines.story.files import MANIFEST, frame_name, read_png
 
-@dataclass(frozen=True)
-class StoryProgress:
-    """One progress event: at the start of a round, after each denoising step of a frame, after each
-    frame, and at the end.
+def story_progress(round: int, rounds: int, frame: int, frames: int, message: str, step: int = 0,
+                   steps: int = 0) -> Progress:
+    """One progress event of a story run: at the start of a round, after each denoising step of a frame,
+    after each frame, and at the end.
 
     ``frame`` = frames done in ``round``; ``step`` of ``steps`` = denoising steps done of the frame in
-    progress (frame index ``frame``), both 0 in frame and round events. ``fraction`` is the share of all
-    (rounds + 1) x frames generations done, counting resumed rounds as done and the frame in progress
-    by its steps. The app maps it to ``gr.Progress(fraction, desc=message)``; the CLI to tqdm.
+    progress (frame index ``frame``), both 0 in frame and round events; they are the event's
+    ``position`` (with ``rounds`` and ``frames``). The fraction is the share of all (rounds + 1) x frames
+    generations done, counting resumed rounds as done and the frame in progress by its steps.
     """
-
-    round: int
-    rounds: int
-    frame: int
-    frames: int
-    message: str
-    step: int = 0
-    steps: int = 0
-
-    @property
-    def fraction(self) -> float:
-        done = self.round * self.frames + self.frame + (self.step / self.steps if self.steps else 0.0)
-        return min(1.0, done / ((self.rounds + 1) * self.frames))
+    done = round * frames + frame + (step / steps if steps else 0.0)
+    fraction = min(1.0, done / ((rounds + 1) * frames))
+    return Progress(fraction, message, MappingProxyType({"round": round, "rounds": rounds, "frame": frame,
+                                                         "frames": frames, "step": step, "steps": steps}))
 
 
 @dataclass
@@ -65,31 +58,30 @@ class StoryResult:
         return [read_png(self.output_dir / name) for name in self.files["rounds"][str(r)]["frames"]]
 
     def to_record(self) -> dict[str, Any]:
-        """A JSON-able summary: settings, prompts, rounds, lambdas, timings, files (relative paths)."""
-        from vision.tiny import TINY_NOTICE
-
-        record = {
-            "engine": "story",
-            "mode": self.config.mode(),
+        """A JSON-able summary: :func:`~vision.engines.contract.engine_record`'s fields, settings, prompts,
+        rounds, lambdas, timings (seconds per round under ``round_timings``), files (relative paths)."""
+        config = self.config
+        family = FAMILIES[config.family]
+        models = {"checkpoint": config.base_model(), "ip_adapter": family.ip_adapter,
+                  "image_encoder": family.image_encoder}
+        record = engine_record(config, tiny=self.tiny, models=models,
+                               timings={"total": sum(t["seconds"] for t in self.timings.values())})
+        record.update({
             "prompts": self.prompts,
-            "styled_prompts": [self.config.styled(p) for p in self.prompts],
-            "config": asdict(self.config),
-            "guidance": self.config.guidance_scale(),
-            "checkpoint": self.config.base_model(),
+            "styled_prompts": [config.styled(p) for p in self.prompts],
+            "config": asdict(config),
+            "guidance": config.guidance_scale(),
+            "checkpoint": config.base_model(),
             "size": self.size,
             "frames": len(self.prompts),
             "rounds_done": self.rounds_done,
             "complete": self.complete,
-            "lambdas": [self.config.lambda_of(r) for r in range(self.config.rounds + 1)],
-            "timings": {str(r): t for r, t in self.timings.items()},
-            "total_seconds": round(sum(t["seconds"] for t in self.timings.values()), 3),
+            "lambdas": [config.lambda_of(r) for r in range(config.rounds + 1)],
+            "round_timings": {str(r): t for r, t in self.timings.items()},
             "resumed_from": self.resumed_from,
             "output_dir": str(self.output_dir),
             "files": self.files,
-            "tiny": self.tiny,
-        }
-        if self.tiny:
-            record["notice"] = TINY_NOTICE
+        })
         return record
 
     def to_files(self) -> dict[str, Any]:

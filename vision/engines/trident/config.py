@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+from vision.engines.contract import EngineConfig
 
 VIT_SAMS = ("sam_b", "sam_h")  # SAM models with a ViT image encoder (global attention in the last block)
+METHODS = ("trident",)  # the class-name segmentation methods this engine runs
+
+
+class TridentError(ValueError):
+    """Settings or inputs Trident cannot use; the message names the field and says why."""
 
 
 @dataclass(frozen=True)
-class TridentConfig:
+class TridentConfig(EngineConfig):
     """Every setting of one Trident run; :meth:`from_preset` gives the paper's per-benchmark values.
 
     ``short_side`` (S), ``stride`` and ``window``: the splice grid. ``prob_thd``: pixels whose best class
@@ -24,7 +30,12 @@ class TridentConfig:
     :mod:`vision.engines.trident.engine`).
     """
 
+    ENGINE: ClassVar[str] = "trident"
+    TITLE: ClassVar[str] = "Trident"
+    ERROR: ClassVar[type[ValueError]] = TridentError
+
     preset: str = "open"
+    method: str = "trident"  # the class-name segmentation method (see METHODS)
     short_side: int = 448
     stride: int = 224
     window: int = 336
@@ -47,31 +58,26 @@ class TridentConfig:
     sam: str = "sam_b"
     reference: bool = False
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TridentConfig":
-        if name not in PRESETS:
-            raise ValueError(f"unknown Trident preset {name!r}; known: {', '.join(PRESETS)}")
-        return PRESETS[name].replace(**overrides)
-
-    def replace(self, **changes: Any) -> "TridentConfig":
-        return dataclasses.replace(self, **changes)
-
-    def validate(self) -> None:
+    def problems(self) -> list[str]:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method={self.method!r} must be one of {', '.join(METHODS)}")
         if self.clip not in ("clip_b16", "clip_h14"):
-            raise ValueError(f"clip must be clip_b16 or clip_h14, not {self.clip!r}")
+            problems.append(f"clip must be clip_b16 or clip_h14, not {self.clip!r}")
         if self.vfm not in ("dino_b16", "dinov2_b14"):
-            raise ValueError(f"vfm must be dino_b16 or dinov2_b14 (a deviation), not {self.vfm!r}")
+            problems.append(f"vfm must be dino_b16 or dinov2_b14 (a deviation), not {self.vfm!r}")
         if self.sam not in VIT_SAMS:
-            raise ValueError(f"Trident needs a ViT SAM encoder ({' or '.join(VIT_SAMS)}), not {self.sam!r}: its "
-                             "global aggregation uses the attention of the encoder's last (global) ViT block"
-                             + (", which sam_t's TinyViT encoder (MobileSAM) does not have" if self.sam == "sam_t"
-                                else ""))
+            problems.append(f"Trident needs a ViT SAM encoder ({' or '.join(VIT_SAMS)}), not sam={self.sam!r}: its "
+                            "global aggregation uses the attention of the encoder's last (global) ViT block"
+                            + (", which sam_t's TinyViT encoder (MobileSAM) does not have" if self.sam == "sam_t"
+                               else ""))
         if not 0 < self.stride <= self.window:
-            raise ValueError(f"stride must be in 1..window ({self.window}), got {self.stride}")
+            problems.append(f"stride must be in 1..window ({self.window}), got {self.stride}")
         if self.short_side < 1 or self.max_long_side < self.window:
-            raise ValueError("short_side must be positive and max_long_side at least the window")
+            problems.append("short_side must be positive and max_long_side at least the window")
         if not 0.0 <= self.prob_thd <= 1.0 or not 0.0 <= self.coarse_thresh <= 1.0:
-            raise ValueError("prob_thd and coarse_thresh are probabilities (0..1)")
+            problems.append("prob_thd and coarse_thresh are probabilities (0..1)")
+        return problems
 
 
 def _benchmark(name: str, s: int, stride: int, prob_thd: float, coarse: float, k: float, neg: bool,
@@ -81,6 +87,7 @@ def _benchmark(name: str, s: int, stride: int, prob_thd: float, coarse: float, k
 
 
 PRESETS: dict[str, TridentConfig] = {
+    "open": TridentConfig(preset="open", short_side=448, stride=224, prob_thd=0.0, coarse_thresh=0.2),
     "voc21": _benchmark("voc21", 448, 224, 0.2, 0.2, 1.2, True),
     "context60": _benchmark("context60", 576, 224, 0.15, 0.15, 1.2, True),
     "coco_object": _benchmark("coco_object", 448, 224, 0.25, 0.25, 1.2, True),
@@ -89,5 +96,5 @@ PRESETS: dict[str, TridentConfig] = {
     "coco_stuff": _benchmark("coco_stuff", 448, 224, 0.0, 0.05, 1.2, True),
     "cityscapes": _benchmark("cityscapes", 688, 224, 0.0, 0.10, 3.0, False, halves=True),
     "ade20k": _benchmark("ade20k", 576, 224, 0.0, 0.05, 1.2, False),
-    "open": TridentConfig(preset="open", short_side=448, stride=224, prob_thd=0.0, coarse_thresh=0.2),
 }
+TridentConfig.PRESETS = PRESETS

@@ -98,25 +98,35 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections import OrderedDict
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vision import imaging
+from vision.common import LRUCache, stage
+from vision.engines.contract import Engine, ProgressCallback, ProgressReporter, engine_record
 from vision.engines.trident import aggregate, refine, splice
 from vision.engines.trident.classes import Classes, class_probabilities, parse_classes
-from vision.engines.trident.config import PRESETS, TridentConfig
+from vision.engines.trident.config import PRESETS, TridentConfig, TridentError
 from vision.engines.trident.modes import OpenMode, mode_for
 from vision.hub import model_lock
 from vision.templates import OPENAI_IMAGENET_TEMPLATES
+from vision.weights import ensure_present, models_for
 
 CLIP_CONTEXT = 77
 TEXT_BATCH = 640  # prompts per text-encoder forward
-TEXT_CACHE_SIZE = 32  # (model, class list) entries kept
+# Text embeddings, shared by every engine: (CLIP hub name, id of the model, names) -> (weak ref to the
+# model, [Q, D] unit embeddings); the weak ref tells a model reloaded at the same address apart.
+TEXT_CACHE: LRUCache[tuple[Any, torch.Tensor]] = LRUCache(32)
+# The stages a run reports, with the share of the run each starts at (text, windows, DINO, CLIP, SAM...).
+STAGES = {"text": 0.0, "prepare": 0.05, "dino": 0.1, "clip": 0.25, "sam_encoder": 0.45, "aggregate": 0.7,
+          "refine": 0.8}
+STAGE_MESSAGES = {"text": "text embeddings", "prepare": "windows", "dino": "DINO features", "clip": "CLIP features",
+                  "sam_encoder": "SAM image encoder", "aggregate": "SAM aggregation", "refine": "SAM refinement"}
 
 
 @dataclass
@@ -140,29 +150,24 @@ class TridentResult:
         return self.classes.display
 
     def to_record(self) -> dict[str, Any]:
-        """A JSON-able summary: classes, pixel share of each class present, timings, settings, and
-        ``reference``: whether the reference's behaviour ran (see the module docstring)."""
+        """A JSON-able summary: :func:`~vision.engines.contract.engine_record`'s fields (method, preset,
+        mode, reference, models, tiny notice, timings), classes, pixel share of each class present,
+        settings, grid sizes and prompt counts."""
         counts = np.bincount(self.labels.ravel(), minlength=len(self.classes.names))
         total = max(1, self.labels.size)
-        record = {
-            "engine": "trident",
-            "preset": self.config.preset,
-            "reference": self.config.reference,
+        cfg = self.config
+        record = engine_record(cfg, tiny=self.tiny, timings=self.timings,
+                               models={"clip": cfg.clip, "vfm": cfg.vfm, "sam": cfg.sam})
+        record.update({
             "classes": list(self.classes.display),
             "background": self.classes.background,
             "height": int(self.labels.shape[0]),
             "width": int(self.labels.shape[1]),
             "pixel_fraction": {self.classes.display[i]: round(float(c) / total, 5)
                                for i, c in enumerate(counts) if c},
-            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-            "config": dataclasses.asdict(self.config),
-            **{k: v for k, v in self.info.items()},
-            "tiny": self.tiny,
-        }
-        if self.tiny:
-            from vision.tiny import TINY_NOTICE
-
-            record["notice"] = TINY_NOTICE
+            "config": dataclasses.asdict(cfg),
+            **self.info,
+        })
         return record
 
     def to_files(self) -> dict[str, Any]:
@@ -175,27 +180,27 @@ class TridentResult:
 @dataclass
 class _SamView:
     """One SAM encoder pass: columns [x0, x1) of the image SAM sees, its last block's attention and
-    values over the token ``grid``, and the predictor state (the image embedding refinement reuses)."""
+    values over the token ``grid``, and the encoded image (a ``SamImage``: the embedding refinement reuses)."""
 
     x0: int
     x1: int
     grid: tuple[int, int]
     attention: aggregate.SamAttention | None
-    state: dict[str, Any]
+    state: Any
 
 
-class TridentEngine:
-    """Runs Trident with models from the hub. Thread-safe (one image at a time per engine)."""
+class TridentEngine(Engine):
+    """Runs Trident with models from the hub. Thread-safe (one image at a time per engine).
 
-    def __init__(self, hub: Any = None, config: TridentConfig | None = None):
-        if hub is None:
-            from vision.hub import get_hub
+    >>> engine = TridentEngine(TridentConfig.from_preset("open"))
+    >>> result = engine("cat.jpg", "cat|kitten; grass; background")
+    >>> result.labels, result.probs, result.to_record()["pixel_fraction"]
+    """
 
-            hub = get_hub()
-        self.hub = hub
-        self.config = config or PRESETS["open"]
-        self.config.validate()
-        self._text_cache: OrderedDict[tuple[str, tuple[str, ...]], torch.Tensor] = OrderedDict()
+    CONFIG: ClassVar[type[TridentConfig]] = TridentConfig
+
+    def __init__(self, config: TridentConfig | None = None, hub: Any = None):
+        super().__init__(config, hub)
         self._truncated: dict[tuple[str, ...], list[str]] = {}
         self._predictors: dict[int, Any] = {}
         self._lock = threading.RLock()
@@ -203,16 +208,14 @@ class TridentEngine:
     # --------------------------------------------------------------------------------------- text side
 
     @torch.no_grad()
-    def text_embeddings(self, queries: Sequence[str], clip_name: str | None = None) -> torch.Tensor:
+    def text_embeddings(self, queries: Sequence[str]) -> torch.Tensor:
         """[Q, D] unit text embeddings: each name through the 80 templates, each embedding normalised,
-        averaged, re-normalised. Cached per (CLIP model, name list)."""
-        clip_name = clip_name or self.config.clip
-        key = (clip_name, tuple(queries))
-        with self._lock:
-            if key in self._text_cache:
-                self._text_cache.move_to_end(key)
-                return self._text_cache[key]
-        model = self.hub.get(clip_name)
+        averaged, re-normalised. Cached per (CLIP model, name list), across engines."""
+        model = self.hub.get(self.config.clip)
+        key = (self.config.clip, id(model), tuple(queries))
+        found = TEXT_CACHE.get(key)
+        if found is not None and found[0]() is model:
+            return found[1]
         tokenizer = self.hub.get("clip_tokenizer")
         device = next(model.parameters()).device
         prompts = [t.format(q) for q in queries for t in OPENAI_IMAGENET_TEMPLATES]
@@ -222,21 +225,18 @@ class TridentEngine:
             chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
         per_prompt = torch.cat(chunks).view(len(queries), len(OPENAI_IMAGENET_TEMPLATES), -1)
         embeddings = F.normalize(per_prompt.mean(dim=1), dim=-1)
-        with self._lock:
-            self._text_cache[key] = embeddings
-            while len(self._text_cache) > TEXT_CACHE_SIZE:
-                self._text_cache.popitem(last=False)
+        TEXT_CACHE.put(key, (weakref.ref(model), embeddings))
         return embeddings
 
-    def set_text_embeddings(self, queries: Sequence[str], embeddings: torch.Tensor,
-                            clip_name: str | None = None) -> None:
+    def set_text_embeddings(self, queries: Sequence[str], embeddings: torch.Tensor) -> None:
         """Put precomputed unit text embeddings [Q, D] for ``queries`` (a class list's ``unique_queries``)
         into the cache (benchmarks use this to leave the once-per-class-list text encoding out of
         per-image timings)."""
         if embeddings.shape[0] != len(queries):
-            raise ValueError(f"{embeddings.shape[0]} embeddings for {len(queries)} names")
-        with self._lock:
-            self._text_cache[(clip_name or self.config.clip, tuple(queries))] = F.normalize(embeddings.float(), dim=-1)
+            raise TridentError(f"{embeddings.shape[0]} embeddings for {len(queries)} names")
+        model = self.hub.get(self.config.clip)
+        TEXT_CACHE.put((self.config.clip, id(model), tuple(queries)),
+                       (weakref.ref(model), F.normalize(embeddings.float(), dim=-1)))
 
     def truncated_names(self, queries: Sequence[str]) -> list[str]:
         """Names whose longest templated prompt exceeds CLIP's 77-token context (it gets truncated)."""
@@ -250,67 +250,98 @@ class TridentEngine:
 
     # -------------------------------------------------------------------------------------- image side
 
-    def _predictor(self, sam: Any) -> Any:
-        from segment_anything import SamPredictor
-
-        predictor = self._predictors.get(id(sam))
-        if predictor is None or predictor.model is not sam:
-            predictor = self._predictors[id(sam)] = SamPredictor(sam)
-        return predictor
-
     @torch.no_grad()
-    def segment(self, image: Any, classes: Any = None, *, config: TridentConfig | None = None,
-                background: int | None = None, return_probs: bool = True) -> TridentResult:
+    def __call__(self, image: Any, classes: Any = None, *, background: int | None = None,
+                 return_probs: bool = True, progress: ProgressCallback | None = None) -> TridentResult:
         """Segment ``image`` (path, bytes, PIL or RGB uint8 array) into ``classes``.
 
         ``classes=None`` uses the preset's benchmark class list (presets other than "open"), in the
-        reference's spelling when ``config.reference`` is on.
+        reference's spelling when ``config.reference`` is on. ``progress`` gets a
+        :class:`~vision.engines.contract.Progress` as each stage starts (position ``{"stage", "stages"}``).
         """
-        cfg = config or self.config
-        cfg.validate()
+        cfg = self.config
         if classes is None:
             if cfg.preset not in PRESETS or cfg.preset == "open":
-                raise ValueError("no class names given (the 'open' preset has no default class list)")
+                raise TridentError("no class names given (the 'open' preset has no default class list)")
             classes = mode_for(cfg).class_list(cfg.preset)
         parsed = parse_classes(classes, background)
         if cfg.prob_thd > 0 and parsed.background is None:
-            raise ValueError(f"prob_thd={cfg.prob_thd} turns uncertain pixels into background, but no class is "
-                             "the background: add a 'background' class or set prob_thd to 0")
+            raise TridentError(f"prob_thd={cfg.prob_thd} turns uncertain pixels into background, but no class is "
+                               "the background: add a 'background' class or set prob_thd to 0")
         rgb = imaging.load_image(image)
+        ensure_present(self.hub, models_for("trident", cfg), "trident")  # every missing model named at once
         with self._lock:
-            return self._segment(rgb, parsed, cfg, return_probs)
+            return self._segment(rgb, parsed, return_probs, ProgressReporter(progress))
 
-    def _segment(self, rgb: np.ndarray, classes: Classes, cfg: TridentConfig, return_probs: bool) -> TridentResult:
+    def _predictor(self, sam: Any) -> Any:
+        """The torch :class:`~vision.sam.SamRunner` of ``sam`` (its encoder's attention is recorded)."""
+        from vision.sam import SamRunner
+
+        runner = self._predictors.get(id(sam))
+        if runner is None or runner.sam is not sam:
+            runner = self._predictors[id(sam)] = SamRunner(sam, backend="torch", cache_size=1)
+        return runner
+
+    def _stage(self, report: ProgressReporter, timings: dict[str, float], name: str):
+        """Report stage ``name`` as starting, then time it (a context manager)."""
+        report(STAGES[name], STAGE_MESSAGES[name], stage=list(STAGES).index(name), stages=len(STAGES))
+        return stage(timings, name, self.hub.device)
+
+    def _segment(self, rgb: np.ndarray, classes: Classes, return_probs: bool, report: ProgressReporter) -> TridentResult:
+        """The steps of the module docstring: 1-4 CLIP/DINO windows spliced, 5 SAM, 6 logits, 7 refinement."""
+        cfg, mode = self.config, mode_for(self.config)
         timings: dict[str, float] = {}
-        device = torch.device(self.hub.device)
-        mode = mode_for(cfg)
         started = time.perf_counter()
+        with self._stage(report, timings, "text"):
+            text = self.text_embeddings(classes.unique_queries)
+        visual = self.hub.get(cfg.clip).visual
+        patch = int(visual.patch_size[0])
+        spliced, resized, windows = self._spliced_features(rgb, visual, patch, report, timings)
+        predictor = self._predictor(self.hub.get(cfg.sam))
+        sam_rgb = mode.sam_image(rgb, patch)
+        with self._stage(report, timings, "sam_encoder"):
+            views = self._sam_views(predictor, sam_rgb, cfg)
+        with self._stage(report, timings, "aggregate"):
+            probs, coarse = self._probabilities(views, spliced, visual, text, classes, sam_rgb.shape[1], rgb.shape[:2])
+        labels = coarse
+        info: dict[str, Any] = {"resized": list(resized), "windows": windows, "sam_passes": len(views),
+                                "sam_grid": [list(v.grid) for v in views], "prompts": 0, "kept_masks": 0,
+                                "truncated_names": self.truncated_names(classes.queries)}
+        if cfg.refine:
+            report(STAGES["refine"], STAGE_MESSAGES["refine"], stage=len(STAGES) - 1, stages=len(STAGES))
+            labels = self._refine(predictor, sam_rgb, views, probs, coarse, cfg, mode, timings, info)
+        labels_np = labels.to(torch.int32).cpu().numpy()
+        overlay = imaging.overlay_labels(rgb, labels_np, n_colours=len(classes.names))
+        timings["total"] = time.perf_counter() - started
+        report.done()
+        return TridentResult(
+            labels=labels_np, coarse=coarse.to(torch.int32).cpu().numpy(),
+            probs=probs.float().cpu().numpy() if return_probs else None,
+            overlay=imaging.tiny_banner(overlay) if self.tiny else overlay, classes=classes, config=cfg,
+            timings=timings, info=info, tiny=self.tiny)
 
-        with _stage(timings, "text", device):
-            text = self.text_embeddings(classes.unique_queries, cfg.clip)
-        clip = self.hub.get(cfg.clip)
+    def _spliced_features(self, rgb: np.ndarray, visual: Any, patch: int, report: ProgressReporter,
+                          timings: dict[str, float]) -> tuple[torch.Tensor, tuple[int, int], int]:
+        """Steps 1-4: the image resized and cut into windows, DINO's proxy attention in CLIP's last block,
+        the windows spliced onto the full token grid. Returns (features [C, rows, cols], the resized
+        (height, width), the number of windows)."""
+        cfg, mode = self.config, mode_for(self.config)
+        device = torch.device(self.hub.device)
         vfm = self.hub.get(cfg.vfm)
-        sam = self.hub.get(cfg.sam)
-        visual = clip.visual
-
-        with _stage(timings, "prepare", device):
-            height, width = rgb.shape[:2]
-            patch = int(visual.patch_size[0])
+        with self._stage(report, timings, "prepare"):
             if cfg.window % patch:
-                raise ValueError(f"the window ({cfg.window}) must be a multiple of CLIP's patch ({patch})")
+                raise TridentError(f"the window ({cfg.window}) must be a multiple of CLIP's patch ({patch})")
             pixels = mode.clip_pixels(rgb, cfg.short_side, cfg.max_long_side, patch, cfg.window, device)
             rh, rw = pixels.shape[-2:]
             boxes = splice.window_boxes(rh, rw, cfg.window, cfg.stride)
             windows = splice.crop_windows(pixels, boxes)
-
-        with _stage(timings, "dino", device):
+        with self._stage(report, timings, "dino"):
             vfm_patch = int(getattr(vfm.config, "patch_size", 16))
             vfm_grid = (cfg.window // vfm_patch, cfg.window // vfm_patch)
             vfm_in = splice.normalise(windows, splice.IMAGENET_MEAN, splice.IMAGENET_STD)
             tokens = splice.vfm_tokens(vfm, vfm_in, mode.resize_pos)
             weights = splice.proxy_attention_weights(tokens, cfg.beta, cfg.gamma)
-
-        with _stage(timings, "clip", device):
+        with self._stage(report, timings, "clip"):
             clip_in = splice.normalise(windows, splice.CLIP_MEAN, splice.CLIP_STD)
             x, clip_grid = splice.clip_trunk(visual, clip_in, mode.resize_pos)
             out = splice.proxy_block(visual.transformer.resblocks[-1], x, clip_grid, weights, vfm_grid)
@@ -319,67 +350,47 @@ class TridentEngine:
                 maps = F.interpolate(maps, size=clip_grid, mode="bilinear", align_corners=False)
             token_boxes = [tuple(v // patch for v in b) for b in boxes]
             spliced = splice.splice(maps, token_boxes, (rh // patch, rw // patch))
+        return spliced, (rh, rw), len(boxes)
 
-        predictor = self._predictor(sam)
-        sam_rgb = mode.sam_image(rgb, patch)
-        sam_width = sam_rgb.shape[1]
-        with _stage(timings, "sam_encoder", device):
-            views = self._sam_views(predictor, sam_rgb, cfg)
-
-        with _stage(timings, "aggregate", device):
-            view_logits = []
-            for part, view in enumerate(views):
-                affinity = aggregate.sam_affinity(view.attention.attn, view.attention.values, cfg.cos_fac,
-                                                  cfg.refine_neg_cos, cfg.cos_cap)
-                view.attention = None  # [h, N, N]: free it before refinement
-                block = mode.view_features(spliced, part, len(views), (view.x0, view.x1), sam_width, view.grid)
-                feats = affinity @ block.flatten(1).T  # [N, C]
-                feats = visual.ln_post(feats.to(visual.proj.dtype)) @ visual.proj
-                feats = F.normalize(feats.float(), dim=-1)
-                view_logits.append((feats @ text.T).T.reshape(-1, *view.grid))
-            logits = mode.join_logits(view_logits, [(v.x0, v.x1) for v in views], sam_width, (height, width))
-            probs = class_probabilities(logits, classes, cfg.logit_scale)
-            best, coarse = probs.max(dim=0)
-            if cfg.prob_thd > 0:
-                coarse[best < cfg.prob_thd] = classes.background
-
-        labels = coarse
-        info: dict[str, Any] = {"mode": mode.name, "resized": [rh, rw], "windows": len(boxes),
-                                "sam_passes": len(views), "sam_grid": [list(v.grid) for v in views],
-                                "prompts": 0, "kept_masks": 0,
-                                "truncated_names": self.truncated_names(classes.queries)}
-        if cfg.refine:
-            labels = self._refine(predictor, sam_rgb, views, probs, coarse, cfg, mode, timings, info)
-        predictor.reset_image()
-
-        labels_np = labels.to(torch.int32).cpu().numpy()
-        overlay = imaging.overlay_labels(rgb, labels_np, n_colours=len(classes.names))
-        if self.hub.tiny:
-            overlay = imaging.tiny_banner(overlay)
-        timings["total"] = time.perf_counter() - started
-        return TridentResult(
-            labels=labels_np, coarse=coarse.to(torch.int32).cpu().numpy(),
-            probs=probs.float().cpu().numpy() if return_probs else None, overlay=overlay, classes=classes,
-            config=cfg, timings=timings, info=info, tiny=bool(self.hub.tiny))
+    def _probabilities(self, views: list[_SamView], spliced: torch.Tensor, visual: Any, text: torch.Tensor,
+                       classes: Classes, sam_width: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 5-6: each SAM view's affinity aggregates the spliced features; CLIP's head and the text give
+        logits, upsampled to ``size`` (H, W). Returns (probabilities [K, H, W], coarse labels [H, W])."""
+        cfg, mode = self.config, mode_for(self.config)
+        view_logits = []
+        for part, view in enumerate(views):
+            affinity = aggregate.sam_affinity(view.attention.attn, view.attention.values, cfg.cos_fac,
+                                              cfg.refine_neg_cos, cfg.cos_cap)
+            view.attention = None  # [h, N, N]: free it before refinement
+            block = mode.view_features(spliced, part, len(views), (view.x0, view.x1), sam_width, view.grid)
+            feats = affinity @ block.flatten(1).T  # [N, C]
+            feats = visual.ln_post(feats.to(visual.proj.dtype)) @ visual.proj
+            feats = F.normalize(feats.float(), dim=-1)
+            view_logits.append((feats @ text.T).T.reshape(-1, *view.grid))
+        logits = mode.join_logits(view_logits, [(v.x0, v.x1) for v in views], sam_width, size)
+        probs = class_probabilities(logits, classes, cfg.logit_scale)
+        best, coarse = probs.max(dim=0)
+        if cfg.prob_thd > 0:
+            coarse[best < cfg.prob_thd] = classes.background
+        return probs, coarse
 
     def _refine(self, predictor: Any, sam_rgb: np.ndarray, views: list[_SamView], probs: torch.Tensor,
                 coarse: torch.Tensor, cfg: TridentConfig, mode: OpenMode, timings: dict[str, float],
                 info: dict[str, Any]) -> torch.Tensor:
-        """SAM prompt refinement of each region the mode refines on its own; returns labels [H, W]."""
+        """SAM prompt refinement of each region the mode refines on its own; returns labels [H, W].
+        ``predictor``: the SAM runner; each region's state is its encoded image (a ``SamImage``)."""
         device = torch.device(self.hub.device)
 
-        def encode_whole() -> dict[str, Any]:
-            with _stage(timings, "sam_encoder", device):
+        def encode_whole() -> Any:
+            with stage(timings, "sam_encoder", device):
                 info["sam_passes"] += 1
                 return self._encode(predictor, sam_rgb)[0]
 
         regions = mode.refinement_views(views, probs.shape[2], sam_rgb.shape[1], encode_whole)
-        with _stage(timings, "refine", device):
+        with stage(timings, "refine", device):
             parts = []
-            for x0, x1, state in regions:
-                for key, value in state.items():
-                    setattr(predictor, key, value)
-                part, stats = refine.sam_refine(predictor, probs[:, :, x0:x1], coarse[:, x0:x1], cfg.coarse_thresh,
+            for x0, x1, encoded in regions:
+                part, stats = refine.sam_refine(encoded, probs[:, :, x0:x1], coarse[:, x0:x1], cfg.coarse_thresh,
                                                 cfg.min_area, cfg.mask_coeff, cfg.sam_iou_thresh, mode.prompts)
                 parts.append(part)
                 info["prompts"] += stats.prompted
@@ -388,15 +399,17 @@ class TridentEngine:
 
     def _sam_views(self, predictor: Any, image: np.ndarray, cfg: TridentConfig) -> list[_SamView]:
         """One SAM encoder pass per view (the whole image, or its two halves with ``split_halves``),
-        recording the last block's attention; returns it with each view's predictor state."""
+        recording the last block's attention; returns it with each view's encoded image."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
         width = image.shape[1]
         cuts = [0, width // 2, width] if cfg.split_halves and width >= 2 else [0, width]
-        encoder = predictor.model.image_encoder
+        encoder = predictor.sam.image_encoder
         token = int(encoder.patch_embed.proj.kernel_size[0])
         views = []
         for x0, x1 in zip(cuts[:-1], cuts[1:]):
             part = np.ascontiguousarray(image[:, x0:x1])
-            ih, iw = predictor.transform.get_preprocess_shape(part.shape[0], part.shape[1], encoder.img_size)
+            ih, iw = ResizeLongestSide.get_preprocess_shape(part.shape[0], part.shape[1], encoder.img_size)
             grid = (max(1, ih // token), max(1, iw // token))
             state, captured = self._encode(predictor, part, grid)
             views.append(_SamView(x0, x1, grid, captured, state))
@@ -404,27 +417,14 @@ class TridentEngine:
 
     @staticmethod
     def _encode(predictor: Any, image: np.ndarray,
-                capture_grid: tuple[int, int] | None = None) -> tuple[dict[str, Any], aggregate.SamAttention | None]:
-        """``predictor.set_image(image)``; with ``capture_grid``, also the last block's attention over it.
-        Returns the predictor state (the image embedding and sizes) and the attention."""
-        encoder = predictor.model.image_encoder
+                capture_grid: tuple[int, int] | None = None) -> tuple[Any, aggregate.SamAttention | None]:
+        """``image`` encoded by the runner ``predictor`` (torch, never cached); with ``capture_grid``,
+        also the last block's attention over it. Returns the encoded image (a ``SamImage``: the
+        embedding and sizes refinement predicts from) and the attention."""
+        encoder = predictor.sam.image_encoder
         # The capture patches the shared SAM's last block: no other engine runs SAM meanwhile.
         capture = (aggregate.capture_sam_attention(encoder, capture_grid) if capture_grid
                    else contextlib.nullcontext())
-        with model_lock(predictor.model), capture as captured:
-            predictor.set_image(image)
-        state = {"features": predictor.features, "original_size": predictor.original_size,
-                 "input_size": predictor.input_size, "is_image_set": True}
-        return state, captured
-
-
-@contextlib.contextmanager
-def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
+        with model_lock(predictor.sam), capture as captured:
+            encoded, _ = predictor.encode(image, cache=False)
+        return encoded, captured

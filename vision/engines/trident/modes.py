@@ -20,7 +20,7 @@ from vision.engines.trident import aggregate, refine, splice
 class OpenMode:
     """The project's behaviour (the "open" preset, and any preset with ``reference=False``)."""
 
-    name = "open"
+    name = "product"
     resize_pos = staticmethod(splice.resize_pos_embed)  # [R2] CLIP's and DINO's positional embeddings
     prompts = refine.OpenPrompts()  # [R4, R5] refinement's boxes, coordinate frame and dense prompt
 

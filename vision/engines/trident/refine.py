@@ -106,6 +106,27 @@ class ReferencePrompts(OpenPrompts):
         return dense_mask_prompt(prob_half, tuple(prob.shape), threshold, coeff)[None]
 
 
+def _kept_logits(predictor: Any, prompts: Any, to_frame: torch.Tensor, frame_size: tuple[int, int],
+                 mask_input: torch.Tensor, iou_thresh: float, size: tuple[int, int]) -> torch.Tensor | None:
+    """One batched ``predict_torch`` for a class's n component prompts (points and boxes in half-resolution
+    pixels, scaled by ``to_frame`` into ``frame_size``); the logits [m, H, W] (``size``) of the masks
+    whose predicted IoU exceeds ``iou_thresh``, or None when none does."""
+    device = to_frame.device
+    n = prompts.points.shape[0]
+    points = predictor.transform.apply_coords_torch(prompts.points.to(device) * to_frame, frame_size)[:, None, :]
+    boxes = predictor.transform.apply_boxes_torch(prompts.boxes.to(device) * to_frame.repeat(2), frame_size)
+    logits, iou, _ = predictor.predict_torch(points, torch.ones((n, 1), dtype=torch.int64, device=device),
+                                             boxes=boxes, mask_input=mask_input, multimask_output=False,
+                                             return_logits=True)
+    kept = iou[:, 0] > iou_thresh
+    if not bool(kept.any()):
+        return None
+    logits = logits[kept, 0].float()  # [m, H', W'] at the size of the predictor's image
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    return logits
+
+
 @dataclass
 class RefineStats:
     prompted: int = 0  # components prompted (all classes)
@@ -153,21 +174,11 @@ def sam_refine(predictor: Any, probs: torch.Tensor, coarse: torch.Tensor, coarse
             continue
         stats.prompted += n
         stats.classes_prompted += 1
-        points = prompts.points.to(device) * to_frame
-        boxes = prompts.boxes.to(device) * to_frame.repeat(2)
-        points = predictor.transform.apply_coords_torch(points, frame_size)[:, None, :]
-        boxes = predictor.transform.apply_boxes_torch(boxes, frame_size)
-        logits, iou, _ = predictor.predict_torch(
-            points, torch.ones((n, 1), dtype=torch.int64, device=device), boxes=boxes,
-            mask_input=rules.mask_input(probs[c], half[c], coarse_thresh, mask_coeff, n).to(device),
-            multimask_output=False, return_logits=True)
-        kept = iou[:, 0] > iou_thresh
-        if not bool(kept.any()):
+        mask_input = rules.mask_input(probs[c], half[c], coarse_thresh, mask_coeff, n).to(device)
+        logits = _kept_logits(predictor, prompts, to_frame, frame_size, mask_input, iou_thresh, (h, w))
+        if logits is None:
             continue
-        stats.kept += int(kept.sum())
-        logits = logits[kept, 0].float()  # [m, H', W'] at the size of the predictor's image
-        if tuple(logits.shape[-2:]) != (h, w):
-            logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        stats.kept += logits.shape[0]
         inside = logits > threshold
         score = torch.where(inside, torch.sigmoid(logits) * probs[c].float(), torch.zeros_like(logits)).amax(dim=0)
         inside = inside.any(dim=0)
