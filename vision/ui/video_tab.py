@@ -15,9 +15,8 @@ from pathlib import Path
 import gradio as gr
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import helpers as ui
-from vision.ui.helpers import tiny_prefix
-from vision.ui.progress import engine_progress
+from vision.ui import errors, form, gpu, notices, runs, storage, uploads
+from vision.ui.notices import tiny_prefix
 
 PROMPT_KINDS = ["exemplar image", "clicks on a frame"]
 HOW_TO_READ = ("**How to read this:** the overlay video tints the object in every processed frame (one colour "
@@ -53,48 +52,50 @@ def video_prompt(kind: str, exemplar, exemplar_mask, exemplar_box: str, clicks: 
     from vision.engines.video import VideoPrompt
 
     if kind == "clicks on a frame":
-        points = ui.require(ui.parse_numbers(clicks, 3, "clicks"), "a click on the object (show a frame, click on it)")
+        points = form.require(form.parse_numbers(clicks, 3, "clicks"), "a click on the object (show a frame, click on it)")
         return VideoPrompt(points=[p[:2] for p in points], labels=[int(p[2]) for p in points], frame=int(frame))
-    image = ui.require(ui.file_path(exemplar), "an exemplar image of the object")
-    box = ui.parse_box(exemplar_box, "exemplar box")
-    mask = ui.file_path(exemplar_mask)
+    image = form.require(form.file_path(exemplar), "an exemplar image of the object")
+    box = form.parse_box(exemplar_box, "exemplar box")
+    mask = form.file_path(exemplar_mask)
     if mask is not None and box is not None:
         raise ValueError("exemplar: give a mask or a box, not both (clear one)")
-    name = ui.safe_name(Path(image).stem, "object")
+    name = storage.safe_name(Path(image).stem, "object")
     return VideoPrompt(exemplar=Concept([Prompt(image, mask=mask, box=box)], name), frame=int(frame))
 
 
-@ui.GPU(duration=600)
-def _track(config, video_path: str, prompt, folder: str, progress=None):
+@gpu.GPU(duration=600)
+def _track(config, video_path: str, prompt, folder: str, on_progress=None):
     from vision.batch.video import run_video
 
     notes: list[str] = []
     summary = run_video(_video_engine(config), video_path, prompt, folder, coco_json="coco.json",
-                        progress=engine_progress(progress), log=notes.append)
+                        progress=on_progress, log=notes.append)
     return summary, notes
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def run_video_tab(video, kind, exemplar, exemplar_mask, exemplar_box, clicks, frame, preset="default",
                   track="preset", method="preset", features="preset", sam_model="preset", every=1, max_frames=0,
-                  prior=True, progress=gr.Progress()):
+                  prior=True, progress=gr.Progress(), request: gr.Request = None):
     """Track the object through the uploaded video; returns the overlay video, the score plot data, the
     first frame with its mask, the slider, the downloads, the summary and the run's folder (state)."""
-    video_path = ui.require(ui.file_path(video), "a video (mp4, webm, mov, gif)")
+    run = runs.Run(request, "video")
+    run.check()  # a request whose client left while it was queued does nothing (it stops between frames too)
+    video_path = form.require(form.file_path(video), "a video (mp4, webm, mov, gif)")
     config = video_config(preset, track, method, features, sam_model, every, max_frames, prior)
     prompt = video_prompt(kind, exemplar, exemplar_mask, exemplar_box, clicks, frame)
-    folder = ui.output_folder()
+    folder = storage.output_folder()
     progress(0.0, desc=f"reading {Path(video_path).name}")
     try:
-        summary, notes = _track(config, video_path, prompt, str(folder), progress)
+        summary, notes = _track(config, video_path, prompt, str(folder), run.progress(progress))
     except ValueError as err:  # name the upload as the user knows it, not Gradio's temporary copy
-        raise type(err)(ui.name_uploads(str(err), [video_path, ui.file_path(exemplar) or ""])) from None
+        raise type(err)(uploads.name_uploads(str(err), [video_path, form.file_path(exemplar) or ""])) from None
     rows = _rows(folder)
     if not any(r.get("status") == "ok" for r in rows):
         raise ValueError("no frame could be processed:\n" + "\n".join(f"{r['id']}: {r.get('reason')}" for r in rows[:5]))
-    failed = [f"{r['id']}: {ui.name_uploads(r.get('reason', ''), [video_path])}" for r in rows if r.get("status") != "ok"]
+    failed = [f"{r['id']}: {uploads.name_uploads(r.get('reason', ''), [video_path])}" for r in rows if r.get("status") != "ok"]
     if failed:
-        ui.warn(f"{len(failed)} frame(s) failed:\n" + "\n".join(failed[:5]))
+        notices.warn(f"{len(failed)} frame(s) failed:\n" + "\n".join(failed[:5]))
     text = _summary(config, rows, summary, notes, failed)
     slider = gr.Slider(0, max(len(rows) - 1, 1), value=0, step=1, label=f"Frame (position among the {len(rows)} processed)")
     return (str(folder / "overlay.mp4"), score_table(rows), frame_view(str(folder), video_path, 0), slider,
@@ -153,7 +154,7 @@ def frame_view(folder: str, video_path: str, position: float):
     return overlay_frame(image, saved_instance_masks(Path(folder), row), row.get("score"), bool(row.get("tiny")), error)
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def show_frame(state: list | None, position: float):
     """The slider moved: that frame with its mask (nothing before a run)."""
     if not state:
@@ -161,21 +162,21 @@ def show_frame(state: list | None, position: float):
     return frame_view(state[0], state[1], position)
 
 
-@ui.friendly_errors
+@errors.friendly_errors
 def show_prompt_frame(video, frame: float):
     """The frame to click on (its index in the video), with no clicks yet."""
     from vision.videoio import probe, read_frame
 
-    path = ui.require(ui.file_path(video), "a video (mp4, webm, mov, gif)")
+    path = form.require(form.file_path(video), "a video (mp4, webm, mov, gif)")
     try:
         return read_frame(probe(path), int(frame)), ""
     except ValueError as err:
-        raise type(err)(ui.name_uploads(str(err), [path])) from None
+        raise type(err)(uploads.name_uploads(str(err), [path])) from None
 
 
 def add_click(clicks: str, kind: str, evt: gr.SelectData) -> str:
     x, y = (int(v) for v in evt.index[:2])
-    return ui.append_point(clicks, x, y, 0 if kind.startswith("background") else 1)
+    return form.append_point(clicks, x, y, 0 if kind.startswith("background") else 1)
 
 
 def video_tab(hub: ModelHub, limits: dict) -> None:

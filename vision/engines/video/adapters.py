@@ -38,8 +38,8 @@ def click_mask(hub: Any, sam_model: str, image: np.ndarray, points: Sequence[Seq
                labels: Sequence[int] = (), box: Sequence[float] | None = None) -> np.ndarray:
     """SAM's best mask (bool [H, W]) for clicks ((x, y) pixels, labels 1 = object, 0 = background) and/or a
     box (x0, y0, x1, y1 pixels) on ``image``."""
-    from vision.engines.segment import Segment, SegmentConfig
+    from vision.engines.segment import SegmentConfig, SegmentEngine
 
     clicks = [(float(x), float(y), int(label)) for (x, y), label in zip(points, labels)]
-    result = Segment(SegmentConfig(sam_model=sam_model), hub=hub).segment(image, points=clicks, box=box)
-    return result.masks[0]
+    engine = SegmentEngine(SegmentConfig.from_preset("default", sam_model=sam_model), hub=hub)
+    return engine(image, points=clicks, box=box).masks[0]
