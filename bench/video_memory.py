@@ -123,7 +123,8 @@ def _markdown(report: dict) -> str:
     lines = [f"# Video memory: peak RSS of a {long}-frame 480p run beside a {short}-frame one", "",
              f"- machine: `{m['uname']}`; CPU: {m['cpu']} ({m['cpu_count']} logical CPUs); torch {m['torch']}",
              f"- load average before: {m.get('load_average')}; after: {report['load_after']}",
-             f"- models: {report['models']}; clip: synthetic, {report['size'][1]}x{report['size'][0]}, H.264 mp4, 24 fps",
+             (f"- models: {report['models']}; clip: synthetic, {report['size'][1]}x{report['size'][0]}, "
+              "H.264 mp4, 24 fps"),
              ("- each run a fresh process doing what `python -m vision video` does (masks, results.jsonl, "
               "overlay.mp4); peak = VmHWM"), f"- command: `{report['command']}`", "",
              (f"| track | peak RSS {short} frames (MB) | peak RSS {long} frames (MB) | ratio (goal <= 1.2) | "

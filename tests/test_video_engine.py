@@ -58,7 +58,7 @@ def test_bounded_session_gives_the_same_masks(tiny_hub, one_torch_thread, clip):
         masks = [tracker.condition(frames[0], mask=clip.masks[0])[0]]
         masks += [tracker.step(f)[0] for f in frames[1:]]
         runs[bounded] = (masks, tracker.session)
-    assert all(np.array_equal(a, b) for a, b in zip(runs[True][0], runs[False][0]))
+    assert all(np.array_equal(a, b) for a, b in zip(runs[True][0], runs[False][0], strict=True))
     bounded, full = runs[True][1], runs[False][1]
     assert len(full.processed_frames) == 10 and len(bounded.processed_frames) == 0  # pixels: none kept
     window = max(model.config.num_maskmem, model.config.max_object_pointers_in_encoder)

@@ -70,7 +70,7 @@ def test_h264_writer_plays_in_browsers(tmp_path):
     assert head.find(b"moov") < head.find(b"mdat") or b"mdat" not in head  # +faststart: the index comes first
     lossless = videoio.write_video(frames(3), tmp_path / "exact.mp4", fps=8, lossless=True)
     decoded = [f.image for f in videoio.read_frames(videoio.probe(lossless))]
-    assert all(np.array_equal(a, b) for a, b in zip(decoded, frames(3)))
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, frames(3), strict=True))
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -36,7 +36,7 @@ def test_exemplar_track_follows_the_cup_and_the_prior_helps(sam_t_hub, clip, tmp
         result = engine(frames, prompt)
         assert [f.index for f in result.frames] == list(range(24)) and all(f.error is None for f in result.frames)
         ious = [iou(np.logical_or.reduce(f.masks()) if f.rles else np.zeros(clip.masks[0].shape, bool), gt)
-                for f, gt in zip(result.frames, clip.masks)]
+                for f, gt in zip(result.frames, clip.masks, strict=True)]
         means[prior] = float(np.mean(ious))
         print(f"prior={'search-region' if prior else 'none'}: mean IoU {means[prior]:.4f}; per frame "
               f"{np.round(ious, 2).tolist()}")

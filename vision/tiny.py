@@ -131,7 +131,8 @@ def sam2() -> Any:
         memory_attention_hidden_size=hidden, memory_attention_num_layers=1,
         memory_attention_feed_forward_hidden_size=64, memory_attention_rope_feat_sizes=[side // 16] * 2,
         memory_encoder_hidden_size=hidden, memory_encoder_output_channels=64, mask_downsampler_embed_dim=hidden,
-        memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64, num_maskmem=3, max_object_pointers_in_encoder=4)
+        memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64, num_maskmem=3,
+        max_object_pointers_in_encoder=4)
     return _seeded(lambda: Sam2VideoModel(config))
 
 

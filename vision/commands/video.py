@@ -5,7 +5,8 @@ The prompt is an exemplar, as ``ipseg`` takes it (``--prompt IMG [--prompt-mask 
 X0,Y0,X1,Y1]``, repeatable for k-shot), or the object on a frame of the video: ``--point X,Y`` (repeatable;
 ``--negative-point X,Y`` for background), ``--box X0,Y0,X1,Y1`` or ``--mask MASK``, on ``--frame K``.
 ``--track exemplar`` (each frame from the exemplar, with a temporal prior) or ``sam2`` (SAM 2.1
-propagates the prompt frame's mask); ``--method``, ``--features``, ``--sam`` choose the image engine.
+propagates the prompt frame's mask); ``--method``, ``--image-preset``, ``--features``, ``--sam`` choose the
+image-prompt engine (IPSeg / GF-SAM) as ``ipseg`` takes them.
 
 Writes ``<frame>.mask.png`` per frame (zero-padded index), ``results.jsonl``, ``errors.jsonl``,
 ``overlay.mp4`` (H.264) and ``video.json`` into ``--output`` (see :mod:`vision.batch.video`); a killed run
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 from vision.engines.ipseg.config import FEATURES, METHODS, SAM_MODELS  # no torch: --help stays quick
+from vision.engines.ipseg.config import PRESETS as IMAGE_PRESETS
 from vision.engines.video.config import PRESETS, SAM2_MODELS, TRACKS
 
 NAME = "video"
@@ -36,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--track", choices=TRACKS, default=None, help="exemplar: every frame from the exemplar "
                         "with a temporal prior; sam2: SAM 2.1 propagates the prompt frame (default: the preset's)")
     parser.add_argument("--method", choices=METHODS, default=None, help="image-prompt method (default: ipseg)")
+    parser.add_argument("--image-preset", choices=tuple(IMAGE_PRESETS), default=None,
+                        help="the image-prompt engine's preset (as ipseg --preset; default: the video preset's)")
     parser.add_argument("--features", choices=FEATURES, default=None, help="image engine's feature source "
                         "(default: the preset's)")
     parser.add_argument("--sam", choices=SAM_MODELS, default=None, help="image engine's SAM (default: the preset's)")
@@ -76,7 +80,8 @@ def make_config(args: argparse.Namespace):
     """The preset's config with the options given on the command line (validated)."""
     from vision.engines.video import VideoConfig
 
-    given = {"track": args.track, "method": args.method, "features": args.features, "sam_model": args.sam,
+    given = {"track": args.track, "method": args.method, "image_preset": args.image_preset,
+             "features": args.features, "sam_model": args.sam,
              "sam2_model": args.sam2, "max_instances": args.max_instances,
              "presence_threshold": args.presence_threshold, "max_frames": args.max_frames}
     changes = {k: v for k, v in given.items() if v is not None}
@@ -98,7 +103,7 @@ def make_prompt(args: argparse.Namespace):
         n = len(args.prompt)
         masks, boxes = _pair(args.prompt_mask, n, "--prompt-mask"), _pair(args.prompt_box, n, "--prompt-box")
         shots = [Prompt(image, mask=mask, box=_numbers(b, 4, "--prompt-box") if b else None)
-                 for image, mask, b in zip(args.prompt, masks, boxes)]
+                 for image, mask, b in zip(args.prompt, masks, boxes, strict=True)]
         exemplar = Concept(shots, name=Path(args.prompt[0]).stem)
         return VideoPrompt(exemplar=exemplar, mask=args.mask, points=points + negatives,
                            labels=[1] * len(points) + [0] * len(negatives), box=box, frame=args.frame)

@@ -57,9 +57,9 @@ def ellipse(h: int, w: int) -> np.ndarray:
     return ((yy + 0.5 - h / 2) / (h / 2)) ** 2 + ((xx + 0.5 - w / 2) / (w / 2)) ** 2 <= 1.0
 
 
-def _crop(photo: np.ndarray, t: float, l: float, b: float, r: float) -> np.ndarray:
+def _crop(photo: np.ndarray, top: float, left: float, bottom: float, right: float) -> np.ndarray:
     h, w = photo.shape[:2]
-    return np.ascontiguousarray(photo[int(t * h): int(b * h), int(l * w): int(r * w)])
+    return np.ascontiguousarray(photo[int(top * h): int(bottom * h), int(left * w): int(right * w)])
 
 
 def paste(canvas: np.ndarray, patch: np.ndarray, centre: tuple[float, float], height: int) -> np.ndarray:
@@ -138,7 +138,7 @@ def write_davis(root: str | Path, frames: int = 8, size: tuple[int, int] = (240,
         images, notes = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
         images.mkdir(parents=True, exist_ok=True)
         notes.mkdir(parents=True, exist_ok=True)
-        for k, (frame, mask) in enumerate(zip(clip.frames, clip.masks)):
+        for k, (frame, mask) in enumerate(zip(clip.frames, clip.masks, strict=True)):
             Image.fromarray(frame).save(images / f"{k:05d}.jpg", quality=95)
             label_png(mask.astype(np.uint8)).save(notes / f"{k:05d}.png")
     split = root / "ImageSets" / "2017" / "val.txt"

@@ -93,7 +93,8 @@ class Task:
     @property
     def id(self) -> str:
         own = self.exemplar_seq == self.sequence and self.exemplar_frame == 0
-        return f"{self.sequence}/{self.target_object}" + ("" if own else f"<-{self.exemplar_seq}/{self.exemplar_object}")
+        source = "" if own else f"<-{self.exemplar_seq}/{self.exemplar_object}"
+        return f"{self.sequence}/{self.target_object}{source}"
 
 
 class DavisLayout:
@@ -189,7 +190,8 @@ def evaluate_task(engine: Any, layout: DavisLayout, task: Task) -> dict:
 
         frames = probe(layout.images / task.exemplar_seq)
         image = frames.frame_files[task.exemplar_frame]
-        prompt = VideoPrompt(exemplar=Concept([Prompt(str(image), mask=mask)], f"{task.exemplar_seq}-{task.exemplar_object}"))
+        name = f"{task.exemplar_seq}-{task.exemplar_object}"
+        prompt = VideoPrompt(exemplar=Concept([Prompt(str(image), mask=mask)], name))
     info = probe(layout.images / task.sequence)
     truth = layout.annotation_files(task.sequence)
     js, fs = [], []

@@ -52,7 +52,8 @@ def video_prompt(kind: str, exemplar, exemplar_mask, exemplar_box: str, clicks: 
     from vision.engines.video import VideoPrompt
 
     if kind == "clicks on a frame":
-        points = form.require(form.parse_numbers(clicks, 3, "clicks"), "a click on the object (show a frame, click on it)")
+        points = form.require(form.parse_numbers(clicks, 3, "clicks"),
+                              "a click on the object (show a frame, click on it)")
         return VideoPrompt(points=[p[:2] for p in points], labels=[int(p[2]) for p in points], frame=int(frame))
     image = form.require(form.file_path(exemplar), "an exemplar image of the object")
     box = form.parse_box(exemplar_box, "exemplar box")
@@ -76,7 +77,7 @@ def _track(config, video_path: str, prompt, folder: str, on_progress=None):
 @errors.friendly_errors
 def run_video_tab(video, kind, exemplar, exemplar_mask, exemplar_box, clicks, frame, preset="default",
                   track="preset", method="preset", features="preset", sam_model="preset", every=1, max_frames=0,
-                  prior=True, progress=gr.Progress(), request: gr.Request = None):
+                  prior=True, progress=gr.Progress(), request: gr.Request = None):  # noqa: B008 -- Gradio injects it
     """Track the object through the uploaded video; returns the overlay video, the score plot data, the
     first frame with its mask, the slider, the downloads, the summary and the run's folder (state)."""
     run = runs.Run(request, "video")
@@ -92,12 +93,15 @@ def run_video_tab(video, kind, exemplar, exemplar_mask, exemplar_box, clicks, fr
         raise type(err)(uploads.name_uploads(str(err), [video_path, form.file_path(exemplar) or ""])) from None
     rows = _rows(folder)
     if not any(r.get("status") == "ok" for r in rows):
-        raise ValueError("no frame could be processed:\n" + "\n".join(f"{r['id']}: {r.get('reason')}" for r in rows[:5]))
-    failed = [f"{r['id']}: {uploads.name_uploads(r.get('reason', ''), [video_path])}" for r in rows if r.get("status") != "ok"]
+        reasons = [f"{r['id']}: {r.get('reason')}" for r in rows[:5]]
+        raise ValueError("no frame could be processed:\n" + "\n".join(reasons))
+    failed = [f"{r['id']}: {uploads.name_uploads(r.get('reason', ''), [video_path])}" for r in rows
+              if r.get("status") != "ok"]
     if failed:
         notices.warn(f"{len(failed)} frame(s) failed:\n" + "\n".join(failed[:5]))
     text = _summary(config, rows, summary, notes, failed)
-    slider = gr.Slider(0, max(len(rows) - 1, 1), value=0, step=1, label=f"Frame (position among the {len(rows)} processed)")
+    slider = gr.Slider(0, max(len(rows) - 1, 1), value=0, step=1,
+                       label=f"Frame (position among the {len(rows)} processed)")
     return (str(folder / "overlay.mp4"), score_table(rows), frame_view(str(folder), video_path, 0), slider,
             _downloads(folder), text, [str(folder), video_path])
 
@@ -126,7 +130,8 @@ def _summary(config, rows: list[dict], summary, notes: list[str], failed: list[s
     return (f"{tiny_prefix(get_hub())}{len(rows)} frame(s) (every {config.every}), preset **{config.preset}**, "
             f"track **{config.track}**: {how}; method **{config.method}**, features **{described['features']}**, "
             f"SAM `{described['sam_model']}`. Object present in {present} of {len(ok)} frame(s); "
-            f"{summary.seconds:.1f} s." + (f"\n\n**{len(failed)} frame(s) failed:** " + "; ".join(failed[:5]) if failed else "")
+            f"{summary.seconds:.1f} s."
+            + (f"\n\n**{len(failed)} frame(s) failed:** " + "; ".join(failed[:5]) if failed else "")
             + "".join(f"\n\n{n}" for n in notes if n.startswith("video: ") and "truncated" in n)
             + f"\n\n{HOW_TO_READ}")
 

@@ -40,6 +40,6 @@ def click_mask(hub: Any, sam_model: str, image: np.ndarray, points: Sequence[Seq
     box (x0, y0, x1, y1 pixels) on ``image``."""
     from vision.engines.segment import SegmentConfig, SegmentEngine
 
-    clicks = [(float(x), float(y), int(label)) for (x, y), label in zip(points, labels)]
+    clicks = [(float(x), float(y), int(label)) for (x, y), label in zip(points, labels, strict=True)]
     engine = SegmentEngine(SegmentConfig.from_preset("default", sam_model=sam_model), hub=hub)
     return engine(image, points=clicks, box=box).masks[0]

@@ -34,7 +34,8 @@ class VideoConfig(EngineConfig):
     """Settings of :class:`~vision.engines.video.engine.VideoEngine`.
 
     ``track``: ``"exemplar"`` (every frame segmented by the image-prompt engine, with the temporal prior
-    ``prior``: the region around the previous frame's mask, grown by ``prior_margin``) or ``"sam2"`` (the prompt frame's mask propagated by SAM 2.1's video model ``sam2_model``).
+    ``prior``: the region around the previous frame's mask, grown by ``prior_margin``) or ``"sam2"`` (the
+    prompt frame's mask propagated by SAM 2.1's video model ``sam2_model``).
     The image-prompt engine (:mod:`vision.engines.ipseg`, methods ``ipseg`` / ``gfsam``) runs
     ``IPSegConfig.from_preset(image_preset)`` with ``method``, ``features``, ``sam_model``,
     ``max_instances`` and ``presence_threshold`` when given (None: that preset's).

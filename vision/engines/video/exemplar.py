@@ -49,13 +49,13 @@ class IdAssigner:
         ids: list[int | None] = [None] * len(found)
         if found and self.previous:
             iou = np.array([[_iou(m, pm) if c == pc else 0.0 for _, pc, pm in self.previous] for c, m in found])
-            for row, col in zip(*linear_sum_assignment(-iou)):
+            for row, col in zip(*linear_sum_assignment(-iou), strict=True):
                 if iou[row, col] >= MATCH_IOU:
                     ids[row] = self.previous[col][0]
         for k, ident in enumerate(ids):
             if ident is None:
                 ids[k], self.next_id = self.next_id, self.next_id + 1
-        self.previous = [(i, c, m) for i, (c, m) in zip(ids, found)]
+        self.previous = [(i, c, m) for i, (c, m) in zip(ids, found, strict=True)]
         return ids  # type: ignore[return-value]
 
 
@@ -90,7 +90,8 @@ class ExemplarTracker:
             found, prior = self._segment(image, None, name, timings), "none"
         masks, presence, present, notes = found
         ids = self.ids.assign([(concept, mask) for concept, mask, _ in masks])
-        instances = [TrackedInstance(i, mask, score, concept) for i, (concept, mask, score) in zip(ids, masks)]
+        instances = [TrackedInstance(i, mask, score, concept)
+                     for i, (concept, mask, score) in zip(ids, masks, strict=True)]
         self.last = np.logical_or.reduce([m for _, m, _ in masks]) if masks else None
         return instances, presence, present, prior, timings, notes
 
