@@ -92,6 +92,7 @@ def test_bad_inputs_name_the_file(tiny_hub, clip, tmp_path, capsys):
         assert video("--preset", "sam2", *words, "--input", str(path), "--output", str(tmp_path / "o")) == 2, name
         err = capsys.readouterr().err
         assert re.search(r"^video: .*" + message, err, flags=re.MULTILINE), (name, err)
+    assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
 def test_over_the_limits(tiny_hub, clip, tmp_path, monkeypatch, capsys):

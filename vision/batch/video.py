@@ -68,6 +68,7 @@ def run_video(engine: Any, source: str | os.PathLike | VideoInfo, prompt: Any, o
     info = source if isinstance(source, VideoInfo) else probe(source)
     for note in info.notes:
         log(f"video: {note}")
+    prompt.check(info)  # a bad click or frame is refused before the output folder is made
     check_output_folder(info.path, output)
     if coco_json is not None:
         require_pycocotools()
