@@ -14,7 +14,7 @@ from vision.imaging import sample_image
 # (module, engine class): every engine of vision/engines/
 ENGINES = [("vision.engines.segment", "SegmentEngine"), ("vision.engines.ipseg", "IPSegEngine"),
            ("vision.engines.trident", "TridentEngine"), ("vision.engines.generate", "GenerateEngine"),
-           ("vision.engines.story", "StoryEngine")]
+           ("vision.engines.story", "StoryEngine"), ("vision.engines.video", "VideoEngine")]
 RECORD_FIELDS = {"engine", "method", "preset", "mode", "reference", "models", "tiny", "timings"}
 
 
@@ -70,6 +70,11 @@ def _calls(tiny_hub, tmp_path):
     yield "trident", TridentEngine(TridentConfig.from_preset("open", refine=False), tiny_hub)(cat, "cat; background")
     yield "generate", GenerateEngine(GenerateConfig.from_preset("default", steps=1), tiny_hub)("a cat")
     yield "story", StoryEngine(StoryConfig.from_preset("sd15", rounds=0, steps=1), tiny_hub)(["a cat"], tmp_path)
+    from vision.engines.video import VideoConfig, VideoEngine, VideoPrompt
+    from vision.evaluation.synthetic_video import synthetic_clip
+
+    frames = synthetic_clip(2, size=(48, 64)).write_frames(tmp_path / "frames")
+    yield "video", VideoEngine(VideoConfig.from_preset("sam2"), tiny_hub)(frames, VideoPrompt(points=[(18, 24)]))
 
 
 def test_every_record_starts_with_the_shared_fields(tiny_hub, tmp_path):
@@ -82,7 +87,7 @@ def test_every_record_starts_with_the_shared_fields(tiny_hub, tmp_path):
         assert isinstance(record["models"], dict) and record["models"], engine
         assert all(isinstance(v, float) for v in record["timings"].values())
         events.append(engine)
-    assert events == ["segment", "ipseg", "trident", "generate", "story"]
+    assert events == ["segment", "ipseg", "trident", "generate", "story", "video"]
 
 
 def test_progress_is_one_type_and_cancellation_stops_a_run(tiny_hub):

@@ -128,6 +128,13 @@ def inputs(tmp_path_factory) -> Path:
     write_lora(root / "ink.safetensors", tiny.sd15_unet())  # the Generate examples' checkpoint, LoRA and sketch
     photo("coffee").save(root / "sketch.png")
     (root / "story.txt").write_text("a knight walks into a misty forest\nthe knight meets a small dragon\n")
+    from vision.evaluation.synthetic_video import synthetic_clip
+    from vision.videoio import write_video
+
+    clip = synthetic_clip(4, size=(96, 128))  # the video commands' clip and its exemplar
+    write_video(clip.frames, root / "clip.mp4", fps=12)
+    Image.fromarray(clip.exemplar).save(root / "cup.png")
+    Image.fromarray(clip.exemplar_mask.astype(np.uint8) * 255).save(root / "cup_mask.png")
     (root / "stories").mkdir()
     (root / "stories" / "knight.txt").write_text("a knight walks into a misty forest\nthe knight meets a dragon\n")
     with pytest.MonkeyPatch.context() as patch:  # the datasets the eval commands read

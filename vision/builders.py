@@ -96,6 +96,13 @@ def mask2former_processor(folder: Path, device: str, dtype: torch.dtype) -> Any:
     return Mask2FormerImageProcessor.from_pretrained(folder)
 
 
+def sam2_video(folder: Path, device: str, dtype: torch.dtype) -> Any:
+    """SAM 2.1's video model (``transformers.Sam2VideoModel``) from ``config.json`` + ``model.safetensors``."""
+    from transformers import Sam2VideoModel
+
+    return Sam2VideoModel.from_pretrained(folder, torch_dtype=dtype).to(device)
+
+
 def diffusers_model(cls_name: str, subfolder: str, variant: str | None = "fp16"):
     def build(folder: Path, device: str, dtype: torch.dtype) -> Any:
         import diffusers

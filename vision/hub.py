@@ -10,7 +10,8 @@ An optional memory budget (GiB of accelerator memory) moves the least recently u
 when a newly requested one would not fit; asking for an offloaded model moves it back.
 
 Names (``hub.names()``): dinov2_b14, dinov2_l14, dino_b16, dino_b8, clip_b16, metaclip_b16, clip_h14, clip_g14,
-clip_tokenizer, sam_t, sam_b, sam_h, mask2former, mask2former_processor,
+clip_tokenizer, sam_t, sam_b, sam_h, sam2_tiny, sam2_small, sam2_base_plus, sam2_large, mask2former,
+mask2former_processor,
 sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_unet, sdxl_vae,
 sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
 ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg, realvisxl_unet,
@@ -77,6 +78,8 @@ def _entries() -> dict[str, ModelEntry]:
         ModelEntry("sam_t", _t(tiny.sam_t), b.sam_t, "sam_t", keep_fp32=True),
         ModelEntry("sam_b", _t(tiny.sam_b), b.sam("vit_b"), "sam_b", keep_fp32=True),
         ModelEntry("sam_h", _t(tiny.sam_h), b.sam("vit_h"), "sam_h", keep_fp32=True),
+        *[ModelEntry(f"sam2_{size}", _t(tiny.sam2), b.sam2_video, f"sam2_{size}", keep_fp32=True)
+          for size in ("tiny", "small", "base_plus", "large")],  # SAM 2.1 video models (the video engine)
         ModelEntry("sd15_unet", _t(tiny.sd15_unet), b.diffusers_model("UNet2DConditionModel", "unet"), "sd15_unet"),
         ModelEntry("sd15_vae", _t(tiny.sd15_vae), b.diffusers_model("AutoencoderKL", "vae"), "sd15_vae"),
         ModelEntry("sd15_text_encoder", _t(tiny.sd15_text_encoder),

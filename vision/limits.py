@@ -1,4 +1,4 @@
-"""Limits on what a user asks for (diffusion settings, story length), in one place for the CLI, the app and
+"""Limits on what a user asks for (diffusion settings, story length, videos), in one place for the CLI, the app and
 the engines.
 
 Checked up front, before any model loads, so that a value out of range is a clear message naming the
@@ -17,6 +17,14 @@ option rather than an allocator error or a scheduler's complaint after the start
   on a private server.
 * ``MAX_PROMPT_CHARS``: characters of one frame's prompt; the text encoders read 77 tokens (a few hundred
   characters), so a longer line is a paste gone wrong, not a prompt.
+
+And on the videos the video engine reads (:mod:`vision.videoio`), each overridable by an environment
+variable of the same name prefixed ``VISION_``:
+
+* ``MAX_VIDEO_BYTES``: 8 GiB per file (a feature film at high bitrate; larger is refused before decoding).
+* ``MAX_VIDEO_SIDE``: 4096 pixels per frame side (DCI 4K); each frame is encoded by SAM at 1024 anyway.
+* ``MAX_VIDEO_FRAMES``: 20,000 frames per run (after ``--every`` / ``--max-frames``): about 14 minutes at
+  24 fps, hours of work per run on a CPU; longer runs are split with ``--every`` or ``--max-frames``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ SIDE_MULTIPLE = 8
 MAX_STORY_FRAMES = 1000
 MAX_APP_STORY_FRAMES = int(os.environ.get("VISION_APP_MAX_STORY_FRAMES", 50))
 MAX_PROMPT_CHARS = 1000
+MAX_VIDEO_BYTES = int(os.environ.get("VISION_MAX_VIDEO_BYTES", str(8 * 2**30)))
+MAX_VIDEO_SIDE = int(os.environ.get("VISION_MAX_VIDEO_SIDE", "4096"))
+MAX_VIDEO_FRAMES = int(os.environ.get("VISION_MAX_VIDEO_FRAMES", "20000"))
 
 
 class LimitError(ValueError):

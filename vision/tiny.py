@@ -145,6 +145,35 @@ def sam_t() -> Any:
     return _seeded(lambda: build_sam_t(TINY_CONFIG))
 
 
+TINY_SAM2_SIDE = 256  # the tiny SAM 2's input side (the real models take 1024)
+
+
+def sam2() -> Any:
+    """``Sam2VideoModel`` with a 6-block Hiera of widths 8..64, one memory-attention layer and a 256-pixel
+    input (feature maps 64/32/16). Its memory encoder keeps the real 64 output channels (transformers'
+    memory attention reads 64 as a constant) and its hidden width (128) stays above them, as in every
+    real SAM 2 (256 over 64: the object pointers are split into 64-wide tokens)."""
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    side, hidden = TINY_SAM2_SIDE, 128
+    backbone = {"hidden_size": 8, "image_size": [side, side], "blocks_per_stage": [1, 2, 2, 1],
+                "embed_dim_per_stage": [8, 16, 32, 64], "num_attention_heads_per_stage": [1, 1, 1, 1],
+                "window_size_per_stage": [4, 4, 4, 4], "global_attention_blocks": [2, 4],
+                "window_positional_embedding_background_size": [4, 4]}
+    vision = {"backbone_config": backbone, "backbone_channel_list": [64, 32, 16, 8], "fpn_hidden_size": hidden,
+              "backbone_feature_sizes": [[side // 4] * 2, [side // 8] * 2, [side // 16] * 2]}
+    config = Sam2VideoConfig(
+        vision_config=vision, image_size=side,
+        prompt_encoder_config={"hidden_size": hidden, "image_size": side, "mask_input_channels": 4},
+        mask_decoder_config={"hidden_size": hidden, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+        memory_attention_hidden_size=hidden, memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64, memory_attention_rope_feat_sizes=[side // 16] * 2,
+        memory_encoder_hidden_size=hidden, memory_encoder_output_channels=64, mask_downsampler_embed_dim=hidden,
+        memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64, num_maskmem=3,
+        max_object_pointers_in_encoder=4)
+    return _seeded(lambda: Sam2VideoModel(config))
+
+
 def sd15_unet() -> Any:
     """SD1.5's block layout (3 cross-attention down blocks + a plain one, mirrored up) with tiny widths."""
     from diffusers import UNet2DConditionModel

@@ -133,6 +133,13 @@ REGISTRY: dict[str, WeightSpec] = {
         _spec("sam_h", "Segment Anything ViT-H", ["sam_vit_h_4b8939.pth"], 2564, "Apache-2.0",
               url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
               checksums={"sam_vit_h_4b8939.pth": "md5:4b8939a88964f0f4ff5f5b2642c598a6"}),
+        # SAM 2.1 video models in transformers' format (Sam2VideoModel): the video engine's track="sam2".
+        *[_spec(f"sam2_{size}", f"SAM 2.1 Hiera-{label} video model (transformers Sam2VideoModel)",
+                ["config.json", "model.safetensors"], size_mb, "Apache-2.0",
+                repo_id=f"facebook/sam2.1-hiera-{repo}")
+          for size, label, repo, size_mb in [("tiny", "Tiny", "tiny", 156), ("small", "Small", "small", 185),
+                                             ("base_plus", "Base+", "base-plus", 324),
+                                             ("large", "Large", "large", 898)]],
         _spec("sd15_unet", "Stable Diffusion v1.5 UNet (fp16 weights)",
               ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors"], 1720,
               "CreativeML OpenRAIL-M", repo_id=SD15_REPO),

@@ -12,7 +12,10 @@
   speed-up and MACs of DeepCache against the uncached baseline: :mod:`vision.evaluation.generation_eval`.
 * ``eval story --stories DIR --out DIR``: CLIP-T and aCCS per Story-Adapter round:
   :mod:`vision.evaluation.story_eval`.
-* ``eval synthetic --layout perseg --root DIR``: a small dataset with exact masks in a few-shot layout.
+* ``eval video --layout davis|oneshot --root DIR --out DIR``: J, F and J&F of the video engine on the
+  DAVIS-2017 semi-supervised layout or the one-shot layout: :mod:`vision.evaluation.video_eval`.
+* ``eval synthetic --layout perseg --root DIR``: a small dataset with exact masks in a few-shot layout
+  (``--layout davis``: two video sequences in the DAVIS-2017 layout).
 
 Every harness but Trident's writes ``items.jsonl`` (one line per item), ``summary.json``, ``table.txt``
 and a PNG plot into ``--out`` (:mod:`vision.evaluation.records`). With real weights these reproduce the
@@ -30,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 NAME = "eval"
-HELP = "reproduce a paper's numbers: trident / ipseg / generate / story evaluations (tables, JSONL, plots)"
+HELP = "reproduce a paper's numbers: trident / ipseg / generate / story / video evaluations (tables, JSONL, plots)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vision.evaluation import generation_eval, ipseg_eval, story_eval
+    from vision.evaluation import generation_eval, ipseg_eval, story_eval, video_eval
 
     engines = parser.add_subparsers(dest="engine", required=True, metavar="ENGINE")
     for name, help_text, add, run_fn in (
@@ -47,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          generation_eval.add_arguments, generation_eval.run),
         ("story", "Story-Adapter per round: CLIP-T and aCCS over a folder of stories", story_eval.add_arguments,
          story_eval.run),
+        ("video", "video object segmentation: DAVIS-2017 semi-supervised or one-shot layouts (J, F, J&F)",
+         video_eval.add_arguments, video_eval.run),
         ("synthetic", "write a small few-shot dataset with exact masks (from scikit-image photos) in a layout",
          add_synthetic_arguments, run_synthetic),
     ):
@@ -164,8 +169,9 @@ def run_trident(args: argparse.Namespace) -> int:
 
 
 def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layout", required=True, choices=["perseg", "fss", "coco", "pascal"],
-                        help="folder layout (vision/evaluation/fewshot_datasets.py)")
+    parser.add_argument("--layout", required=True, choices=["perseg", "fss", "coco", "pascal", "davis"],
+                        help="folder layout (vision/evaluation/fewshot_datasets.py; davis: two video sequences in "
+                             "the DAVIS-2017 layout with a one-shot pairs.txt, vision/evaluation/synthetic_video.py)")
     parser.add_argument("--root", required=True, metavar="DIR", help="folder to write the dataset into")
     parser.add_argument("--classes", type=int, default=4, help="object classes (1..12, default 4)")
     parser.add_argument("--images", type=int, default=5, help="images per class (default 5)")
@@ -176,8 +182,13 @@ def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_synthetic(args: argparse.Namespace) -> int:
     from vision.evaluation.synthetic_datasets import build
+    from vision.evaluation.synthetic_video import write_davis
 
     try:
+        if args.layout == "davis":  # --images is the frames per sequence
+            root = write_davis(args.root, args.images, tuple(args.size))
+            print(f"wrote a synthetic DAVIS-2017-layout dataset (2 sequences x {args.images} frames) to {root}")
+            return 0
         root = build(args.layout, args.root, args.classes, args.images, tuple(args.size), args.seed)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

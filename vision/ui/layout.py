@@ -13,6 +13,7 @@ from vision.ui.models_tab import models_tab
 from vision.ui.segment_tab import segment_tab
 from vision.ui.story_tab import story_tab
 from vision.ui.trident_tab import trident_tab
+from vision.ui.video_tab import video_tab
 
 GPU_GROUP = "gpu"  # every engine event shares this concurrency group
 QUEUE_MAX = 64  # requests waiting beyond this are refused with "queue full" instead of piling up
@@ -21,7 +22,7 @@ CSS = """
 #tiny-banner p {color: #5c4400; font-weight: 700; margin: 4px 0;}
 .toast-message-text {white-space: pre-wrap;}  /* multi-line errors (missing-weights advice) stay readable */
 """
-TABS: list = [ipseg_tab, segment_tab, trident_tab, generate_tab, story_tab]
+TABS: list = [ipseg_tab, segment_tab, trident_tab, generate_tab, story_tab, video_tab]
 CPU_NOTE = ("**No GPU here: the CPU preset.** Interactive on a CPU: **Segment** (SAM `sam_t` on ONNX Runtime / "
             "OpenVINO: a click in tens of milliseconds once the photo is encoded) and **IPSeg** with SAM features "
             "and `sam_t` (the defaults here: seconds per target). Need a GPU to be pleasant: IPSeg with DINOv2 + "
@@ -41,8 +42,8 @@ def build_demo(concurrency: int = 1) -> gr.Blocks:
     limits = dict(concurrency_limit=concurrency, concurrency_id=GPU_GROUP)
     with gr.Blocks(title="Training-free vision", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Training-free vision\nImage-prompt segmentation (IPSeg), open-vocabulary segmentation "
-                    "(Trident), Stable Diffusion with DeepCache, and long-story visualisation (Story-Adapter), "
-                    "all on shared foundation models.")
+                    "(Trident), Stable Diffusion with DeepCache, long-story visualisation (Story-Adapter) and "
+                    "video object tracking, all on shared foundation models.")
         if hub.tiny:
             gr.Markdown(f"⚠️ {TINY_NOTICE}", elem_id="tiny-banner")
         if cpu_preset(hub):
