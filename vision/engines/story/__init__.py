@@ -67,18 +67,24 @@ each: 200 frames at 512^2 = 150 MiB per round), the B CLIP embeddings and the 4B
 rounds before are on disk (:meth:`StoryResult.round_images` reads them back).
 """
 
-from vision.engines.story.adapter import ip_adapter_on, reference_pixels
-from vision.engines.story.config import (DEFAULT_NEGATIVE, FAMILIES, MAX_FRAMES, PRESETS, STYLES, TINY_SIZE,
-                                         StoryConfig, StoryError, StoryFamily, load_story)
+from vision.engines.story.adapter import clip_pixels, ip_adapter_on, reference_pixels
+from vision.engines.story.characters import Character, LoadedCharacter, cast_frames, load_characters
+from vision.engines.story.conditioning import Cast, ip_inputs
+from vision.engines.story.config import (DEFAULT_NEGATIVE, FAMILIES, LCM_MAX_STEPS, MAX_FRAMES, PRESETS, STYLES,
+                                         TINY_SIZE, StoryConfig, StoryError, StoryFamily, load_story)
 from vision.engines.story.engine import StoryEngine
 from vision.engines.story.files import (MANIFEST, MANIFEST_FORMAT, STORYBOARD, atomic_write, frame_name, read_png,
                                         round_dir, save_json, save_png)
+from vision.engines.story.manifest import arguments_hash
+from vision.engines.story.memory import describe_memory, memory_options
 from vision.engines.story.results import StoryResult, story_progress
 from vision.engines.story.storyboard import (STORYBOARD_GAP, STORYBOARD_MAX_WIDTH, make_storyboard, storyboard_columns,
                                              storyboard_layout)
 
 __all__ = ["StoryConfig", "StoryEngine", "StoryError", "StoryResult", "StoryFamily", "story_progress",
-           "load_story", "ip_adapter_on", "reference_pixels", "make_storyboard",
+           "load_story", "ip_adapter_on", "reference_pixels", "clip_pixels", "make_storyboard",
+           "Character", "LoadedCharacter", "load_characters", "cast_frames", "Cast", "ip_inputs", "arguments_hash",
+           "memory_options", "describe_memory",
            "storyboard_columns", "storyboard_layout", "frame_name", "round_dir", "save_png", "save_json", "read_png",
-           "atomic_write", "DEFAULT_NEGATIVE", "FAMILIES", "MAX_FRAMES", "PRESETS", "STYLES", "TINY_SIZE", "MANIFEST",
-           "MANIFEST_FORMAT", "STORYBOARD", "STORYBOARD_GAP", "STORYBOARD_MAX_WIDTH"]
+           "atomic_write", "DEFAULT_NEGATIVE", "FAMILIES", "LCM_MAX_STEPS", "MAX_FRAMES", "PRESETS", "STYLES",
+           "TINY_SIZE", "MANIFEST", "MANIFEST_FORMAT", "STORYBOARD", "STORYBOARD_GAP", "STORYBOARD_MAX_WIDTH"]
