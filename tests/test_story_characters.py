@@ -199,7 +199,7 @@ def test_a_killed_run_resumes_at_the_last_finished_round_with_the_same_character
         engine(STORY, tmp_path / "run", characters=characters(pictures), progress=kill_in_round_2)
     resumed = engine(STORY, tmp_path / "run", characters=characters(pictures))
     assert resumed.resumed_from == 1 and resumed.complete
-    assert all(np.array_equal(a, b) for a, b in zip(resumed.final, two_characters.final))
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.final, two_characters.final, strict=True))
     other = [f"Ann={pictures['bob']}", f"Bob={pictures['bob']},{pictures['bob_side']}"]
     with pytest.raises(S.StoryError, match="different arguments.*characters"):
         engine(STORY, tmp_path / "run", characters=other)

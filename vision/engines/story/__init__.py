@@ -70,16 +70,41 @@ rounds before are on disk (:meth:`StoryResult.round_images` reads them back).
 from vision.engines.story.adapter import clip_pixels, ip_adapter_on, reference_pixels
 from vision.engines.story.characters import Character, LoadedCharacter, cast_frames, load_characters
 from vision.engines.story.conditioning import Cast, ip_inputs
-from vision.engines.story.config import (DEFAULT_NEGATIVE, FAMILIES, LCM_MAX_STEPS, MAX_FRAMES, PRESETS, STYLES,
-                                         TINY_SIZE, StoryConfig, StoryError, StoryFamily, load_story)
+from vision.engines.story.config import (
+                                         DEFAULT_NEGATIVE,
+                                         FAMILIES,
+                                         LCM_MAX_STEPS,
+                                         MAX_FRAMES,
+                                         PRESETS,
+                                         STYLES,
+                                         TINY_SIZE,
+                                         StoryConfig,
+                                         StoryError,
+                                         StoryFamily,
+                                         load_story,
+)
 from vision.engines.story.engine import StoryEngine
-from vision.engines.story.files import (MANIFEST, MANIFEST_FORMAT, STORYBOARD, atomic_write, frame_name, read_png,
-                                        round_dir, save_json, save_png)
+from vision.engines.story.files import (
+                                         MANIFEST,
+                                         MANIFEST_FORMAT,
+                                         STORYBOARD,
+                                         atomic_write,
+                                         frame_name,
+                                         read_png,
+                                         round_dir,
+                                         save_json,
+                                         save_png,
+)
 from vision.engines.story.manifest import arguments_hash
 from vision.engines.story.memory import describe_memory, memory_options
 from vision.engines.story.results import StoryResult, story_progress
-from vision.engines.story.storyboard import (STORYBOARD_GAP, STORYBOARD_MAX_WIDTH, make_storyboard, storyboard_columns,
-                                             storyboard_layout)
+from vision.engines.story.storyboard import (
+                                         STORYBOARD_GAP,
+                                         STORYBOARD_MAX_WIDTH,
+                                         make_storyboard,
+                                         storyboard_columns,
+                                         storyboard_layout,
+)
 
 __all__ = ["StoryConfig", "StoryEngine", "StoryError", "StoryResult", "StoryFamily", "story_progress",
            "load_story", "ip_adapter_on", "reference_pixels", "clip_pixels", "make_storyboard",

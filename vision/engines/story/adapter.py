@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from vision.hub import model_lock
+
 
 @contextlib.contextmanager
 def ip_adapter_on(pipe: Any, state_dict: dict, copies: int = 1) -> Iterator[None]:

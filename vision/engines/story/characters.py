@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class Character:
     images: tuple[Any, ...]
 
     @classmethod
-    def parse(cls, text: str) -> "Character":
+    def parse(cls, text: str) -> Character:
         """``NAME=IMG[,IMG]`` (the ``--character`` syntax) -> a Character of those image paths."""
         name, sep, files = str(text).partition("=")
         paths = tuple(f.strip() for f in files.split(",") if f.strip())
@@ -98,8 +99,8 @@ def load_characters(characters: Sequence[Character | str] | None) -> list[Loaded
     case-insensitively; at most ``MAX_STORY_CHARACTERS``."""
     declared = [c if isinstance(c, Character) else Character.parse(c) for c in characters or ()]
     if len(declared) > MAX_STORY_CHARACTERS:
-        raise StoryError(f"{len(declared)} characters declared; a story takes at most {MAX_STORY_CHARACTERS} (a frame's "
-                         "characters share one reference attention, so more blend into each other)")
+        raise StoryError(f"{len(declared)} characters declared; a story takes at most {MAX_STORY_CHARACTERS} "
+                         "(a frame's characters share one reference attention, so more blend into each other)")
     loaded = [load_character(c) for c in declared]
     seen: dict[str, str] = {}
     for c in loaded:

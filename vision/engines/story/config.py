@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -177,7 +178,7 @@ class StoryConfig(EngineConfig):
             return [f"guidance must be >= 0 (<= 1 disables classifier-free guidance), got {self.guidance}"]
         return []
 
-    def normalised(self) -> "StoryConfig":
+    def normalised(self) -> StoryConfig:
         """The config with the scheduler's alias resolved (``plms`` -> ``pndm``)."""
         from vision.engines.generate import scheduler_name
 

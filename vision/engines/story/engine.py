@@ -7,9 +7,10 @@ import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from vision.engines.story.conditioning import Cast, ip_inputs
 from vision.engines.story.config import FAMILIES, StoryConfig, StoryError, load_story
 from vision.engines.story.files import MANIFEST, STORYBOARD, frame_name, read_png, round_dir, save_json, save_png
 from vision.engines.story.manifest import start_manifest
-from vision.engines.story.memory import memory_options
+from vision.engines.story.memory import check_memory_options, memory_options
 from vision.engines.story.results import StoryResult, story_progress
 from vision.engines.story.run_models import StoryModels, run_context
 from vision.engines.story.storyboard import make_storyboard
@@ -79,7 +80,8 @@ class StoryEngine(Engine):
 
     def encode_references(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """All previous-round frames -> CLIP image embeddings [B, D], in ONE encoder call."""
-        return self._encode(reference_pixels(images, self.config.reference_size, self.image_encoder().config.image_size))
+        size = self.image_encoder().config.image_size
+        return self._encode(reference_pixels(images, self.config.reference_size, size))
 
     def encode_characters(self, characters: Sequence[Any]) -> dict[str, torch.Tensor]:
         """Each loaded character's identity [D]: the mean CLIP image embedding of its reference images
@@ -153,6 +155,7 @@ class StoryEngine(Engine):
         loaded = load_characters(characters)
         prompts, casts, warnings = cast_frames(load_story(story), [c.name for c in loaded])
         ensure_present(self.hub, models_for("story", config), "story")
+        check_memory_options(config, self.hub.device)
         size = config.resolved_size(self.tiny)
         n, rounds = len(prompts), config.rounds
         # 2. the output folder: a fresh manifest, or the one of the run to resume
@@ -228,7 +231,7 @@ class StoryEngine(Engine):
         """The final frames and the storyboard: written, put in the manifest and the result."""
         out, n = result.output_dir, len(result.prompts)
         final_names = [f"final/{frame_name(i, n)}" for i in range(n)]
-        for name, image in zip(final_names, final):
+        for name, image in zip(final_names, final, strict=True):
             save_png(out / name, image)
         board = make_storyboard(final)
         save_png(out / STORYBOARD, board)

@@ -20,7 +20,8 @@ hub's own API, each undone when the run ends (the models are shared with the oth
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from vision.engines.story.config import StoryConfig, StoryError
 from vision.hub import model_lock
@@ -45,6 +46,13 @@ def describe_memory(options: dict[str, bool]) -> str:
     return "Memory options: " + ", ".join(f"{words[k]} {'on' if v else 'off'}" for k, v in options.items())
 
 
+def check_memory_options(config: StoryConfig, device: str) -> None:
+    """StoryError before a run when a switch cannot apply on ``device`` (model offload without CUDA)."""
+    if config.model_offload and not str(device).startswith("cuda"):
+        raise StoryError(f"model_offload: diffusers' model CPU offload moves modules to a CUDA GPU; this run is on "
+                         f"{device} (turn it off)")
+
+
 @contextlib.contextmanager
 def vae_tiling(vae: Any, on: bool) -> Iterator[None]:
     """The shared VAE decodes in tiles for the block (under its model lock), as it was afterwards."""
@@ -64,13 +72,10 @@ def vae_tiling(vae: Any, on: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def model_offload(pipe: Any, on: bool, device: str) -> Iterator[None]:
     """diffusers' model CPU offload on ``pipe`` for the block; afterwards its hooks are removed and every
-    module is back on ``device`` (the hub's). StoryError on a machine without CUDA."""
+    module is back on ``device`` (the hub's, a CUDA device: :func:`check_memory_options`)."""
     if not on:
         yield
         return
-    if not str(device).startswith("cuda"):
-        raise StoryError(f"model_offload: diffusers' model CPU offload moves modules to a CUDA GPU; this run is on "
-                         f"{device} (turn it off)")
     modules = [m for m in pipe.components.values() if hasattr(m, "parameters") and hasattr(m, "to")]
     with contextlib.ExitStack() as locks:
         for module in modules:

@@ -13,6 +13,7 @@ from vision.engines.contract import Progress, engine_record
 from vision.engines.story.config import FAMILIES, StoryConfig, StoryError
 from vision.engines.story.files import MANIFEST, frame_name, read_png
 
+
 def story_progress(round: int, rounds: int, frame: int, frames: int, message: str, step: int = 0,
                    steps: int = 0) -> Progress:
     """One progress event of a story run: at the start of a round, after each denoising step of a frame,
@@ -54,7 +55,7 @@ class StoryResult:
 
     @classmethod
     def from_manifest(cls, prompts: list[str], config: StoryConfig, out: Path, size: int, manifest: dict,
-                      resumed_from: int | None, tiny: bool, stopped: bool) -> "StoryResult":
+                      resumed_from: int | None, tiny: bool, stopped: bool) -> StoryResult:
         """The result of a run whose state is ``manifest`` (rounds done, files, characters, models)."""
         files: dict[str, Any] = {"manifest": MANIFEST, "rounds": manifest["rounds"]}
         if manifest.get("character_files"):

@@ -5,8 +5,9 @@ API (:mod:`vision.engines.generate.models`: one loader for every engine) and und
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from vision.engines.story.config import FAMILIES, StoryConfig, StoryError
 from vision.engines.story.memory import memory_options, model_offload, vae_tiling
@@ -22,7 +23,7 @@ class StoryModels:
     checkpoint: Any = None  # vision.engines.generate.models.CheckpointInfo of the user's model
 
     @classmethod
-    def build(cls, hub: Any, config: StoryConfig) -> "StoryModels":
+    def build(cls, hub: Any, config: StoryConfig) -> StoryModels:
         """The pipeline of ``config.model`` (the user's checkpoint) or of the family's ``checkpoint``, with a
         fresh ``config.scheduler``. StoryError when the user's checkpoint is of another architecture than
         the family (whose IP-Adapter and image encoder the run uses), or cannot be loaded."""
