@@ -232,3 +232,37 @@ def test_a_character_named_in_no_frame_is_a_warning(tiny_hub, pictures, tmp_path
     assert result.warnings == ["character 'Cy' is named in no frame: its images are not used (name it in a line, "
                                "or start a line with [Cy])"]
     assert result.to_record()["warnings"] == result.warnings
+
+
+def test_cli_characters_and_fast_preset(tiny_hub, pictures, tmp_path, capsys):
+    from vision import cli
+    from vision.hub import set_hub
+
+    story = tmp_path / "story.txt"
+    story.write_text("Ann flies a kite\n[Bob] reads\n", encoding="utf-8")
+    base = ["--tiny", "--device", "cpu", "story", "--story", str(story), "--rounds", "1", "--steps", "2"]
+    try:
+        bob = f"Bob={pictures['bob']},{pictures['bob_side']}"
+        assert cli.main([*base, "--output", str(tmp_path / "a"), "--character", f"Ann={pictures['ann']}",
+                         "--character", bob, "--character-scale", "0.5"]) == 0
+        out = capsys.readouterr().out
+        assert "characters per frame: 1: Ann; 2: Bob" in out and "Memory options: VAE tiling off" in out
+        manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+        assert manifest["arguments"]["frame_characters"] == [["Ann"], ["Bob"]]
+        assert manifest["arguments"]["config"]["character_scale"] == 0.5
+        assert cli.main([*base[:-2], "--output", str(tmp_path / "f"), "--preset", "fast"]) == 0
+        assert "fast preset, product mode" in capsys.readouterr().out
+        assert json.loads((tmp_path / "f" / "manifest.json").read_text())["arguments"]["config"]["steps"] == 4
+        bad = tmp_path / "bad.png"
+        bad.write_text("text")
+        assert cli.main([*base, "--output", str(tmp_path / "b"), "--character", f"Ann={bad}"]) == 2
+        assert "error: character 'Ann': reference image" in capsys.readouterr().err
+        assert cli.main([*base, "--output", str(tmp_path / "b"), "--character", "Ann"]) == 2
+        assert "NAME=IMAGE" in capsys.readouterr().err
+        assert cli.main([*base, "--output", str(tmp_path / "c"), "--character", f"Cy={pictures['ann']}"]) == 2
+        assert "error: line 2: 'Bob' is not declared; characters: Cy" in capsys.readouterr().err
+        story.write_text("Ann flies a kite\n", encoding="utf-8")
+        assert cli.main([*base, "--output", str(tmp_path / "c"), "--character", f"Cy={pictures['ann']}"]) == 0
+        assert "warning: character 'Cy' is named in no frame" in capsys.readouterr().err
+    finally:
+        set_hub(tiny_hub)

@@ -94,14 +94,14 @@ def load_character(character: Character) -> LoadedCharacter:
     return LoadedCharacter(name, tuple(arrays), tuple(pixel_digest(a) for a in arrays), tuple(sources))
 
 
-def load_characters(characters: Sequence[Character | str] | None) -> list[LoadedCharacter]:
-    """Every declared character, decoded (``NAME=IMG[,IMG]`` strings are parsed); names unique
+def load_characters(characters: Sequence[Character | LoadedCharacter | str] | None) -> list[LoadedCharacter]:
+    """Every declared character, decoded (``NAME=IMG[,IMG]`` strings are parsed; loaded ones kept); names unique
     case-insensitively; at most ``MAX_STORY_CHARACTERS``."""
-    declared = [c if isinstance(c, Character) else Character.parse(c) for c in characters or ()]
+    declared = [c if isinstance(c, (Character, LoadedCharacter)) else Character.parse(c) for c in characters or ()]
     if len(declared) > MAX_STORY_CHARACTERS:
         raise StoryError(f"{len(declared)} characters declared; a story takes at most {MAX_STORY_CHARACTERS} "
                          "(a frame's characters share one reference attention, so more blend into each other)")
-    loaded = [load_character(c) for c in declared]
+    loaded = [c if isinstance(c, LoadedCharacter) else load_character(c) for c in declared]
     seen: dict[str, str] = {}
     for c in loaded:
         if c.name.casefold() in seen:
