@@ -122,6 +122,7 @@ def inputs(tmp_path_factory) -> Path:
     (voc / "ImageSets/Segmentation/val.txt").write_text("2008_000001\n")
     (root / "prompts.txt").write_text("a lighthouse at dusk\n# a comment\na bowl of cherries\n")
     (root / "story.txt").write_text("a knight walks into a misty forest\nthe knight meets a small dragon\n")
+    photo("astronaut", 64).save(root / "knight.png")  # the story command's character
     (root / "stories").mkdir()
     (root / "stories" / "knight.txt").write_text("a knight walks into a misty forest\nthe knight meets a dragon\n")
     with pytest.MonkeyPatch.context() as patch:  # the datasets the eval commands read
