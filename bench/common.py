@@ -48,6 +48,9 @@ SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_
                  projection_dim=768, pad_token_id=1, bos_token_id=0, eos_token_id=2)
 VIT_H_IMAGE = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                    image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
+# IP-Adapter SDXL's image encoder (h94/IP-Adapter sdxl_models/image_encoder/config.json): OpenCLIP ViT-bigG/14
+VIT_BIGG_IMAGE = dict(hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=16,
+                      image_size=224, patch_size=14, projection_dim=1280, hidden_act="gelu")
 
 
 def _cpu_model() -> str:
@@ -128,18 +131,20 @@ def _full_size_builders() -> dict[str, Any]:
         "sdxl_text_encoder": lambda d: CLIPTextModel(CLIPTextConfig(**SD15_TEXT)),
         "sdxl_text_encoder_2": lambda d: CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2)),
         "ip_image_encoder_h": lambda d: CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H_IMAGE)),
+        "ip_image_encoder_bigg": lambda d: CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_BIGG_IMAGE)),
     }
 
 
 FULL_SIZE_NAMES = ("dinov2_b14", "dino_b16", "clip_b16", "clip_h14", "sam_b", "sam_h", "sd15_unet", "sd15_vae",
                    "sd15_text_encoder", "sdxl_unet", "sdxl_vae", "sdxl_text_encoder", "sdxl_text_encoder_2",
-                   "ip_image_encoder_h", "ip_adapter_sd15")
+                   "ip_image_encoder_h", "ip_adapter_sd15", "ip_image_encoder_bigg", "ip_adapter_sdxl")
 
 
 def full_size_model(name: str, device: str, dtype: torch.dtype) -> Any:
     """A full-size random-weight model ``name`` (a hub name), built directly on ``device`` (seeded: the
     parameters are initialised there, so a GPU builds in a second what a CPU takes many to), in eval mode.
-    ``ip_adapter_sd15`` is made by :func:`put_full_size`, which knows the UNet it is sized for."""
+    ``ip_adapter_sd15`` and ``ip_adapter_sdxl`` are made by :func:`put_full_size`, which knows the UNet they are
+    sized for."""
     builders = _full_size_builders()
     if name not in builders:
         raise KeyError(f"no full-size builder for {name!r}; known: {', '.join(builders)}")
@@ -147,6 +152,10 @@ def full_size_model(name: str, device: str, dtype: torch.dtype) -> Any:
     with torch.device(device):
         model = builders[name](device)
     return model.to(device=device, dtype=dtype).eval()
+
+
+ADAPTER_FOR = {"ip_adapter_sd15": ("sd15_unet", VIT_H_IMAGE["projection_dim"]),
+               "ip_adapter_sdxl": ("sdxl_unet", VIT_BIGG_IMAGE["projection_dim"])}
 
 
 def put_full_size(hub: Any, names: list[str] | tuple[str, ...]) -> dict[str, float]:
@@ -159,8 +168,9 @@ def put_full_size(hub: Any, names: list[str] | tuple[str, ...]) -> dict[str, flo
         if hub.is_loaded(name):
             continue
         start = time.perf_counter()
-        if name == "ip_adapter_sd15":  # h94/IP-Adapter's layout, sized for the hub's SD1.5 UNet
-            state = tiny.ip_adapter_state_dict(hub.get("sd15_unet"), VIT_H_IMAGE["projection_dim"])
+        if name in ADAPTER_FOR:  # h94/IP-Adapter's layout, sized for the hub's UNet and its image encoder
+            unet, width = ADAPTER_FOR[name]
+            state = tiny.ip_adapter_state_dict(hub.get(unet), width)
             dtype = hub.dtype_for(name)
             model = {group: {k: v.to(device=hub.device, dtype=dtype) for k, v in sd.items()}
                      for group, sd in state.items()}

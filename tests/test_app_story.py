@@ -158,3 +158,90 @@ def test_browser_story_tab_steps_through_the_rounds(page):
     page.locator("#story-round label", has_text="round 1").click()
     expect(page.locator("#story-gallery")).to_contain_text("round 1")
     assert frames.evaluate_all("imgs => imgs.map(i => i.src)") == last
+
+
+# ------------------------------------------------------------------------------ characters (#27)
+
+
+@pytest.fixture(scope="module")
+def character_pictures(tmp_path_factory):
+    """Two characters' pictures, named as a user would name them (the table takes the file names)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("pictures")
+    out = {}
+    for i, name in enumerate(("Ann", "Bob")):
+        out[name] = folder / f"{name}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (72, 56, 3), dtype=np.uint8)).save(out[name])
+    return out
+
+
+def _table(rows):
+    from vision.ui.story_characters import HEADERS
+
+    return {"headers": HEADERS, "data": rows, "metadata": None}
+
+
+CAST_STORY = "Ann waves from a hill\nbob fishes in a lake\n[Ann, Bob] share bread"
+
+
+def test_story_api_with_two_characters_lists_each_frames_characters(client, character_pictures):
+    from gradio_client import handle_file
+
+    files = [handle_file(str(p)) for p in character_pictures.values()]
+    gallery, status, board, downloads, _ = client.predict(
+        CAST_STORY, "sd15", "comic", 1, 0, 1, False, 3, "", "", files, _table([["Ann", "Ann.png"], ["Bob", "Bob.png"]]),
+        api_name="/story")
+    assert [item["caption"] for item in gallery] == ["1. [Ann] Ann waves from a hill", "2. [Bob] bob fishes in a lake",
+                                                     "3. [Ann, Bob] share bread"]
+    assert "Characters per frame: 1 Ann; 2 Bob; 3 Ann, Bob." in status and "Memory options: VAE tiling off" in status
+    manifest = next(f for f in downloads if f.endswith("manifest.json"))
+    import json
+
+    assert json.loads(open(manifest).read())["arguments"]["frame_characters"] == [["Ann"], ["Bob"], ["Ann", "Bob"]]
+
+
+def test_story_character_input_errors_name_the_row_and_file(client, character_pictures, tmp_path):
+    from gradio_client import handle_file
+
+    files = [handle_file(str(character_pictures["Ann"]))]
+    with pytest.raises(AppError, match=r"Characters table, row 1 \(Ann\): Ann2.png not among the uploaded pictures"):
+        client.predict("Ann", "sd15", "comic", 0, 0, 1, False, 3, "", "", files, _table([["Ann", "Ann2.png"]]),
+                       api_name="/story")
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    with pytest.raises(AppError, match="character 'Ann': notes.png: not an image"):
+        client.predict("Ann", "sd15", "comic", 0, 0, 1, False, 3, "", "", [handle_file(str(notes))],
+                       _table([["Ann", "notes.png"]]), api_name="/story")
+    with pytest.raises(AppError, match=r"line 1: 'Zed' is not declared; characters: Ann"):
+        client.predict("[Zed] runs", "sd15", "comic", 0, 0, 1, False, 3, "", "", files, _table([["Ann", "Ann.png"]]),
+                       api_name="/story")
+    with pytest.raises(AppError, match="500 frames.*at most"):
+        client.predict("\n".join(f"Ann frame {i}" for i in range(500)), "sd15", "comic", 0, 0, 1, False, 3, "", "",
+                       files, _table([["Ann", "Ann.png"]]), api_name="/story")
+
+
+def test_browser_story_with_two_uploaded_characters_shows_every_round_and_each_frames_characters(
+        page, character_pictures):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Story")
+    page.locator("#story-text textarea").fill(CAST_STORY)
+    page.locator("#story-character-files input[type=file]").set_input_files([str(p) for p in
+                                                                           character_pictures.values()])
+    table = page.locator("#story-characters")
+    expect(table).to_contain_text("Ann.png")  # a row per uploaded picture, named after its file
+    expect(table).to_contain_text("Bob.png")
+    click(page, "#story-run")
+    status = page.locator("#story-status")
+    expect(status).to_contain_text("Finished", timeout=180_000)
+    expect(status).to_contain_text("Characters per frame: 1 Ann; 2 Bob; 3 Ann, Bob.")
+    expect(page.locator("#story-memory")).to_contain_text("Memory options:")
+    gallery = page.locator("#story-gallery")
+    for r in (0, 1):
+        page.locator("#story-round label", has_text=f"round {r}").click()
+        expect(gallery).to_contain_text(f"round {r}")
+        expect(gallery.locator("img")).to_have_count(3)
+        for caption in ("1. [Ann] Ann waves from a hill", "2. [Bob] bob fishes in a lake", "3. [Ann, Bob] share bread"):
+            expect(gallery).to_contain_text(caption)

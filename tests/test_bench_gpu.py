@@ -84,12 +84,22 @@ def test_bad_arguments_are_refused(bench):
 @pytest.mark.parametrize("name, parameters", [
     ("sd15_unet", 859_520_964), ("sdxl_unet", 2_567_463_684), ("sdxl_text_encoder_2", 694_659_840),
     ("sam_b", 93_735_472), ("sam_h", 641_090_608), ("dinov2_b14", 86_580_480), ("clip_h14", 986_109_441),
-    ("ip_image_encoder_h", 632_076_800),
+    ("ip_image_encoder_h", 632_076_800), ("ip_image_encoder_bigg", 1_844_907_264),  # IP-Adapter SDXL's ViT-bigG/14
 ])
 def test_full_size_models_are_the_published_architectures(name, parameters):
     model = full_size_model(name, "meta", torch.float16)  # no memory, no compute
     assert sum(p.numel() for p in model.parameters()) == parameters
     assert next(model.parameters()).dtype == torch.float16 and not model.training
+
+
+def test_story_sdxl_memory_part_runs_its_cpu_dry_run(bench):
+    """#27: the part measuring Story SDXL 1024^2 peak memory on a GPU goes through the same code on tiny models."""
+    done, report = bench("--device", "cpu", "--smoke", "--parts", "story_sdxl", "--budget-s", "3000")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    body = _sections(report)["7. Story on SDXL 1024^2: peak memory with the memory options"]
+    assert body.count("| ") >= 4 and "Failed" not in body and "not run" not in body
+    assert ("| sdxl preset, memory options on, 2 characters | VAE tiling on, image encoder on the CPU between rounds "
+            "on") in body
 
 
 def test_default_models_follow_the_engines_defaults():

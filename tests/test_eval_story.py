@@ -86,3 +86,84 @@ def test_story_command_errors(tiny_hub, tmp_path, capsys):
     assert main(["eval", "story", "--stories", str(tmp_path / "s"), "--out", str(tmp_path / "o"),
                  "--style", "nope"]) == 2
     assert "style" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- characters and ViStoryBench (#27)
+
+
+def test_crop_windows_and_identity_of_a_pasted_reference(tiny_hub):
+    import numpy as np
+
+    from vision.evaluation.identity import IdentityScorer, crop_windows
+
+    boxes = crop_windows(64, 64)
+    assert len(boxes) == 19 and boxes[0] == (0, 0, 64, 64) and (32, 32, 64, 64) in boxes and (0, 0, 32, 32) in boxes
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    frame[32:, 32:] = reference  # the character stands in the bottom-right quarter
+    for name in ("dinov2_b14", "clip_b16"):
+        scorer = IdentityScorer(name, tiny_hub)
+        score, box = scorer.identity(frame, scorer.reference([reference]))
+        assert box == (32, 32, 64, 64) and score == pytest.approx(1.0, abs=1e-5), name
+
+
+def _vistorybench(folder):
+    """A two-story ViStoryBench folder: story.json files (en/ch fields) and character pictures."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+
+    def picture(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(path)
+
+    def shot(i, static, on_stage):
+        return {"index": i, "Setting Description": {"en": "a snowy forest", "ch": "雪林"},
+                "Static Shot Description": {"en": static, "ch": "..."}, "Shot Perspective Design": {"en": "wide"},
+                "Characters Appearing": {"en": on_stage, "ch": []}}
+
+    story = {"Characters": {"小红": {"name_en": "Red", "name_ch": "小红", "prompt_en": "a girl in a red hood"},
+                            "Wolf": {"name_en": "Wolf", "prompt_en": "a grey wolf"},
+                            "Hunter": {"name_en": "Hunter", "prompt_en": "a hunter"}},
+             "Shots": [shot(1, "Red walks", ["Red"]), shot(2, "the wolf hides", ["Wolf"]),
+                       shot(3, "Red meets the wolf", ["Red", "Wolf"])]}
+    (folder / "01").mkdir(parents=True)
+    (folder / "01" / "story.json").write_text(json.dumps(story, ensure_ascii=False), encoding="utf-8")
+    picture(folder / "01" / "image" / "小红" / "00.png")
+    picture(folder / "01" / "image" / "小红" / "01.jpg")
+    picture(folder / "01" / "image" / "Wolf" / "00.png")  # Hunter has no pictures
+    plain = {"Characters": {}, "Shots": [shot(1, "an empty road", []), shot(2, "rain", [])]}
+    (folder / "02").mkdir()
+    (folder / "02" / "story.json").write_text(json.dumps(plain), encoding="utf-8")
+
+
+def test_vistorybench_layout_runs_with_characters_and_scores_their_identity(tiny_hub, one_torch_thread, tmp_path,
+                                                                            capsys):
+    set_hub(tiny_hub)
+    data = tmp_path / "ViStory"
+    _vistorybench(data)
+    stories = load_stories(data)
+    red = stories[0]
+    assert red.prompts == ("Red walks. a snowy forest", "the wolf hides. a snowy forest",
+                           "Red meets the wolf. a snowy forest")
+    assert red.characters == (("Red",), ("Wolf",), ("Red", "Wolf")) and len(red.references["Red"]) == 2
+    assert any("Hunter" in n and "no pictures" in n for n in red.notes)
+    assert stories[1].references == {} and stories[1].characters == ((), ())
+    out = tmp_path / "out"
+    assert main(["eval", "story", "--stories", str(data), "--out", str(out), "--rounds", "1", "--steps", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "char identity" in text
+    rows = list(csv.DictReader(open(out / "rounds.csv")))
+    assert [r["characters"] for r in rows] == ["2", "2"] and all(-1 <= float(r["character_identity"]) <= 1
+                                                                 for r in rows)
+    items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    per_character = [i for i in items if "character" in i]
+    assert {(i["round"], i["character"]) for i in per_character} == {(r, c) for r in (0, 1) for c in ("Red", "Wolf")}
+    red_round = next(i for i in per_character if i["character"] == "Red" and i["round"] == 1)
+    assert [f["frame"] for f in red_round["frames"]] == [0, 2] and all(len(f["box"]) == 4 for f in red_round["frames"])
+    manifest = json.loads((out / "stories" / "01" / "manifest.json").read_text())
+    assert manifest["arguments"]["frame_characters"] == [["Red"], ["Wolf"], ["Red", "Wolf"]]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "Hunter" in summary["notes"]["01"][0]

@@ -135,6 +135,7 @@ def inputs(tmp_path_factory) -> Path:
     write_video(clip.frames, root / "clip.mp4", fps=12)
     Image.fromarray(clip.exemplar).save(root / "cup.png")
     Image.fromarray(clip.exemplar_mask.astype(np.uint8) * 255).save(root / "cup_mask.png")
+    photo("astronaut", 64).save(root / "knight.png")  # the story command's character
     (root / "stories").mkdir()
     (root / "stories" / "knight.txt").write_text("a knight walks into a misty forest\nthe knight meets a dragon\n")
     with pytest.MonkeyPatch.context() as patch:  # the datasets the eval commands read

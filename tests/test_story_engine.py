@@ -80,8 +80,9 @@ def test_grca_tokens_and_one_encoder_call_per_round(tiny_hub, tmp_path, monkeypa
     kv_inputs = []
     original = S.ip_adapter_on
 
-    def spying_ip_adapter_on(pipe, state_dict):
-        ctx = original(pipe, state_dict)
+    def spying_ip_adapter_on(pipe, state_dict, copies=1):
+        assert copies == 1  # no characters: the one adapter of the paper
+        ctx = original(pipe, state_dict, copies)
         ctx.__enter__()
         procs = ip_processors(pipe.unet)
         for p in procs:
@@ -151,7 +152,7 @@ def test_outputs_manifest_record_and_progress(two_rounds):
     assert np.array_equal(board, result.storyboard) and np.array_equal(board, S.make_storyboard(finals))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rounds_done"] == [0, 1, 2] and manifest["final"] == result.files["final"]
-    assert manifest["args_hash"] == S.StoryEngine.arguments_hash(manifest["arguments"])
+    assert manifest["args_hash"] == S.arguments_hash(manifest["arguments"])
     assert set(manifest["rounds"]) == {"0", "1", "2"}
     assert all(manifest["rounds"][r]["timings"]["seconds"] > 0 for r in "012")
     assert manifest["rounds"]["1"]["timings"]["encode_seconds"] > 0

@@ -93,7 +93,10 @@ def test_guidance_and_checkpoint_defaults():
 
 
 def test_presets():
-    assert set(S.PRESETS) == {"sd15", "sdxl", "reference"}
+    assert set(S.PRESETS) == {"sd15", "sdxl", "reference", "fast"}
+    fast = S.StoryConfig.from_preset("fast")
+    assert (fast.lcm, fast.scheduler, fast.steps, fast.guidance_scale(), fast.deepcache) == (True, "lcm", 4, 1.0, 0)
+    assert fast.lcm_lora() == "lcm_lora_sd15" and fast.replace(family="sdxl").lcm_lora() == "lcm_lora_sdxl"
     assert S.StoryConfig.from_preset("sd15") == S.StoryConfig()
     sdxl = S.StoryConfig.from_preset("sdxl")
     assert (sdxl.preset, sdxl.family, sdxl.base_model(), sdxl.deepcache, sdxl.reference) == (

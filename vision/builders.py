@@ -137,6 +137,18 @@ def ip_adapter_weights(filename: str):
     return build
 
 
+def weights_file(filename: str):
+    """A model that is one file read by its user (a LoRA: diffusers' LoRA loader reads the file) -> its path."""
+
+    def build(folder: Path, device: str, dtype: torch.dtype) -> Path:
+        path = folder / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing")
+        return path
+
+    return build
+
+
 @functools.lru_cache(maxsize=None)
 def clip_tokenizer_files(folder: str | None = None) -> Path:
     """Write ``vocab.json`` and ``merges.txt`` of the CLIP BPE that ``open_clip`` ships; return the folder.

@@ -14,7 +14,8 @@ clip_tokenizer, sam_t, sam_b, sam_h, sam2_tiny, sam2_small, sam2_base_plus, sam2
 mask2former_processor,
 sd15_unet, sd15_vae, sd15_text_encoder, sd15_tokenizer, sd15_scheduler, sdxl_unet, sdxl_vae,
 sdxl_text_encoder, sdxl_text_encoder_2, sdxl_tokenizer, sdxl_tokenizer_2, sdxl_scheduler,
-ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg, realvisxl_unet,
+ip_adapter_sd15, ip_image_encoder_h, ip_adapter_sdxl, ip_image_encoder_bigg, lcm_lora_sd15, lcm_lora_sdxl,
+realvisxl_unet,
 realvisxl_vae, realvisxl_text_encoder, realvisxl_text_encoder_2, controlnet_canny_sd15, controlnet_depth_sd15,
 controlnet_canny_sdxl, controlnet_depth_sdxl, depth_anything_v2_small, sd35_medium_transformer,
 sd35_large_transformer, sd35_vae, sd35_text_encoder, sd35_text_encoder_2, sd35_text_encoder_3, sd35_tokenizer_3,
@@ -102,6 +103,11 @@ def _entries() -> dict[str, ModelEntry]:
         ModelEntry("ip_image_encoder_bigg", _t(tiny.ip_image_encoder_bigg),
                    b.transformers_model("CLIPVisionModelWithProjection", "sdxl_models/image_encoder", variant=None),
                    "ip_image_encoder_bigg"),
+        # LCM-LoRAs of Story's fast preset: the object is the LoRA file's path (models.loras_applied reads it)
+        ModelEntry("lcm_lora_sd15", lambda hub: tiny.lcm_lora_file(hub.get("sd15_unet")),
+                   b.weights_file("pytorch_lora_weights.safetensors"), "lcm_lora_sd15"),
+        ModelEntry("lcm_lora_sdxl", lambda hub: tiny.lcm_lora_file(hub.get("sdxl_unet")),
+                   b.weights_file("pytorch_lora_weights.safetensors"), "lcm_lora_sdxl"),
         # RealVisXL V4.0: SDXL's architecture (tiny: the tiny SDXL models), tokenizers and scheduler shared
         ModelEntry("realvisxl_unet", _t(tiny.sdxl_unet), b.diffusers_model("UNet2DConditionModel", "unet"),
                    "realvisxl_unet"),
@@ -248,13 +254,13 @@ class ModelHub:
 
     def _fit_budget(self, current: str) -> None:
         """Bring ``current`` to the device and offload least recently used models until under budget."""
-        if self.memory_budget_bytes is None:
-            return
         with self._budget_lock:
             slot = self._slots[current]
             if slot.offloaded:
                 _to(slot.obj, self.device, None)
                 slot.offloaded = False
+            if self.memory_budget_bytes is None:
+                return
             resident = sorted((s.last_used, n) for n, s in self._slots.items() if not s.offloaded and n != current)
             used = sum(module_bytes(s.obj) for s in self._slots.values() if not s.offloaded)
             for _, victim in resident:
@@ -271,6 +277,17 @@ class ModelHub:
             raise KeyError(f"unknown model {name!r}; known: {', '.join(ENTRIES)}")
         with self._locks[name]:
             self._slots[name] = _Slot(model, time.monotonic())
+
+    def offload(self, name: str) -> None:
+        """Move loaded model ``name`` to the CPU until its next :meth:`get`, which brings it back (an engine
+        frees accelerator memory between two uses; nothing happens when it is not loaded)."""
+        with self._budget_lock:
+            slot = self._slots.get(name)
+            if slot is not None and not slot.offloaded:
+                _to(slot.obj, "cpu", None)
+                slot.offloaded = True
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def is_loaded(self, name: str) -> bool:
         return name in self._slots

@@ -17,6 +17,12 @@ option rather than an allocator error or a scheduler's complaint after the start
   on a private server.
 * ``MAX_PROMPT_CHARS``: characters of one frame's prompt; the text encoders read 77 tokens (a few hundred
   characters), so a longer line is a paste gone wrong, not a prompt.
+* ``MAX_STORY_CHARACTERS``: characters declared in one story. The characters a frame names share one
+  reference softmax (each gets about 1/K of the character weight), so identities already blend with three
+  or four in one frame; 8 covers a cast (ViStoryBench's 80 stories have 344 characters, 4.3 per story) and
+  is the Story tab's number of character rows.
+* ``MAX_CHARACTER_IMAGES``: reference images per character; their CLIP embeddings are averaged into one
+  identity, and more views of the same character change that mean less and less.
 
 And on the videos the video engine reads (:mod:`vision.videoio`), each overridable by an environment
 variable of the same name prefixed ``VISION_``:
@@ -41,6 +47,8 @@ MAX_PROMPT_CHARS = 1000
 MAX_VIDEO_BYTES = int(os.environ.get("VISION_MAX_VIDEO_BYTES", str(8 * 2**30)))
 MAX_VIDEO_SIDE = int(os.environ.get("VISION_MAX_VIDEO_SIDE", "4096"))
 MAX_VIDEO_FRAMES = int(os.environ.get("VISION_MAX_VIDEO_FRAMES", "20000"))
+MAX_STORY_CHARACTERS = 8
+MAX_CHARACTER_IMAGES = 4
 
 
 class LimitError(ValueError):

@@ -288,6 +288,19 @@ def ip_adapter_state_dict(unet, image_embed_dim: int, tokens: int = 4) -> dict[s
     return {"image_proj": proj, "ip_adapter": layers}
 
 
+def lcm_lora_file(unet: Any, seed: int = 27) -> Any:
+    """A tiny random LoRA ``.safetensors`` for ``unet`` in kohya's layout (:func:`vision.tiny_files.write_lora`),
+    written into a fresh temporary folder; returns its path (the hub's LCM-LoRA entries hold a file path,
+    which diffusers' LoRA loader reads). Not LCM-distilled: a stand-in of the right format and shapes."""
+    import tempfile
+    from pathlib import Path
+
+    from vision.tiny_files import write_lora
+
+    folder = Path(tempfile.mkdtemp(prefix="vision-tiny-lcm-lora-"))
+    return write_lora(folder / "pytorch_lora_weights.safetensors", unet, seed=seed)
+
+
 def controlnet_from(unet: Any, seed: int = 0, conditioning_channels: tuple[int, ...] = (4, 8, 8, 16)) -> Any:
     """A ControlNet of ``unet``'s layout (``ControlNetModel.from_unet``; a hint encoder of
     ``conditioning_channels``, the real ones are (16, 32, 96, 256)) whose zero convolutions and hint encoder

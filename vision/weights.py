@@ -171,6 +171,13 @@ REGISTRY: dict[str, WeightSpec] = {
         _spec("ip_image_encoder_bigg", "CLIP ViT-bigG/14 image encoder used by IP-Adapter SDXL",
               ["sdxl_models/image_encoder/config.json", "sdxl_models/image_encoder/model.safetensors"],
               3690, "Apache-2.0", repo_id=IP_ADAPTER_REPO),
+        # LCM-LoRAs (Latent Consistency distillation as a LoRA): Story's fast preset, 4 steps per round (#27)
+        _spec("lcm_lora_sd15", "LCM-LoRA for SD1.5 (4-8 step sampling with the LCM scheduler)",
+              ["pytorch_lora_weights.safetensors"], 135, "CreativeML OpenRAIL-M",
+              repo_id="latent-consistency/lcm-lora-sdv1-5"),
+        _spec("lcm_lora_sdxl", "LCM-LoRA for SDXL (4-8 step sampling with the LCM scheduler)",
+              ["pytorch_lora_weights.safetensors"], 394, "CreativeML OpenRAIL++-M",
+              repo_id="latent-consistency/lcm-lora-sdxl"),
         # RealVisXL V4.0 (SDXL fine-tune), the Story-Adapter paper's checkpoint: the reference loads the
         # diffusers folders of this repo (run.py: StableDiffusionXLPipeline.from_pretrained, fp16).
         *[_spec(f"realvisxl_{part}", f"RealVisXL V4.0 {what}", [f"{part}/config.json", f"{part}/{file}"], size_mb,
@@ -471,7 +478,8 @@ def models_for(engine: str, config: object = None) -> list[str]:
 
         cfg = config or StoryConfig.from_preset()
         family = FAMILIES[cfg.family]
-        names = [*_generation_models(cfg.base_model()), family.ip_adapter, family.image_encoder]
+        base = [] if cfg.model else _generation_models(cfg.base_model())  # a checkpoint brings its own modules
+        names = [*base, family.ip_adapter, family.image_encoder, *filter(None, [cfg.lcm_lora()])]
     else:
         raise KeyError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
     return [name for name in dict.fromkeys(names) if name in REGISTRY]

@@ -17,7 +17,9 @@ CUDA with SAM in fp32 (the hub's policy), fixed seeds, warm-up runs first, times
    memory of a round with 20 reference frames.
 6. ``memory``: every engine's default models resident at once: allocated and reserved GPU memory, each
    model's share (the Models tab's numbers) and the peak of one call of each engine.
-7. ``compile``: part 1 with ``torch.compile`` (DDIM; compiled plain UNet vs ours compiled at N = 3, 5,
+7. ``story_sdxl``: Story on SDXL at 1024^2 with the memory options on (sdxl and reference presets, and
+   every option off for comparison): peak GPU memory of a round-1 frame (goal: under 16 GB).
+8. ``compile``: part 1 with ``torch.compile`` (DDIM; compiled plain UNet vs ours compiled at N = 3, 5,
    b = 1; N = 1 compiled vs the compiled plain UNet). Last: its compilations cost the most device time
    per figure.
 
@@ -33,7 +35,7 @@ A part that fails is reported with its error and the run goes on (exit code 1 at
 The GPU machine lacks some pure-Python packages: ``bash bench/gpu-wheels.sh`` puts them in ``.whl/``;
 :data:`DEVICE_CALL` below is the device tool's call for the first session lent a GPU (the report comes
 back as ``$OUT/gpu.md``). Files: ``harness.py`` (sizes, budget, report, shared helpers), ``diffusion.py``
-(parts 1, 2, 7), ``segmentation.py`` (3, 4), ``story_memory.py`` (5, 6).
+(parts 1, 2, 8), ``segmentation.py`` (3, 4), ``story_memory.py`` (5, 6), ``story_sdxl.py`` (7).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from bench.gpu.diffusion import part_compile, part_deepcache, part_sdxl
 from bench.gpu.harness import Run, memory_text, table
 from bench.gpu.segmentation import part_ipseg, part_trident
 from bench.gpu.story_memory import default_models, part_memory, part_story
+from bench.gpu.story_sdxl import part_story_sdxl
 from vision.wording import vision_command
 
 __all__ = ["DEVICE_CALL", "DEVICE_COMMAND", "PARTS", "default_models", "main"]
@@ -74,7 +77,8 @@ PARTS = [
     ("ipseg", "4. IPSeg", part_ipseg),
     ("story", "5. Story-Adapter", part_story),
     ("memory", "6. All engines' default models resident", part_memory),
-    ("compile", "7. DeepCache with torch.compile (part 1, compiled)", part_compile),
+    ("story_sdxl", "7. Story on SDXL 1024^2: peak memory with the memory options", part_story_sdxl),
+    ("compile", "8. DeepCache with torch.compile (part 1, compiled)", part_compile),
 ]
 
 

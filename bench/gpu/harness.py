@@ -49,6 +49,9 @@ class Scale:
     story_references: int = 20
     story_generated: int = 2  # frames made in the 20-reference round (its peak memory is per frame)
     memory_steps: int = 10
+    story_sdxl_size: int = 1024
+    story_sdxl_steps: int = 4  # DeepCache N = 3 over 4 steps: full and partial steps (the peak is per step)
+    story_sdxl_references: int = 4
 
 
 # The dry run: every code path of every part once, at the smallest sizes that still exercise it (N = 3 over 4
@@ -56,14 +59,15 @@ class Scale:
 SMOKE = Scale(sd_size=64, sd_steps=4, intervals=(3,), branches=(0,), sdxl_repeats=1, sdxl_size=64, sdxl_steps=4,
               sdxl_intervals=(3,), compile_intervals=(3,), images=1, trident_repeats=1, dino_size=112,
               ipseg_sd_size=128, ipseg_targets=2, ipseg_repeats=1, gfsam_dino_size=112, gfsam_points=4,
-              story_size=64, story_steps=3, story_frames=2,
-              story_references=3, story_generated=1, memory_steps=2)
+              story_size=64, story_steps=3, story_frames=2, story_references=3, story_generated=1, memory_steps=2,
+              story_sdxl_size=64, story_sdxl_steps=2, story_sdxl_references=2)
 
 # Seconds per part: guesses for an H200 (full) and 2 shared CPU cores (smoke), builds included; rescaled by
 # measured / REFERENCE_S once part 1 has timed one no-cache generation.
 PRIOR_S = {"full": {"deepcache": 90, "sdxl": 45, "trident": 30, "ipseg": 25, "story": 35, "memory": 20,
-                    "compile": 200},
-           "smoke": {"deepcache": 8, "sdxl": 3, "trident": 5, "ipseg": 5, "story": 4, "memory": 6, "compile": 6}}
+                    "story_sdxl": 60, "compile": 200},
+           "smoke": {"deepcache": 8, "sdxl": 3, "trident": 5, "ipseg": 5, "story": 4, "memory": 6, "story_sdxl": 15,
+                     "compile": 6}}
 REFERENCE_S = {"full": 1.2, "smoke": 0.15}
 COMPILE_PRIOR_S = {"full": 90.0, "smoke": 3.0}  # one UNet graph's compilation
 

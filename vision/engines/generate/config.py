@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vision.engines.contract import EngineConfig
-from vision.engines.generate.models import LORA_SCALE_RANGE, Lora
+from vision.engines.generate.models import Lora, lora_problems
 
 # family -> hub names of its modules, its architecture ("sd15" | "sdxl" | "sd3") and native size
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -42,6 +42,7 @@ SCHEDULERS = {
     "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "heun": ("HeunDiscreteScheduler", {}),
     "flow": ("FlowMatchEulerDiscreteScheduler", {}),
+    "lcm": ("LCMScheduler", {}),  # for LCM-distilled weights (the LCM-LoRA of Story's fast preset)
 }
 SCHEDULER_ALIASES = {"plms": "pndm", "dpm": "dpm++", "dpmsolver++": "dpm++", "dpm-solver++": "dpm++",
                      "dpmpp": "dpm++", "flow-euler": "flow", "flowmatch": "flow"}
@@ -154,15 +155,7 @@ class GenerateConfig(EngineConfig):
             out.append(f"model: a checkpoint file, a diffusers folder or a Hub repo id, got {self.model!r}")
         if self.model and self.arch == "sd3":
             out.append("model: custom checkpoints are SD1.5 / SDXL ones; SD3.5 runs the family's own weights")
-        for lora in self.loras:
-            try:
-                lora = lora if isinstance(lora, Lora) else Lora.parse(lora)
-            except ValueError as err:
-                out.append(f"loras: {err}")
-                continue
-            if not LORA_SCALE_RANGE[0] <= lora.scale <= LORA_SCALE_RANGE[1]:
-                out.append(f"loras: scale {lora.scale:g} of {lora.path} is out of range "
-                           f"{LORA_SCALE_RANGE[0]:g}..{LORA_SCALE_RANGE[1]:g}")
+        out += lora_problems(self.loras)
         if self.loras and self.arch == "sd3":
             out.append("loras: LoRAs are for SD1.5 / SDXL models here")
         return out

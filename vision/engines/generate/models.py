@@ -323,6 +323,22 @@ def pipeline_parts(hub: Any, family: str, model: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ LoRAs
+def lora_problems(loras: Sequence[Lora | str], field: str = "loras") -> list[str]:
+    """One message per LoRA that is no ``PATH[:SCALE]`` or whose scale is out of :data:`LORA_SCALE_RANGE`
+    (the config checks of every engine that takes LoRAs)."""
+    out = []
+    low, high = LORA_SCALE_RANGE
+    for lora in loras:
+        try:
+            lora = lora if isinstance(lora, Lora) else Lora.parse(lora)
+        except ValueError as err:
+            out.append(f"{field}: {err}")
+            continue
+        if not low <= lora.scale <= high:
+            out.append(f"{field}: scale {lora.scale:g} of {lora.path} is out of range {low:g}..{high:g}")
+    return out
+
+
 def read_lora(path: str) -> dict[str, torch.Tensor]:
     """A LoRA ``.safetensors`` file's tensors; ModelFileError when it is missing or no LoRA."""
     from safetensors.torch import load_file

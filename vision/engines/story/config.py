@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
 from vision.engines.contract import EngineConfig
+from vision.engines.generate.models import Lora, lora_problems
 from vision.limits import MAX_STORY_FRAMES, LimitError, check_story
 
 DEFAULT_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the reference's, all styles
@@ -49,6 +51,7 @@ FAMILIES: dict[str, StoryFamily] = {
 }
 
 TINY_SIZE = 64  # default frame size in tiny mode (the tiny UNet's native 8x8 latent)
+LCM_MAX_STEPS = 8  # LCM-LoRA is distilled for 2-8 steps
 MAX_FRAMES = MAX_STORY_FRAMES
 
 
@@ -65,6 +68,15 @@ class StoryConfig(EngineConfig):
     encoder), ``checkpoint`` the base model's weights (None: the family's default, RealVisXL V4.0 for
     SDXL), ``guidance`` the CFG scale (None: the family's default, 7.5 SD1.5 / 5.0 SDXL). ``reference``
     turns on reference mode (see :mod:`vision.engines.story`); ``preset`` names the preset it came from.
+
+    ``character_scale`` is w_c, the weight of the declared characters' reference tokens in every round
+    (the package docstring says how they combine with the round's tokens). ``model`` is the user's own
+    SD1.5 / SDXL checkpoint (file, diffusers folder or Hub repo id) and ``loras`` their LoRAs
+    (``PATH[:SCALE]``), both through :mod:`vision.engines.generate.models`. ``lcm`` applies the family's
+    LCM-LoRA from the weights registry (the ``fast`` preset; needs ``scheduler="lcm"`` and at most
+    ``LCM_MAX_STEPS`` steps). Memory (:mod:`vision.engines.story.memory`): ``vae_tiling`` (None: on for
+    frames over 768 px in product mode), ``offload_image_encoder`` (None: on with CUDA), ``model_offload``
+    (diffusers' model CPU offload, CUDA only).
     """
 
     ENGINE: ClassVar[str] = "story"
@@ -88,6 +100,13 @@ class StoryConfig(EngineConfig):
     checkpoint: str | None = None
     scheduler: str = "ddim"
     reference_size: int = 256
+    character_scale: float = 0.6
+    model: str | None = None
+    loras: tuple[Lora, ...] = ()
+    lcm: bool = False
+    vae_tiling: bool | None = None
+    offload_image_encoder: bool | None = None
+    model_offload: bool = False
 
     def problems(self) -> list[str]:
         problems = []
@@ -111,7 +130,7 @@ class StoryConfig(EngineConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 problems.append(f"{name} must be an integer >= {minimum}, got {value!r}"
                                 + (" (0 = DeepCache off)" if name == "deepcache" else ""))
-        problems += self._scheduler_problems()
+        problems += self._scheduler_problems() + self._model_problems()
         if self.reference_size < 1:
             problems.append(f"reference_size must be >= 1, got {self.reference_size}")
         problems += self._number_problems()
@@ -126,8 +145,30 @@ class StoryConfig(EngineConfig):
             return [str(err)]
         return []
 
+    def _model_problems(self) -> list[str]:
+        """The user's checkpoint and LoRAs, the LCM-LoRA with its sampler and steps, the memory switches."""
+        out = lora_problems(self.loras)
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            out.append(f"model: a checkpoint file, a diffusers folder or a Hub repo id, got {self.model!r}")
+        if self.model and self.checkpoint:
+            out.append(f"model and checkpoint both given ({self.model!r}, {self.checkpoint!r}): the model replaces "
+                       "the family's checkpoint, give one")
+        lcm_sampler = str(self.scheduler).lower() == "lcm"
+        if self.lcm and not lcm_sampler:
+            out.append(f"lcm: the LCM-LoRA samples with scheduler 'lcm', got {self.scheduler!r}")
+        if lcm_sampler and not self.lcm:
+            out.append("scheduler: 'lcm' needs LCM-distilled weights: set lcm=True (the fast preset's LCM-LoRA)")
+        if self.lcm and isinstance(self.steps, int) and self.steps > LCM_MAX_STEPS:
+            out.append(f"steps: the LCM-LoRA is distilled for 2-{LCM_MAX_STEPS} steps, got {self.steps} (more steps do "
+                       "not improve its frames; the default preset runs 50)")
+        for name in ("lcm", "model_offload", "vae_tiling", "offload_image_encoder"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (value is None and name in ("vae_tiling", "offload_image_encoder")):
+                out.append(f"{name} must be True or False, got {value!r}")
+        return out
+
     def _number_problems(self) -> list[str]:
-        for name in ("lambda_start", "lambda_end", "guidance"):
+        for name in ("lambda_start", "lambda_end", "guidance", "character_scale"):
             value = getattr(self, name)
             if name == "guidance" and value is None:
                 continue
@@ -137,11 +178,13 @@ class StoryConfig(EngineConfig):
             return [f"guidance must be >= 0 (<= 1 disables classifier-free guidance), got {self.guidance}"]
         return []
 
-    def normalised(self) -> "StoryConfig":
+    def normalised(self) -> StoryConfig:
         """The config with the scheduler's alias resolved (``plms`` -> ``pndm``)."""
         from vision.engines.generate import scheduler_name
 
-        return replace(self, scheduler=scheduler_name(self.scheduler))
+        loras = tuple(lora if isinstance(lora, Lora) else Lora.parse(lora) for lora in self.loras)
+        return replace(self, scheduler=scheduler_name(self.scheduler), loras=loras,
+                       model=self.model.strip() if self.model else None)
 
     def describe(self) -> str:
         """Which preset and mode this is, for messages: "<preset> preset, <reference|product> mode"."""
@@ -158,6 +201,10 @@ class StoryConfig(EngineConfig):
     def lambdas(self) -> list[float]:
         """The reference weight of rounds 1..R: ``linspace(lambda_start, lambda_end, R)``."""
         return [float(x) for x in np.linspace(self.lambda_start, self.lambda_end, self.rounds)]
+
+    def lcm_lora(self) -> str | None:
+        """The weights-registry name of the family's LCM-LoRA when ``lcm`` is on."""
+        return f"lcm_lora_{self.family}" if self.lcm else None
 
     def lambda_of(self, round_index: int) -> float:
         return 0.0 if round_index == 0 else self.lambdas()[round_index - 1]
@@ -182,7 +229,11 @@ PRESETS: dict[str, StoryConfig] = {  # the first is the default
     # 10 rounds, lambda 0.3 -> 0.5, comic style, round frames resized to 256^2 before encoding, no DeepCache
     "reference": StoryConfig(preset="reference", reference=True, family="sdxl", checkpoint="realvisxl",
                              scheduler="ddim", steps=50, guidance=5.0, rounds=10, lambda_start=0.3, lambda_end=0.5,
-                             style="comic", negative_prompt=DEFAULT_NEGATIVE, deepcache=0, reference_size=256),
+                             style="comic", negative_prompt=DEFAULT_NEGATIVE, deepcache=0, reference_size=256,
+                             vae_tiling=False),
+    # LCM-LoRA (the family's, from the weights registry) with the LCM sampler: 4 steps per round, no CFG
+    # (guidance 1, as LCM-LoRA samples), DeepCache off (bench/results/story_fast.md: it does not pay at 4 steps)
+    "fast": StoryConfig(preset="fast", lcm=True, scheduler="lcm", steps=4, guidance=1.0, deepcache=0),
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -12,6 +12,7 @@ import numpy as np
 from vision.engines.contract import Progress, engine_record
 from vision.engines.story.config import FAMILIES, StoryConfig, StoryError
 from vision.engines.story.files import MANIFEST, frame_name, read_png
+
 
 def story_progress(round: int, rounds: int, frame: int, frames: int, message: str, step: int = 0,
                    steps: int = 0) -> Progress:
@@ -46,6 +47,25 @@ class StoryResult:
     resumed_from: int | None = None  # the last complete round found in the folder, if any
     tiny: bool = False
     stopped_early: bool = False
+    characters: list[dict] = field(default_factory=list)  # name, image sources, sha256 prefixes
+    frame_characters: list[list[str]] = field(default_factory=list)  # per frame, the characters it used
+    warnings: list[str] = field(default_factory=list)
+    models: dict[str, Any] = field(default_factory=dict)  # the user's checkpoint and the LoRAs applied
+    memory: dict[str, bool] = field(default_factory=dict)  # the memory options that applied
+
+    @classmethod
+    def from_manifest(cls, prompts: list[str], config: StoryConfig, out: Path, size: int, manifest: dict,
+                      resumed_from: int | None, tiny: bool, stopped: bool) -> StoryResult:
+        """The result of a run whose state is ``manifest`` (rounds done, files, characters, models)."""
+        files: dict[str, Any] = {"manifest": MANIFEST, "rounds": manifest["rounds"]}
+        if manifest.get("character_files"):
+            files["characters"] = manifest["character_files"]
+        casts = manifest["arguments"].get("frame_characters") or [[] for _ in prompts]
+        return cls(prompts, config, out, size, list(manifest["rounds_done"]),
+                   {int(r): e["timings"] for r, e in manifest["rounds"].items()}, files, resumed_from=resumed_from,
+                   tiny=tiny, stopped_early=stopped, characters=list(manifest.get("characters", [])),
+                   frame_characters=[list(c) for c in casts], warnings=list(manifest.get("warnings", [])),
+                   models=dict(manifest.get("models") or {}), memory=dict(manifest.get("memory") or {}))
 
     @property
     def complete(self) -> bool:
@@ -58,20 +78,31 @@ class StoryResult:
         return [read_png(self.output_dir / name) for name in self.files["rounds"][str(r)]["frames"]]
 
     def to_record(self) -> dict[str, Any]:
-        """A JSON-able summary: :func:`~vision.engines.contract.engine_record`'s fields, settings, prompts,
-        rounds, lambdas, timings (seconds per round under ``round_timings``), files (relative paths)."""
+        """A JSON-able summary: :func:`~vision.engines.contract.engine_record`'s fields, the characters with
+        each frame's (``frame_characters``), warnings, the user's checkpoint and LoRAs, the memory options,
+        settings, prompts, rounds, lambdas, timings (seconds per round under ``round_timings``), files
+        (relative paths)."""
         config = self.config
         family = FAMILIES[config.family]
-        models = {"checkpoint": config.base_model(), "ip_adapter": family.ip_adapter,
-                  "image_encoder": family.image_encoder}
+        checkpoint = (self.models.get("checkpoint") or {}).get("source") or config.base_model()
+        models = {"checkpoint": checkpoint, "ip_adapter": family.ip_adapter, "image_encoder": family.image_encoder}
+        if config.lcm:
+            models["lcm_lora"] = config.lcm_lora()
         record = engine_record(config, tiny=self.tiny, models=models,
                                timings={"total": sum(t["seconds"] for t in self.timings.values())})
         record.update({
+            "characters": self.characters,
+            "frame_characters": self.frame_characters,
+            "character_scale": config.character_scale if self.characters else None,
+            "warnings": self.warnings,
+            "user_checkpoint": self.models.get("checkpoint"),
+            "loras": self.models.get("loras", []),
+            "memory": self.memory,
             "prompts": self.prompts,
             "styled_prompts": [config.styled(p) for p in self.prompts],
             "config": asdict(config),
             "guidance": config.guidance_scale(),
-            "checkpoint": config.base_model(),
+            "checkpoint": checkpoint,
             "size": self.size,
             "frames": len(self.prompts),
             "rounds_done": self.rounds_done,
