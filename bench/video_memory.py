@@ -1,6 +1,6 @@
 """Peak memory of a video run against the video's length: a 300-frame 480p clip beside a 30-frame one.
 
-``python -m vision bench video_memory [--frames 30 300] [--tracks sam2 exemplar] [--models tiny|full]``
+    python -m vision bench video_memory [--frames 30 300] [--tracks sam2 exemplar] [--models tiny|full]
 
 Each run is a fresh process (``--child``) that does what ``python -m vision video`` does
 (:func:`vision.batch.video.run_video`: decoding, the engine, one mask PNG and results line per frame, the

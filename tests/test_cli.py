@@ -18,8 +18,9 @@ from vision.cli import chosen_command, main
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "numpy", "PIL", "diffusers", "transformers", "gradio", "cv2", "vision.engines", "vision.batch")
 # An engine's package marker and its torch-free config (choices for the options) are all --help may load.
-# torch-free modules the options need: the IPSeg config (its choices) and the contract its config builds on
-LIGHT_ENGINE_MODULES = ("vision.engines", "vision.engines.contract", "vision.engines.ipseg", "vision.engines.ipseg.config")
+# torch-free modules the options need: the IPSeg and Video configs (their choices) and the contract they build on
+LIGHT_ENGINE_MODULES = ("vision.engines", "vision.engines.contract", "vision.engines.ipseg", "vision.engines.ipseg.config",
+                        "vision.engines.video", "vision.engines.video.config")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
