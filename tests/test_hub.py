@@ -1,6 +1,7 @@
 """The model hub: one shared instance per model, thread-safe lazy loading, tiny forward shapes."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,22 @@ def test_tiny_large_variants_forward_shapes(tiny_hub):
     assert bigg(pixel_values=torch.zeros(2, 3, 224, 224)).image_embeds.shape == (2, tiny.TINY_IMAGE_EMBED)
     vae = tiny_hub.get("sdxl_vae")
     assert vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean.shape == (1, 4, 8, 8)
+
+
+def test_the_clip_bpe_files_are_written_once_under_the_weights_folder(tmp_path, monkeypatch):
+    """#20.8: every process left a 1.5 MB /tmp/vision-clip-bpe-* folder behind."""
+    import tempfile
+
+    from vision import builders
+
+    monkeypatch.setenv("VISION_WEIGHTS_DIR", str(tmp_path / "weights"))
+    before = set(Path(tempfile.gettempdir()).glob("vision-clip-bpe-*"))
+    builders.clip_tokenizer_files.cache_clear()
+    folder = builders.clip_tokenizer_files()
+    assert folder.is_relative_to(tmp_path / "weights") and (folder / "vocab.json").is_file()
+    stamp = (folder / "merges.txt").stat().st_mtime_ns
+    builders.clip_tokenizer_files.cache_clear()  # a new process
+    assert builders.clip_tokenizer_files() == folder and (folder / "merges.txt").stat().st_mtime_ns == stamp
+    assert set(Path(tempfile.gettempdir()).glob("vision-clip-bpe-*")) == before
+    assert builders.clip_tokenizer().encode("a photo of a cat")[:2] == [49406, 320]  # the tokenizer reads them
+    builders.clip_tokenizer_files.cache_clear()
