@@ -124,3 +124,16 @@ def test_browser_the_generate_story_and_segment_examples_show_and_fill_their_tex
     expect(page.locator("#segment-box textarea")).to_have_value("60, 20, 390, 300")
     expect(page.locator("#segment-image img").first).to_be_visible()
     assert not [e for e in errors if "reading '" in e and "background_image" not in e], errors
+
+
+def test_generate_api_takes_no_start_image_by_default_and_checks_a_bad_one(client, tmp_path):
+    """#20.6: /generate required init_image (a call without it failed with a TypeError), and a bad start
+    image came back as Gradio's raw preprocess error."""
+    image, summary, _ = client.predict(*GEN_ARGS[:13], api_name="/generate")  # no start image, no strength
+    assert png(image).shape == (64, 64, 3) and "text-to-image" in summary
+    empty = tmp_path / "start.png"
+    empty.write_bytes(b"")
+    with pytest.raises(AppError) as err:
+        client.predict(*_args(image=handle_file(str(empty))), api_name="/generate")
+    assert "start image: start.png: the file is empty (0 bytes)" in str(err.value)
+    assert "preprocess" not in str(err.value)

@@ -10,7 +10,9 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import errors, examples, form, gpu, notices, runs, storage
 from vision.ui.notices import tiny_prefix
+from vision.ui.uploads import check_before_decoding
 
+START_STRENGTH = 0.75  # img2img strength when a caller gives none (GenerateConfig's default)
 TINY_STEPS = 4  # the tab's default steps in tiny mode (outputs are noise: keep runs short)
 HOW_TO_READ = ("How to read this: the summary gives the time of the run and how many UNet calls DeepCache "
                "skipped (partial calls run only the shallow branch). In *Compare*, drag the slider: left of the "
@@ -84,7 +86,8 @@ def _step_progress(progress, run: runs.Run):
 
 @errors.friendly_errors
 def run_generate(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                 branch, schedule, init_image, strength, progress=gr.Progress(), request: gr.Request = None):
+                 branch, schedule, init_image=None, strength=START_STRENGTH, progress=gr.Progress(),
+                 request: gr.Request = None):
     """Text-to-image (or image-to-image from ``init_image``) with Stable Diffusion, DeepCache on or off."""
     form.require((prompt or "").strip(), "a prompt")
     config = _generate_config(preset, negative, steps, guidance, seed, scheduler, family, size, use_deepcache,
@@ -98,7 +101,8 @@ def run_generate(prompt, negative, preset, steps, guidance, seed, scheduler, fam
 
 @errors.friendly_errors
 def run_compare(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                branch, schedule, init_image, strength, progress=gr.Progress(), request: gr.Request = None):
+                branch, schedule, init_image=None, strength=START_STRENGTH, progress=gr.Progress(),
+                request: gr.Request = None):
     """The same seed without and with DeepCache: a before/after slider and the measured speed-up."""
     form.require((prompt or "").strip(), "a prompt")
     if int(interval) < 2:
@@ -164,6 +168,7 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
                 with gr.Accordion("Image-to-image", open=False):
                     init_image = gr.Image(label="Start image (empty = text-to-image)", type="filepath", image_mode=None,
                                           sources=["upload", "clipboard"], elem_id="generate-init")
+                    check_before_decoding(init_image, "start image")  # a bad file: a message naming it
                     strength = gr.Slider(0.05, 1.0, value=defaults.strength, step=0.05, label="Strength",
                                          info="how much of the start image is re-drawn (1 = all of it)")
                 with gr.Row():
