@@ -12,6 +12,9 @@ from vision.ui import errors, examples, form, gpu, notices, runs, storage
 from vision.ui.notices import tiny_prefix
 from vision.ui.uploads import check_before_decoding
 
+MODEL_HELP = ("sd15: Stable Diffusion 1.5 (512 px); sdxl: SDXL base 1.0 (1024 px); realvisxl: RealVisXL V4.0, "
+              "an SDXL fine-tune; sd35_medium: Stable Diffusion 3.5 Medium and sd35_large: SD 3.5 Large (DiTs, "
+              "1024 px)")
 START_STRENGTH = 0.75  # img2img strength when a caller gives none (GenerateConfig's default)
 TINY_STEPS = 4  # the tab's default steps in tiny mode (outputs are noise: keep runs short)
 HOW_TO_READ = ("How to read this: the summary gives the time of the run and how many UNet calls DeepCache "
@@ -48,7 +51,7 @@ def _mode(config) -> str:
 
 
 def _generation_summary(result) -> str:
-    from vision.wording import plural
+    from vision.wording import plural, speed_change
 
     config = result.config
     kind = f"image-to-image (strength {config.strength:g})" if result.img2img else "text-to-image"
@@ -63,8 +66,8 @@ def _generation_summary(result) -> str:
         lines.append("DeepCache off: every step runs the full UNet.")
     if result.speedup is not None:
         diff = result.difference()
-        lines.append(f"**Measured speed-up: {result.speedup:.2f}x** (without DeepCache "
-                     f"{result.baseline_seconds:.2f} s, with {result.seconds:.2f} s; same seed). Difference: mean "
+        lines.append(f"**Measured: {speed_change(result.baseline_seconds, result.seconds)} with DeepCache** (without "
+                     f"{result.baseline_seconds:.2f} s, with {result.seconds:.2f} s; warm runs, same seed). Difference: mean "
                      f"{diff['mean_abs']:.2f}/255, PSNR {diff['psnr_db']} dB.")
     return "\n\n".join(lines)
 
@@ -154,8 +157,7 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
                     seed = gr.Number(value=defaults.seed, precision=0, minimum=0, label="Seed")
                     scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Scheduler")
                 with gr.Row():
-                    family = gr.Dropdown(list(FAMILIES), value=defaults.family, label="Model",
-                                         info="realvisxl: RealVisXL V4.0, an SDXL fine-tune")
+                    family = gr.Dropdown(list(FAMILIES), value=defaults.family, label="Model", info=MODEL_HELP)
                     size = gr.Slider(0, MAX_SIDE, value=0, step=SIDE_MULTIPLE,
                                      label="Size (0 = the model's native size, or the start image's)")
                 with gr.Group():

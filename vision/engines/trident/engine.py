@@ -268,7 +268,7 @@ class TridentEngine(Engine):
         if cfg.prob_thd > 0 and parsed.background is None:
             raise TridentError(f"prob_thd={cfg.prob_thd} turns uncertain pixels into background, but no class is "
                                "the background: add a 'background' class or set prob_thd to 0")
-        rgb = imaging.load_image(image)
+        rgb = imaging.require_min_side(imaging.load_image(image), image if isinstance(image, str) else "image")
         ensure_present(self.hub, models_for("trident", cfg), "trident")  # every missing model named at once
         with self._lock:
             return self._segment(rgb, parsed, return_probs, ProgressReporter(progress))
