@@ -25,7 +25,8 @@ def test_the_cli_words_a_slowdown_as_one(tmp_path, capsys):
     from vision.commands.generate import print_speedups
 
     timings = {"seconds": 1.1, "baseline_seconds": 1.0, "speedup": 0.909}
-    (tmp_path / "results.jsonl").write_text(json.dumps({"id": "00001-a-fox", "status": "ok", "timings": timings}) + "\n")
+    line = {"id": "00001-a-fox", "status": "ok", "timings": timings}
+    (tmp_path / "results.jsonl").write_text(json.dumps(line) + "\n")
     print_speedups(str(tmp_path), batch.prompt_items(["a fox"]))
     printed = capsys.readouterr().out
     assert "1.10x slower (1.00 s -> 1.10 s)" in printed and "faster" not in printed
