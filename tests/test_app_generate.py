@@ -52,7 +52,7 @@ def test_generate_paper_preset_is_reported_as_reference_mode(client):
 def test_generate_compare_gives_a_before_after_slider_and_the_speedup(client):
     (before, after), summary, files = client.predict(*GEN_ARGS, api_name="/generate_compare")
     assert png(before).shape == png(after).shape == (64, 64, 3)
-    assert "Measured speed-up:" in summary and "without DeepCache" in summary
+    assert "Measured: " in summary and "with DeepCache** (without DeepCache " in summary
     assert sorted(Path(f).name for f in files) == ["deepcache.png", "without_deepcache.png"]
 
 
@@ -95,7 +95,7 @@ def test_browser_generate_tab_compare_shows_the_slider_and_the_speedup(page):
 
     open_tab(page, "Generate")
     click(page, "#generate-compare")
-    expect(page.locator("#generate-summary")).to_contain_text("Measured speed-up")
+    expect(page.locator("#generate-summary")).to_contain_text("Measured: ")
     expect(page.locator("#generate-slider img")).to_have_count(2)
     sources = page.locator("#generate-slider img").evaluate_all("imgs => imgs.map(i => i.src)")
     assert len(set(sources)) == 2 and all(sources), sources  # before and after are two different images
@@ -188,3 +188,16 @@ def test_browser_generate_with_canny_controlnet_shows_the_image_and_the_control(
     expect(page.locator("#generate-summary")).to_contain_text("ControlNet canny (controlnet_canny_sd15), scale 1")
     expect(page.locator("#generate-summary")).to_contain_text("the ControlNet ran only its shallow part")
     expect(page.locator("#generate-image img")).to_be_visible()
+
+
+def test_generate_api_takes_no_start_image_by_default_and_checks_a_bad_one(client, tmp_path):
+    """#20.6: /generate required init_image (a call without it failed with a TypeError), and a bad start
+    image came back as Gradio's raw preprocess error."""
+    image, summary, _ = client.predict(*GEN_ARGS[:13], api_name="/generate")  # no start image, no strength
+    assert png(image).shape == (64, 64, 3) and "text-to-image" in summary
+    empty = tmp_path / "start.png"
+    empty.write_bytes(b"")
+    with pytest.raises(AppError) as err:
+        client.predict(*_args(image=handle_file(str(empty))), api_name="/generate")
+    assert "start image: start.png: the file is empty (0 bytes)" in str(err.value)
+    assert "preprocess" not in str(err.value)

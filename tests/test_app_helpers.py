@@ -122,7 +122,9 @@ def test_missing_weights_are_a_message_naming_the_download_command(monkeypatch, 
         with pytest.raises(gr.Error) as caught:
             trident_tab.run_trident(image, "cat; background", "open", 0.0, True, "clip_b16")
         assert caught.value.title == "Model weights missing or damaged"
-        assert "python -m vision weights download clip_b16" in caught.value.message
+        # every missing model of the request at once, with one command that downloads them (#20.5)
+        message = caught.value.message
+        assert "clip_b16" in message and "python -m vision weights download --for trident" in message
     finally:
         trident_tab._trident_engine.cache_clear()
         set_hub(previous)

@@ -1,6 +1,7 @@
 """The model hub: one shared instance per model, thread-safe lazy loading, tiny forward shapes."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +201,22 @@ def test_user_models_are_loaded_once_listed_and_at_most_three_kept():
     for i in range(1, MAX_USER_MODELS + 1):
         hub.get_user(f"checkpoint:{i}", lambda i=i: load(i), f"{i}.safetensors")
     assert not hub.is_loaded("checkpoint:a") and hub.is_loaded(f"checkpoint:{MAX_USER_MODELS}")  # least recent out
+
+
+def test_the_clip_bpe_files_are_written_once_under_the_weights_folder(tmp_path, monkeypatch):
+    """#20.8: every process left a 1.5 MB /tmp/vision-clip-bpe-* folder behind."""
+    import tempfile
+
+    from vision import builders
+
+    monkeypatch.setenv("VISION_WEIGHTS_DIR", str(tmp_path / "weights"))
+    before = set(Path(tempfile.gettempdir()).glob("vision-clip-bpe-*"))
+    builders.clip_tokenizer_files.cache_clear()
+    folder = builders.clip_tokenizer_files()
+    assert folder.is_relative_to(tmp_path / "weights") and (folder / "vocab.json").is_file()
+    stamp = (folder / "merges.txt").stat().st_mtime_ns
+    builders.clip_tokenizer_files.cache_clear()  # a new process
+    assert builders.clip_tokenizer_files() == folder and (folder / "merges.txt").stat().st_mtime_ns == stamp
+    assert set(Path(tempfile.gettempdir()).glob("vision-clip-bpe-*")) == before
+    assert builders.clip_tokenizer().encode("a photo of a cat")[:2] == [49406, 320]  # the tokenizer reads them
+    builders.clip_tokenizer_files.cache_clear()

@@ -23,6 +23,7 @@ import importlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_the_defaults_and_limits_the_readme_states_are_the_code_s():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """A folder with the inputs the README's commands name."""
+    """A folder with the inputs the README's commands name: the shipped ``examples/`` and a stand-in VOC."""
     from skimage import data
 
     from vision.imaging import array_to_rgb
@@ -108,10 +109,8 @@ def inputs(tmp_path_factory) -> Path:
         return image
 
     root = tmp_path_factory.mktemp("readme")
-    photo("chelsea").save(root / "cat.jpg")  # 128 x 85: holds the README's box 10,20,60,80
-    (root / "photos").mkdir()
-    photo("astronaut").save(root / "photos" / "astronaut.jpg")
-    voc = root / "VOCdevkit" / "VOC2012"
+    shutil.copytree(ROOT / "examples", root / "examples")  # the inputs the repository ships, as they are
+    voc = root / "VOCdevkit" / "VOC2012"  # a benchmark the user downloads: a one-image stand-in
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / folder).mkdir(parents=True)
     photo("chelsea").save(voc / "JPEGImages" / "2008_000001.jpg")
@@ -120,14 +119,12 @@ def inputs(tmp_path_factory) -> Path:
     labels[18:20] = 255  # the ignored border
     Image.fromarray(labels, mode="L").save(voc / "SegmentationClass" / "2008_000001.png")
     (voc / "ImageSets/Segmentation/val.txt").write_text("2008_000001\n")
-    (root / "prompts.txt").write_text("a lighthouse at dusk\n# a comment\na bowl of cherries\n")
     from vision import tiny
     from vision.tiny_files import write_lora, write_sd_checkpoint
 
     write_sd_checkpoint(root / "my_sd15.safetensors", tiny.sd15_unet(), tiny.sd15_vae(), tiny.sd15_text_encoder())
     write_lora(root / "ink.safetensors", tiny.sd15_unet())  # the Generate examples' checkpoint, LoRA and sketch
     photo("coffee").save(root / "sketch.png")
-    (root / "story.txt").write_text("a knight walks into a misty forest\nthe knight meets a small dragon\n")
     from vision.evaluation.synthetic_video import synthetic_clip
     from vision.videoio import write_video
 
@@ -136,8 +133,6 @@ def inputs(tmp_path_factory) -> Path:
     Image.fromarray(clip.exemplar).save(root / "cup.png")
     Image.fromarray(clip.exemplar_mask.astype(np.uint8) * 255).save(root / "cup_mask.png")
     photo("astronaut", 64).save(root / "knight.png")  # the story command's character
-    (root / "stories").mkdir()
-    (root / "stories" / "knight.txt").write_text("a knight walks into a misty forest\nthe knight meets a dragon\n")
     with pytest.MonkeyPatch.context() as patch:  # the datasets the eval commands read
         patch.chdir(root)
         for command in _commands("dataset"):
@@ -198,8 +193,31 @@ def test_engine_command_runs_as_written(command, inputs, tiny_hub, monkeypatch, 
         assert "x faster" in printed
 
 
+def weights_named(words: list[str]) -> list[str]:
+    """The models ``weights download WORDS`` fetches (names, ``--for ENGINE``, ``--for all``), in order."""
+    engines = [words[i + 1] for i, w in enumerate(words) if w == "--for"]
+    engines = list(weights.ENGINES) if "all" in engines else engines
+    names = [w for i, w in enumerate(words) if not w.startswith("--") and (i == 0 or words[i - 1] != "--for")]
+    return sorted(dict.fromkeys(names + [n for e in engines for n in weights.models_for(e)]),
+                  key=list(weights.REGISTRY).index)
+
+
+def test_the_shipped_examples_are_small_and_outputs_are_git_ignored():
+    """#20.8: the README's inputs did not exist (now ``examples/``, under 1 MB) and ``out/`` was not ignored."""
+    size = sum(p.stat().st_size for p in (ROOT / "examples").rglob("*") if p.is_file())
+    assert 0 < size < 1_000_000
+    named = set(re.findall(r"\b(examples/[\w./-]*\w/?)", (ROOT / "README.md").read_text(encoding="utf-8")))
+    assert named and all((ROOT / p).exists() for p in named), named
+    ignored = subprocess.run(["git", "check-ignore", "out/ipseg/cat.mask.png", "data/perseg/x.png"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert ignored.stdout.split() == ["out/ipseg/cat.mask.png", "data/perseg/x.png"], ignored
+
+
 def test_shell_commands_run_as_written(tmp_path):
     isolated = {"VISION_WEIGHTS_DIR": str(tmp_path / "weights"), "HF_HUB_CACHE": str(tmp_path / "hf")}
+    if weights.status("sam_t") == "present":  # installed by CI before the tests: no npm download here
+        (tmp_path / "weights").mkdir()
+        (tmp_path / "weights" / "sam_t").symlink_to(weights.resolve("sam_t", download=False))
     commands = _commands("shell")
     assert {shlex.split(c)[3] for c in commands} == {"--help", "weights"}  # the set-up's form, in a fresh process
     for command in commands:
@@ -210,11 +228,16 @@ def test_shell_commands_run_as_written(tmp_path):
             out = _shell(command, **isolated, VISION_OFFLINE="0", HF_ENDPOINT=closed, HTTPS_PROXY=closed,
                          HTTP_PROXY=closed, https_proxy=closed, http_proxy=closed, NO_PROXY="", no_proxy="")
             assert out.returncode == 1, out.stdout + out.stderr
-            for name in words[2:]:
+            names = weights_named(words[2:])
+            every_engine = {n for engine in weights.ENGINES for n in weights.models_for(engine)}
+            assert set(names) == every_engine  # the README's download line covers every engine
+            fetched = [n for n in names if f"{n}: present in " not in out.stdout]
+            assert set(names) - set(fetched) <= {"sam_t"}
+            for name in fetched:
                 assert f"{name}: download from " in out.stdout and "failed: " in out.stdout
-            assert out.stdout.count("by hand and place the file(s) at:") == len(words) - 2
-            assert f"{len(words) - 2} models of {len(words) - 2} not downloaded" in out.stdout
-            assert "weights download " + " ".join(words[2:]) in out.stdout  # the retry names just those
+            assert out.stdout.count("by hand and place the file(s) at:") == len(fetched)
+            assert f"{len(fetched)} models of {len(names)} not downloaded" in out.stdout
+            assert "weights download " + " ".join(words[2:]) in out.stdout  # the retry is the same command
         else:
             out = _shell(command, **isolated)
             assert out.returncode == 0, out.stderr

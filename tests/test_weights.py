@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from vision import weights
 from vision.hub import ModelHub
+from vision.imaging import sample_image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,3 +165,44 @@ def test_batch_summary_keeps_the_whole_missing_weights_advice(tmp_path):
     text = summary.text()
     assert "python -m vision weights download --for segment" in text
     assert text.count("Get them") == 1 and "a.png, b.png, c.png" in text
+
+
+@pytest.fixture
+def only_sam_t(empty_weights, monkeypatch, sam_t_weights):
+    """An offline machine whose weights folder holds sam_t alone (the real converted weights)."""
+    monkeypatch.setenv("VISION_OFFLINE", "1")
+    empty_weights.mkdir()
+    (empty_weights / "sam_t").symlink_to(sam_t_weights)
+    return empty_weights
+
+
+@pytest.mark.parametrize("changes, missing", [({}, "dinov2_b14"), ({"features": "sam"}, "sam_b")])
+def test_ipseg_without_its_models_names_the_installed_route(only_sam_t, changes, missing):
+    """#20.4: IPSeg's default failed on dinov2_b14 with no hint that SAM features + sam_t work here; SAM
+    features with the preset's SAM then failed on sam_b although sam_t is installed."""
+    from vision.engines.ipseg import IPSegConfig, IPSegEngine
+    from vision.imaging import sample_image
+
+    engine = IPSegEngine(IPSegConfig.from_preset("default", **changes), hub=ModelHub(tiny=False, device="cpu"))
+    with pytest.raises(weights.WeightsMissingError) as err:
+        engine(sample_image("chelsea"), sample_image("coffee"))
+    message = str(err.value)
+    assert missing in message
+    assert "--features sam --sam sam_t" in message and "Segmenter (SAM) 'sam_t'" in message
+
+
+def test_ipseg_cli_without_its_models_names_the_installed_route(only_sam_t, tmp_path, capsys):
+    from vision.cli import main
+    from vision.hub import get_hub, set_hub
+
+    photo = tmp_path / "cat.png"
+    Image.fromarray(sample_image("chelsea")[::4, ::4]).save(photo)
+    previous = get_hub()
+    set_hub(ModelHub(tiny=False, device="cpu"))
+    try:
+        code = main(["ipseg", "--features", "sam", "--prompt", str(photo), "--input", str(photo),
+                     "--output", str(tmp_path / "out"), "--no-progress"])
+    finally:
+        set_hub(previous)
+    err = capsys.readouterr().err
+    assert code != 0 and "sam_b" in err and "--features sam --sam sam_t" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -151,23 +152,33 @@ def weights_file(filename: str):
 
 @functools.lru_cache(maxsize=None)
 def clip_tokenizer_files(folder: str | None = None) -> Path:
-    """Write ``vocab.json`` and ``merges.txt`` of the CLIP BPE that ``open_clip`` ships; return the folder.
+    """``vocab.json`` and ``merges.txt`` of the CLIP BPE that ``open_clip`` ships, written once into ``folder``
+    (default: ``<weights folder>/clip_bpe``, so no process leaves a copy in the temporary folder); returns it.
 
     The merges are the first 48,894 lines after the header of ``bpe_simple_vocab_16e6.txt.gz`` and the
     vocabulary is the 256 byte symbols, the same with ``</w>``, the merged pairs and the two special
-    tokens: 49,408 entries, the vocabulary of SD's text encoders.
+    tokens: 49,408 entries, the vocabulary of SD's text encoders. Files already there are reused; new ones
+    are written to a temporary name and renamed, so concurrent processes never read half a file.
     """
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
 
+    from vision.weights import weights_dir
+
+    out = Path(folder) if folder else weights_dir() / "clip_bpe"
+    if (out / "vocab.json").is_file() and (out / "merges.txt").is_file():
+        return out
     with gzip.open(default_bpe(), "rt", encoding="utf-8") as f:
         merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    out = Path(folder or tempfile.mkdtemp(prefix="vision-clip-bpe-"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    for name, text in (("vocab.json", json.dumps({tok: i for i, tok in enumerate(vocab)})),
+                       ("merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")):
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, out / name)
     return out
 
 

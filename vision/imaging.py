@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = int(os.environ.get("VISION_MAX_PIXELS", 8192 * 8192))  # 67 MP: larger is refused as a bomb
+MIN_SIDE = 8  # pixels per side of an engine's input image (require_min_side): smaller holds nothing to segment
 
 ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
@@ -64,6 +65,15 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except Image.DecompressionBombError as err:
         raise ImageError(f"{name}: refused as a decompression bomb ({err})") from None
     return pil_to_rgb(ImageOps.exif_transpose(image))
+
+
+def require_min_side(rgb: np.ndarray, name: str = "the image", minimum: int = MIN_SIDE) -> np.ndarray:
+    """``rgb`` if both sides have at least ``minimum`` pixels (:data:`MIN_SIDE`, the one minimum of every
+    engine), else :class:`ImageError` naming ``name``."""
+    h, w = rgb.shape[:2]
+    if min(h, w) < minimum:
+        raise ImageError(f"{name}: {w}x{h} pixels; an image needs at least {minimum} pixels on each side")
+    return rgb
 
 
 def pil_to_rgb(image: Image.Image) -> np.ndarray:

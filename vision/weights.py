@@ -485,7 +485,24 @@ def models_for(engine: str, config: object = None) -> list[str]:
     return [name for name in dict.fromkeys(names) if name in REGISTRY]
 
 
-def missing_models_message(specs: list[WeightSpec], engine: str | None = None, reason: str = "") -> str:
+SAM_WEIGHTS = ("sam_t", "sam_b", "sam_h")  # lightest first
+
+
+def installed_route(engine: str | None, config: object = None) -> str:
+    """When a run's models are missing but those installed here run the engine another way: that way, with
+    its exact switches (CLI and app); '' when there is none. IPSeg runs on SAM alone (SAM features)."""
+    if engine != "ipseg":
+        return ""
+    sam = next((name for name in SAM_WEIGHTS if status(name) != "missing"), None)
+    if sam is None or (getattr(config, "features", None) == "sam" and getattr(config, "sam_model", None) == sam):
+        return ""
+    return (f"These weights are enough for IPSeg with SAM features and {sam}, installed here: on the command line "
+            f"add `--features sam --sam {sam}`; in the app choose Options > Features 'SAM image embedding' and "
+            f"Segmenter (SAM) '{sam}'.")
+
+
+def missing_models_message(specs: list[WeightSpec], engine: str | None = None, reason: str = "",
+                           route: str = "") -> str:
     """One message for every missing model of a request: each with its size, the total, and one command
     that downloads them all (``--for ENGINE`` when they are that engine's set)."""
     names = [s.name for s in specs]
@@ -500,8 +517,8 @@ def missing_models_message(specs: list[WeightSpec], engine: str | None = None, r
             f"in all:\n{lines}\nGet them one of these ways:\n"
             f"    - download them:  {command}\n"
             f"    - or place each model's files in {weights_dir()}/<name>/ (`{vision_command('weights', 'list')}` "
-            f"shows where each comes from), or set VISION_WEIGHTS_<NAME> to a folder that holds them\n"
-            f"  Without weights, run with --tiny (random weights) to try the app.")
+            f"shows where each comes from), or set VISION_WEIGHTS_<NAME> to a folder that holds them\n"            + (f"  {route}\n" if route else "")
+            + "  Without weights, run with --tiny (random weights) to try the app.")
 
 
 def missing_note(engine: str, config: object = None) -> str:
@@ -515,10 +532,12 @@ def missing_note(engine: str, config: object = None) -> str:
             "the app with --tiny to try it (random weights).")
 
 
-def ensure_present(hub: object, names: list[str] | tuple[str, ...], engine: str | None = None) -> None:
+def ensure_present(hub: object, names: list[str] | tuple[str, ...], engine: str | None = None,
+                   config: object = None) -> None:
     """Before a run: make every model in ``names`` present (downloading it where allowed), and raise ONE
-    :class:`WeightsMissingError` that lists every model still missing. A tiny hub, models the hub was
-    given a path for and models it already holds (loaded, or put there) need nothing."""
+    :class:`WeightsMissingError` that lists every model still missing, and the route the installed weights
+    allow (:func:`installed_route`, for ``config``). A tiny hub, models the hub was given a path for and
+    models it already holds (loaded, or put there) need nothing."""
     if getattr(hub, "tiny", False):
         return
     given = getattr(hub, "weight_paths", {}) or {}
@@ -534,4 +553,5 @@ def ensure_present(hub: object, names: list[str] | tuple[str, ...], engine: str 
     if missing:
         offline = os.environ.get("VISION_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         raise WeightsMissingError(missing_models_message(missing, engine, "offline" if offline else
-                                                         "they could not be downloaded"))
+                                                         "they could not be downloaded",
+                                                         installed_route(engine, config)))

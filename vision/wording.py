@@ -20,6 +20,20 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
 
 
+def speed_change(before_s: float, after_s: float) -> str:
+    """How much faster the second of two timings is, as words: ``"2.31x faster"``, or for a slowdown
+    ``"1.10x slower"`` (never ``"0.91x faster"``)."""
+    if after_s <= before_s:
+        return f"{before_s / after_s:.2f}x faster"
+    return f"{after_s / before_s:.2f}x slower"
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` as it may be echoed in a message: at most ``limit`` characters, cut with an ellipsis and
+    its length said (a pasted 10,000-character name must not fill the page)."""
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text)} characters)"
+
+
 def _in_project_venv() -> bool:
     try:
         return Path(sys.prefix).resolve() == PROJECT_VENV.resolve()

@@ -153,6 +153,7 @@ def make_processor(config: Any, init_image: str | None, control_image: str | Non
 def print_speedups(output: str, items: list) -> None:
     """The measured speed-up of each prompt of ``items`` (their latest results line) and overall."""
     from vision.batch import read_jsonl
+    from vision.wording import speed_change
 
     rows, _ = read_jsonl(Path(output) / "results.jsonl")
     latest = {row["id"]: row for row in rows}
@@ -166,11 +167,11 @@ def print_speedups(output: str, items: list) -> None:
     print(f"{CACHE_NAMES.get(method, method)} vs the plain pipeline (same seed){tiny}:")
     for row in timed:
         t = row["timings"]
-        print(f"  {row['id']}: {t['speedup']:.2f}x faster ({t['baseline_seconds']:.2f} s -> {t['seconds']:.2f} s)")
+        print(f"  {row['id']}: {speed_change(t['baseline_seconds'], t['seconds'])} ({t['baseline_seconds']:.2f} s -> "
+              f"{t['seconds']:.2f} s)")
     if len(timed) > 1:
-        plain = sum(r["timings"]["baseline_seconds"] for r in timed)
-        cached = sum(r["timings"]["seconds"] for r in timed)
-        print(f"  all {len(timed)} prompts: {plain / cached:.2f}x faster ({plain:.2f} s -> {cached:.2f} s)")
+        plain, cached = sum(r["timings"]["baseline_seconds"] for r in timed), sum(r["timings"]["seconds"] for r in timed)
+        print(f"  all {len(timed)} prompts: {speed_change(plain, cached)} ({plain:.2f} s -> {cached:.2f} s)")
 
 
 def check_inputs(args: argparse.Namespace, config: Any, items: list) -> None:

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     failed = [name for name in names if not fetch(name, args.allow_no_npm)]
     if failed:
-        again = (weights.vision_command("weights", "download", *(f"--for {e}" for e in engines)) if engines and
+        again = (weights.vision_command("weights", "download", *(f"--for {e}" for e in args.engines)) if engines and
                  not set(args.names) - {"all"} else weights.download_command(*failed))
         print(f"\n{plural(len(failed), 'model')} of {len(names)} not downloaded. Once the cause above is fixed, "
               f"fetch {'it' if len(failed) == 1 else 'them'} with: {again}")

@@ -22,11 +22,14 @@ def editor_image_and_mask(value: dict | None) -> tuple[np.ndarray, np.ndarray | 
     CLI reads it; the mask is every pixel painted on any layer (alpha > 0). An editor with nothing painted
     gives ``None``: the engine picks the region.
     """
-    from vision.imaging import load_image
+    from vision.imaging import ImageError, load_image
 
     if not value or value.get("background") is None:
         raise ValueError("Please upload a prompt image (optionally paint over the concept).")
-    image = load_image(value["background"])
+    try:
+        image = load_image(value["background"])
+    except ImageError as err:
+        raise ImageError(f"prompt image: {err}") from None
     painted = np.zeros(image.shape[:2], dtype=bool)
     for layer in value.get("layers") or []:
         alpha = _alpha(layer)

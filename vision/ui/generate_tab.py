@@ -14,7 +14,12 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import errors, examples, form, gpu, notices, runs, storage
 from vision.ui.notices import tiny_prefix
+from vision.ui.uploads import check_before_decoding
 
+MODEL_HELP = ("sd15: Stable Diffusion 1.5 (512 px); sdxl: SDXL base 1.0 (1024 px); realvisxl: RealVisXL V4.0, "
+              "an SDXL fine-tune; sd35_medium: Stable Diffusion 3.5 Medium and sd35_large: SD 3.5 Large (DiTs, "
+              "1024 px)")
+START_STRENGTH = 0.75  # img2img strength when a caller gives none (GenerateConfig's default)
 TINY_STEPS = 4  # the tab's default steps in tiny mode (outputs are noise: keep runs short)
 HOW_TO_READ = ("How to read this: the summary gives the model, its LoRAs and ControlNet, the time of the run and "
                "what the cache skipped (DeepCache's partial calls run only the shallow branch). In *Compare*, drag "
@@ -95,7 +100,7 @@ def _cache_line(result) -> str:
 
 def _generation_summary(result) -> str:
     from vision.engines.generate.engine import CACHE_NAMES
-    from vision.wording import plural
+    from vision.wording import plural, speed_change
 
     config = result.config
     kind = f"image-to-image (strength {config.strength:g})" if result.img2img else "text-to-image"
@@ -106,8 +111,9 @@ def _generation_summary(result) -> str:
     if result.speedup is not None:
         diff = result.difference()
         name = CACHE_NAMES.get(config.cache_method, config.cache_method)
-        lines.append(f"**Measured speed-up: {result.speedup:.2f}x** (without {name} "
-                     f"{result.baseline_seconds:.2f} s, with {result.seconds:.2f} s; same seed). Difference: mean "
+        lines.append(f"**Measured: {speed_change(result.baseline_seconds, result.seconds)} with {name}** (without {name} "
+                     f"{result.baseline_seconds:.2f} s, with {result.seconds:.2f} s; warm runs, same seed). "
+                     f"Difference: mean "
                      f"{diff['mean_abs']:.2f}/255, PSNR {diff['psnr_db']} dB.")
     lines += [f"Note: {note}." for note in result.notes]
     return "\n\n".join(lines)
@@ -131,7 +137,7 @@ def _step_progress(progress, run: runs.Run):
 
 @errors.friendly_errors
 def run_generate(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                 branch, schedule, init_image, strength, model=None, loras=None, control=CONTROL_NONE,
+                 branch, schedule, init_image=None, strength=START_STRENGTH, model=None, loras=None, control=CONTROL_NONE,
                  control_image=None, controlnet=None, control_scale=1.0, control_start=0.0, control_end=1.0,
                  canny_low=100, canny_high=200, cache="auto", dit_interval=2, progress=gr.Progress(),
                  request: gr.Request = None):
@@ -151,7 +157,7 @@ def run_generate(prompt, negative, preset, steps, guidance, seed, scheduler, fam
 
 @errors.friendly_errors
 def run_compare(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                branch, schedule, init_image, strength, model=None, loras=None, control=CONTROL_NONE,
+                branch, schedule, init_image=None, strength=START_STRENGTH, model=None, loras=None, control=CONTROL_NONE,
                 control_image=None, controlnet=None, control_scale=1.0, control_start=0.0, control_end=1.0,
                 canny_low=100, canny_high=200, cache="auto", dit_interval=2, progress=gr.Progress(),
                 request: gr.Request = None):
@@ -201,8 +207,7 @@ def _model_controls(defaults) -> dict:
     from vision.engines.generate import FAMILIES
 
     with gr.Accordion("Model: family, your checkpoint, LoRAs", open=False):
-        family = gr.Dropdown(list(FAMILIES), value=defaults.family, label="Model family",
-                             info="realvisxl: RealVisXL V4.0, an SDXL fine-tune; sd35_*: Stable Diffusion 3.5")
+        family = gr.Dropdown(list(FAMILIES), value=defaults.family, label="Model family", info=MODEL_HELP)
         with gr.Row():
             model = gr.Textbox(label="Your checkpoint (empty = the family's)", elem_id="generate-model",
                                placeholder="a .safetensors file (SD1.5 / SDXL, detected), a diffusers folder or a "
@@ -310,6 +315,7 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
                 with gr.Accordion("Image-to-image", open=False):
                     c["init_image"] = gr.Image(label="Start image (empty = text-to-image)", type="filepath",
                                                image_mode=None, sources=["upload", "clipboard"], elem_id="generate-init")
+                    check_before_decoding(c["init_image"], "start image")  # a bad file: a message naming it
                     c["strength"] = gr.Slider(0.05, 1.0, value=defaults.strength, step=0.05, label="Strength",
                                               info="how much of the start image is re-drawn (1 = all of it)")
                 with gr.Row():

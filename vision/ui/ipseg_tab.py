@@ -31,8 +31,9 @@ def _sd_weights_present() -> bool:
 
 @gpu.GPU(duration=120)
 def _ipseg_segment(config, concepts, targets: list[str], names: list[str], on_progress=None):
-    return _ipseg_engine(config).segment_batch(concepts, targets, progress=on_progress, on_error="collect",
-                                               names=names)
+    engine = _ipseg_engine(config)
+    concepts = engine.prepare(concepts)  # a bad prompt is the prompt's error, not every target's (cached for them)
+    return engine.segment_batch(concepts, targets, progress=on_progress, on_error="collect", names=names)
 
 
 FEATURE_CHOICES = [("as the preset", "preset"), ("DINOv2 + Stable Diffusion 1.5 (the paper's)", "dino+sd"),

@@ -9,7 +9,7 @@ from vision.tiny import TINY_NOTICE
 from vision.ui import runs, storage
 from vision.ui.generate_tab import generate_tab
 from vision.ui.ipseg_tab import ipseg_tab
-from vision.ui.models_tab import models_tab
+from vision.ui.models_tab import models_api, models_tab
 from vision.ui.segment_tab import segment_tab
 from vision.ui.story_tab import story_tab
 from vision.ui.trident_tab import trident_tab
@@ -52,6 +52,7 @@ def build_demo(concurrency: int = 1) -> gr.Blocks:
             for build_tab in TABS:
                 build_tab(hub, limits)
             models_tab(hub, tabs)
+        models_api(hub)
         demo.unload(runs.session_closed)  # a page closed or a client gone: its runs stop (vision.ui.runs)
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=concurrency)
     return demo

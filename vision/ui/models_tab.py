@@ -62,10 +62,14 @@ def models_tab(hub: ModelHub, tabs: gr.Tabs) -> list:
         refresh.click(lambda: models_panel(hub), outputs=outputs, queue=False, api_visibility="undocumented")
         tab.select(lambda: models_panel(hub), outputs=outputs, queue=False, show_progress="hidden",
                    show_progress_on=[tabs], api_visibility="undocumented")
+    return outputs
 
+
+def models_api(hub: ModelHub) -> None:
+    """``/models``: the same panel for API clients (outside the page's ``gr.Tabs``, which may hold only tabs:
+    an API block there made Gradio warn at every start)."""
     def api_models() -> tuple[str, dict[str, Any], dict[str, Any]]:
         """The device summary (Markdown), the models table and the weights table (headers and rows)."""
         return models_status(hub)
 
     gr.api(api_models, api_name="models", queue=False)
-    return outputs

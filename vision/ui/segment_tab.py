@@ -24,7 +24,8 @@ SEGMENT_HEADERS = ["mask", "SAM score (predicted IoU)", "area (px)", "stability 
 EVERYTHING_DEFAULTS = SegmentConfig()  # SAM's generator settings (the engine caps the grid on a CPU)
 HOW_TO_READ = ("**How to read this:** the blue tint is the best mask (SAM's highest predicted IoU); green dots "
                "are foreground clicks, red dots background clicks, the green frame the box. The score is SAM's "
-               "own estimate of the mask's IoU with the object (1 = sure). With 3 masks, the table lists the "
+               "own prediction of the mask's IoU with the object: higher is better, about 0..1 (a regression "
+               "output, so it can exceed 1 slightly). With 3 masks, the table lists the "
                "others (whole, part, sub-part).")
 HOW_TO_READ_EVERYTHING = (
     "**How to read this:** each colour is one mask SAM's automatic mask generator kept (a grid of clicks, "

@@ -10,7 +10,7 @@ import gradio as gr
 import numpy as np
 
 from vision.hub import ModelHub, get_hub
-from vision.ui import errors, examples, form, gpu, notices, runs, storage
+from vision.ui import errors, examples, form, gpu, notices, runs, storage, uploads
 from vision.ui.notices import tiny_prefix
 
 HEATMAP_SIDE = 384  # heatmaps are shown at most this many pixels per side (one per class: keep them light)
@@ -97,6 +97,7 @@ def run_trident(image, class_text, preset, prob_thd, refine, clip_model, method=
                 points_per_side=None, progress=gr.Progress(track_tqdm=True), request: gr.Request = None):
     """Open-vocabulary segmentation of an image into the given class names (Trident or CorrCLIP)."""
     from vision.imaging import load_image, tiny_banner
+    from vision.wording import shorten
 
     image = form.require(form.file_path(image), "an image")
     classes = form.parse_class_text(class_text) or None  # None: the preset's own benchmark classes
@@ -104,8 +105,11 @@ def run_trident(image, class_text, preset, prob_thd, refine, clip_model, method=
     progress(0.0, desc="segmenting")
     run = runs.Run(request, "trident")
     run.check()  # a request whose client left while it was queued does nothing (it stops between stages too)
-    result = _trident_segment(image, classes, config, run.progress(progress))
-    names = result.class_names
+    try:
+        result = _trident_segment(image, classes, config, run.progress(progress))
+    except ValueError as err:  # name the upload as the user knows it, not Gradio's temporary copy
+        raise type(err)(uploads.name_uploads(str(err), [image])) from None
+    names = tuple(shorten(name) for name in result.class_names)  # as shown: a pasted essay is cut
     stamp = tiny_banner if result.tiny else (lambda picture: picture)
     photo = load_image(image)
     shown = stamp(photo)
@@ -114,9 +118,9 @@ def run_trident(image, class_text, preset, prob_thd, refine, clip_model, method=
     files = [storage.save_png(value, folder, f"{stem}_{Path(name).stem}") for name, value in result.to_files().items()]
     record = result.to_record()
     share = record["pixel_fraction"]  # {class: fraction of the pixels}, classes present only
-    rows = [[i, name, " | ".join(result.classes.names[i]), round(100 * share.get(name, 0.0), 2)]
-            for i, name in enumerate(names)]
-    truncated = record.get("truncated_names") or []
+    rows = [[i, name, shorten(" | ".join(result.classes.names[i])), round(100 * share.get(full, 0.0), 2)]
+            for i, (name, full) in enumerate(zip(names, result.class_names))]
+    truncated = [shorten(name) for name in record.get("truncated_names") or []]
     if truncated:
         notices.warn(f"Class names longer than CLIP's 77 tokens were truncated: {', '.join(truncated)}")
     return (_label_view(shown, result.labels, names), _label_view(shown, result.coarse, names),

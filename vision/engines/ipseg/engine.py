@@ -174,7 +174,7 @@ class IPSegEngine(Engine):
         """Segment the concept(s) in one target image (see :func:`as_concepts` for ``concepts``);
         ``progress`` receives a :class:`~vision.engines.contract.Progress` as each stage starts."""
         parsed = as_concepts(concepts)
-        ensure_present(self.hub, list(self.config.models().values()), "ipseg")  # every missing model at once
+        self.require_weights()
         tracker = StageProgress(progress, 1, self._steps(parsed))
         tracker.start_target(0, name or "target")
         result = self._segment(parsed, target, name, tracker)
@@ -195,7 +195,7 @@ class IPSegEngine(Engine):
         if names is not None and len(names) != len(targets):
             raise IPSegError(f"{len(names)} names for {len(targets)} targets")
         parsed = as_concepts(concepts)
-        ensure_present(self.hub, list(self.config.models().values()), "ipseg")  # every missing model at once
+        self.require_weights()
         tracker = StageProgress(progress, len(targets), self._steps(parsed))
         results, errors = [], []
         for index, target in enumerate(targets):
@@ -214,9 +214,15 @@ class IPSegEngine(Engine):
         tracker.finish()
         return IPSegBatch(results, errors)
 
+    def require_weights(self) -> None:
+        """Every model these settings use present, else ONE error naming each missing model, the download
+        command and the route the weights installed here allow (:func:`vision.weights.ensure_present`)."""
+        ensure_present(self.hub, list(self.config.models().values()), "ipseg", self.config)
+
     def prepare(self, concepts: Any) -> list[Concept]:
         """Compute (and cache) the prompt features now, e.g. once per batch worker. Returns the concepts
         with their prompt images decoded, so that later cache lookups only hash pixels."""
+        self.require_weights()
         prepared = []
         for concept in as_concepts(concepts):
             prompts = [dataclasses.replace(p, image=_load(p.image, "prompt image")) for p in concept.prompts]

@@ -234,7 +234,7 @@ class TridentEngine(Engine):
                                "the background: add a 'background' class or set prob_thd to 0")
         if regions is not None and cfg.method != "corrclip":
             raise TridentError(f"regions= (region masks) applies to method='corrclip', not {cfg.method!r}")
-        rgb = imaging.load_image(image)
+        rgb = imaging.require_min_side(imaging.load_image(image), image if isinstance(image, str) else "image")
         needed = cfg.models()
         if regions is not None:
             needed.pop("mask_generator", None)  # given region masks: no generator runs
