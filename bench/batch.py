@@ -91,7 +91,7 @@ def make_trident_processor() -> Any:
 
 
 def make_ipseg_processor(prompt_path: str, use_sd: bool) -> Any:
-    from vision.engines.ipseg import IPSegEngine, IPSegConfig, Prompt
+    from vision.engines.ipseg import IPSegConfig, IPSegEngine, Prompt
 
     engine = IPSegEngine(IPSegConfig() if use_sd else IPSegConfig.from_preset("fast"))
     concepts = engine.prepare({"object": Prompt(prompt_path)})  # prompt features once per worker
@@ -176,8 +176,8 @@ def bench_engine(name: str, factory: Any, folder: Path, work: Path, args: argpar
             ("resume", work / f"{name}_warm", {})]
     if args.ray:
         runs.append(("ray", work / f"{name}_ray", {"ray": True, "ray_options": {
-            "init": {"num_cpus": max(2, os.cpu_count() or 2)}, "num_actors": 2, "num_gpus": 0 if args.device == "cpu" else None,
-            "tiny": not args.full, "device": args.device}}))
+            "init": {"num_cpus": max(2, os.cpu_count() or 2)}, "num_actors": 2,
+            "num_gpus": 0 if args.device == "cpu" else None, "tiny": not args.full, "device": args.device}}))
     for label, out, extra in runs:
         summary = batch.run_batch(items, out, factory, batch_size=args.batch_size, progress=False, fsync=True,
                                   log=lambda text: None, **extra)
@@ -222,7 +222,8 @@ def markdown(rows: list[dict], info: dict, args: argparse.Namespace, notes: list
     mode = "full-size random-weight models" if args.full else "tiny random-weight models"
     lines = [f"### {time.strftime('%Y-%m-%d')}: {mode}, device {args.device}, {args.images} images of "
              f"{args.size} px, batch size {args.batch_size}", "",
-             f"- machine: `{info['uname']}`", f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs); GPU: {info.get('gpu', 'none')}",
+             f"- machine: `{info['uname']}`",
+             f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs); GPU: {info.get('gpu', 'none')}",
              f"- versions: {versions(info)}",
              f"- load average (1 min) at start / end: {info.get('load', '-')} (on {os.cpu_count()} CPUs; other "
              "processes sharing the CPUs slow every number down)",

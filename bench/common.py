@@ -112,8 +112,17 @@ def _full_size_builders() -> dict[str, Any]:
     import open_clip
     import segment_anything as sa
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model, ViTConfig, ViTModel)
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        Dinov2Config,
+        Dinov2Model,
+        ViTConfig,
+        ViTModel,
+    )
 
     return {
         "dinov2_b14": lambda d: Dinov2Model(Dinov2Config(patch_size=14, image_size=518)),

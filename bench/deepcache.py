@@ -85,7 +85,8 @@ def count_macs(config: dict, size: int, batch: int, branches: list[int], cross_d
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config)
     latent = size // 8
-    inputs = dict(sample=torch.randn(batch, 4, latent, latent, device="meta"), timestep=torch.tensor(500, device="meta"),
+    inputs = dict(sample=torch.randn(batch, 4, latent, latent, device="meta"),
+                  timestep=torch.tensor(500, device="meta"),
                   encoder_hidden_states=torch.randn(batch, 77, cross_dim, device="meta"))
 
     def counted(cache: DeepCache, feature):
@@ -192,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     info["DeepCache (PyPI)"] = peer_version()
     info["load_average_start"] = info.pop("load_average", None)
     print(f"machine: {info['uname']} | {info['cpu']} | torch {info['torch']} | diffusers {info['diffusers']}")
-    print(f"building the {'tiny' if args.tiny else 'SD1.5 full-size'} UNet (random weights) on {device} {dtype_name} ...")
+    print(f"building the {'tiny' if args.tiny else 'SD1.5 full-size'} UNet (random weights) "
+          f"on {device} {dtype_name} ...")
     t0 = time.perf_counter()
     unet = build_unet(device, dtype, args.tiny)
     pipe = build_pipe(unet, device)
-    print(f"  built in {time.perf_counter() - t0:.1f} s; {sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M params")
+    print(f"  built in {time.perf_counter() - t0:.1f} s; "
+          f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M params")
 
     cross_dim = unet.config.cross_attention_dim
     config = dict(unet.config) if args.tiny else SD15_UNET
@@ -355,8 +358,9 @@ def render(r: dict) -> str:
              f"- Versions: Python {m['python']}, torch {m['torch']}, diffusers {m['diffusers']}, "
              f"PyPI DeepCache {m['DeepCache (PyPI)']}",
              f"- Load average (1/5/15 min) at start {m.get('load_average_start')}, at end {m.get('load_average_end')}",
-             f"- Settings: {s['size']}x{s['size']}, {s['steps']} DDIM steps, batch {s['batch']}, guidance {s['guidance']} "
-             f"(UNet batch {s['unet_batch']}), {s['dtype']} on {s['device']}, uniform schedule, seed {s['seed']}, "
+             f"- Settings: {s['size']}x{s['size']}, {s['steps']} DDIM steps, batch {s['batch']}, "
+             f"guidance {s['guidance']} (UNet batch {s['unet_batch']}), {s['dtype']} on {s['device']}, "
+             f"uniform schedule, seed {s['seed']}, "
              f"{s['repeats']} repeat(s)",
              f"- Timed: {r['timed']}. No cache: {r['no_cache_wall_s']:.2f} s wall, {r['no_cache_cpu_s']:.2f} s "
              "process CPU time.",

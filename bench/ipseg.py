@@ -62,9 +62,9 @@ def build_sam(name: str, image_size: int):
         return {"sam_b": build_sam_vit_b, "sam_h": build_sam_vit_h}[name](checkpoint=None)
     arch, grid = SAM_ARCH[name], image_size // 16
     return Sam(
-        image_encoder=ImageEncoderViT(img_size=image_size, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                                      patch_size=16, qkv_bias=True, use_rel_pos=True, window_size=14, out_chans=256,
-                                      **arch),
+        image_encoder=ImageEncoderViT(img_size=image_size, mlp_ratio=4,
+                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), patch_size=16, qkv_bias=True,
+                                      use_rel_pos=True, window_size=14, out_chans=256, **arch),
         prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid),
                                      input_image_size=(image_size, image_size), mask_in_chans=16),
         mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
@@ -158,7 +158,7 @@ def models_alone(engine, hub, device: str, sam_name: str, n_points: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vision.engines.ipseg import IPSegEngine, IPSegConfig, Prompt
+    from vision.engines.ipseg import IPSegConfig, IPSegEngine, Prompt
     from vision.hub import best_device
     from vision.imaging import sample_image
 
@@ -247,12 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     lines = [
         "# IPSeg benchmark (full-size architectures, random weights)", "",
-        f"- machine: `{info['uname']}`", f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs)" + (f"; GPU: {info['gpu']}" if "gpu" in info else ""),
+        f"- machine: `{info['uname']}`",
+        f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs)" + (f"; GPU: {info['gpu']}" if "gpu" in info else ""),
         f"- torch {info['torch']}, diffusers {info['diffusers']}, transformers {info['transformers']}, "
         f"python {info['python']}, torch threads {info['torch_threads']}, device `{device}`",
         f"- load average (1/5/15 min) before: {load_before}; after: {load_after}",
-        f"- settings: {config.feature_source}, {sam_name}; DINOv2 at {sizes['dino_size']} px, SD at {sizes['sd_size']} px "
-        f"(latent {sizes['sd_size'] // 8}), SAM input {sizes['sam_size']} px"
+        f"- settings: {config.feature_source}, {sam_name}; DINOv2 at {sizes['dino_size']} px, "
+        f"SD at {sizes['sd_size']} px (latent {sizes['sd_size'] // 8}), SAM input {sizes['sam_size']} px"
         + ("" if sizes == PAPER else " (reduced for CPU; the paper's sizes are 840 / 960 / 1024)")
         + f"; N = {args.n} targets; engine and model-alone timings: best of {args.repeats}, alternated",
         f"- measure: {clock} seconds" + ("" if cuda else " (wall-clock in brackets)"),

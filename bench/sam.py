@@ -87,15 +87,16 @@ def engines(hub, backends: list[str]) -> dict:
 def measure_clicks(engines: dict, image: np.ndarray, repeats: int) -> dict:
     runs = {b: {"bare": [], "first": [], "click": []} for b in engines}
     for engine in engines.values():  # warm-up: first calls allocate and pick kernels
-        engine(image, [CLICKS[0]]).mask
+        _ = engine(image, [CLICKS[0]]).mask  # reading .mask upscales the lazily upscaled mask: part of the work
     for _ in range(repeats):
         for backend, engine in engines.items():
             pixels, _ = engine.runner.preprocess(image)
-            runs[backend]["bare"].append(wall(lambda: engine.runner.backend.encode(pixels)))
+            runs[backend]["bare"].append(
+                wall(lambda engine=engine, pixels=pixels: engine.runner.backend.encode(pixels)))
             engine.cache.clear()
-            runs[backend]["first"].append(wall(lambda: engine(image, [CLICKS[0]]).mask))
+            runs[backend]["first"].append(wall(lambda engine=engine: engine(image, [CLICKS[0]]).mask))
             for click in CLICKS[1:]:
-                runs[backend]["click"].append(wall(lambda: engine(image, [click]).mask))
+                runs[backend]["click"].append(wall(lambda engine=engine, click=click: engine(image, [click]).mask))
     return {b: {"bare_encoder_s": round(min(r["bare"]), 3), "first_click_s": round(min(r["first"]), 3),
                 "click_ms": round(1000 * statistics.median(r["click"]), 1)} for b, r in runs.items()}
 
@@ -112,7 +113,7 @@ def measure_everything(engines: dict, image: np.ndarray, sides: list[int], torch
             sized = engine.with_config(points_per_side=side)
             sized(image, [CLICKS[0]])  # the embedding is cached: the time is the generator's
             found = []
-            seconds = wall(lambda: found.append(sized.everything(image)))
+            seconds = wall(lambda found=found, sized=sized: found.append(sized.everything(image)))
             out[backend][side] = {"seconds": round(seconds, 2), "masks": len(found[0].masks)}
     return out
 

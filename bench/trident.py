@@ -126,9 +126,9 @@ def forwards_alone(hub, image: np.ndarray, config, decoder_batches: list[int], d
         points = torch.rand(n, 1, 2, device=device) * 1000
         boxes = torch.rand(n, 4, device=device).sort(dim=1).values * 1000
         masks = torch.zeros(n, 1, 256, 256, device=device)
-        decoder += timed(lambda: predictor.predict_torch(points, torch.ones(n, 1, device=device), boxes=boxes,
-                                                         mask_input=masks, multimask_output=False,
-                                                         return_logits=True), device)
+        decoder += timed(lambda points=points, n=n, boxes=boxes, masks=masks: predictor.predict_torch(
+            points, torch.ones(n, 1, device=device), boxes=boxes, mask_input=masks, multimask_output=False,
+            return_logits=True), device)
     out["sam_decoder"] = decoder
     return out
 
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.warmup + repeats):
         batches.clear()
         results = []
-        seconds = timed(lambda: results.append(engine(image, classes, return_probs=False)), args.device)
+        seconds = timed(lambda results=results: results.append(engine(image, classes, return_probs=False)), args.device)
         result, calls = results[0], list(batches)
         alone = forwards_alone(hub, image, config, calls, args.device)
         if i < args.warmup:

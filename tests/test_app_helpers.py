@@ -12,8 +12,8 @@ import torch
 
 gr = pytest.importorskip("gradio")
 
-from vision.ui import errors, examples, form, gpu  # noqa: E402
 from vision.imaging import ImageError  # noqa: E402
+from vision.ui import errors, examples, form, gpu  # noqa: E402
 from vision.weights import WeightsMissingError  # noqa: E402
 
 
@@ -76,10 +76,10 @@ def test_out_of_memory_is_told_by_its_type(error, title):
 def test_friendly_errors_keeps_the_signature_gradio_inspects():
     import inspect
 
-    def handler(a, b=2, progress=gr.Progress()):
+    def handler(a, b=2, progress=gr.Progress()):  # noqa: B008 - Gradio's documented form, imitated here
         return a + b
 
-    def generator(a, progress=gr.Progress()):
+    def generator(a, progress=gr.Progress()):  # noqa: B008 - Gradio's documented form, imitated here
         yield a
 
     wrapped, wrapped_gen = errors.friendly_errors(handler), errors.friendly_errors(generator)
@@ -108,8 +108,8 @@ def test_page_has_every_engine_endpoint_in_one_gpu_queue_group(tiny_hub):
 
 def test_missing_weights_are_a_message_naming_the_download_command(monkeypatch, tmp_path):
     from vision import weights
-    from vision.ui import trident_tab
     from vision.hub import ModelHub, get_hub, set_hub
+    from vision.ui import trident_tab
 
     monkeypatch.setenv("VISION_OFFLINE", "1")
     monkeypatch.setenv("VISION_WEIGHTS_DIR", str(tmp_path))  # an empty weights folder

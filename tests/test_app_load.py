@@ -21,7 +21,8 @@ def _files(value) -> list[str]:
         return [p for v in value.values() for p in _files(v)]
     if isinstance(value, (list, tuple)):
         return [p for v in value for p in _files(v)]
-    return [value] if isinstance(value, str) and len(value) < 4096 and "\n" not in value and Path(value).is_file() else []
+    is_file = isinstance(value, str) and len(value) < 4096 and "\n" not in value and Path(value).is_file()
+    return [value] if is_file else []
 
 
 def _trident_job(client, image):

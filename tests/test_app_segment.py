@@ -1,5 +1,5 @@
-"""The Segment tab: the ``/segment`` API on the session's tiny server (clicks, a box, the everything mode), and a click on a coin in Chromium
-on a server with the real ``sam_t`` weights (the shown mask is that coin)."""
+"""The Segment tab: the ``/segment`` API on the session's tiny server (clicks, a box, the everything mode), and a
+click on a coin in Chromium on a server with the real ``sam_t`` weights (the shown mask is that coin)."""
 
 from __future__ import annotations
 

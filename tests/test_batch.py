@@ -96,8 +96,9 @@ def bomb_png() -> bytes:
 
 def make_folder(root: Path, bad: bool = True) -> Path:
     """12 small skimage.data-derived images (JPEG and PNG, two sub-folders) plus 4 bad files."""
-    from vision.imaging import array_to_rgb
     from skimage import data
+
+    from vision.imaging import array_to_rgb
 
     root.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(SKIMAGE_NAMES):
@@ -112,7 +113,8 @@ def make_folder(root: Path, bad: bool = True) -> Path:
             Image.fromarray(arr).save(folder / f"{name}.png")
     if bad:
         (root / "empty.jpg").write_bytes(b"")
-        full = (root / "coffee.jpg").read_bytes() if (root / "coffee.jpg").exists() else (root / "set_a" / "coins.jpg").read_bytes()
+        full = ((root / "coffee.jpg").read_bytes() if (root / "coffee.jpg").exists()
+                else (root / "set_a" / "coins.jpg").read_bytes())
         (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
         (root / "text.png").write_text("this is not a PNG, just text\n")
         (root / "set_a" / "bomb.png").write_bytes(bomb_png())
@@ -518,7 +520,8 @@ def test_same_stem_and_odd_names(tmp_path):
     assert [i.id for i in items] == ["UPPER.JPG", "cat.jpg", "cat.png", "dots.v2.png", "with space.png"]
     assert [i.stem for i in items] == ["UPPER", "cat.jpg", "cat.png", "dots.v2", "with space"]
     s = batch.run_batch(items, tmp_path / "out", make_engine, progress=False)
-    assert s.done == 5 and (tmp_path / "out" / "cat.jpg.mask.png").exists() and (tmp_path / "out" / "cat.png.mask.png").exists()
+    assert s.done == 5
+    assert (tmp_path / "out" / "cat.jpg.mask.png").exists() and (tmp_path / "out" / "cat.png.mask.png").exists()
     assert [i.id for i in batch.image_items(src, extensions=".png")] == ["cat.png", "dots.v2.png", "with space.png"]
     single = batch.image_items(src / "cat.png")
     assert [i.id for i in single] == ["cat.png"]
@@ -566,7 +569,8 @@ def test_an_item_whose_commit_fails_is_a_failure_not_the_end_of_the_run(dataset,
 
 def test_prompt_items_and_text_outputs(tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red fox in the snow\n\n# a comment\n{\"prompt\": \"A castle!\", \"seed\": 7}\na red fox in the snow\n")
+    prompts.write_text("a red fox in the snow\n\n# a comment\n"
+                       "{\"prompt\": \"A castle!\", \"seed\": 7}\na red fox in the snow\n")
     items = batch.prompt_items(prompts)
     assert [i.id for i in items] == ["00001-a-red-fox-in-the-snow", "00004-a-castle", "00005-a-red-fox-in-the-snow"]
     assert items[1].params == {"prompt": "A castle!", "seed": 7} and items[1].text == "A castle!"

@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-from bench import common, deepcache, trident  # noqa: E402
-from bench import gpu  # noqa: E402
+from bench import (  # noqa: E402
+    common,
+    deepcache,
+    gpu,  # noqa: E402
+    trident,
+)
 
 
 def _target(name: str, argv: list[str]) -> Path | None:

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "numpy", "PIL", "diffusers", "transformers", "gradio", "cv2", "vision.engines", "vision.batch")
 # An engine's package marker and its torch-free config (choices for the options) are all --help may load.
 # torch-free modules the options need: the IPSeg and Video configs (their choices) and the contract they build on
-LIGHT_ENGINE_MODULES = ("vision.engines", "vision.engines.contract", "vision.engines.ipseg", "vision.engines.ipseg.config",
-                        "vision.engines.video", "vision.engines.video.config")
+LIGHT_ENGINE_MODULES = ("vision.engines", "vision.engines.contract", "vision.engines.ipseg",
+                        "vision.engines.ipseg.config", "vision.engines.video", "vision.engines.video.config")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -164,9 +164,9 @@ def test_advice_names_the_command_as_it_runs_here(monkeypatch):
 def test_plurals(tmp_path):
     assert wording.plural(1, "frame") == "1 frame" and wording.plural(2, "frame") == "2 frames"
     assert wording.plural(1, "pass", "passes") == "1 pass" and wording.plural(0, "pass", "passes") == "0 passes"
-    from vision.imaging import sample_image
-
     from PIL import Image
+
+    from vision.imaging import sample_image
 
     (tmp_path / "in").mkdir()
     Image.fromarray(sample_image("coffee")).save(tmp_path / "in" / "one.png")

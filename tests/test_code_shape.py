@@ -2,6 +2,8 @@
 other libraries' objects (private fields, ``__class__`` swaps, ``__dict__`` entries, patched modules)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,14 @@ def python_files() -> list[Path]:
 
 def relative(path: Path) -> str:
     return path.relative_to(VISION.parent).as_posix()
+
+
+def test_ruff_is_clean():
+    """``ruff check .`` with the project's rules (pyproject.toml) finds nothing, in the library, the tests
+    and the benchmarks."""
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "."],
+                         cwd=VISION.parent, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_no_file_over_450_lines():

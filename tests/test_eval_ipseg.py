@@ -42,7 +42,8 @@ def test_perseg_end_to_end_reports_miou_fbiou_biou(hub, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "TINY MODE" in text and "mIoU" in text and "bIoU" in text
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["tiny"] and summary["episodes"] == 4 and summary["config"]["feature_source"] == "dinov2-only" and summary["config"]["mode"] == "product"
+    assert summary["tiny"] and summary["episodes"] == 4
+    assert summary["config"]["feature_source"] == "dinov2-only" and summary["config"]["mode"] == "product"
     items = lines(out / "items.jsonl")
     assert len(items) == 4 and all(0 <= i["iou"] <= 1 and "biou" in i for i in items)
     # both objects have a class IoU and (one fold) the mIoU is their mean

@@ -19,7 +19,8 @@ def test_the_whole_stamp_fits_the_image_width(height, width):
     layout = imaging.fit_text(imaging.TINY_STAMP, width, height)
     assert " ".join(layout.lines) == imaging.TINY_STAMP  # every word, in order, none dropped
     for line in layout.lines:  # measured as cv2 draws them
-        assert cv2.getTextSize(line, imaging.STAMP_FONT, layout.scale, layout.thickness)[0][0] <= width - 2 * layout.margin
+        drawn_width = cv2.getTextSize(line, imaging.STAMP_FONT, layout.scale, layout.thickness)[0][0]
+        assert drawn_width <= width - 2 * layout.margin
     assert layout.height <= height / 2
     assert layout.scale >= imaging.STAMP_MIN_SCALE  # legible: wrapped, not shrunk to dots
     image = np.full((height, width, 3), 128, np.uint8)

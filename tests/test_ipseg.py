@@ -5,17 +5,24 @@ hook shapes are checked directly on the tiny UNet.
 """
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vision.engines.ipseg import points
+from vision.engines.ipseg import (
+    SD_HOOKS,
+    IPSegConfig,
+    IPSegEngine,
+    IPSegError,
+    IPSegWarning,
+    Prompt,
+    find_instances,
+    points,
+    run_hooked_unet,
+)
 from vision.engines.ipseg.cascade import SamView
-from vision.engines.ipseg import (SD_HOOKS, IPSegEngine, IPSegConfig, IPSegError, IPSegWarning, Prompt, find_instances,
-                                  run_hooked_unet)
 from vision.hub import ModelHub
 from vision.imaging import sample_image
 
@@ -74,7 +81,8 @@ def test_early_stopped_pass_equals_full_pass_features(tiny_hub):
     torch.manual_seed(0)
     sample, embedding = torch.randn(1, 4, 32, 32), torch.randn(1, 77, unet.config.cross_attention_dim)
     full = {}
-    handles = [m.register_forward_hook(lambda _m, _i, o, name=name: full.__setitem__(name, o[0] if isinstance(o, tuple) else o))
+    handles = [m.register_forward_hook(
+                   lambda _m, _i, o, name=name: full.__setitem__(name, o[0] if isinstance(o, tuple) else o))
                for m, (_, name) in zip(_hooked_modules(unet), SD_HOOKS)]
     with torch.no_grad():
         unet(sample, torch.tensor([100]), encoder_hidden_states=embedding)
@@ -88,7 +96,7 @@ def test_early_stopped_pass_equals_full_pass_features(tiny_hub):
 
 def test_hooks_are_removed_when_the_pass_fails(tiny_hub):
     unet = tiny_hub.get("sd15_unet")
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         run_hooked_unet(unet, torch.randn(1, 4, 32, 32), torch.tensor([100]), torch.randn(1, 77, 5))  # bad width
     assert all(not m._forward_hooks for m in _hooked_modules(unet))
 
@@ -129,7 +137,8 @@ def test_end_to_end_tiny_batch(tiny_hub, photos):
         for stage in ("prompt", "dino", "sd", "sam_encode", "similarity", "points", "sam_decode", "total"):
             assert result.timings[stage] >= 0
         record = json.loads(json.dumps(result.to_record()))
-        assert record["feature_source"] == "dinov2+sd15" and record["mode"] == "product" and record["tiny"] and record["width"] == w
+        assert record["feature_source"] == "dinov2+sd15" and record["mode"] == "product"
+        assert record["tiny"] and record["width"] == w
         files = result.to_files()
         assert set(files) == {"mask.png", "overlay.png"} and files["overlay.png"].shape == target.shape
 

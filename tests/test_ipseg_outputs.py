@@ -4,7 +4,7 @@ and batches that keep the good targets when one fails."""
 import numpy as np
 import pytest
 
-from vision.engines.ipseg import ConceptResult, Instance, IPSegEngine, IPSegConfig, IPSegError, IPSegResult
+from vision.engines.ipseg import ConceptResult, Instance, IPSegConfig, IPSegEngine, IPSegError, IPSegResult
 from vision.imaging import sample_image
 
 
@@ -52,8 +52,9 @@ def test_batch_keeps_the_good_targets_and_names_the_bad_ones(tiny_hub, tmp_path)
     Image.fromarray(sample_image("astronaut")).save(astronaut)
     targets = [sample_image("coffee"), b"not an image", np.zeros((10, 10, 3), np.uint8), str(astronaut)]
     calls = []
-    results = engine.segment_batch(sample_image("chelsea"), targets, progress=lambda p: calls.append((p.fraction, p.message)),
-                                   on_error="collect", names=["coffee.jpg", "broken.png", "speck.png", "astro"])
+    results = engine.segment_batch(sample_image("chelsea"), targets,
+                                   progress=lambda p: calls.append((p.fraction, p.message)), on_error="collect",
+                                   names=["coffee.jpg", "broken.png", "speck.png", "astro"])
     assert [r.index for r in results] == [0, 3] and [r.name for r in results] == ["coffee.jpg", "astro"]
     assert [(e.index, e.name) for e in results.errors] == [(1, "broken.png"), (2, "speck.png")]
     assert "target image" in results.errors[0].message and "smaller than one" in results.errors[1].message

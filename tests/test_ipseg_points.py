@@ -102,7 +102,7 @@ def _image_with_rect(h, w, rows, cols):
     (840, 420, (420, 630), (98, 210), ((30, 45), (14, 30))),  # portrait: padded left and right
 ])
 def test_letterbox_feature_unletterbox_maps_region_to_cells(tiny_hub, h, w, rows, cols, cells):
-    from vision.engines.ipseg import IPSegEngine, IPSegConfig
+    from vision.engines.ipseg import IPSegConfig, IPSegEngine
     from vision.hub import ModelHub
 
     hub = ModelHub(tiny=True, device="cpu")

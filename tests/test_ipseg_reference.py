@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vision.engines.ipseg import IPSegEngine, IPSegConfig, IPSegError, find_instances, points
+from vision.engines.ipseg import IPSegConfig, IPSegEngine, IPSegError, find_instances, points
 from vision.engines.ipseg.cascade import SamView
 from vision.engines.ipseg.features import average_crops, crop_to_grid, reference_valid_region, slide_offsets
 from vision.engines.ipseg.modes import PRODUCT, REFERENCE, mode_for

@@ -7,8 +7,7 @@ import pytest
 from PIL import Image
 
 from vision.imaging import palette
-from vision.metrics import (ConfusionMatrix, DatasetError, dataset_samples, evaluate, load_label,
-                            reduce_zero_label)
+from vision.metrics import ConfusionMatrix, DatasetError, dataset_samples, evaluate, load_label, reduce_zero_label
 
 # Three 2x3 images, 3 classes, 255 ignored. By hand (rows: truth, columns: prediction):
 #   truth 0: [5, 1, 1]   truth 1: [0, 5, 0]   truth 2: [1, 0, 3]      (16 valid pixels)

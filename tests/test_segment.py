@@ -273,8 +273,9 @@ def test_second_click_costs_the_decoder_only(sam_t_hub, chelsea):
 
 def test_cli_end_to_end_with_real_weights(sam_t_weights, sam_t_hub, chelsea_file, chelsea, tmp_path):
     out = tmp_path / "out"
-    done = run_cli("segment", "--image", str(chelsea_file), "--point", "240,170", "--output", str(out), "--no-progress",
-                   env_extra={"VISION_WEIGHTS_SAM_T": str(sam_t_weights), "VISION_TINY": "0"})  # whatever earlier tests set
+    done = run_cli("segment", "--image", str(chelsea_file), "--point", "240,170", "--output", str(out),
+                   "--no-progress", env_extra={"VISION_WEIGHTS_SAM_T": str(sam_t_weights),
+                                               "VISION_TINY": "0"})  # whatever earlier tests set
     assert done.returncode == 0, done.stderr
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert row["status"] == "ok" and row["sam_model"] == "sam_t" and row["tiny"] is False

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from vision.engines import story as S
 
-
 # -- input and config ------------------------------------------------------------------------------
 
 
@@ -51,7 +50,8 @@ def test_config_lambdas_styles_and_validation():
     cfg = S.StoryConfig()
     assert cfg.rounds == 10 and cfg.deepcache == 3 and cfg.negative_prompt == S.DEFAULT_NEGATIVE
     assert cfg.lambdas() == pytest.approx(np.linspace(0.3, 0.5, 10).tolist())
-    assert cfg.lambda_of(0) == 0.0 and cfg.lambda_of(1) == pytest.approx(0.3) and cfg.lambda_of(10) == pytest.approx(0.5)
+    assert cfg.lambda_of(0) == 0.0
+    assert cfg.lambda_of(1) == pytest.approx(0.3) and cfg.lambda_of(10) == pytest.approx(0.5)
     assert S.StoryConfig(rounds=0).lambdas() == []
     assert cfg.resolved_size(tiny=False) == 512 and S.StoryConfig(family="sdxl").resolved_size(False) == 1024
     assert cfg.resolved_size(tiny=True) == S.TINY_SIZE

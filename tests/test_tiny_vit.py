@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from vision.models.tiny_vit import (TINY_CONFIG, Attention, TinyViT, TinyViTConfig, attention_bias_index,
-                                    build_sam_t, from_mobile_sam_state_dict)
+from vision.models.tiny_vit import (
+    TINY_CONFIG,
+    Attention,
+    TinyViT,
+    TinyViTConfig,
+    attention_bias_index,
+    build_sam_t,
+    from_mobile_sam_state_dict,
+)
 
 
 def count(module) -> int:

@@ -12,8 +12,7 @@ from PIL import Image
 from test_trident_ops import FakeSamPredictor
 
 from vision.classnames import CLASS_LISTS, REFERENCE_CLASS_LISTS
-from vision.engines.trident import PRESETS, TridentConfig, TridentEngine, parse_classes
-from vision.engines.trident import refine, splice
+from vision.engines.trident import PRESETS, TridentConfig, TridentEngine, parse_classes, refine, splice
 from vision.engines.trident.classes import class_probabilities
 from vision.engines.trident.config import presets_of
 from vision.engines.trident.modes import OPEN, REFERENCE, mode_for

@@ -113,7 +113,8 @@ def test_every_missing_model_of_a_request_is_reported_at_once(empty_weights, mon
     monkeypatch.setenv("VISION_OFFLINE", "1")
     assert sorted(weights.models_for("story")) == sorted(STORY_MODELS)
     with pytest.raises(weights.WeightsMissingError) as err:
-        StoryEngine(StoryConfig.from_preset("sd15"), hub=ModelHub(tiny=False, device="cpu"))(["a fox"], empty_weights.parent / "out")
+        engine = StoryEngine(StoryConfig.from_preset("sd15"), hub=ModelHub(tiny=False, device="cpu"))
+        engine(["a fox"], empty_weights.parent / "out")
     message = str(err.value)
     for name in STORY_MODELS:
         assert f"{name} (" in message and f"{weights.spec(name).size_mb} MB" in message

@@ -150,7 +150,7 @@ def weights_file(filename: str):
     return build
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clip_tokenizer_files(folder: str | None = None) -> Path:
     """``vocab.json`` and ``merges.txt`` of the CLIP BPE that ``open_clip`` ships, written once into ``folder``
     (default: ``<weights folder>/clip_bpe``, so no process leaves a copy in the temporary folder); returns it.

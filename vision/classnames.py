@@ -2,10 +2,11 @@
 
 Each list holds the names fed to CLIP's text encoder, in the label order of the dataset's annotation
 files. A class may have several names: it is written ``"name|synonym|..."`` (the project's one class
-syntax, :data:`SYNONYM_SEPARATOR`) and its probability is the maximum over its names. The background classes of VOC21 and COCO-Object are lists of stuff words (as in
-the ProxyCLIP/Trident reference); Pascal Context's 60th class is the single word "background". Names
-follow mmseg's dataset class names, except VOC's "boat" and "diningtable", which the reference queries
-as "ship" and "table" (their ``display`` names are the dataset's).
+syntax, :data:`SYNONYM_SEPARATOR`) and its probability is the maximum over its names. The background
+classes of VOC21 and COCO-Object are lists of stuff words (as in the ProxyCLIP/Trident reference);
+Pascal Context's 60th class is the single word "background". Names follow mmseg's dataset class
+names, except VOC's "boat" and "diningtable", which the reference queries as "ship" and "table"
+(their ``display`` names are the dataset's).
 
 Two versions: :data:`CLASS_LISTS` spells multi-word names with spaces ("traffic light");
 :data:`REFERENCE_CLASS_LISTS` holds the reference's exact strings (its ``configs/cls_*.txt``), which run

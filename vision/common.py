@@ -8,7 +8,8 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Generic, Hashable, Iterator, MutableMapping, TypeVar
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ class ModelEntry:
     adapter's tiny weights are shaped after the tiny UNet)."""
 
     name: str
-    tiny: Callable[["ModelHub"], Any]
+    tiny: Callable[[ModelHub], Any]
     build: Builder | None = None
     weights: str | None = None
     local: Callable[[], Any] | None = None
@@ -59,13 +60,19 @@ class ModelEntry:
     bf16: bool = False  # SD3.5: bfloat16 on CUDA, as published (its T5 overflows in fp16)
 
 
-def _t(fn: Callable[[], Any]) -> Callable[["ModelHub"], Any]:
+def _t(fn: Callable[[], Any]) -> Callable[[ModelHub], Any]:
     return lambda hub: fn()
 
 
 def _entries() -> dict[str, ModelEntry]:
+    entries = [*_vision_entries(), *_diffusion_entries(), *_shared_entries(), *_generation_entries()]
+    return {entry.name: entry for entry in entries}
+
+
+def _vision_entries() -> list[ModelEntry]:
+    """The segmentation engines' feature models, CLIPs and SAMs."""
     b = builders
-    e = [
+    return [
         ModelEntry("dinov2_b14", _t(tiny.dinov2_b14), b.dinov2, "dinov2_b14"),
         ModelEntry("dinov2_l14", _t(tiny.dinov2_l14), b.dinov2, "dinov2_l14"),
         ModelEntry("dino_b16", _t(tiny.dino_b16), b.dino_v1, "dino_b16"),
@@ -81,6 +88,13 @@ def _entries() -> dict[str, ModelEntry]:
         ModelEntry("sam_h", _t(tiny.sam_h), b.sam("vit_h"), "sam_h", keep_fp32=True),
         *[ModelEntry(f"sam2_{size}", _t(tiny.sam2), b.sam2_video, f"sam2_{size}", keep_fp32=True)
           for size in ("tiny", "small", "base_plus", "large")],  # SAM 2.1 video models (the video engine)
+    ]
+
+
+def _diffusion_entries() -> list[ModelEntry]:
+    """Stable Diffusion 1.5 / SDXL / RealVisXL modules and the IP-Adapters and LCM-LoRAs of Story."""
+    b = builders
+    return [
         ModelEntry("sd15_unet", _t(tiny.sd15_unet), b.diffusers_model("UNet2DConditionModel", "unet"), "sd15_unet"),
         ModelEntry("sd15_vae", _t(tiny.sd15_vae), b.diffusers_model("AutoencoderKL", "vae"), "sd15_vae"),
         ModelEntry("sd15_text_encoder", _t(tiny.sd15_text_encoder),
@@ -118,6 +132,11 @@ def _entries() -> dict[str, ModelEntry]:
         ModelEntry("realvisxl_text_encoder_2", _t(tiny.sdxl_text_encoder_2),
                    b.transformers_model("CLIPTextModelWithProjection", "text_encoder_2"), "realvisxl_text_encoder_2"),
     ]
+
+
+def _shared_entries() -> list[ModelEntry]:
+    """Tokenizers and schedulers: built locally (no weights), shared by the models that use them."""
+    b = builders
     shared = {
         "clip_tokenizer": lambda: __import__("open_clip").get_tokenizer("ViT-B-16"),
         "sd15_tokenizer": b.clip_tokenizer,
@@ -127,8 +146,7 @@ def _entries() -> dict[str, ModelEntry]:
         "sdxl_scheduler": b.sd_scheduler,
         "sd35_scheduler": b.sd3_scheduler,
     }
-    e += [ModelEntry(name, tiny=_t(fn), local=fn) for name, fn in shared.items()]
-    return {entry.name: entry for entry in [*e, *_generation_entries()]}
+    return [ModelEntry(name, tiny=_t(fn), local=fn) for name, fn in shared.items()]
 
 
 def _generation_entries() -> list[ModelEntry]:

@@ -10,7 +10,6 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = int(os.environ.get("VISION_MAX_PIXELS", 8192 * 8192))  # 67 MP: larger is refused as a bomb
 MIN_SIDE = 8  # pixels per side of an engine's input image (require_min_side): smaller holds nothing to segment
 
-ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
+ImageInput = str | os.PathLike | bytes | np.ndarray | Image.Image
 
 
 class ImageError(ValueError):
@@ -237,7 +236,8 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, colour=(255, 64, 64), alph
     return out.round().astype(np.uint8)
 
 
-def overlay_labels(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, n_colours: int | None = None) -> np.ndarray:
+def overlay_labels(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
+                   n_colours: int | None = None) -> np.ndarray:
     """RGB [H, W, 3] blended with the palette colours of an integer label map [H, W]."""
     colours = palette(max(int(labels.max()) + 1, n_colours or 0, 1))
     return ((1 - alpha) * image + alpha * colours[labels]).round().astype(np.uint8)

@@ -23,9 +23,9 @@ ade20k         images/validation/*.jpg     annotations/validation/*.png    (all 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import functools
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,7 +112,7 @@ def part_trident(run: Run) -> None:
 
 def part_ipseg(run: Run) -> None:
     from bench import ipseg as ib
-    from vision.engines.ipseg import IPSegEngine, IPSegConfig, Prompt
+    from vision.engines.ipseg import IPSegConfig, IPSegEngine, Prompt
     s = run.scale
     config = IPSegConfig(sam_model="sam_h", dino_size=s.dino_size, sd_size=s.ipseg_sd_size)
     run.resident([config.dino_model, "sd15_unet", "sd15_vae", "sd15_text_encoder", config.sam_model])
@@ -145,8 +146,9 @@ def part_ipseg(run: Run) -> None:
     rows += [["**sum of model passes**", f"**{total:.3f}**"], ["**engine per target (prompt cached)**",
              f"**{engine_s:.3f}**"], ["**overhead ratio** (goal <= 1.15)", f"**{engine_s / total:.3f}**"]]
     run.report.write(
-        f"Settings: {config.feature_source}, {config.sam_model}, DINOv2 at {config.dino_size} px, SD at {config.sd_size} px, "
-        f"SAM 1024; median of {len(per_target)} timed target(s) after a warm-up; `(unet_full)` (the whole UNet, "
+        f"Settings: {config.feature_source}, {config.sam_model}, DINOv2 at {config.dino_size} px, "
+        f"SD at {config.sd_size} px, SAM 1024; median of {len(per_target)} timed target(s) after a warm-up; "
+        "`(unet_full)` (the whole UNet, "
         "not needed: the engine stops after its last hooked layer) is not in the sum. Stages of the last target "
         "(s): " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()) + ".\n\n"
         + table(["part", "seconds"], rows)

@@ -90,8 +90,16 @@ from vision.batch.cli import add_batch_arguments, items_from_args, run_from_args
 from vision.batch.coco import write_coco_json
 from vision.batch.encoding import BatchResult, encode_files
 from vision.batch.errors import BatchError, EngineStartError, OutputInUseError, Skip
-from vision.batch.items import (IMAGE_EXTENSIONS, Item, file_items, image_items, parse_shard, prompt_items,
-                                select_shard, shard_of)
+from vision.batch.items import (
+                                IMAGE_EXTENSIONS,
+                                Item,
+                                file_items,
+                                image_items,
+                                parse_shard,
+                                prompt_items,
+                                select_shard,
+                                shard_of,
+)
 from vision.batch.lock import RunLock, host_tag
 from vision.batch.runner import Summary, check_output_folder, run_batch
 from vision.batch.worker import Outcome, start_processor

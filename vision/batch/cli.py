@@ -55,7 +55,8 @@ def add_batch_arguments(parser: argparse.ArgumentParser, *, inputs: str = "image
     _add(group, "--coco-json", nargs="?", const="coco.json", default=None, metavar="PATH",
          help="also write COCO RLE annotations of the masks (default name coco.json, in the output folder)")
     _add(group, "--no-progress", action="store_true", help="no progress bar")
-    _add(group, "--ray", action="store_true", help=f"run the engine in Ray Data actors ({pip_install(repr('ray[data]'))})")
+    _add(group, "--ray", action="store_true",
+         help=f"run the engine in Ray Data actors ({pip_install(repr('ray[data]'))})")
     _add(group, "--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     _add(group, "--ray-actors", type=int, default=None, help="number of Ray actors (default: one per GPU, or 2)")
     _add(group, "--ray-gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 if "

@@ -85,14 +85,16 @@ def write_coco_json(writer: Writer, path: str | os.PathLike) -> Path:
                 continue
             for category, mask in _masks_of(file, suffix, row):
                 if entry is None:
-                    entry = {"id": image_id, "file_name": rid, "height": int(mask.shape[0]), "width": int(mask.shape[1])}
+                    entry = {"id": image_id, "file_name": rid, "height": int(mask.shape[0]),
+                             "width": int(mask.shape[1])}
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 cat_id = categories.setdefault(category, len(categories) + 1)
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": cat_id,
                     "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
                     "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                    "iscrowd": 0, "output": rel, **({"score": row["score"]} if isinstance(row.get("score"), (int, float)) else {}),
+                    "iscrowd": 0, "output": rel,
+                    **({"score": row["score"]} if isinstance(row.get("score"), (int, float)) else {}),
                 })
         if entry is not None:
             images.append(entry)

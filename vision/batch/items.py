@@ -91,9 +91,10 @@ class Item:
                 "stem": self.stem, "input_label": self.input_label}
 
     @classmethod
-    def from_row(cls, row: dict) -> "Item":
-        return cls(id=str(row["id"]), index=int(row["index"]), path=None if row["path"] in (None, "") else Path(row["path"]),
-                   text=row["text"], params=json.loads(row["params"] or "{}"), kind=str(row["kind"]),
+    def from_row(cls, row: dict) -> Item:
+        return cls(id=str(row["id"]), index=int(row["index"]),
+                   path=None if row["path"] in (None, "") else Path(row["path"]), text=row["text"],
+                   params=json.loads(row["params"] or "{}"), kind=str(row["kind"]),
                    stem=str(row["stem"]), input_label=str(row["input_label"]))
 
 
@@ -168,8 +169,9 @@ def file_items(input_path: str | os.PathLike, *, recursive: bool = False, extens
     """Items for the files under ``input_path`` (a file, or a folder: ``recursive`` to descend).
 
     ``extensions`` (".jpg,.png" or a list; case-insensitive; an empty list: every file) filters
-    folder contents (default: image extensions); a single file given directly is always used. ``exclude`` is a folder not to read
-    (the output folder when it lies inside the input folder). Hidden files and folders are ignored.
+    folder contents (default: image extensions); a single file given directly is always used.
+    ``exclude`` is a folder not to read (the output folder when it lies inside the input folder).
+    Hidden files and folders are ignored.
     """
     exts = _normalise_exts(extensions, IMAGE_EXTENSIONS)
     given = Path(input_path)
@@ -234,7 +236,8 @@ def prompt_items(prompts: str | os.PathLike | Sequence[str]) -> list[Item]:
                 raise BatchError(f"prompts line {number}: a JSON line needs a \"prompt\" string")
             text = params["prompt"]
         rid = f"{number:05d}-{_slug(text)}"
-        items.append(Item(id=rid, index=len(items), text=text, params=params, kind="prompt", stem=rid, input_label=text))
+        items.append(Item(id=rid, index=len(items), text=text, params=params, kind="prompt", stem=rid,
+                          input_label=text))
     return items
 
 

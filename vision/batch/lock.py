@@ -122,7 +122,7 @@ class RunLock:
         self.path = self.folder / f"{RUN_PREFIX}{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{RUN_SUFFIX}"
         self._handle = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         with locked(self.folder / LOCK_NAME):  # one starting run at a time looks at the others
             for path in sorted(self.folder.glob(f"{RUN_PREFIX}*{RUN_SUFFIX}")):
                 claim = _read_claim(path)
@@ -153,7 +153,7 @@ class RunLock:
             self._handle.close()
         self._handle = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

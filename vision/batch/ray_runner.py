@@ -72,7 +72,8 @@ class _RayWorker:
         items = [Item.from_row({key: _plain(columns[key][i]) for key in _ROW_KEYS}) for i in range(count)]
         outcomes = self.worker.run(items)
         return {"id": np.array([o.id for o in outcomes], dtype=object),
-                "payload": np.array([pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL) for o in outcomes], dtype=object)}
+                "payload": np.array([pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL) for o in outcomes],
+                                    dtype=object)}
 
 
 def run(todo: list[Item], make_processor: Callable[[], Any], record: Callable[[Item, Outcome], None], *,
@@ -114,7 +115,8 @@ def run(todo: list[Item], make_processor: Callable[[], Any], record: Callable[[I
         num_actors = options.get("num_actors") or (max(1, int(gpus_total // num_gpus)) if num_gpus else 2)
         num_actors = max(1, min(int(num_actors), len(todo)))
         by_id = {item.id: item for item in todo}
-        dataset = ray.data.from_items([item.to_row() for item in todo], override_num_blocks=max(1, min(len(todo), 4 * num_actors)))
+        dataset = ray.data.from_items([item.to_row() for item in todo],
+                                      override_num_blocks=max(1, min(len(todo), 4 * num_actors)))
         mapped = dataset.map_batches(
             _RayWorker,
             fn_constructor_args=(make_processor, bool(options.get("tiny")), options.get("device")),

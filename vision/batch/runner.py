@@ -204,8 +204,8 @@ def _run_claimed(writer: Writer, items: Sequence[Item], make_processor: Callable
         raise
     except Exception as err:
         if ray:  # an actor that could not start, a lost node...: what was written stays, a rerun resumes
-            raise BatchError(f"the Ray run failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                             "rerun to resume") from err
+            raise BatchError(f"the Ray run failed ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); rerun to resume") from err
         raise
     finally:
         bar.close()

@@ -95,7 +95,8 @@ class Writer:
         final = parent / path.name
         if not is_within(final, self.out) or final == self.out:
             raise BatchError(f"output {rel!r} would be written outside the output folder {self.out}")
-        if self.input_root is not None and is_within(final, self.input_root) and not is_within(self.out, self.input_root):
+        if (self.input_root is not None and is_within(final, self.input_root)
+                and not is_within(self.out, self.input_root)):
             raise BatchError(f"output {rel!r} would be written inside the input folder {self.input_root}")
         if final in self.input_files or (final.exists() and final.resolve() in self.input_files):
             raise BatchError(f"output {rel!r} would overwrite an input file")

@@ -103,7 +103,6 @@ def run_trident(args: argparse.Namespace) -> int:
     from vision.commands.trident import config_from_args
     from vision.engines.trident import TridentEngine
     from vision.metrics import LAYOUTS, DatasetError, dataset_samples, evaluate
-    from vision.wording import plural
 
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
@@ -126,7 +125,6 @@ def run_trident(args: argparse.Namespace) -> int:
     classes = config.class_list()
     engine = TridentEngine(config)
     tiny = bool(engine.hub.tiny)
-    title = "CorrCLIP" if config.method == "corrclip" else "Trident"
     bar = tqdm(total=len(samples), unit="image", desc=f"{config.method} {benchmark}")
     started = time.perf_counter()
 
@@ -146,23 +144,31 @@ def run_trident(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     bar.close()
-    seconds = time.perf_counter() - started
+    _report_trident(args, config, classes, matrix, masks, tiny, time.perf_counter() - started)
+    return 0
+
+
+def _report_trident(args: argparse.Namespace, config, classes, matrix, masks: Path | None, tiny: bool,
+                    seconds: float) -> None:
+    """The run's line and per-class table on stdout; with ``--json``, the summary in that file."""
+    from vision.wording import plural
+
     if tiny:
         print("TINY MODE: random-weight models, these numbers are noise (for testing the harness).")
+    title = "CorrCLIP" if config.method == "corrclip" else "Trident"
     regions = f"region_masks={masks}" if masks is not None else f"mask_generator={config.regions.label}"
     models = regions if config.method == "corrclip" else f"sam={config.sam} refine={'on' if config.refine else 'off'}"
-    print(f"{title} {benchmark}: {plural(matrix.images, 'image')}, {seconds:.1f} s "
+    print(f"{title} {config.benchmark}: {plural(matrix.images, 'image')}, {seconds:.1f} s "
           f"({seconds / max(1, matrix.images):.2f} s/image); preset={config.preset} clip={config.clip} "
           f"vfm={config.vfm} {models} reference={'on' if config.reference else 'off'}")
     print(matrix.table(classes.display))
     if args.json:
-        summary = {"engine": "trident", "method": config.method, "preset": config.preset, "benchmark": benchmark,
-                   "region_masks": None if masks is None else str(masks), "mode": config.mode,
-                   "reference": config.reference, "root": str(args.root), "tiny": tiny, "seconds": round(seconds, 2),
-                   "config": dataclasses.asdict(config),
+        summary = {"engine": "trident", "method": config.method, "preset": config.preset,
+                   "benchmark": config.benchmark, "region_masks": None if masks is None else str(masks),
+                   "mode": config.mode, "reference": config.reference, "root": str(args.root), "tiny": tiny,
+                   "seconds": round(seconds, 2), "config": dataclasses.asdict(config),
                    **matrix.summary(classes.display)}
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------- synthetic

@@ -170,7 +170,8 @@ def print_speedups(output: str, items: list) -> None:
         print(f"  {row['id']}: {speed_change(t['baseline_seconds'], t['seconds'])} ({t['baseline_seconds']:.2f} s -> "
               f"{t['seconds']:.2f} s)")
     if len(timed) > 1:
-        plain, cached = sum(r["timings"]["baseline_seconds"] for r in timed), sum(r["timings"]["seconds"] for r in timed)
+        plain = sum(r["timings"]["baseline_seconds"] for r in timed)
+        cached = sum(r["timings"]["seconds"] for r in timed)
         print(f"  all {len(timed)} prompts: {speed_change(plain, cached)} ({plain:.2f} s -> {cached:.2f} s)")
 
 

@@ -25,11 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="table of every model: name, source, size, present/missing")
     download = sub.add_parser("download", help="download models into weights/NAME/")
-    download.add_argument("names", nargs="*", metavar="NAME", help=f"one or more of: {', '.join(weights.REGISTRY)}, or all")
+    download.add_argument("names", nargs="*", metavar="NAME",
+                          help=f"one or more of: {', '.join(weights.REGISTRY)}, or all")
     download.add_argument("--for", dest="engines", action="append", default=[], metavar="ENGINE",
                           choices=[*weights.ENGINES, "all"],
-                          help=f"every model a run of ENGINE needs with its default settings ({', '.join(weights.ENGINES)}"
-                               ", or all); repeatable")
+                          help="every model a run of ENGINE needs with its default settings "
+                               f"({', '.join(weights.ENGINES)}, or all); repeatable")
     download.add_argument("--allow-no-npm", action="store_true",
                           help="a model that needs npm (sam_t) while npm is not installed: say why and go on "
                                "(exit 0 for that reason only; CI uses it before the tests)")

@@ -36,7 +36,7 @@ class DeepCacheHook(ModelHook):
     def __init__(self, route: str = "unet") -> None:
         super().__init__()
         self.route = route  # "unet", or "controlnet": the pipeline's ControlNet (partial on retrieval steps)
-        self.by_thread: dict[int, "DeepCache"] = {}
+        self.by_thread: dict[int, DeepCache] = {}
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         cache = self.by_thread.get(threading.get_ident())
@@ -61,7 +61,7 @@ def attached_hook(unet: torch.nn.Module) -> DeepCacheHook | None:
     return HookRegistry.check_if_exists_or_initialize(unet).get_hook(HOOK_NAME)
 
 
-def _attach(module: torch.nn.Module, route: str, thread: int, cache: "DeepCache") -> DeepCacheHook:
+def _attach(module: torch.nn.Module, route: str, thread: int, cache: DeepCache) -> DeepCacheHook:
     """Route ``module``'s calls from ``thread`` to ``cache`` (registering the hook if it is the first)."""
     registry = HookRegistry.check_if_exists_or_initialize(module)
     hook = registry.get_hook(HOOK_NAME)
@@ -165,7 +165,7 @@ class DeepCache:
     def enabled(self) -> bool:
         return self._hook is not None
 
-    def enable(self) -> "DeepCache":
+    def enable(self) -> DeepCache:
         """Attach to the UNet for calls from this thread (through diffusers' hook registry)."""
         with _ATTACH_LOCK:
             if self._hook is not None:
@@ -202,7 +202,7 @@ class DeepCache:
             self._hook, self._controlnet_hook, self._thread = None, None, None
             self.end()
 
-    def __enter__(self) -> "DeepCache":
+    def __enter__(self) -> DeepCache:
         return self.enable()
 
     def __exit__(self, *exc: Any) -> None:

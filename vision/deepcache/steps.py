@@ -41,7 +41,7 @@ class StepPlan:
     first_entry: dict[float, int]  # timestep value -> its first entry
 
     @classmethod
-    def of(cls, timesteps: Any) -> "StepPlan | None":
+    def of(cls, timesteps: Any) -> StepPlan | None:
         if not isinstance(timesteps, torch.Tensor) or timesteps.ndim != 1 or timesteps.numel() == 0:
             return None
         values = timesteps.detach().to("cpu", torch.float64).tolist()

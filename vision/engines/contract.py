@@ -31,9 +31,10 @@ Every engine (Segment, IPSeg with its methods ``ipseg`` / ``gfsam``, Trident wit
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 C = TypeVar("C", bound="EngineConfig")
 

@@ -12,7 +12,8 @@ tokenizer (77 tokens). Embeddings are L2-normalised float32.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ class ClipScorer:
         self.dtype = param.dtype if param is not None else torch.float32
 
     @classmethod
-    def from_hub(cls, name: str = DEFAULT_SCORER, hub: Any = None) -> "ClipScorer":
+    def from_hub(cls, name: str = DEFAULT_SCORER, hub: Any = None) -> ClipScorer:
         """The hub's CLIP ``name`` (an open_clip model) with the shared CLIP tokenizer."""
         from vision.hub import get_hub
 

@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -77,7 +77,7 @@ class Episode:
         return {**asdict(self), "supports": list(self.supports)}
 
     @classmethod
-    def from_record(cls, record: dict) -> "Episode":
+    def from_record(cls, record: dict) -> Episode:
         return cls(int(record["id"]), record["dataset"], record["fold"], record["category"], record["label"],
                    record["query"], tuple(record["supports"]))
 

@@ -4,8 +4,8 @@ no display needed). In tiny mode every title says the numbers are random-weight 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 TINY_TITLE = "\nTINY MODE: random-weight models, these numbers are noise"
 

@@ -17,8 +17,9 @@ import importlib
 import json
 import math
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from vision.weights import WeightsError
 
@@ -64,7 +65,7 @@ class ItemLog:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "ItemLog":
+    def __enter__(self) -> ItemLog:
         return self
 
     def __exit__(self, *exc: Any) -> None:

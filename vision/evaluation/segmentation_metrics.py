@@ -18,7 +18,7 @@ the class's episodes, as HSNet's and Matcher's evaluators do:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -111,7 +111,7 @@ class FewShotMeter:
             total.matrix += m.matrix
         return total.miou()
 
-    def merge(self, other: "FewShotMeter") -> None:
+    def merge(self, other: FewShotMeter) -> None:
         """Add another meter's counts (e.g. several folds into one overall meter)."""
         for name, m in other.matrices.items():
             mine = self.matrices.setdefault(name, ConfusionMatrix(2))

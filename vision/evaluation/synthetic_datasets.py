@@ -48,9 +48,9 @@ class _Painter:
         self.objects = []
         for k in range(classes):
             photo = photos[OBJECT_PHOTOS[k % len(OBJECT_PHOTOS)]]
-            t, l, b, r = CROPS[k // len(OBJECT_PHOTOS)]
+            top, left, bottom, right = CROPS[k // len(OBJECT_PHOTOS)]
             h, w = photo.shape[:2]
-            self.objects.append(photo[int(t * h): int(b * h), int(l * w): int(r * w)])
+            self.objects.append(photo[int(top * h): int(bottom * h), int(left * w): int(right * w)])
         self.backgrounds = [photos[n] for n in BACKGROUND_PHOTOS] + [photos[n][:, ::-1] for n in OBJECT_PHOTOS]
 
     def background(self, exclude: int) -> np.ndarray:
@@ -71,9 +71,9 @@ class _Painter:
         aspect = obj.shape[0] / obj.shape[1]
         oh, ow = max(4, int(side * min(1.0, aspect))), max(4, int(side * min(1.0, 1 / aspect)))
         patch = _resize(obj, (oh, ow))
-        t, l, b, r = region
-        y = int(self.rng.integers(int(t * H), max(int(t * H) + 1, int(b * H) - oh)))
-        x = int(self.rng.integers(int(l * W), max(int(l * W) + 1, int(r * W) - ow)))
+        top, left, bottom, right = region
+        y = int(self.rng.integers(int(top * H), max(int(top * H) + 1, int(bottom * H) - oh)))
+        x = int(self.rng.integers(int(left * W), max(int(left * W) + 1, int(right * W) - ow)))
         oh, ow = min(oh, H - y), min(ow, W - x)
         inside = _ellipse(oh, ow)
         mask = np.zeros(self.size, dtype=bool)
@@ -105,7 +105,7 @@ def _label_png(objects: list[tuple[int, np.ndarray]], label_of, boundary: int = 
 
     first = objects[0][1]
     out = np.zeros(first.shape, dtype=np.uint8)
-    for k, mask in objects:
+    for _k, mask in objects:
         if boundary:
             ring = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=boundary).astype(bool)
             out[ring & (out == 0)] = 255

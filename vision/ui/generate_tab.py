@@ -111,7 +111,8 @@ def _generation_summary(result) -> str:
     if result.speedup is not None:
         diff = result.difference()
         name = CACHE_NAMES.get(config.cache_method, config.cache_method)
-        lines.append(f"**Measured: {speed_change(result.baseline_seconds, result.seconds)} with {name}** (without {name} "
+        change = speed_change(result.baseline_seconds, result.seconds)
+        lines.append(f"**Measured: {change} with {name}** (without {name} "
                      f"{result.baseline_seconds:.2f} s, with {result.seconds:.2f} s; warm runs, same seed). "
                      f"Difference: mean "
                      f"{diff['mean_abs']:.2f}/255, PSNR {diff['psnr_db']} dB.")
@@ -137,9 +138,9 @@ def _step_progress(progress, run: runs.Run):
 
 @errors.friendly_errors
 def run_generate(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                 branch, schedule, init_image=None, strength=START_STRENGTH, model=None, loras=None, control=CONTROL_NONE,
-                 control_image=None, controlnet=None, control_scale=1.0, control_start=0.0, control_end=1.0,
-                 canny_low=100, canny_high=200, cache="auto", dit_interval=2, progress=gr.Progress(),
+                 branch, schedule, init_image=None, strength=START_STRENGTH, model=None, loras=None,
+                 control=CONTROL_NONE, control_image=None, controlnet=None, control_scale=1.0, control_start=0.0,
+                 control_end=1.0, canny_low=100, canny_high=200, cache="auto", dit_interval=2, progress=gr.Progress(),
                  request: gr.Request = None):
     """Text-to-image (or image-to-image from ``init_image``), cache on or off, with the model, LoRAs and
     ControlNet given."""
@@ -157,9 +158,9 @@ def run_generate(prompt, negative, preset, steps, guidance, seed, scheduler, fam
 
 @errors.friendly_errors
 def run_compare(prompt, negative, preset, steps, guidance, seed, scheduler, family, size, use_deepcache, interval,
-                branch, schedule, init_image=None, strength=START_STRENGTH, model=None, loras=None, control=CONTROL_NONE,
-                control_image=None, controlnet=None, control_scale=1.0, control_start=0.0, control_end=1.0,
-                canny_low=100, canny_high=200, cache="auto", dit_interval=2, progress=gr.Progress(),
+                branch, schedule, init_image=None, strength=START_STRENGTH, model=None, loras=None,
+                control=CONTROL_NONE, control_image=None, controlnet=None, control_scale=1.0, control_start=0.0,
+                control_end=1.0, canny_low=100, canny_high=200, cache="auto", dit_interval=2, progress=gr.Progress(),
                 request: gr.Request = None):
     """The same seed without and with the cache: a before/after slider and the measured speed-up."""
     form.require((prompt or "").strip(), "a prompt")
@@ -314,7 +315,8 @@ def generate_tab(hub: ModelHub, limits: dict) -> None:
                 c.update(_control_controls(defaults))
                 with gr.Accordion("Image-to-image", open=False):
                     c["init_image"] = gr.Image(label="Start image (empty = text-to-image)", type="filepath",
-                                               image_mode=None, sources=["upload", "clipboard"], elem_id="generate-init")
+                                               image_mode=None, sources=["upload", "clipboard"],
+                                               elem_id="generate-init")
                     check_before_decoding(c["init_image"], "start image")  # a bad file: a message naming it
                     c["strength"] = gr.Slider(0.05, 1.0, value=defaults.strength, step=0.05, label="Strength",
                                               info="how much of the start image is re-drawn (1 = all of it)")

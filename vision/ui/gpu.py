@@ -3,7 +3,7 @@ no-op everywhere else."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def _no_gpu(fn: Callable | None = None, **_kwargs):

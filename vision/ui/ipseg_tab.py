@@ -10,6 +10,7 @@ import gradio as gr
 
 from vision.hub import ModelHub, get_hub
 from vision.ui import errors, examples, form, gpu, notices, runs, storage, uploads
+from vision.ui.ipseg_method import METHOD_NAMES, gfsam_points, link_method_and_preset, method_choice
 from vision.ui.notices import tiny_prefix
 from vision.ui.sam import default_sam, segment_engine
 from vision.ui.uploads import check_before_decoding, checked_prompt_upload
@@ -51,8 +52,6 @@ HOW_TO_READ_GFSAM = ("**How to read this:** *Masks* tints the union of the SAM m
                      "points whose masks make the answer, rings were dropped by one gate (positive or "
                      "overshooting), crosses by both. *Presence* is the mean similarity to the prompt inside the "
                      "mask: compare it across targets.")
-METHOD_CHOICES = [("IPSeg", "ipseg"), ("GF-SAM (graph-based point fusion; no Stable Diffusion)", "gfsam")]
-METHOD_NAMES = {"ipseg": "IPSeg", "gfsam": "GF-SAM"}
 
 
 def ipseg_config(preset: str, features: str, sam_model: str, fast: bool, method: str | None = None, **settings):
@@ -284,8 +283,6 @@ IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instan
 
 
 def ipseg_tab(hub: ModelHub, limits: dict) -> None:
-    from vision.engines.ipseg.config import PRESETS
-
     from vision.ui.layout import cpu_preset
 
     samples = examples.sample_paths()
@@ -297,128 +294,131 @@ def ipseg_tab(hub: ModelHub, limits: dict) -> None:
                     "Paint over the concept with the brush, click on it for SAM's mask, type a box, or leave the "
                     "prompt unpainted to use its automatic foreground. More prompt images of the concept (k-shot) "
                     "and other concepts are optional.")
-        method = _method_choice()
+        c = {"method": method_choice()}
         with gr.Row():
             with gr.Column():
-                prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
-                                     type="filepath", image_mode=None, format="png", layers=False, transforms=(),
-                                     sources=("clipboard",), elem_id="ipseg-prompt",
-                                     value=samples["chelsea"],
-                                     brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
-                check_before_decoding(prompt, "prompt image")
-                with gr.Row():  # uploads go through the server's check (the editor's own ignores a bad file)
-                    prompt_upload = gr.UploadButton("Upload a prompt image", file_types=["image"], type="filepath",
-                                                    size="sm", elem_id="ipseg-prompt-upload")
-                    prompt_status = gr.Markdown("", elem_id="ipseg-prompt-status")
-                prompt_upload.upload(checked_prompt_upload, prompt_upload, [prompt, prompt_status], queue=False,
-                                     api_visibility="undocumented")
-                # open: the components of a closed accordion mount only when it opens, and an Examples row
-                # picked before that would not reach them
-                with gr.Accordion("Click to mask the prompt with SAM (instead of painting)", open=True):
-                    # empty until asked: the editor's value lags behind a new image (an upload or an Examples
-                    # row), so the view is filled on request and every click is checked against the editor
-                    click_view = gr.Image(None, label="Click on the concept: SAM masks it", type="numpy",
-                                          format="png", interactive=False, sources=(), height=260,
-                                          elem_id="ipseg-click")
-                    with gr.Row():
-                        show_here = gr.Button("Show the prompt here", elem_id="ipseg-click-show")
-                        click_kind = gr.Radio(list(CLICK_LABELS), value=next(iter(CLICK_LABELS)),
-                                              label="A click adds", elem_id="ipseg-click-kind")
-                    clicks = gr.Textbox("", label="Prompt clicks: x, y, label (1 on the concept, 0 not); ';' "
-                                        "between clicks", elem_id="ipseg-clicks")
-                    click_note = gr.Markdown("", elem_id="ipseg-click-note")
-                    shown_key = gr.State(None)  # content_key of the image in the click view
-                box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
-                                 placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
-                targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
-                                     columns=3, height=220, elem_id="ipseg-targets",
-                                     value=[samples["chelsea"], samples["coffee"]])
-                with gr.Accordion("More prompts: k-shot images, other concepts", open=False):
-                    concept_name = gr.Textbox(value="concept", label="Name of the prompt's concept")
-                    shots = gr.Gallery(label="More prompt images of this concept (k-shot; automatic region each)",
-                                       type="filepath", interactive=True, columns=4, height=140, elem_id="ipseg-shots")
-                    kshot = gr.Radio(["mean", "max"], value="mean", label="k-shot: combine the prompt images by",
-                                     info="mean of their prototypes, or the per-pixel max of their similarities")
-                    concepts = gr.Gallery(label="Other concepts (one prompt image each, named after the file; "
-                                                "automatic region)", type="filepath", interactive=True, columns=4,
-                                          height=140, elem_id="ipseg-concepts")
-                with gr.Accordion("Options", open=False):
-                    preset = gr.Radio(list(PRESETS), value="default", label="Preset",
-                                      info="paper: reproduces IPSeg's reference code (reference mode, SAM-H); "
-                                           "fast: DINOv2 only; gfsam: GF-SAM's reference (DINOv2-L, SAM-H); "
-                                           "gfsam_fast: GF-SAM on sam_t's own features", elem_id="ipseg-preset")
-                    features = gr.Dropdown(FEATURE_CHOICES, value="sam" if cpu else "preset", label="Features")
-                    region_kind = gr.Radio(["mask", "scribble"], value="mask", label="Painting marks",
-                                           info="mask: painted over the whole concept; scribble: a few strokes on it")
-                    fast = gr.Checkbox(value=hub.tiny or not _sd_weights_present(),
-                                       label="Skip Stable Diffusion (DINOv2 + SD features become DINOv2 only)")
-                    instances = gr.Slider(1, 8, value=1, step=1, label="Instances per target (max)")
-                    threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Presence threshold",
-                                          info="below it a target answers 'absent'; 0 = always a mask")
-                    sam_model = gr.Dropdown(SAM_CHOICES, value="sam_t" if cpu else "preset", label="Segmenter (SAM)")
-                    max_points = _gfsam_points()
+                c.update(_prompt_controls(samples))
+                c.update(_more_prompts())
+                c.update(_options(hub, cpu))
                 button = gr.Button("Segment", variant="primary", elem_id="ipseg-run")
             with gr.Column():
-                annotated = gr.AnnotatedImage(label="Masks (click a result below to show another target)",
-                                              format="png", elem_id="ipseg-annotated")
-                with gr.Row():
-                    overlays = gr.Gallery(label="Masks and point prompts (green +, red -)", columns=2,
-                                          format="png", height=220, elem_id="ipseg-overlays")
-                    heatmaps = gr.Gallery(label=HEATMAP_LABEL, columns=2, format="png", height=220,
-                                          elem_id="ipseg-heatmaps")
-                summary = gr.Markdown(label="Summary", elem_id="ipseg-summary")
-                scores = gr.Dataframe(headers=IPSEG_HEADERS, label="Scores", interactive=False)
-                files = gr.File(label="Download masks, overlays and heatmaps (PNG)", file_count="multiple")
-        for shown in (annotated, overlays, heatmaps, click_view):  # images written once per request (vision.ui.storage)
-            storage.written_once(shown)
-        state = gr.State([], time_to_live=3600)  # every target's annotated image
-        gr.Examples([[samples["astronaut"], [samples["astronaut"], samples["rocket"]], ""],
-                     [samples["coffee"], [samples["coffee"], samples["chelsea"]], ""],
-                     [samples["chelsea"], [samples["chelsea"], samples["coffee"]], "60, 20, 390, 300"]],
-                    inputs=[prompt, targets, box], label="Examples (skimage.data photographs; then click Segment)")
-        inputs = [prompt, targets, region_kind, fast, instances, threshold, sam_model, features, preset, box, shots,
-                  concepts, concept_name, kshot, clicks, shown_key, method, max_points]
-        button.click(run_ipseg, inputs, [annotated, overlays, heatmaps, files, scores, summary, state],
-                     api_name="ipseg", **limits)
-        overlays.select(_pick_target, state, annotated, api_visibility="undocumented", queue=False)
-        _link_method_and_preset(method, preset)
-        # the SAM mask is shown in the click view, never written into the editor (a painted layer written
-        # back from the server froze the editor in headless Chromium); a run makes it again from the clicks
-        click_view.select(add_prompt_click, [clicks, click_kind], clicks, queue=False,
-                          api_visibility="undocumented").then(
-            prompt_mask_from_clicks, [prompt, clicks, sam_model, preset, shown_key], [click_view, click_note],
-            api_name="ipseg_prompt_mask", **limits)
-        show_here.click(show_prompt_for_clicks, prompt, [click_view, clicks, click_note, shown_key], queue=False,
-                        api_visibility="undocumented")
+                out = _outputs()
+        _wire(c, out, button, samples, limits)
 
 
-def _method_choice() -> gr.Radio:
-    return gr.Radio(METHOD_CHOICES, value="ipseg", label="Method", elem_id="ipseg-method",
-                    info="IPSeg (the paper, faithful) or GF-SAM (graph-based point fusion: DINOv2 or SAM features "
-                         "and SAM only, lighter)")
+def _prompt_controls(samples: dict) -> dict:
+    """The prompt image (painted in the editor, or uploaded through the server's check), its clicks for
+    SAM's mask, its box, and the target images."""
+    prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
+                            type="filepath", image_mode=None, format="png", layers=False, transforms=(),
+                            sources=("clipboard",), elem_id="ipseg-prompt", value=samples["chelsea"],
+                            brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
+    check_before_decoding(prompt, "prompt image")
+    with gr.Row():  # uploads go through the server's check (the editor's own ignores a bad file)
+        prompt_upload = gr.UploadButton("Upload a prompt image", file_types=["image"], type="filepath",
+                                        size="sm", elem_id="ipseg-prompt-upload")
+        prompt_status = gr.Markdown("", elem_id="ipseg-prompt-status")
+    prompt_upload.upload(checked_prompt_upload, prompt_upload, [prompt, prompt_status], queue=False,
+                         api_visibility="undocumented")
+    # open: the components of a closed accordion mount only when it opens, and an Examples row
+    # picked before that would not reach them
+    with gr.Accordion("Click to mask the prompt with SAM (instead of painting)", open=True):
+        # empty until asked: the editor's value lags behind a new image (an upload or an Examples
+        # row), so the view is filled on request and every click is checked against the editor
+        click_view = gr.Image(None, label="Click on the concept: SAM masks it", type="numpy",
+                              format="png", interactive=False, sources=(), height=260, elem_id="ipseg-click")
+        with gr.Row():
+            show_here = gr.Button("Show the prompt here", elem_id="ipseg-click-show")
+            click_kind = gr.Radio(list(CLICK_LABELS), value=next(iter(CLICK_LABELS)),
+                                  label="A click adds", elem_id="ipseg-click-kind")
+        clicks = gr.Textbox("", label="Prompt clicks: x, y, label (1 on the concept, 0 not); ';' "
+                            "between clicks", elem_id="ipseg-clicks")
+        click_note = gr.Markdown("", elem_id="ipseg-click-note")
+        shown_key = gr.State(None)  # content_key of the image in the click view
+    box = gr.Textbox("", label="Prompt box: x0, y0, x1, y1 in pixels (instead of painting)",
+                     placeholder="empty: the painting, else the automatic foreground", elem_id="ipseg-box")
+    targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
+                         columns=3, height=220, elem_id="ipseg-targets",
+                         value=[samples["chelsea"], samples["coffee"]])
+    return {"prompt": prompt, "click_view": click_view, "show_here": show_here, "click_kind": click_kind,
+            "clicks": clicks, "click_note": click_note, "shown_key": shown_key, "box": box, "targets": targets}
 
 
-def _gfsam_points() -> gr.Slider:
-    return gr.Slider(1, 128, value=128, step=1, label="GF-SAM: point prompts (max)", elem_id="ipseg-max-points",
-                     info="one SAM mask each; the reference's 128; fewer is faster on a CPU")
+def _more_prompts() -> dict:
+    with gr.Accordion("More prompts: k-shot images, other concepts", open=False):
+        concept_name = gr.Textbox(value="concept", label="Name of the prompt's concept")
+        shots = gr.Gallery(label="More prompt images of this concept (k-shot; automatic region each)",
+                           type="filepath", interactive=True, columns=4, height=140, elem_id="ipseg-shots")
+        kshot = gr.Radio(["mean", "max"], value="mean", label="k-shot: combine the prompt images by",
+                         info="mean of their prototypes, or the per-pixel max of their similarities")
+        concepts = gr.Gallery(label="Other concepts (one prompt image each, named after the file; "
+                                    "automatic region)", type="filepath", interactive=True, columns=4,
+                              height=140, elem_id="ipseg-concepts")
+    return {"concept_name": concept_name, "shots": shots, "kshot": kshot, "concepts": concepts}
 
 
-def _link_method_and_preset(method: gr.Radio, preset: gr.Radio) -> None:
-    """A method brings its own preset, a preset its method (on user input only: no event loop)."""
-    method.input(_preset_of_method, method, preset, queue=False, api_visibility="undocumented")
-    preset.input(_method_of_preset, preset, method, queue=False, api_visibility="undocumented")
-
-
-def _preset_of_method(method: str) -> str:
-    from vision.engines.ipseg.config import METHOD_PRESETS
-
-    return METHOD_PRESETS.get(method, "default")
-
-
-def _method_of_preset(preset: str) -> str:
+def _options(hub: ModelHub, cpu: bool) -> dict:
     from vision.engines.ipseg.config import PRESETS
 
-    return PRESETS.get(preset, {}).get("method", "ipseg")
+    with gr.Accordion("Options", open=False):
+        c = {"preset": gr.Radio(list(PRESETS), value="default", label="Preset",
+                                info="paper: reproduces IPSeg's reference code (reference mode, SAM-H); "
+                                     "fast: DINOv2 only; gfsam: GF-SAM's reference (DINOv2-L, SAM-H); "
+                                     "gfsam_fast: GF-SAM on sam_t's own features", elem_id="ipseg-preset"),
+             "features": gr.Dropdown(FEATURE_CHOICES, value="sam" if cpu else "preset", label="Features"),
+             "region_kind": gr.Radio(["mask", "scribble"], value="mask", label="Painting marks",
+                                     info="mask: painted over the whole concept; scribble: a few strokes on it"),
+             "fast": gr.Checkbox(value=hub.tiny or not _sd_weights_present(),
+                                 label="Skip Stable Diffusion (DINOv2 + SD features become DINOv2 only)"),
+             "instances": gr.Slider(1, 8, value=1, step=1, label="Instances per target (max)"),
+             "threshold": gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Presence threshold",
+                                    info="below it a target answers 'absent'; 0 = always a mask"),
+             "sam_model": gr.Dropdown(SAM_CHOICES, value="sam_t" if cpu else "preset", label="Segmenter (SAM)")}
+        c["max_points"] = gfsam_points()
+    return c
+
+
+def _outputs() -> dict:
+    annotated = gr.AnnotatedImage(label="Masks (click a result below to show another target)",
+                                  format="png", elem_id="ipseg-annotated")
+    with gr.Row():
+        overlays = gr.Gallery(label="Masks and point prompts (green +, red -)", columns=2,
+                              format="png", height=220, elem_id="ipseg-overlays")
+        heatmaps = gr.Gallery(label=HEATMAP_LABEL, columns=2, format="png", height=220, elem_id="ipseg-heatmaps")
+    summary = gr.Markdown(label="Summary", elem_id="ipseg-summary")
+    scores = gr.Dataframe(headers=IPSEG_HEADERS, label="Scores", interactive=False)
+    files = gr.File(label="Download masks, overlays and heatmaps (PNG)", file_count="multiple")
+    return {"annotated": annotated, "overlays": overlays, "heatmaps": heatmaps, "summary": summary,
+            "scores": scores, "files": files}
+
+
+INPUT_ORDER = ("prompt", "targets", "region_kind", "fast", "instances", "threshold", "sam_model", "features",
+               "preset", "box", "shots", "concepts", "concept_name", "kshot", "clicks", "shown_key", "method",
+               "max_points")
+
+
+def _wire(c: dict, out: dict, button, samples: dict, limits: dict) -> None:
+    for shown in (out["annotated"], out["overlays"], out["heatmaps"], c["click_view"]):
+        storage.written_once(shown)  # images written once per request (vision.ui.storage)
+    state = gr.State([], time_to_live=3600)  # every target's annotated image
+    gr.Examples([[samples["astronaut"], [samples["astronaut"], samples["rocket"]], ""],
+                 [samples["coffee"], [samples["coffee"], samples["chelsea"]], ""],
+                 [samples["chelsea"], [samples["chelsea"], samples["coffee"]], "60, 20, 390, 300"]],
+                inputs=[c["prompt"], c["targets"], c["box"]],
+                label="Examples (skimage.data photographs; then click Segment)")
+    results = [out[k] for k in ("annotated", "overlays", "heatmaps", "files", "scores", "summary")]
+    button.click(run_ipseg, [c[name] for name in INPUT_ORDER], [*results, state], api_name="ipseg", **limits)
+    out["overlays"].select(_pick_target, state, out["annotated"], api_visibility="undocumented", queue=False)
+    link_method_and_preset(c["method"], c["preset"])
+    # the SAM mask is shown in the click view, never written into the editor (a painted layer written
+    # back from the server froze the editor in headless Chromium); a run makes it again from the clicks
+    c["click_view"].select(add_prompt_click, [c["clicks"], c["click_kind"]], c["clicks"], queue=False,
+                           api_visibility="undocumented").then(
+        prompt_mask_from_clicks, [c["prompt"], c["clicks"], c["sam_model"], c["preset"], c["shown_key"]],
+        [c["click_view"], c["click_note"]], api_name="ipseg_prompt_mask", **limits)
+    c["show_here"].click(show_prompt_for_clicks, c["prompt"], [c[k] for k in ("click_view", "clicks", "click_note",
+                                                                             "shown_key")],
+                         queue=False, api_visibility="undocumented")
 
 
 def _pick_target(state: list, evt: gr.SelectData):

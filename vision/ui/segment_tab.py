@@ -155,7 +155,7 @@ def warm_up_cpu_backend(hub: ModelHub) -> threading.Thread | None:
 
     def build() -> None:
         try:
-            segment_engine(sam).runner
+            _ = segment_engine(sam).runner  # the property builds (exports, compiles) the backend
         except Exception:  # the first click reports it, with the reason
             logging.getLogger(__name__).exception("SAM backend warm-up failed")
 
@@ -174,7 +174,8 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
                     "*everything* mode finds every mask SAM can (no clicks; press Segment).")
         with gr.Row():
             with gr.Column():
-                # image_mode=None: Gradio hands over the file as uploaded, decoded by vision.imaging.load_image as the CLI does
+                # image_mode=None: Gradio hands over the file as uploaded, decoded by vision.imaging.load_image
+                # as the CLI does
                 image = gr.Image(label="Image (click on the object)", type="filepath", image_mode=None,
                                  sources=("upload", "clipboard"), elem_id="segment-image")
                 check_before_decoding(image, "image")
@@ -191,36 +192,20 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
                     sam_model = gr.Dropdown(list(SAM_MODELS), value=default_sam(hub), label="Segmenter (SAM)",
                                             info="sam_t: MobileSAM-class TinyViT (real weights install here)")
                     multimask = gr.Dropdown(list(MULTIMASK), value=next(iter(MULTIMASK)), label="Masks")
-                with gr.Accordion("Everything mode: SAM's automatic mask generator", open=False):
-                    grid = gr.Slider(1, 64, value=EVERYTHING_DEFAULTS.points_per_side, step=1,
-                                     label="Points per side (a grid of n x n clicks)",
-                                     info=f"SAM's default 32; on a CPU the engine caps it at "
-                                          f"{EVERYTHING_DEFAULTS.cpu_points_per_side}")
-                    iou_thresh = gr.Slider(0.0, 1.0, value=EVERYTHING_DEFAULTS.pred_iou_thresh, step=0.01,
-                                           label="Keep masks with SAM's predicted IoU above")
-                    stability_thresh = gr.Slider(0.0, 1.0, value=EVERYTHING_DEFAULTS.stability_score_thresh,
-                                                 step=0.01, label="Keep masks with a stability above")
+                grid, iou_thresh, stability_thresh = _everything_controls()
                 with gr.Row():
                     clear = gr.Button("Clear clicks", elem_id="segment-clear")
                     button = gr.Button("Segment", variant="primary", elem_id="segment-run")
             with gr.Column():
-                overlay = gr.Image(label="Mask overlay", format="png", interactive=False, elem_id="segment-overlay")
-                mask_file = gr.File(label="Mask PNG (best mask, or the union of all in everything mode; 0/255)",
-                                    elem_id="segment-mask")
-                summary = gr.Markdown(label="Summary", elem_id="segment-summary")
-                scores = gr.Dataframe(headers=SEGMENT_HEADERS, label="Masks (best first; everything mode: largest first)", interactive=False)
-                files = gr.File(label="Downloads: overlay PNG, labels PNG (everything mode), COCO RLE of every "
-                                      "mask (JSON)", file_count="multiple")
+                outputs = _outputs()  # overlay, mask_file, files, scores, summary
         corner = gr.State(None)
         inputs = [image, points, box, sam_model, multimask, mode, grid, iou_thresh, stability_thresh]
-        storage.written_once(overlay)  # its image is written once per request (see vision.ui.storage)
-        outputs = [overlay, mask_file, files, scores, summary]
         with gr.Row():  # skimage.data photographs
             examples.example_button("Example: coins, a click at 155, 51 (then Segment)",
                                     [samples["coins"], "155, 51, 1", ""], [image, points, box], "segment-example-coins")
             examples.example_button("Example: chelsea, the box 60, 20, 390, 300 (then Segment)",
-                              [samples["chelsea"], "", "60, 20, 390, 300"], [image, points, box],
-                              "segment-example-chelsea")
+                                    [samples["chelsea"], "", "60, 20, 390, 300"], [image, points, box],
+                                    "segment-example-chelsea")
         button.click(run_segment, inputs, outputs, api_name="segment", **limits)
         image.select(add_click, [points, box, corner, kind, mode], [points, box, corner], queue=False,
                      api_visibility="undocumented").then(
@@ -228,3 +213,31 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
             api_visibility="undocumented", **limits)
         for event in (image.upload, image.clear, clear.click, mode.change):
             event(lambda: ("", "", None), None, [points, box, corner], queue=False, api_visibility="undocumented")
+
+
+def _everything_controls() -> tuple[gr.Slider, gr.Slider, gr.Slider]:
+    """The automatic mask generator's grid and thresholds."""
+    with gr.Accordion("Everything mode: SAM's automatic mask generator", open=False):
+        grid = gr.Slider(1, 64, value=EVERYTHING_DEFAULTS.points_per_side, step=1,
+                         label="Points per side (a grid of n x n clicks)",
+                         info=f"SAM's default 32; on a CPU the engine caps it at "
+                              f"{EVERYTHING_DEFAULTS.cpu_points_per_side}")
+        iou_thresh = gr.Slider(0.0, 1.0, value=EVERYTHING_DEFAULTS.pred_iou_thresh, step=0.01,
+                               label="Keep masks with SAM's predicted IoU above")
+        stability_thresh = gr.Slider(0.0, 1.0, value=EVERYTHING_DEFAULTS.stability_score_thresh,
+                                     step=0.01, label="Keep masks with a stability above")
+    return grid, iou_thresh, stability_thresh
+
+
+def _outputs() -> list:
+    """The overlay, the mask file, the downloads, the table of masks and the summary (run_segment's order)."""
+    overlay = gr.Image(label="Mask overlay", format="png", interactive=False, elem_id="segment-overlay")
+    storage.written_once(overlay)  # its image is written once per request (see vision.ui.storage)
+    mask_file = gr.File(label="Mask PNG (best mask, or the union of all in everything mode; 0/255)",
+                        elem_id="segment-mask")
+    summary = gr.Markdown(label="Summary", elem_id="segment-summary")
+    scores = gr.Dataframe(headers=SEGMENT_HEADERS, label="Masks (best first; everything mode: largest first)",
+                          interactive=False)
+    files = gr.File(label="Downloads: overlay PNG, labels PNG (everything mode), COCO RLE of every mask (JSON)",
+                    file_count="multiple")
+    return [overlay, mask_file, files, scores, summary]

@@ -136,7 +136,7 @@ class GenerateConfig(EngineConfig):
         return [*self._model_problems(), *self._sampling_problems(), *self._cache_problems(),
                 *self._control_problems()]
 
-    def normalised(self) -> "GenerateConfig":
+    def normalised(self) -> GenerateConfig:
         scheduler = scheduler_name(self.scheduler)
         if self.arch == "sd3" and scheduler == "ddim":  # the default sampler means the family's own
             scheduler = "flow"

@@ -73,7 +73,7 @@ class DiTCache:
                                                spatial_attention_timestep_skip_range=(100, 800),
                                                current_timestep_callback=self.tracker.current)
 
-    def __enter__(self) -> "DiTCache":
+    def __enter__(self) -> DiTCache:
         from diffusers.hooks import apply_pyramid_attention_broadcast, apply_taylorseer_cache
         from diffusers.models.cache_utils import CacheMixin
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,7 +191,7 @@ class GenerateEngine(Engine):
 
     def _cache(self, pipe: Any) -> Any:
         """The cache of the run (a context manager: DeepCache for UNets, a diffusers DiT cache) or None."""
-        from vision.deepcache import DeepCache, DeepCacheError
+        from vision.deepcache import cache_for
         from vision.engines.generate.dit import DiTCache
 
         c = self.config
@@ -198,11 +199,8 @@ class GenerateEngine(Engine):
             return None
         if c.cache_method != "deepcache":
             return DiTCache(pipe.transformer, c.cache_method, c.dit_interval)
-        try:
-            return DeepCache(pipe, interval=c.deepcache, branch=c.branch, schedule=c.schedule, center=c.center,
-                             power=c.power, reference=c.reference)
-        except DeepCacheError as err:
-            raise GenerateError(str(err)) from None
+        return cache_for(pipe, GenerateError, c.deepcache, branch=c.branch, schedule=c.schedule, center=c.center,
+                         power=c.power, reference=c.reference)
 
     def _run(self, pipe: Any, job: _Job, cache: Any, **extra: Any) -> tuple[Any, float]:
         """One pipeline call with the job's seeds (under ``cache`` when given): (uint8 images, seconds)."""

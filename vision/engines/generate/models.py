@@ -23,9 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ class Lora:
     scale: float = 1.0
 
     @classmethod
-    def parse(cls, text: str) -> "Lora":
+    def parse(cls, text: str) -> Lora:
         """``PATH[:SCALE]``; a Windows drive colon or a path with colons but no number after the last one
         is all path."""
         text = str(text).strip()

@@ -5,7 +5,8 @@ The Story-Adapter engine builds on :func:`build_pipeline`, :func:`make_generator
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -30,7 +30,7 @@ class SamView:
     frame_hw: tuple[int, int]
 
     @classmethod
-    def encode(cls, model: Any, image: np.ndarray, stretch: bool, runner: Any = None) -> "SamView":
+    def encode(cls, model: Any, image: np.ndarray, stretch: bool, runner: Any = None) -> SamView:
         """``image`` (RGB uint8 [H, W, 3]) in its frame, encoded by ``runner`` (a
         :class:`~vision.sam.SamRunner` of ``model``: its backend; default: torch, nothing cached)."""
         from vision.sam import SamRunner

@@ -89,9 +89,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -99,13 +100,21 @@ import torch
 from vision.common import LRUCache, content_key
 from vision.engines.contract import Engine, ProgressCallback, ProgressReporter
 from vision.engines.ipseg import gfsam_run
+from vision.engines.ipseg import points as pts
 from vision.engines.ipseg.cascade import SamView, sam_cascade
 from vision.engines.ipseg.config import IPSegConfig, IPSegError
 from vision.engines.ipseg.features import FeatureExtractor, fused_similarity, prototype
 from vision.engines.ipseg.modes import mode_for
-from vision.engines.ipseg.prompts import Concept, Prompt, as_concepts, auto_region, grid_region, mask_touches_grid, user_region
+from vision.engines.ipseg.prompts import (
+    Concept,
+    Prompt,
+    as_concepts,
+    auto_region,
+    grid_region,
+    mask_touches_grid,
+    user_region,
+)
 from vision.engines.ipseg.results import ConceptResult, Instance, IPSegBatch, IPSegResult, TargetError
-from vision.engines.ipseg import points as pts
 from vision.imaging import ImageError, ImageInput, load_image
 from vision.weights import ensure_present
 

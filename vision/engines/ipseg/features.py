@@ -10,7 +10,8 @@ resized differ by mode (:meth:`~vision.engines.ipseg.modes.ProductMode.valid_cel
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

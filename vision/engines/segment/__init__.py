@@ -48,8 +48,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -138,7 +139,7 @@ class SegmentEngine(Engine):
         """The LRU cache of encoded images (``misses`` counts the encoder passes)."""
         return self.runner.cache
 
-    def with_config(self, **changes: Any) -> "SegmentEngine":
+    def with_config(self, **changes: Any) -> SegmentEngine:
         """Another engine with ``changes`` to the settings, sharing this one's runner (model, backend and
         cache of encoded images) when ``sam_model``, ``backend`` and ``cache_size`` are unchanged."""
         engine = SegmentEngine(self.config.replace(**changes), self.hub)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 Point = tuple[float, float, int]  # x, y in pixels; label 1 = foreground, 0 = background
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels

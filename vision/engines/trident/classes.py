@@ -55,9 +55,9 @@ def parse_classes(classes: Any, background: int | None = None) -> Classes:
     :class:`~vision.classnames.ClassList`; or a :class:`Classes`. Errors
     (:class:`ValueError`, with the reason): no classes, a single class, more than :data:`MAX_CLASSES`,
     an empty class, a name used twice (case-insensitive) in a user's list, a ";" inside one class's
-    entry, a background index out of range. A benchmark list runs as it is: a name it repeats across classes (COCO-Object's "bed") is
-    kept and ties with its first class, which wins. The background class is ``background``, else the
-    benchmark's, else the class one of whose names is "background".
+    entry, a background index out of range. A benchmark list runs as it is: a name it repeats across
+    classes (COCO-Object's "bed") is kept and ties with its first class, which wins. The background
+    class is ``background``, else the benchmark's, else the class one of whose names is "background".
     """
     if isinstance(classes, Classes) and background is None:
         return classes

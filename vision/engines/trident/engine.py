@@ -105,8 +105,9 @@ import contextlib
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -258,7 +259,8 @@ class TridentEngine(Engine):
         report(STAGES[name], STAGE_MESSAGES[name], stage=list(STAGES).index(name), stages=len(STAGES))
         return stage(timings, name, self.hub.device)
 
-    def _segment(self, rgb: np.ndarray, classes: Classes, return_probs: bool, report: ProgressReporter) -> TridentResult:
+    def _segment(self, rgb: np.ndarray, classes: Classes, return_probs: bool,
+                 report: ProgressReporter) -> TridentResult:
         """The steps of the module docstring: 1-4 CLIP/DINO windows spliced, 5 SAM, 6 logits, 7 refinement."""
         cfg, mode = self.config, mode_for(self.config)
         timings: dict[str, float] = {}

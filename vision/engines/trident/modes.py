@@ -6,7 +6,8 @@ in brackets. :func:`mode_for` is the only place that reads the switch.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
