@@ -12,8 +12,8 @@ within each repeat so a busy moment of the machine hits every backend alike:
   mask upscaled), median over 7 clicks;
 * **everything** (``--everything``, default 16 32): SAM's everything mode at those grids (embedding
   cached; ``reference=True``: no CPU cap);
-* **IPSeg episode** (``--ipseg``, on in ``bench cpu``): one IPSeg target with SAM features and sam_t
-  (prompt cached, as in the app: the target's SAM encoding, similarity, points and the cascade).
+* **IPSeg episode** (``--ipseg``, on in ``bench cpu``): one IPSeg target with SAM features and sam_t on
+  each backend (``sam_backend``; prompt cached, as in the app: the target's SAM encoding, similarity, points and the cascade).
 
 The export of each compiled backend is made (or reused) before timing. Times are wall-clock seconds with
 ``--threads`` torch/ONNX/OpenVINO threads (default: the cores). The load average before and after is
@@ -118,24 +118,26 @@ def measure_everything(engines: dict, image: np.ndarray, sides: list[int], torch
     return out
 
 
-def measure_ipseg(hub) -> float:
-    """Seconds of one IPSeg target with SAM features and sam_t (prompt cached, as in the app: the
-    target's SAM encoding, similarity, points and the cascade). IPSeg encodes with torch: its config has
-    no SAM backend choice yet."""
-    from vision.engines.ipseg import IPSeg, IPSegConfig, Prompt
+def measure_ipseg(hub, backends: list[str]) -> dict[str, float]:
+    """Seconds of one IPSeg target with SAM features and sam_t on each backend (``sam_backend``; prompt
+    cached, as in the app: the target's SAM encoding, similarity, points and the cascade), best of 2."""
+    from vision.engines.ipseg import IPSegConfig, IPSegEngine, Prompt
     from vision.imaging import sample_image
 
     coffee = sample_image("coffee")
     mask = np.zeros(coffee.shape[:2], bool)
     mask[130:340, 200:420] = True  # the cup
     target = np.ascontiguousarray(coffee[:, ::-1])
-    engine = IPSeg(IPSegConfig(features="sam", sam_model="sam_t"), hub)
     prompt = Prompt(coffee, mask=mask)
-    engine.segment(prompt, target)  # warm-up; the prompt's features are cached from here on
-    return round(min(wall(lambda: engine.segment(prompt, target)) for _ in range(2)), 2)
+    seconds = {}
+    for backend in backends:
+        engine = IPSegEngine(IPSegConfig(features="sam", sam_model="sam_t", sam_backend=backend), hub)
+        engine(prompt, target)  # warm-up; the prompt's features are cached from here on
+        seconds[backend] = round(min(wall(lambda engine=engine: engine(prompt, target)) for _ in range(2)), 2)
+    return seconds
 
 
-def report_lines(results: dict, everything: dict, ipseg: float | None, backends: list[str]) -> list[str]:
+def report_lines(results: dict, everything: dict, ipseg: dict | None, backends: list[str]) -> list[str]:
     def row(label: str, values: list, fmt: str, extra: list | None = None) -> str:
         base = values[0]
         cells = ["not run" if v is None else format(v, fmt) + ("" if i == 0 or not base else f" ({base / v:.1f}x)")
@@ -152,8 +154,7 @@ def report_lines(results: dict, everything: dict, ipseg: float | None, backends:
         lines.append(row(f"**everything, {side}x{side} points (s)**", [r and r["seconds"] for r in runs], ".2f",
                          [r and f"{r['masks']} masks" for r in runs]))
     if ipseg is not None:
-        lines.append(f"| **IPSeg target, SAM features (s)** | {ipseg:.2f} | "
-                     + " | ".join("n/a (IPSeg encodes with torch)" for _ in backends[1:]) + " |")
+        lines.append(row("**IPSeg target, SAM features (s)**", [ipseg[b] for b in backends], ".2f"))
     return lines + ["", "In brackets: torch's time / this backend's (higher is faster). \"not run\": torch's "
                     "everything mode above --torch-everything-max (minutes on a CPU)."]
 
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None, ipseg_default: bool = False, title: str 
     built = engines(hub, backends)
     results = measure_clicks(built, image, args.repeats)
     everything = measure_everything(built, image, args.everything, args.torch_everything_max) if args.everything else {}
-    ipseg = measure_ipseg(hub) if args.ipseg else None
+    ipseg = measure_ipseg(hub, backends) if args.ipseg else None
     info = machine()
     report = {"machine": info, "load_average_before": load_before, "uptime_before": uptime_before,
               "uptime_after": _uptime(), "sam_t_weights": origin, "threads": args.threads, "repeats": args.repeats,
