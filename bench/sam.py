@@ -13,7 +13,8 @@ within each repeat so a busy moment of the machine hits every backend alike:
 * **everything** (``--everything``, default 16 32): SAM's everything mode at those grids (embedding
   cached; ``reference=True``: no CPU cap);
 * **IPSeg episode** (``--ipseg``, on in ``bench cpu``): one IPSeg target with SAM features and sam_t on
-  each backend (``sam_backend``; prompt cached, as in the app: the target's SAM encoding, similarity, points and the cascade).
+  each backend (``sam_backend``; prompt cached, as in the app: the target's SAM encoding, similarity, points
+  and the cascade).
 
 The export of each compiled backend is made (or reused) before timing. Times are wall-clock seconds with
 ``--threads`` torch/ONNX/OpenVINO threads (default: the cores). The load average before and after is
