@@ -99,7 +99,8 @@ def make_config(args: argparse.Namespace):
     return IPSegConfig.from_preset(args.preset or "default", **changes).validate()
 
 
-def _pair(values: list | None, n: int, flag: str) -> list:
+def per_prompt(values: list | None, n: int, flag: str) -> list:
+    """``flag``'s values, one per ``--prompt`` (``n``), or ``n`` Nones when the flag is not given."""
     if not values:
         return [None] * n
     if len(values) != n:
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         n = len(args.prompt)
-        masks, boxes = _pair(args.prompt_mask, n, "--prompt-mask"), _pair(args.prompt_box, n, "--prompt-box")
+        masks, boxes = per_prompt(args.prompt_mask, n, "--prompt-mask"), per_prompt(args.prompt_box, n, "--prompt-box")
         for path in [*args.prompt, *(m for m in masks if m)]:
             if not Path(path).is_file():
                 raise ValueError(f"{path}: no such file")

@@ -22,6 +22,7 @@ import hashlib
 import sys
 from pathlib import Path
 
+from vision.commands.ipseg import per_prompt
 from vision.engines.ipseg.config import FEATURES, METHODS, SAM_MODELS  # no torch: --help stays quick
 from vision.engines.ipseg.config import PRESETS as IMAGE_PRESETS
 from vision.engines.video.config import PRESETS, SAM2_MODELS, TRACKS
@@ -101,7 +102,8 @@ def make_prompt(args: argparse.Namespace):
     box = _numbers(args.box, 4, "--box") if args.box else None
     if args.prompt:
         n = len(args.prompt)
-        masks, boxes = _pair(args.prompt_mask, n, "--prompt-mask"), _pair(args.prompt_box, n, "--prompt-box")
+        masks = per_prompt(args.prompt_mask, n, "--prompt-mask")
+        boxes = per_prompt(args.prompt_box, n, "--prompt-box")
         shots = [Prompt(image, mask=mask, box=_numbers(b, 4, "--prompt-box") if b else None)
                  for image, mask, b in zip(args.prompt, masks, boxes, strict=True)]
         exemplar = Concept(shots, name=Path(args.prompt[0]).stem)
@@ -172,14 +174,6 @@ def _numbers(text: str, n: int, flag: str) -> list[float]:
         values = []
     if len(values) != n:
         raise ValueError(f"{flag} wants {n} comma-separated numbers in pixels, got {text!r}")
-    return values
-
-
-def _pair(values: list | None, n: int, flag: str) -> list:
-    if not values:
-        return [None] * n
-    if len(values) != n:
-        raise ValueError(f"give one {flag} per --prompt ({len(values)} for {n} prompts)")
     return values
 
 
