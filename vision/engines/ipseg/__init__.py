@@ -19,8 +19,7 @@ line needs to build its options) loads without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vision.engines import lazy_exports
 
 _EXPORTS = {
     "config": ("FEATURES", "PRESETS", "SAM_MODELS", "IPSegConfig", "IPSegError", "IPSegWarning"),
@@ -29,11 +28,4 @@ _EXPORTS = {
     "prompts": ("Concept", "Prompt", "as_concepts"),
     "results": ("IPSegBatch", "ConceptResult", "Instance", "IPSegResult", "TargetError"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = list(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -15,8 +15,7 @@ are :mod:`vision.batch.video`. Names below are imported on first use (the config
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vision.engines import lazy_exports
 
 _EXPORTS = {
     "config": ("PRESETS", "SAM2_MODELS", "TRACKS", "VideoConfig", "VideoError"),
@@ -24,11 +23,4 @@ _EXPORTS = {
     "prompt": ("VideoPrompt",),
     "results": ("FrameResult", "FrameSummary", "TrackedInstance", "VideoResult", "overlay_frame"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = list(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
