@@ -13,6 +13,7 @@ from vision.engines.ipseg import IPSegConfig, IPSegEngine, Prompt
 from vision.engines.ipseg.cascade import SamView
 from vision.hub import ModelHub
 from vision.imaging import sample_image
+from vision.sam.backends import resolve_backend
 
 FEATURE_MODELS = ("dinov2_b14", "sd15_unet", "sd15_vae", "sd15_text_encoder", "sd15_tokenizer")
 
@@ -24,6 +25,18 @@ class EncoderCounter:
 
     def close(self):
         self.handle.remove()
+
+
+def test_reference_mode_runs_sam_on_torch_unless_told_otherwise():
+    """``sam_backend="auto"`` picks a compiled CPU backend, whose embedding differs from the reference's own
+    SAM modules by float error; a reference run keeps torch (an explicit backend is still obeyed)."""
+    hub = ModelHub(tiny=True, device="cpu")
+    cat = sample_image("chelsea")
+    mask = np.zeros(cat.shape[:2], bool)
+    mask[60:240, 120:330] = True
+    for reference, expected in ((True, "torch"), (False, resolve_backend("auto", "cpu"))):
+        config = IPSegConfig(features="sam", sam_model="sam_t", reference=reference)
+        assert IPSegEngine(config, hub=hub)(Prompt(cat, mask=mask), cat).sam_backend == expected
 
 
 def test_sam_features_need_sam_alone():

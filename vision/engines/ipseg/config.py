@@ -74,7 +74,8 @@ class IPSegConfig(EngineConfig):
     sd_noise_seed: int | None = None  # seed of the SD noise; None: ``seed``
     latent_scale: float = 0.18215
     sam_model: str = "sam_b"  # "sam_t", "sam_b" or "sam_h" (the paper's)
-    sam_backend: str = "auto"  # where SAM runs: torch | onnx | openvino | auto (the fastest on a CPU)
+    sam_backend: str = "auto"  # where SAM runs: torch | onnx | openvino | auto (the fastest on a CPU; torch
+    # in reference mode, whose SAM is the reference's own modules)
     top_k: int = 32
     clusters: int = 4
     kmeans_iters: int = 20

@@ -52,6 +52,8 @@ k-means 0, SD noise 42) reproduces the reference code (``perseg_test.sh``, ``ips
 * [e] SAM sees the target stretched to 1024x1024 (aspect not kept; OpenCV bilinear), points at
   ``col * 1024/60 + 1024/120``; the cascade runs in that frame and the final mask is resized (nearest)
   to the image. Default: ``SamPredictor``'s aspect-keeping frame (the same points in image pixels).
+* SAM runs on its own PyTorch modules when ``sam_backend="auto"`` (the reference's SAM); default: ``auto``
+  picks the fastest installed CPU backend (ONNX Runtime / OpenVINO: the embedding moves by float error).
 
 **Differences from the reference in every mode**, each with its reason:
 

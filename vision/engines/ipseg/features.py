@@ -167,12 +167,15 @@ class FeatureExtractor:
 
     def sam_view(self, image: np.ndarray, stretch: bool | None = None) -> SamView:
         """``image`` encoded by SAM on the configured backend (``sam_backend``: the fastest installed one on a
-        CPU with ``auto``; :mod:`vision.sam.backends`), stretched to SAM's square when ``stretch`` (default:
-        the mode's frame)."""
+        CPU with ``auto``, torch in reference mode; :mod:`vision.sam.backends`), stretched to SAM's square
+        when ``stretch`` (default: the mode's frame)."""
         if self._runner is None:
             from vision.sam import runner_for
 
-            self._runner = runner_for(self.hub, self.config.sam_model, self.config.sam_backend)
+            backend = self.config.sam_backend
+            if backend == "auto" and self.config.reference:
+                backend = "torch"  # the reference's own SAM modules: a compiled backend moves the embedding
+            self._runner = runner_for(self.hub, self.config.sam_model, backend)
         stretch = self.mode.stretch_sam if stretch is None else stretch
         return SamView.encode(self.hub.get(self.config.sam_model), image, stretch, self._runner)
 
