@@ -255,17 +255,15 @@ def test_real_sam_t_a_click_on_the_cup_prompts_a_run_that_finds_it_flipped(real_
 
 
 def test_browser_real_sam_t_a_click_on_the_prompt_shows_the_cup_mask(real_page, tmp_path):
-    """The coffee example, then 'Show the prompt here' and a click on the cup: the note gives the mask SAM
-    (sam_t: the preset's sam_b has no weights here) made for that click."""
+    """The coffee example, then a click on the cup in the click view (it shows the new prompt at once): the
+    note gives the mask SAM (sam_t: the preset's sam_b has no weights here) made for that click."""
     from playwright.sync_api import expect
 
     page = real_page
     page.locator("tbody tr").nth(1).click()  # the coffee row
     expect(page.locator("#ipseg-prompt canvas").first).to_be_visible()
-    click(page, "#ipseg-click-show")
     shown = "#ipseg-click img"
-    page.wait_for_function("s => {const e = document.querySelector(s); return e && e.naturalWidth === 600}",
-                           arg=shown)
+    _shown_width(page, shown, 600)
     click_image_pixel(page, shown, *CUP_CLICK)
     note = page.locator("#ipseg-click-note")
     expect(note).to_contain_text("SAM sam_t mask from 1 click(s)")  # as the page renders the markdown
@@ -273,3 +271,25 @@ def test_browser_real_sam_t_a_click_on_the_prompt_shows_the_cup_mask(real_page, 
     assert 0.3 < area / (600 * 400) < 0.7, note.inner_text()  # the cup on its saucer (48%)
     expect(page.locator("#ipseg-clicks textarea")).to_have_value(re.compile(r"^3\d\d, 2\d\d, 1$"))
     shot(page, tmp_path, "ipseg_click_to_mask")
+
+
+def _shown_width(page, selector: str, width: int) -> None:
+    """Wait until the image at ``selector`` has loaded and is ``width`` px wide (its own pixels)."""
+    page.wait_for_function("([s, w]) => {const e = document.querySelector(s); "
+                           "return e && e.complete && e.naturalWidth === w}", arg=[selector, width])
+
+
+def test_browser_a_new_prompt_fills_the_click_view_at_once(page):
+    """#20.7: the click view stayed empty until 'Show the prompt here'. It opens with the editor's chelsea
+    (451 x 300); the coffee row (600 x 400) fills it, no clicks, ready for a click."""
+    from playwright.sync_api import expect
+
+    _shown_width(page, "#ipseg-click img", 451)
+    page.locator("tbody tr").nth(1).click()  # the coffee row; no 'Show the prompt here'
+    _shown_width(page, "#ipseg-click img", 600)
+    clicks = page.locator("#ipseg-clicks textarea")
+    expect(clicks).to_have_value("")
+    clicks.fill("5, 5, 1")  # 'Show the prompt here' stays: it shows the editor's image and clears the clicks
+    click(page, "#ipseg-click-show")
+    expect(clicks).to_have_value("")
+    _shown_width(page, "#ipseg-click img", 600)

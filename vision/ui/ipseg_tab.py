@@ -279,6 +279,12 @@ def show_prompt_for_clicks(prompt_value):
     return image, "", "", content_key(image)
 
 
+def prompt_view(path: str | None):
+    """A prompt image file going into the editor -> the click view's image, clicks, note and key, as
+    :func:`show_prompt_for_clicks` gives them; read from the file (the editor's value lags behind it)."""
+    return show_prompt_for_clicks({"background": path}) if path else (None, "", "", None)
+
+
 IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instance", "score", "SAM IoU", "area (px)"]
 
 
@@ -318,13 +324,10 @@ def _prompt_controls(samples: dict) -> dict:
         prompt_upload = gr.UploadButton("Upload a prompt image", file_types=["image"], type="filepath",
                                         size="sm", elem_id="ipseg-prompt-upload")
         prompt_status = gr.Markdown("", elem_id="ipseg-prompt-status")
-    prompt_upload.upload(checked_prompt_upload, prompt_upload, [prompt, prompt_status], queue=False,
-                         api_visibility="undocumented")
     # open: the components of a closed accordion mount only when it opens, and an Examples row
     # picked before that would not reach them
     with gr.Accordion("Click to mask the prompt with SAM (instead of painting)", open=True):
-        # empty until asked: the editor's value lags behind a new image (an upload or an Examples
-        # row), so the view is filled on request and every click is checked against the editor
+        # each new prompt fills it from its file, or the editor on request; clicks are checked against the editor
         click_view = gr.Image(None, label="Click on the concept: SAM masks it", type="numpy",
                               format="png", interactive=False, sources=(), height=260, elem_id="ipseg-click")
         with gr.Row():
@@ -340,8 +343,9 @@ def _prompt_controls(samples: dict) -> dict:
     targets = gr.Gallery(label="Target images (one or more)", type="filepath", interactive=True,
                          columns=3, height=220, elem_id="ipseg-targets",
                          value=[samples["chelsea"], samples["coffee"]])
-    return {"prompt": prompt, "click_view": click_view, "show_here": show_here, "click_kind": click_kind,
-            "clicks": clicks, "click_note": click_note, "shown_key": shown_key, "box": box, "targets": targets}
+    return {"prompt": prompt, "prompt_upload": prompt_upload, "prompt_status": prompt_status,
+            "click_view": click_view, "show_here": show_here, "click_kind": click_kind, "clicks": clicks,
+            "click_note": click_note, "shown_key": shown_key, "box": box, "targets": targets}
 
 
 def _more_prompts() -> dict:
@@ -401,11 +405,7 @@ def _wire(c: dict, out: dict, button, samples: dict, limits: dict) -> None:
     for shown in (out["annotated"], out["overlays"], out["heatmaps"], c["click_view"]):
         storage.written_once(shown)  # images written once per request (vision.ui.storage)
     state = gr.State([], time_to_live=3600)  # every target's annotated image
-    gr.Examples([[samples["astronaut"], [samples["astronaut"], samples["rocket"]], ""],
-                 [samples["coffee"], [samples["coffee"], samples["chelsea"]], ""],
-                 [samples["chelsea"], [samples["chelsea"], samples["coffee"]], "60, 20, 390, 300"]],
-                inputs=[c["prompt"], c["targets"], c["box"]],
-                label="Examples (skimage.data photographs; then click Segment)")
+    _examples_and_upload(c, samples)
     results = [out[k] for k in ("annotated", "overlays", "heatmaps", "files", "scores", "summary")]
     button.click(run_ipseg, [c[name] for name in INPUT_ORDER], [*results, state], api_name="ipseg", **limits)
     out["overlays"].select(_pick_target, state, out["annotated"], api_visibility="undocumented", queue=False)
@@ -423,3 +423,25 @@ def _wire(c: dict, out: dict, button, samples: dict, limits: dict) -> None:
 
 def _pick_target(state: list, evt: gr.SelectData):
     return state[evt.index] if state and evt.index is not None and evt.index < len(state) else gr.skip()
+
+
+def _examples_and_upload(c: dict, samples: dict) -> None:
+    """The Examples rows and the prompt's upload; both fill the click view at once with the new prompt, as
+    the page's load does with the first (on load: over the API no view was shown, clicks are unchecked)."""
+    rows = [[samples["astronaut"], [samples["astronaut"], samples["rocket"]], ""],
+            [samples["coffee"], [samples["coffee"], samples["chelsea"]], ""],
+            [samples["chelsea"], [samples["chelsea"], samples["coffee"]], "60, 20, 390, 300"]]
+    example_table = gr.Examples(rows, inputs=[c["prompt"], c["targets"], c["box"]],
+                                label="Examples (skimage.data photographs; then click Segment)")
+    view = [c[k] for k in ("click_view", "clicks", "click_note", "shown_key")]
+    gr.on(None, functools.partial(prompt_view, samples["chelsea"]), None, view, queue=False, api_visibility="private")
+    c["prompt_upload"].upload(_upload_prompt, c["prompt_upload"], [c["prompt"], c["prompt_status"], *view],
+                              queue=False, api_visibility="undocumented")
+    example_table.dataset.click(lambda picked: prompt_view(rows[picked[0]][0]), example_table.dataset, view,
+                                queue=False, api_visibility="private")
+
+
+def _upload_prompt(path: str | None):
+    """An upload -> the editor and its status (:func:`checked_prompt_upload`), and the click view."""
+    value, status = checked_prompt_upload(path)
+    return value, status, *prompt_view(value)
