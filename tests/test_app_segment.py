@@ -1,10 +1,12 @@
-"""The Segment tab: the ``/segment`` API on the session's tiny server (clicks, a box, the everything mode), and a
-click on a coin in Chromium on a server with the real ``sam_t`` weights (the shown mask is that coin)."""
+"""The Segment tab: the ``/segment`` API on the session's tiny server (clicks, a box, the everything mode), two
+box-corner clicks in Chromium on that server, and a click on a coin in Chromium on a server with the real
+``sam_t`` weights (the shown mask is that coin)."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,34 @@ def test_segment_api_outputs_are_named(client):
     returns = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/segment"]["returns"]
     labels = [r["label"] for r in returns]
     assert not [label for label in labels if label.startswith("value_")], labels
+
+
+def test_browser_the_first_box_corner_click_shows_the_corner(page, server, photos):
+    """#20.7: after the first of two box-corner clicks nothing showed. The overlay now shows the image with
+    that corner marked (green) and the summary asks for the opposite corner; the second click makes the box
+    and runs SAM."""
+    from playwright.sync_api import expect
+
+    open_tab(page, "Segment")
+    page.locator("#segment-image input[type=file]").set_input_files(photos["chelsea"])  # 160 x 106
+    shown = "#segment-image img"
+    page.wait_for_function("s => {const e = document.querySelector(s); return e && e.naturalWidth > 0}", arg=shown)
+    page.locator("#segment-kind label", has_text="box corner").click()
+    click_image_pixel(page, shown, 40, 30)
+    summary = page.locator("#segment-summary")
+    expect(summary).to_contain_text("click the opposite corner")
+    x, y = (int(v) for v in re.search(r"first corner at (\d+), (\d+)", summary.inner_text()).groups())
+    assert abs(x - 40) <= 2 and abs(y - 30) <= 2
+    src = page.locator("#segment-overlay img").first.get_attribute("src")
+    response = page.request.get(src if src.startswith("http") else server.url.rstrip("/") + src)
+    assert response.ok
+    view, plain = (np.asarray(Image.open(f).convert("RGB")) for f in (io.BytesIO(response.body()), photos["chelsea"]))
+    assert view.shape == plain.shape and tuple(view[y, x]) == (0, 255, 0) != tuple(plain[y, x])
+    expect(page.locator("#segment-box textarea")).to_have_value("")
+    click_image_pixel(page, shown, 120, 90)
+    expect(summary).to_contain_text("a box")
+    box = [int(v) for v in page.locator("#segment-box textarea").input_value().split(",")]
+    assert box[:2] == [x, y] and abs(box[2] - 121) <= 2 and abs(box[3] - 91) <= 2
 
 
 # ------------------------------------------------------------------------------ real weights, browser

@@ -174,6 +174,42 @@ def test_settings_are_checked():
     assert S.PRESETS["sam"].reference and not S.PRESETS["default"].reference
 
 
+# --------------------------------------------------------------------- the Segment tab's box corners
+def test_the_first_box_corner_is_drawn_on_the_image(chelsea_file, chelsea):
+    """#20.7: after the first of two box-corner clicks the tab showed nothing. Its view now marks the corner
+    (a green cross in a ring) and the typed clicks on the plain image, nothing else (not the box the new one
+    replaces), and asks for the opposite corner."""
+    from vision.ui.segment_tab import pending_corner_view
+
+    view, note = pending_corner_view(str(chelsea_file), "20, 30, 1", "10, 10, 50, 50", (200, 150))
+    assert view.shape == chelsea.shape and view.dtype == np.uint8
+    assert tuple(view[150, 200]) == (0, 255, 0) != tuple(chelsea[150, 200])  # the corner pixel itself
+    ys, xs = np.nonzero(np.any(view != chelsea, axis=2))
+    near_corner, near_click = np.hypot(xs - 200, ys - 150) <= 10, np.hypot(xs - 20, ys - 30) <= 5
+    assert near_corner.sum() > 30 and near_click.sum() > 10 and np.all(near_corner | near_click)
+    assert "first corner at 200, 150; click the opposite corner" in note
+    assert "replaces the current one (10, 10, 50, 50)" in note
+
+
+def test_two_box_corner_clicks_show_the_corner_then_make_the_box(chelsea_file):
+    """The first corner click returns the corner view and summary note (and starts no run, even with typed
+    clicks); the second returns the box, from either corner order, and leaves the view to the run."""
+    import gradio as gr
+
+    from vision.ui.segment_tab import add_click, segment_after_click
+
+    def click(x, y, corner, kind="box corner"):
+        return add_click(str(chelsea_file), "20, 30, 1", "", corner, kind, "prompts",
+                         gr.SelectData(None, {"index": [x, y], "value": None}))
+
+    points, box, corner, view, note = click(300, 200, None)
+    assert (points, box, corner) == ("20, 30, 1", "", (300, 200)) and tuple(view[200, 300]) == (0, 255, 0)
+    assert "first corner at 300, 200" in note
+    assert segment_after_click(str(chelsea_file), points, box, corner, "sam_t", None, "prompts") == (gr.skip(),) * 5
+    assert click(100, 50, corner) == ("20, 30, 1", "100, 50, 301, 201", None, gr.skip(), gr.skip())
+    assert click(100, 50, None, "foreground point")[2:] == (None, gr.skip(), gr.skip())
+
+
 def run_cli(*args, env_extra=None, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "vision", *args], capture_output=True, text=True, cwd=ROOT,

@@ -9,9 +9,12 @@ import threading
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from vision.engines.segment import SegmentConfig, SegmentEngine
+from vision.engines.segment.result import draw_prompts
 from vision.hub import SAM_MODELS, ModelHub, get_hub
+from vision.imaging import load_image
 from vision.ui import errors, examples, form, gpu, notices, runs, storage, uploads
 from vision.ui.notices import tiny_prefix
 from vision.ui.sam import default_sam, segment_engine
@@ -118,26 +121,45 @@ def _summary(result) -> str:
             f"{encoder}, decoder {1000 * t['decoder']:.0f} ms.{notes}\n\n{HOW_TO_READ}")
 
 
-def add_click(points_text: str, box_text: str, corner, kind: str, mode: str, evt: gr.SelectData):
-    """A click on the image (pixel coordinates ``evt.index``) -> the points text, the box text and the
-    pending box corner (the first of two corner clicks). The everything mode takes no clicks."""
+def add_click(image, points_text: str, box_text: str, corner, kind: str, mode: str, evt: gr.SelectData):
+    """A click on the image (pixel coordinates ``evt.index``) -> the points text, the box text, the pending
+    box corner (the first of two corner clicks), and the overlay and summary: after a first corner click
+    the image with that corner marked and a note asking for the opposite one (:func:`pending_corner_view`),
+    unchanged otherwise (the run after the click fills them). The everything mode takes no clicks."""
     if mode == "everything":
-        return gr.skip(), gr.skip(), gr.skip()
+        return (gr.skip(),) * 5
     x, y = (int(v) for v in evt.index[:2])
     if kind == "box corner":
         if corner is None:
-            return points_text, box_text, (x, y)
+            return points_text, box_text, (x, y), *pending_corner_view(image, points_text, box_text, (x, y))
         (x0, y0) = corner
         box = (min(x0, x), min(y0, y), max(x0, x) + 1, max(y0, y) + 1)
-        return points_text, ", ".join(str(v) for v in box), None
+        return points_text, ", ".join(str(v) for v in box), None, gr.skip(), gr.skip()
     label = 1 if kind == "foreground point" else 0
-    return form.append_point(points_text, x, y, label), box_text, None
+    return form.append_point(points_text, x, y, label), box_text, None, gr.skip(), gr.skip()
+
+
+def pending_corner_view(image, points_text: str, box_text: str, corner: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """The first box-corner click shown before the second, so the user sees it registered: (the image,
+    RGB uint8 [H, W, 3], with the typed clicks and a marker at ``corner`` (x, y pixels), and a note that
+    asks for the opposite corner). The current box is not drawn: the new one replaces it."""
+    rgb = load_image(form.require(form.file_path(image), "an image (then click on the object)"))
+    try:
+        points = form.parse_numbers(points_text, 3, "points")
+    except ValueError:  # a typo in the typed points: the run after the second corner names it
+        points = []
+    x, y = corner
+    note = f"**Box:** first corner at {x}, {y}; click the opposite corner."
+    if (box_text or "").strip():
+        note += f" The new box replaces the current one ({box_text.strip()})."
+    return draw_prompts(rgb, points, corner=corner), note
 
 
 def segment_after_click(image, points_text, box_text, corner, sam_model, multimask_choice, mode):
-    """Run after each click; waits (no output) while only the first box corner is set, and in the
-    everything mode (which takes no clicks: its Segment button runs it)."""
-    if mode == "everything" or (not (points_text or "").strip() and not (box_text or "").strip()):
+    """Run after each click; waits (no output: the click showed the pending corner) while the first box
+    corner is set, and in the everything mode (which takes no clicks: its Segment button runs it)."""
+    if mode == "everything" or corner is not None or (not (points_text or "").strip()
+                                                      and not (box_text or "").strip()):
         return (gr.skip(),) * 5
     return run_segment(image, points_text, box_text, sam_model, multimask_choice)
 
@@ -170,8 +192,9 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
     with gr.Tab("Segment", id="segment"):
         notices.missing_weights_note(hub, "segment", SegmentConfig(sam_model=default_sam(hub)))
         gr.Markdown("**Segment** (SAM): upload a photo and click on an object. Each click adds a point of the kind "
-                    "chosen below; two *box corner* clicks make a box. Points and the box can also be typed. The "
-                    "*everything* mode finds every mask SAM can (no clicks; press Segment).")
+                    "chosen below; two *box corner* clicks make a box (the first is marked until the second). Points "
+                    "and the box can also be typed. The *everything* mode finds every mask SAM can (no clicks; "
+                    "press Segment).")
         with gr.Row():
             with gr.Column():
                 # image_mode=None: Gradio hands over the file as uploaded, decoded by vision.imaging.load_image
@@ -207,7 +230,8 @@ def segment_tab(hub: ModelHub, limits: dict) -> None:
                                     [samples["chelsea"], "", "60, 20, 390, 300"], [image, points, box],
                                     "segment-example-chelsea")
         button.click(run_segment, inputs, outputs, api_name="segment", **limits)
-        image.select(add_click, [points, box, corner, kind, mode], [points, box, corner], queue=False,
+        clicked = [points, box, corner, outputs[0], outputs[4]]  # outputs 0, 4: the overlay, the summary
+        image.select(add_click, [image, points, box, corner, kind, mode], clicked, queue=False,
                      api_visibility="undocumented").then(
             segment_after_click, [image, points, box, corner, sam_model, multimask, mode], outputs,
             api_visibility="undocumented", **limits)

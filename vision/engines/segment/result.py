@@ -13,6 +13,32 @@ from vision.engines.contract import EngineConfig, engine_record
 from vision.engines.segment.prompts import Box, Point
 from vision.imaging import overlay_labels, overlay_mask, tiny_banner
 
+BOX_COLOUR = (0, 255, 0)
+
+
+def draw_prompts(image: np.ndarray, points: Sequence[Sequence[float]] = (), box: Box | None = None,
+                 corner: tuple[int, int] | None = None) -> np.ndarray:
+    """``image`` (RGB uint8 [H, W, 3]) with the prompts drawn, as a new array of the same shape: clicks
+    ``(x, y, label)`` as dots (foreground green, background red), the box ``(x0, y0, x1, y1)`` as a green
+    frame, and ``corner`` ``(x, y)``, the first of two box-corner clicks, as a green cross in a ring
+    (outlined in black, so that it shows on green and light areas too). Coordinates are image pixels."""
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    r = max(3, min(image.shape[:2]) // 80)  # dot radius, px
+    for x, y, label in points:
+        colour = (0, 200, 0) if label else (230, 0, 0)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(255, 255, 255))
+    if box is not None:
+        draw.rectangle(list(box), outline=BOX_COLOUR, width=max(1, r // 2))
+    if corner is not None:
+        x, y = corner
+        reach, width = 2 * r, max(1, r // 2)
+        for colour, w in (((0, 0, 0), width + 2), (BOX_COLOUR, width)):  # the outline, then the green on top
+            draw.ellipse([x - reach, y - reach, x + reach, y + reach], outline=colour, width=w)
+            draw.line([x - reach, y, x + reach, y], fill=colour, width=w)
+            draw.line([x, y - reach, x, y + reach], fill=colour, width=w)
+    return np.asarray(canvas)
+
 
 @dataclass
 class SegmentResult:
@@ -80,15 +106,7 @@ class SegmentResult:
             out = overlay_labels(self.image, self.labels()) if self.masks else self.image.copy()
         else:
             out = overlay_mask(self.image, self.mask, colour=(30, 144, 255))
-        canvas = Image.fromarray(out)
-        draw = ImageDraw.Draw(canvas)
-        r = max(3, min(self.size) // 80)
-        for x, y, label in self.points:
-            colour = (0, 200, 0) if label else (230, 0, 0)
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(255, 255, 255))
-        if self.box is not None:
-            draw.rectangle(list(self.box), outline=(0, 255, 0), width=max(1, r // 2))
-        out = np.asarray(canvas)
+        out = draw_prompts(out, self.points, self.box)
         return tiny_banner(out) if self.tiny else out
 
     def to_record(self) -> dict:
