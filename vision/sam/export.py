@@ -120,7 +120,7 @@ def _export_args(sam: Any, part: str) -> tuple[nn.Module, tuple, list[str], list
 
 
 def export_part(sam: Any, part: str, path: Path) -> None:
-    """Write ``part`` ("encoder" or "decoder") of ``sam`` (on the CPU, fp32) as ONNX to ``path``."""
+    """Write ``part`` (one of :data:`PARTS`) of ``sam`` (on the CPU, fp32) as ONNX to ``path``."""
     module, example, inputs, outputs, dynamic = _export_args(sam, part)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
