@@ -24,6 +24,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,13 @@ import numpy as np
 import torch
 
 from vision.sam.export import ExportError, exported, weights_checksum
+from vision.sam.split_decoder import IMAGE_OUTPUTS
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
 CPU_PREFERENCE = ("openvino", "onnx", "torch")  # fastest first on a CPU (see bench/results/cpu.md)
+SPLIT_PARTS = ("decoder_image", "decoder_prompts")  # the decoder per image and per prompt (no mask input)
+IMAGES_KEPT = 4  # embeddings whose per-image decoder tensors a compiled backend keeps (~10 MB each for SAM)
 
 
 def installed(backend: str) -> bool:
@@ -118,13 +123,21 @@ def decoder_feed(embedding: torch.Tensor, point_coords: torch.Tensor | None, poi
 
 
 class CompiledBackend:
-    """Both parts of a SAM as compiled ONNX graphs; ``run_encoder`` / ``run_decoder`` map a feed dict of
-    numpy arrays to the list of outputs (see :func:`onnx_runtime` and :func:`openvino_runtime`)."""
+    """A SAM's ONNX graphs, compiled; each ``run_*`` maps a feed dict of numpy arrays to the list of
+    outputs (see :func:`onnx_runtime` and :func:`openvino_runtime`).
+
+    ``split`` = (run_image, run_prompts): the decoder split into a part per image and a part per prompt
+    (:mod:`vision.sam.split_decoder`), used for prompts without a mask input; the per-image tensors are
+    computed on an embedding's first decode and kept while that tensor lives (the last
+    :data:`IMAGES_KEPT` embeddings). Without it (None), or with a mask input, the full ``decoder`` runs.
+    """
 
     def __init__(self, name: str, run_encoder: Callable[[dict], list], run_decoder: Callable[[dict], list],
-                 files: dict[str, Path]):
-        self.name, self.files = name, files
+                 files: dict[str, Path], split: tuple[Callable[[dict], list], Callable[[dict], list]] | None = None):
+        self.name, self.files, self.split = name, files, split
         self._run_encoder, self._run_decoder = run_encoder, run_decoder
+        self._images: OrderedDict[int, tuple[weakref.ref, dict[str, np.ndarray]]] = OrderedDict()
+        self._images_lock = threading.Lock()
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         (embedding,) = self._run_encoder({"pixels": pixels.float().cpu().numpy()})
@@ -132,11 +145,33 @@ class CompiledBackend:
 
     def decode(self, embedding: torch.Tensor, point_coords: torch.Tensor | None, point_labels: torch.Tensor | None,
                boxes: torch.Tensor | None, mask_input: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        low_res, iou = self._run_decoder(decoder_feed(embedding, point_coords, point_labels, boxes, mask_input))
+        feed = decoder_feed(embedding, point_coords, point_labels, boxes, mask_input)
+        if self.split is None or mask_input is not None:
+            low_res, iou = self._run_decoder(feed)
+        else:
+            prompts = {"point_coords": feed["point_coords"], "point_labels": feed["point_labels"]}
+            low_res, iou = self.split[1]({**self.image_tensors(embedding), **prompts})
         return torch.from_numpy(np.asarray(low_res)), torch.from_numpy(np.asarray(iou))
 
+    def image_tensors(self, embedding: torch.Tensor) -> dict[str, np.ndarray]:
+        """The split decoder's per-image tensors of ``embedding`` [1, C, g, g] (names
+        :data:`~vision.sam.split_decoder.IMAGE_OUTPUTS`), computed once per embedding tensor."""
+        with self._images_lock:
+            found = self._images.get(id(embedding))
+            if found is not None and found[0]() is embedding:  # the same tensor, not a new one at a reused id
+                self._images.move_to_end(id(embedding))
+                return found[1]
+        tensors = dict(zip(IMAGE_OUTPUTS, self.split[0]({"embedding": embedding.float().cpu().numpy()})))
+        with self._images_lock:
+            self._images[id(embedding)] = (weakref.ref(embedding), tensors)
+            while len(self._images) > IMAGES_KEPT:
+                self._images.popitem(last=False)
+        return tensors
 
-def onnx_runtime(files: dict[str, Path], threads: int) -> tuple[Callable, Callable]:
+
+def onnx_runtime(threads: int) -> Callable[[Path], Callable[[dict], list]]:
+    """A function that loads an ONNX file into ONNX Runtime (CPU, ``threads`` threads) and returns its
+    run function."""
     import onnxruntime as ort
 
     def session(path: Path) -> Callable[[dict], list]:
@@ -148,10 +183,12 @@ def onnx_runtime(files: dict[str, Path], threads: int) -> tuple[Callable, Callab
         loaded = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda feed: loaded.run(None, feed)
 
-    return session(files["encoder"]), session(files["decoder"])
+    return session
 
 
-def openvino_runtime(files: dict[str, Path], threads: int) -> tuple[Callable, Callable]:
+def openvino_runtime(threads: int) -> Callable[[Path], Callable[[dict], list]]:
+    """A function that compiles an ONNX file with OpenVINO (CPU, float32, ``threads`` threads) and returns
+    its run function."""
     import openvino as ov
 
     core = ov.Core()
@@ -170,30 +207,48 @@ def openvino_runtime(files: dict[str, Path], threads: int) -> tuple[Callable, Ca
                 return [np.array(results[output]) for output in model.outputs]
         return run
 
-    return compiled(files["encoder"]), compiled(files["decoder"])
+    return compiled
 
 
 RUNTIMES = {"onnx": onnx_runtime, "openvino": openvino_runtime}
 
 
-def compiled_backend(sam: Any, name: str, folder: Path, notes: list[str]) -> CompiledBackend:
-    """``name`` ("onnx" / "openvino") for ``sam``: exports (or reuses) both parts in ``folder`` and compiles
-    them; a cached file that fails to load is exported once more. Appends what it did to ``notes``."""
-    checksum = weights_checksum(sam)
+def compiled_parts(sam: Any, name: str, parts: tuple[str, ...], folder: Path, checksum: str,
+                   notes: list[str]) -> tuple[dict[str, Path], list[Callable[[dict], list]]]:
+    """Exports (or reuses) ``parts`` of ``sam`` in ``folder`` and compiles them with runtime ``name``: (their
+    files, their run functions). A cached file that fails to load is exported once more. Appends what it
+    did to ``notes``."""
+    load = RUNTIMES[name](cpu_threads())
     files = {}
-    for part in ("encoder", "decoder"):
+    for part in parts:
         done = exported(sam, part, folder, checksum)
         notes.append(f"{name}: {done.note}")
         files[part] = done.path
     try:
-        return CompiledBackend(name, *RUNTIMES[name](files, cpu_threads()), files=files)
+        return files, [load(files[part]) for part in parts]
     except Exception as err:  # a file that passed its checksum but does not load: make it again, once
         notes.append(f"{name}: the cached export did not load ({type(err).__name__}: {err}); exported again")
         for path in files.values():
             path.unlink(missing_ok=True)
-        for part in ("encoder", "decoder"):
+        for part in parts:
             notes.append(f"{name}: {exported(sam, part, folder, checksum).note}")
-        return CompiledBackend(name, *RUNTIMES[name](files, cpu_threads()), files=files)
+        return files, [load(files[part]) for part in parts]
+
+
+def compiled_backend(sam: Any, name: str, folder: Path, notes: list[str]) -> CompiledBackend:
+    """``name`` ("onnx" / "openvino") for ``sam``: its encoder, full decoder and split decoder exported
+    (or reused) in ``folder`` and compiled. When the split decoder fails, the full decoder answers every
+    prompt and ``notes`` says why. Appends what it did to ``notes``."""
+    checksum = weights_checksum(sam)
+    files, (run_encoder, run_decoder) = compiled_parts(sam, name, ("encoder", "decoder"), folder, checksum, notes)
+    try:
+        split_files, split = compiled_parts(sam, name, SPLIT_PARTS, folder, checksum, notes)
+    except Exception as err:  # the split decoder is a speed-up only: the full decoder computes the same
+        notes.append(f"{name}: the split decoder is unavailable, the full decoder answers every prompt "
+                     f"({type(err).__name__}: {err})")
+        split_files, split = {}, None
+    return CompiledBackend(name, run_encoder, run_decoder, {**files, **split_files},
+                           None if split is None else tuple(split))
 
 
 def make_backend(sam: Any, name: str, folder: Path | None, notes: list[str]) -> Any:
