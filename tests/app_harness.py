@@ -101,6 +101,23 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 BROWSER_TIMEOUT_MS = 90_000  # tiny models on 2 shared CPU cores: seconds per action
 
 
+def open_page(browser, url: str, page_errors: list[str] | None = None):
+    """A new page on ``url``, once the IPSeg prompt editor is up; every uncaught page error goes into
+    ``page_errors`` (message and stack) from before the page loads."""
+    from playwright.sync_api import expect
+
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    if page_errors is not None:
+        tab.on("pageerror", lambda error: page_errors.append(f"{error.message}\n{error.stack}"))
+    tab.set_default_timeout(BROWSER_TIMEOUT_MS)
+    expect.set_options(timeout=BROWSER_TIMEOUT_MS)
+    tab.goto(url)
+    # The first tab's image editor (a WebGL canvas, software-rendered here) keeps the page busy while it
+    # starts; a click on another tab meanwhile waited past the timeout. Start once it is up.
+    expect(tab.locator("#ipseg-prompt canvas").first).to_be_visible()
+    return tab
+
+
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name, exact=True).click(no_wait_after=True)
 

@@ -103,24 +103,12 @@ def browser():
         chromium.close()
 
 
-def _open_page(browser, url: str):
-    from app_harness import BROWSER_TIMEOUT_MS
-    from playwright.sync_api import expect
-
-    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-    tab.set_default_timeout(BROWSER_TIMEOUT_MS)
-    expect.set_options(timeout=BROWSER_TIMEOUT_MS)
-    tab.goto(url)
-    # The first tab's image editor (a WebGL canvas, software-rendered here) keeps the page busy while it
-    # starts; a click on another tab meanwhile waited past the timeout. Start once it is up.
-    expect(tab.locator("#ipseg-prompt canvas").first).to_be_visible()
-    return tab
-
-
 @pytest.fixture
 def page(browser, server):
     """A fresh page on the tiny server, as a user first opens it."""
-    tab = _open_page(browser, server.url)
+    from app_harness import open_page
+
+    tab = open_page(browser, server.url)
     yield tab
     tab.close()
 
@@ -128,7 +116,9 @@ def page(browser, server):
 @pytest.fixture
 def real_page(browser, real_server):
     """A fresh page on the server with real models (sam_t's converted weights)."""
-    tab = _open_page(browser, real_server.url)
+    from app_harness import open_page
+
+    tab = open_page(browser, real_server.url)
     yield tab
     tab.close()
 

@@ -6,7 +6,7 @@
   the uploaded file; one bad target is listed by name while the good ones are answered.
 - Click-to-mask: clicks on the prompt make its mask with SAM (real sam_t: a click on the coffee cup masks the
   cup in the page's click view, and a run over the API uses that mask to find the cup in a flipped photo).
-- Browser: the Examples row with a box runs as is.
+- Browser: the Examples row with a box runs as is; a fresh load and an Examples row raise no page error.
 """
 
 from __future__ import annotations
@@ -213,6 +213,36 @@ def test_browser_ipseg_box_example_runs_as_is(page, tmp_path):
     expect(page.locator("#ipseg-heatmaps img").first).to_be_visible()
     assert page.locator("#ipseg-heatmaps img").count() >= 2  # a heatmap beside each target's mask
     shot(page, tmp_path, "1_ipseg_box_example")
+
+
+def _show_prompt_of_width(page, width: int) -> None:
+    """'Show the prompt here', then wait until the click view shows the editor's prompt image ``width`` px wide
+    (the image the editor sends to the server)."""
+    from app_harness import click
+
+    click(page, "#ipseg-click-show")
+    page.wait_for_function("([s, w]) => {const e = document.querySelector(s); return e && e.naturalWidth === w}",
+                           arg=["#ipseg-click img", width])
+
+
+def test_browser_no_page_error_on_load_or_when_an_example_fills_the_prompt(browser, server):
+    """#20.8: Gradio 6.17's editor threw "Cannot read properties of undefined (reading 'background_image')"
+    at every load: started with a background image, it switched to the draw tool before its resize tool was
+    set up. A fresh page, then the coffee Examples row: no page error, and the editor holds (and sends) the
+    page's default prompt (chelsea, 451 px wide) and then the row's coffee photo (600 px)."""
+    from app_harness import open_page
+
+    errors: list[str] = []
+    page = open_page(browser, server.url, page_errors=errors)
+    try:
+        _show_prompt_of_width(page, 451)
+        page.locator("tbody tr").nth(1).click()  # the coffee row
+        page.wait_for_function("() => [...document.querySelectorAll('#ipseg-targets img')].some("
+                               "e => e.naturalWidth === 600)")  # the row's targets are shown
+        _show_prompt_of_width(page, 600)
+    finally:
+        page.close()
+    assert not errors, "\n\n".join(errors)
 
 
 # ------------------------------------------------------------------ click-to-mask with real sam_t weights

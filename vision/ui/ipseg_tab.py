@@ -317,7 +317,7 @@ def _prompt_controls(samples: dict) -> dict:
     SAM's mask, its box, and the target images."""
     prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
                             type="filepath", image_mode=None, format="png", layers=False, transforms=(),
-                            sources=("clipboard",), elem_id="ipseg-prompt", value=samples["chelsea"],
+                            sources=("clipboard",), elem_id="ipseg-prompt", value=_editor_start(samples["chelsea"]),
                             brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
     check_before_decoding(prompt, "prompt image")
     with gr.Row():  # uploads go through the server's check (the editor's own ignores a bad file)
@@ -346,6 +346,17 @@ def _prompt_controls(samples: dict) -> dict:
     return {"prompt": prompt, "prompt_upload": prompt_upload, "prompt_status": prompt_status,
             "click_view": click_view, "show_here": show_here, "click_kind": click_kind, "clicks": clicks,
             "click_note": click_note, "shown_key": shown_key, "box": box, "targets": targets}
+
+
+def _editor_start(path: str) -> dict:
+    """The prompt editor's value at page load: ``path`` as its composite only, with no background.
+
+    Gradio 6.17's editor switches to the draw tool whenever its background changes, and at page load that
+    ran before its resize tool was set up: a page error "Cannot read properties of undefined (reading
+    'background_image')" at every load (upstream gradio-app/gradio#12021). Given only a composite, the
+    editor loads it as the image in the same way, and the switch waits for the first new background (an
+    Examples row, an upload), by then set up. The editor sends the image back as its background."""
+    return {"background": None, "layers": [], "composite": path}
 
 
 def _more_prompts() -> dict:
