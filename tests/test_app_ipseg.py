@@ -106,7 +106,7 @@ def test_clicks_made_on_another_image_than_the_prompt_are_refused():
     """The page's click view may show an older prompt than the editor (a new upload or Examples row):
     its clicks are refused with the way out; without a view (the API) the clicks are the caller's."""
     from vision.common import content_key
-    from vision.ui.ipseg_tab import check_clicks_on
+    from vision.ui.ipseg_prompt import check_clicks_on
 
     shown, prompt = np.zeros((4, 6, 3), np.uint8), np.ones((4, 6, 3), np.uint8)
     check_clicks_on(prompt, content_key(prompt), "prompt clicks")

@@ -11,9 +11,17 @@ import gradio as gr
 from vision.hub import ModelHub, get_hub
 from vision.ui import errors, examples, form, gpu, notices, runs, storage, uploads
 from vision.ui.ipseg_method import METHOD_NAMES, gfsam_points, link_method_and_preset, method_choice
+from vision.ui.ipseg_prompt import (
+    CLICK_LABELS,
+    add_prompt_click,
+    check_clicks_on,
+    editor_start,
+    examples_and_upload,
+    show_prompt_for_clicks,
+)
 from vision.ui.notices import tiny_prefix
 from vision.ui.sam import default_sam, segment_engine
-from vision.ui.uploads import check_before_decoding, checked_prompt_upload
+from vision.ui.uploads import check_before_decoding
 
 
 @functools.lru_cache(maxsize=4)
@@ -73,7 +81,6 @@ def ipseg_config(preset: str, features: str, sam_model: str, fast: bool, method:
     return IPSegConfig.from_preset(preset, **chosen).validate()
 
 
-CLICK_LABELS = {"foreground (on the concept)": 1, "background (not the concept)": 0}
 MAX_CLICKS = 64  # the Segment engine's max_points
 
 
@@ -241,17 +248,6 @@ def _graph_caption(graph) -> str:
             f"{fallback}")
 
 
-def check_clicks_on(image, shown_key: str | None, what: str) -> None:
-    """Refuse clicks made on a click view that showed another image than the prompt now in the editor
-    (``shown_key``: the :func:`~vision.common.content_key` of the image shown; None: no view, as
-    over the API, where the clicks are the caller's own)."""
-    from vision.common import content_key
-
-    if shown_key is not None and content_key(image) != shown_key:
-        raise ValueError(f"{what}: the prompt image changed since it was shown for clicking; press 'Show the "
-                         "prompt here' and click again (or clear the clicks)")
-
-
 @errors.friendly_errors
 def prompt_mask_from_clicks(prompt_value, clicks_text, sam_model="preset", preset="default", shown_key=None):
     """Clicks on the prompt -> the click view (SAM's mask and the clicks drawn on the prompt image) and a
@@ -261,28 +257,6 @@ def prompt_mask_from_clicks(prompt_value, clicks_text, sam_model="preset", prese
     return result.overlay(), (f"{tiny_prefix(get_hub())}SAM `{result.sam_model}` mask from {len(result.points)} "
                               f"click(s): {int(result.mask.sum())} px, score {result.scores[0]:.3f}. Segment uses "
                               "it as the prompt region.")
-
-
-def add_prompt_click(clicks_text: str, kind: str, evt: gr.SelectData) -> str:
-    """A click on the click view (pixel coordinates of the prompt image) -> the clicks text."""
-    x, y = (int(v) for v in evt.index[:2])
-    return form.append_point(clicks_text, x, y, CLICK_LABELS.get(kind, 1))
-
-
-@errors.friendly_errors
-def show_prompt_for_clicks(prompt_value):
-    """The editor's prompt image -> the click view (the plain image), no clicks, no note, and the key of
-    the image shown (clicks are checked against it: the editor may have changed since)."""
-    from vision.common import content_key
-
-    image, _ = form.editor_image_and_mask(prompt_value)
-    return image, "", "", content_key(image)
-
-
-def prompt_view(path: str | None):
-    """A prompt image file going into the editor -> the click view's image, clicks, note and key, as
-    :func:`show_prompt_for_clicks` gives them; read from the file (the editor's value lags behind it)."""
-    return show_prompt_for_clicks({"background": path}) if path else (None, "", "", None)
 
 
 IPSEG_HEADERS = ["target #", "target", "concept", "present", "presence", "instance", "score", "SAM IoU", "area (px)"]
@@ -317,7 +291,7 @@ def _prompt_controls(samples: dict) -> dict:
     SAM's mask, its box, and the target images."""
     prompt = gr.ImageEditor(label="Prompt image (paint the concept, or leave unpainted)",
                             type="filepath", image_mode=None, format="png", layers=False, transforms=(),
-                            sources=("clipboard",), elem_id="ipseg-prompt", value=_editor_start(samples["chelsea"]),
+                            sources=("clipboard",), elem_id="ipseg-prompt", value=editor_start(samples["chelsea"]),
                             brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"))
     check_before_decoding(prompt, "prompt image")
     with gr.Row():  # uploads go through the server's check (the editor's own ignores a bad file)
@@ -346,17 +320,6 @@ def _prompt_controls(samples: dict) -> dict:
     return {"prompt": prompt, "prompt_upload": prompt_upload, "prompt_status": prompt_status,
             "click_view": click_view, "show_here": show_here, "click_kind": click_kind, "clicks": clicks,
             "click_note": click_note, "shown_key": shown_key, "box": box, "targets": targets}
-
-
-def _editor_start(path: str) -> dict:
-    """The prompt editor's value at page load: ``path`` as its composite only, with no background.
-
-    Gradio 6.17's editor switches to the draw tool whenever its background changes, and at page load that
-    ran before its resize tool was set up: a page error "Cannot read properties of undefined (reading
-    'background_image')" at every load (upstream gradio-app/gradio#12021). Given only a composite, the
-    editor loads it as the image in the same way, and the switch waits for the first new background (an
-    Examples row, an upload), by then set up. The editor sends the image back as its background."""
-    return {"background": None, "layers": [], "composite": path}
 
 
 def _more_prompts() -> dict:
@@ -416,7 +379,7 @@ def _wire(c: dict, out: dict, button, samples: dict, limits: dict) -> None:
     for shown in (out["annotated"], out["overlays"], out["heatmaps"], c["click_view"]):
         storage.written_once(shown)  # images written once per request (vision.ui.storage)
     state = gr.State([], time_to_live=3600)  # every target's annotated image
-    _examples_and_upload(c, samples)
+    examples_and_upload(c, samples)
     results = [out[k] for k in ("annotated", "overlays", "heatmaps", "files", "scores", "summary")]
     button.click(run_ipseg, [c[name] for name in INPUT_ORDER], [*results, state], api_name="ipseg", **limits)
     out["overlays"].select(_pick_target, state, out["annotated"], api_visibility="undocumented", queue=False)
@@ -434,25 +397,3 @@ def _wire(c: dict, out: dict, button, samples: dict, limits: dict) -> None:
 
 def _pick_target(state: list, evt: gr.SelectData):
     return state[evt.index] if state and evt.index is not None and evt.index < len(state) else gr.skip()
-
-
-def _examples_and_upload(c: dict, samples: dict) -> None:
-    """The Examples rows and the prompt's upload; both fill the click view at once with the new prompt, as
-    the page's load does with the first (on load: over the API no view was shown, clicks are unchecked)."""
-    rows = [[samples["astronaut"], [samples["astronaut"], samples["rocket"]], ""],
-            [samples["coffee"], [samples["coffee"], samples["chelsea"]], ""],
-            [samples["chelsea"], [samples["chelsea"], samples["coffee"]], "60, 20, 390, 300"]]
-    example_table = gr.Examples(rows, inputs=[c["prompt"], c["targets"], c["box"]],
-                                label="Examples (skimage.data photographs; then click Segment)")
-    view = [c[k] for k in ("click_view", "clicks", "click_note", "shown_key")]
-    gr.on(None, functools.partial(prompt_view, samples["chelsea"]), None, view, queue=False, api_visibility="private")
-    c["prompt_upload"].upload(_upload_prompt, c["prompt_upload"], [c["prompt"], c["prompt_status"], *view],
-                              queue=False, api_visibility="undocumented")
-    example_table.dataset.click(lambda picked: prompt_view(rows[picked[0]][0]), example_table.dataset, view,
-                                queue=False, api_visibility="private")
-
-
-def _upload_prompt(path: str | None):
-    """An upload -> the editor and its status (:func:`checked_prompt_upload`), and the click view."""
-    value, status = checked_prompt_upload(path)
-    return value, status, *prompt_view(value)
