@@ -81,6 +81,10 @@ def test_browser_a_bad_prompt_upload_shows_the_reason_and_clears_the_prompt(page
             page.locator("#ipseg-prompt-upload").click()
         chooser.value.set_files(str(path))
 
+    # a good file into the editor that a bad one had cleared: given as a background, Gradio 6.17's editor
+    # sometimes looped ("effect_update_depth_exceeded") and never showed the new status
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(error.message))
     status = page.locator("#ipseg-prompt-status")
     upload(_bad_prompt(tmp_path, "empty", photos["coffee"]))
     expect(status).to_contain_text("prompt image: holiday.png: ")
@@ -89,3 +93,6 @@ def test_browser_a_bad_prompt_upload_shows_the_reason_and_clears_the_prompt(page
     expect(page.locator(".toast-message-text").first).to_contain_text("Please upload a prompt image")
     upload(photos["coffee"])  # a good file becomes the prompt again
     expect(status).to_contain_text(f"Prompt image: {Path(photos['coffee']).name}")
+    click(page, "#ipseg-run")  # ...and the editor sends it: a run segments with it
+    expect(page.locator("#ipseg-summary")).to_contain_text("target(s)", timeout=120_000)
+    assert not errors, errors

@@ -76,4 +76,4 @@ def examples_and_upload(c: dict, samples: dict) -> None:
 def _upload_prompt(path: str | None):
     """An upload -> the editor and its status (:func:`checked_prompt_upload`), and the click view."""
     value, status = checked_prompt_upload(path)
-    return value, status, *prompt_view(value)
+    return (editor_start(value) if value else None), status, *prompt_view(value)
