@@ -265,6 +265,26 @@ def test_several_instances_then_stop():
     assert len(strict) == 1  # the second blob's 0.8 is below the threshold
 
 
+def test_a_calibrated_presence_is_what_the_threshold_bounds():
+    """With a calibrated presence the threshold applies to it, for instance 1 and each further one: the
+    second blob's S (0.8) passes 0.5, its calibrated margin does not."""
+    from scipy.special import expit
+
+    from vision.engines.ipseg.presence import Calibration, Presence
+
+    sim, blobs = _two_blob_scene()
+    margin = np.full_like(sim, -0.5)
+    margin[5:20, 5:20], margin[35:55, 30:50] = 0.4, 0.1
+    config = IPSegConfig(max_instances=5, presence_threshold=0.5)
+    for centre, count in ((0.2, 1), (0.0, 2)):
+        presence = Presence(sim, config.top_k, margin, Calibration(centre, 0.05))
+        score, present, instances = find_instances(sim, _view(BlobPredictor(blobs)), config, presence=presence)
+        assert present and score == pytest.approx(expit((0.4 - centre) / 0.05)) and len(instances) == count
+        assert [i.score for i in instances] == pytest.approx([expit((m - centre) / 0.05) for m in (0.4, 0.1)][:count])
+    absent = Presence(sim, config.top_k, margin, Calibration(0.5, 0.05))
+    assert find_instances(sim, _view(BlobPredictor(blobs)), config, presence=absent)[1:] == (False, [])
+
+
 def test_absent_below_the_presence_threshold(tiny_hub, photos):
     sim, blobs = _two_blob_scene()
     predictor = BlobPredictor(blobs)

@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="several prompts: average their prototypes (mean) or take the best match (max)")
     parser.add_argument("--max-instances", type=int, default=1, help="masks per image (default 1)")
     parser.add_argument("--presence-threshold", type=float, default=None,
-                        help="below this presence score an image gets no mask (absent); default: always a mask")
+                        help="below this presence score an image gets no mask (absent); default: always a mask. "
+                             "With --features sam and sam_t the score is calibrated (0..1, 0.5 = even odds); "
+                             "otherwise it is the raw cosine (results.jsonl: presence_kind)")
     parser.add_argument("--max-points", type=int, default=None, metavar="N",
                         help="GF-SAM: at most N point prompts, one SAM mask each (default: the preset's, 128, the "
                              "reference's); fewer is faster on a CPU")

@@ -38,8 +38,12 @@ def _ellipse(h: int, w: int) -> np.ndarray:
     return ((yy + 0.5 - h / 2) / (h / 2)) ** 2 + ((xx + 0.5 - w / 2) / (w / 2)) ** 2 <= 1.0
 
 
-class _Painter:
-    def __init__(self, classes: int, size: tuple[int, int], seed: int):
+class Painter:
+    """Pictures of the synthetic objects (:meth:`picture`), deterministic for ``seed``: ``classes`` objects,
+    images of ``size`` (H, W); ``backgrounds``: the photos to crop backgrounds from (default: the background
+    photos and mirrored photos of the objects, each class excluding its own photo)."""
+
+    def __init__(self, classes: int, size: tuple[int, int], seed: int, backgrounds: tuple[str, ...] | None = None):
         if not 1 <= classes <= len(OBJECT_PHOTOS) * len(CROPS):
             raise ValueError(f"classes must be in 1..{len(OBJECT_PHOTOS) * len(CROPS)}, got {classes}")
         self.size = size
@@ -51,10 +55,14 @@ class _Painter:
             top, left, bottom, right = CROPS[k // len(OBJECT_PHOTOS)]
             h, w = photo.shape[:2]
             self.objects.append(photo[int(top * h): int(bottom * h), int(left * w): int(right * w)])
-        self.backgrounds = [photos[n] for n in BACKGROUND_PHOTOS] + [photos[n][:, ::-1] for n in OBJECT_PHOTOS]
+        self.background_names = BACKGROUND_PHOTOS + OBJECT_PHOTOS if backgrounds is None else tuple(backgrounds)
+        # the object photos are mirrored so that a background never repeats an object's own pixels
+        self.backgrounds = [photos[n][:, ::-1] if n in OBJECT_PHOTOS else photos[n] for n in self.background_names]
 
     def background(self, exclude: int) -> np.ndarray:
-        choices = [i for i in range(len(self.backgrounds)) if i != len(BACKGROUND_PHOTOS) + exclude % 4]
+        """A random crop of a background photo other than object ``exclude``'s own, resized to ``size``."""
+        own = OBJECT_PHOTOS[exclude % len(OBJECT_PHOTOS)]
+        choices = [i for i, name in enumerate(self.background_names) if name != own]
         photo = self.backgrounds[choices[int(self.rng.integers(len(choices)))]]
         h, w = photo.shape[:2]
         ch, cw = int(h * self.rng.uniform(0.5, 0.9)), int(w * self.rng.uniform(0.5, 0.9))
@@ -136,7 +144,7 @@ def build(layout: str, root: str | Path, classes: int = 4, images: int = 4, size
     if images < 2:
         raise ValueError("a few-shot dataset needs at least 2 images per class (a prompt and a query)")
     root = Path(root)
-    painter = _Painter(classes, size, seed)
+    painter = Painter(classes, size, seed)
     names = []
     for k in range(classes):
         for i in range(images):

@@ -198,7 +198,8 @@ def _target_views(result, names: list[str], targets: list[str], folder) -> tuple
     stem = f"{t + 1:02d}_{storage.safe_name(Path(targets[t]).stem, 'target')}"
     labels = [(inst.mask, f"{c.name} {k + 1} (score {inst.score:.3f})")
               for c in result.concepts for k, inst in enumerate(c.instances)]
-    presences = ", ".join(f"{c.name} {'present' if c.present else 'absent'} {c.presence:.3f}" for c in result.concepts)
+    presences = ", ".join(f"{c.name} {'present' if c.present else 'absent'} {c.presence:.3f} ({c.presence_kind})"
+                          for c in result.concepts)
     overlay = (result.overlay(), f"{t + 1} {names[t]}: {presences}; {len(result.masks)} mask(s)")
     pictures, rows = [], []
     for k, c in enumerate(result.concepts):
@@ -350,7 +351,8 @@ def _options(hub: ModelHub, cpu: bool) -> dict:
                                  label="Skip Stable Diffusion (DINOv2 + SD features become DINOv2 only)"),
              "instances": gr.Slider(1, 8, value=1, step=1, label="Instances per target (max)"),
              "threshold": gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Presence threshold",
-                                    info="below it a target answers 'absent'; 0 = always a mask"),
+                                    info="below it a target answers 'absent'; 0 = always a mask. With SAM features "
+                                         "and sam_t the presence is calibrated: 0.5 = even odds"),
              "sam_model": gr.Dropdown(SAM_CHOICES, value="sam_t" if cpu else "preset", label="Segmenter (SAM)")}
         c["max_points"] = gfsam_points()
     return c

@@ -70,11 +70,14 @@ k-means 0, SD noise 42) reproduces the reference code (``perseg_test.sh``, ``ips
 * An erosion that empties the prompt region falls back to the un-eroded region (the reference would
   average no cells: NaN).
 
-Beyond the paper: a presence score (mean of the 32 highest S; below ``presence_threshold`` the concept
-is "absent": no mask), several instances per target (``max_instances``: after an instance, its cells and
-the cells its points came from are excluded and the next one is sought while the top-32 mean of the
-remaining cells stays >= ``presence_threshold``, or, with no threshold, >= ``instance_ratio`` x the first
-instance's score), several concepts per call, several prompt images per concept, a prompt cache (prompt
+Beyond the paper: a presence score (:mod:`~vision.engines.ipseg.presence`; below ``presence_threshold``
+the concept is "absent": no mask), *calibrated* to 0..1 (0.5 = even odds) where the settings have a fit
+(SAM features with ``sam_t``, product mode: the top-32 margin between the prompt's concept and background
+cells through a logistic), else *raw* (the mean of the 32 highest S, a cosine); each result's
+``presence_kind`` says which. Several instances per target (``max_instances``: after an instance, its
+cells and the cells its points came from are excluded and the next one is sought while the presence of
+the remaining cells stays >= ``presence_threshold``, or, with no threshold, >= ``instance_ratio`` x the
+first instance's score), several concepts per call, several prompt images per concept, a prompt cache (prompt
 image content + region + feature settings -> prototypes: a batch of N targets costs one prompt pass),
 progress per stage through a callback, and batches that keep the good targets when one fails.
 
@@ -82,8 +85,8 @@ Awkward inputs (:class:`IPSegError`, a ``ValueError`` whose message is for the u
 another size is resized (nearest) with a warning when its aspect ratio matches the image within 5%, and
 refused otherwise; an empty mask, box or scribble is refused; a prompt with no salient region is refused
 with advice to give a mask or box; an image whose shorter side is below ``min_side`` (14 px) is refused.
-No presence threshold is set by default (the paper always answers with a mask): calibrate one on real
-weights for your data (the score is a cosine, about -1..1.06).
+No presence threshold is set by default (the paper always answers with a mask). A calibrated presence
+takes 0.5; a raw one (a cosine, about -1..1.06) needs a threshold chosen on real weights for your data.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ from vision.engines.ipseg.cascade import SamView, sam_cascade
 from vision.engines.ipseg.config import IPSegConfig, IPSegError
 from vision.engines.ipseg.features import FeatureExtractor, fused_similarity, prototype
 from vision.engines.ipseg.modes import mode_for
+from vision.engines.ipseg.presence import Exemplars, Presence, calibration_for, exemplars, presence_of
 from vision.engines.ipseg.prompts import (
     Concept,
     Prompt,
@@ -131,6 +135,7 @@ class PromptFeatures:
     grid_detail: str  # how the region reached the grid ("eroded", "uneroded", "touched", ...)
     notes: list[str]
     shot: Any = None  # GF-SAM: the prompt's tokens and region weights (gfsam_align.Shot); None for IPSeg
+    exemplars: Exemplars | None = None  # its cells inside/outside the region, where presence is calibrated
 
 
 class StageProgress:
@@ -279,8 +284,13 @@ class IPSegEngine(Engine):
         else:
             source, mask, notes = region
             cells, detail = grid_region(source, mask, tokens.shape[-1], self.mode.grid_sampling)
+        calibrated = calibration_for(self.config) is not None
+        own_cells = exemplars(tokens, cells) if calibrated else None
+        if calibrated and own_cells is None:
+            notes = [*notes, "presence is the raw score (not calibrated): the prompt region covers the whole "
+                             "prompt image, which leaves no background to compare with"]
         return PromptFeatures({f: prototype(feat, cells) for f, feat in features.items()}, cells, source, detail,
-                              list(notes))
+                              list(notes), exemplars=own_cells)
 
     def _steps(self, concepts: list[Concept]) -> int:
         """Stages reported per target: each prompt image, the feature passes, SAM's encoder, each concept."""
@@ -334,10 +344,13 @@ class IPSegEngine(Engine):
             progress(f"points and SAM decoder ({concept.name})")
             t0 = time.perf_counter()
             sim = self.similarity(shots, feats)
+            scorer = presence_of(cfg, sim, [s.exemplars for s in shots], feats[cfg.primary_feature])
             timings["similarity"] += time.perf_counter() - t0
-            presence, present, instances = find_instances(sim, view, cfg, timings)
+            presence, present, instances = find_instances(sim, view, cfg, timings, scorer)
             regions = [{"source": s.source, "grid": s.grid_detail} for s in shots]
-            results.append(ConceptResult(concept.name, presence, present, instances, sim, regions))
+            results.append(ConceptResult(concept.name, presence, present, instances, sim, regions,
+                                         presence_kind=scorer.kind,
+                                         raw_presence=scorer.raw() if scorer.kind == "calibrated" else None))
         timings["total"] = time.perf_counter() - start
         return IPSegResult(image, results, timings, cached, cfg, self.tiny, notes, name,
                            sam_backend=self.extractor.sam_backend)
@@ -368,15 +381,16 @@ class IPSegEngine(Engine):
         return view, feats
 
 
-def find_instances(sim: np.ndarray, view: SamView, config: IPSegConfig,
-                   timings: dict[str, float] | None = None) -> tuple[float, bool, list[Instance]]:
+def find_instances(sim: np.ndarray, view: SamView, config: IPSegConfig, timings: dict[str, float] | None = None,
+                   presence: Presence | None = None) -> tuple[float, bool, list[Instance]]:
     """Presence and instance masks of one concept from its similarity map S [g, g] over a target
     encoded in ``view``. Returns (presence, present, instances).
 
-    presence = mean of the top-k values of S; below ``presence_threshold`` the concept is absent (no
+    presence = ``presence()`` over all cells (default: the raw top-k mean of S; see
+    :mod:`~vision.engines.ipseg.presence`); below ``presence_threshold`` the concept is absent (no
     instance). Otherwise instance 1 comes from the spec's points and cascade; each further instance
     (up to ``max_instances``) is sought after excluding the cells of every mask found and the top-k cells
-    already used, while the top-k mean of the remaining cells stays >= ``presence_threshold`` (or, with
+    already used, while the presence of the remaining cells stays >= ``presence_threshold`` (or, with
     no threshold, >= ``instance_ratio`` x instance 1's score, and > 0). A further mask that is empty or
     mostly (> 50%) inside earlier masks ends the search and is not returned. Points go to SAM in the
     view's frame; instances hold them, and their masks, in image pixels.
@@ -384,13 +398,14 @@ def find_instances(sim: np.ndarray, view: SamView, config: IPSegConfig,
     cfg = config
     timings = {} if timings is None else timings
     grid = sim.shape[1]
-    presence = pts.top_k_mean(sim, cfg.top_k)
-    present = cfg.presence_threshold is None or presence >= cfg.presence_threshold
+    presence = Presence(sim, cfg.top_k) if presence is None else presence
+    overall = presence()
+    present = cfg.presence_threshold is None or overall >= cfg.presence_threshold
     instances: list[Instance] = []
     allowed = np.ones_like(sim, dtype=bool)
     covered = np.zeros(view.image_hw, dtype=bool)
     while present and len(instances) < cfg.max_instances and allowed.any():
-        score = pts.top_k_mean(sim, cfg.top_k, allowed)
+        score = presence(allowed)
         if instances:
             bar = cfg.presence_threshold if cfg.presence_threshold is not None else \
                 max(cfg.instance_ratio * instances[0].score, 0.0)
@@ -416,7 +431,7 @@ def find_instances(sim: np.ndarray, view: SamView, config: IPSegConfig,
         used = np.zeros_like(allowed)
         used[sel.top_cells[:, 0], sel.top_cells[:, 1]] = True
         allowed &= ~(mask_touches_grid(mask, grid) | used)
-    return presence, present, instances
+    return overall, present, instances
 
 
 def _display_name(name: str, target: Any, index: int) -> str:

@@ -27,7 +27,7 @@ class Instance:
     """One mask of a concept in a target."""
 
     mask: np.ndarray  # bool [H, W]
-    score: float  # mean of the top-k similarity of the cells it was sought in
+    score: float  # the concept's presence (same kind) over the cells it was sought in
     sam_iou: float  # SAM's predicted IoU of the kept mask
     positive: np.ndarray  # [N, 2] (x, y) image pixels of the positive points
     negative: np.ndarray  # [M, 2] (x, y) image pixels of the negative points
@@ -50,12 +50,14 @@ class Instance:
 @dataclass
 class ConceptResult:
     name: str
-    presence: float  # mean of the top-k values of S over the whole target
+    presence: float  # over the whole target, of kind ``presence_kind`` (vision.engines.ipseg.presence)
     present: bool
     instances: list[Instance]
     similarity: np.ndarray  # S on the grid, float32 [g, g] (the grid spans the image); GF-SAM: its mean+ map
     prompt_regions: list[dict]  # per prompt image: {"source": mask|box|scribble|auto-pca, "grid": how}
     graph: PointGraph | None = None  # GF-SAM's points, clusters and gate states (None for IPSeg)
+    presence_kind: str = "raw"  # "calibrated": 0..1, 0.5 = even odds; "raw": the method's own score (a cosine)
+    raw_presence: float | None = None  # with a calibrated presence: the raw one (mean of the top-k of S)
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -69,7 +71,9 @@ class ConceptResult:
         return resize(self.similarity.astype(np.float32), hw)
 
     def to_record(self) -> dict:
+        raw = {} if self.raw_presence is None else {"raw_presence": round(self.raw_presence, 6)}
         return {"name": self.name, "present": self.present, "presence": round(self.presence, 6),
+                "presence_kind": self.presence_kind, **raw,
                 "similarity_range": [round(float(self.similarity.min()), 6), round(float(self.similarity.max()), 6)],
                 "prompt_regions": self.prompt_regions, "instances": [i.to_record() for i in self.instances],
                 **({"graph": self.graph.to_record()} if self.graph is not None else {})}
@@ -133,7 +137,8 @@ class IPSegResult:
         record = engine_record(self.config, tiny=self.tiny, timings=self.timings, models=self.config.models())
         record.update({
             **self.config.describe(), "present": any(c.present for c in self.concepts),
-            "score": round(self.presence, 6), "category": self.concepts[0].name, "width": self.size[1],
+            "score": round(self.presence, 6), "presence_kind": self.concepts[0].presence_kind,
+            "category": self.concepts[0].name, "width": self.size[1],
             "height": self.size[0], "concepts": [c.to_record() for c in self.concepts],
             "prompt_cached": self.prompt_cached, "notes": list(self.notes),
         })

@@ -39,7 +39,8 @@ class FrameResult:
     time: float  # seconds from the video's start
     image: np.ndarray | None  # the frame, RGB uint8 [H, W, 3]
     instances: list[TrackedInstance]
-    score: float | None  # exemplar: the concept's presence score (cosine, about -1..1); sam2: object score 0..1
+    score: float | None  # exemplar: the image engine's presence (a cosine, or 0..1 where it is calibrated: SAM
+    # features with sam_t); sam2: object score 0..1
     present: bool
     config: VideoConfig
     tiny: bool = False
