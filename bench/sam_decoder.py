@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # `python bench/sam_decoder.py`
 import torch
 
 from bench.sam import photo, sam_t_model, wall
+from vision.wording import vision_command
 
 os.environ.setdefault("VISION_OFFLINE", "1")
 
@@ -79,7 +80,7 @@ def click_ms(images: dict, repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     from vision.sam import SamImage, SamRunner
 
-    parser = argparse.ArgumentParser(prog="bench sam_decoder", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=vision_command("bench", "sam_decoder"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="openvino", choices=("openvino", "onnx"))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="prompts per decoder call")
     parser.add_argument("--repeats", type=int, default=21, help="alternated repeats (median kept)")
