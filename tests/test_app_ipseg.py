@@ -215,14 +215,19 @@ def test_browser_ipseg_box_example_runs_as_is(page, tmp_path):
     shot(page, tmp_path, "1_ipseg_box_example")
 
 
+def _shown_width(page, selector: str, width: int) -> None:
+    """Wait until the image at ``selector`` has loaded and is ``width`` px wide (its own pixels)."""
+    page.wait_for_function("([s, w]) => {const e = document.querySelector(s); "
+                           "return e && e.complete && e.naturalWidth === w}", arg=[selector, width])
+
+
 def _show_prompt_of_width(page, width: int) -> None:
     """'Show the prompt here', then wait until the click view shows the editor's prompt image ``width`` px wide
     (the image the editor sends to the server)."""
     from app_harness import click
 
     click(page, "#ipseg-click-show")
-    page.wait_for_function("([s, w]) => {const e = document.querySelector(s); return e && e.naturalWidth === w}",
-                           arg=["#ipseg-click img", width])
+    _shown_width(page, "#ipseg-click img", width)
 
 
 def test_browser_no_page_error_on_load_or_when_an_example_fills_the_prompt(browser, server):
@@ -301,12 +306,6 @@ def test_browser_real_sam_t_a_click_on_the_prompt_shows_the_cup_mask(real_page, 
     assert 0.3 < area / (600 * 400) < 0.7, note.inner_text()  # the cup on its saucer (48%)
     expect(page.locator("#ipseg-clicks textarea")).to_have_value(re.compile(r"^3\d\d, 2\d\d, 1$"))
     shot(page, tmp_path, "ipseg_click_to_mask")
-
-
-def _shown_width(page, selector: str, width: int) -> None:
-    """Wait until the image at ``selector`` has loaded and is ``width`` px wide (its own pixels)."""
-    page.wait_for_function("([s, w]) => {const e = document.querySelector(s); "
-                           "return e && e.complete && e.naturalWidth === w}", arg=[selector, width])
 
 
 def test_browser_a_new_prompt_fills_the_click_view_at_once(page):
