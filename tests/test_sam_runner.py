@@ -128,9 +128,10 @@ def test_export_is_reused_rebuilt_when_corrupt_and_failures_fall_back(tiny_hub, 
 
     sam = tiny_hub.get("sam_t")
     first = exported(sam, "decoder", tmp_path)
-    assert "exported" in first.note and first.path.name == f"decoder-{first.checksum}.onnx"
+    assert "exported" in first.note and first.path.name == f"decoder-{first.checksum}-{export.graph_digest()}.onnx"
     manifest = json.loads(first.path.with_suffix(".json").read_text())
     assert manifest["weights_checksum"] == first.checksum and manifest["opset"] == export.OPSET
+    assert manifest["graph"] == export.graph_digest()
     assert "reused" in exported(sam, "decoder", tmp_path).note
     first.path.write_bytes(first.path.read_bytes()[:1000])  # truncated
     rebuilt = exported(sam, "decoder", tmp_path)

@@ -109,3 +109,15 @@ def test_a_split_decoder_that_fails_to_export_falls_back_to_the_full_decoder(tin
     with torch.no_grad():
         low_ref, iou_ref = _reference(sam, embedding, coords, labels, None)
     assert (low - low_ref).abs().max() <= 1e-4 and (iou - iou_ref).abs().max() <= 1e-5
+
+
+def test_a_decoder_of_another_structure_is_refused_by_name(tiny_hub):
+    import copy
+
+    from vision.sam.split_decoder import SplitDecoderError, check_decoder
+
+    sam = copy.deepcopy(tiny_hub.get("sam_t"))
+    check_decoder(sam)
+    sam.mask_decoder.transformer.layers.append(copy.deepcopy(sam.mask_decoder.transformer.layers[1]))
+    with pytest.raises(SplitDecoderError, match="a two-block transformer expected, this one has 3"):
+        DecoderImagePart(sam)

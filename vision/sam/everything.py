@@ -13,7 +13,8 @@ backend. It uses SAM's own helpers (``segment_anything.utils.amg``) and differs 
 * the crop-edge filter is left out: with one crop, the crop is the image and removes nothing.
 
 Per batch of ``points_per_batch`` grid points: decoder (3 masks per point) -> IoU filter -> upscale ->
-stability score (IoU of the mask thresholded at +-``stability_score_offset``) filter -> boxes. Then
+stability score (IoU of the mask thresholded at +-``stability_score_offset``; counted by NumPy:
+faster, same numbers) filter -> boxes. Then
 box NMS (``box_nms_thresh`` 0.7, by predicted IoU) over all batches, and SAM's small-region clean-up
 when ``min_mask_region_area`` > 0.
 """
@@ -90,7 +91,7 @@ def _batch_masks(image: SamImage, points: np.ndarray, settings: EverythingSettin
     kept: dict[str, list] = {"masks": [], "iou_preds": [], "points": [], "stability_score": [], "boxes": []}
     for start in range(0, len(low_res), UPSCALE_CHUNK):  # full-resolution logits of a few masks at a time
         logits = image.upscale(low_res[start:start + UPSCALE_CHUNK]).cpu()
-        stability = amg.calculate_stability_score(logits, image.mask_threshold, settings.stability_score_offset)
+        stability = stability_scores(logits, image.mask_threshold, settings.stability_score_offset)
         stable = stability >= settings.stability_score_thresh if settings.stability_score_thresh > 0 else \
             torch.ones_like(stability, dtype=torch.bool)
         masks = logits[stable] > image.mask_threshold
@@ -104,6 +105,16 @@ def _batch_masks(image: SamImage, points: np.ndarray, settings: EverythingSettin
              "iou_preds": torch.zeros(0), "points": torch.zeros(0, 2, dtype=prompt.dtype),
              "stability_score": torch.zeros(0), "boxes": torch.zeros(0, 4, dtype=torch.int64)}
     return {name: torch.cat(values) if values else empty[name] for name, values in kept.items()}
+
+
+def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """``amg.calculate_stability_score``: the IoU [K] of each of the masks [K, H, W] (CPU logits)
+    thresholded at ``threshold`` +- ``offset``, the same float32 ratio of the same counts, counted by
+    NumPy (torch's sum of booleans took ~5 of the ~7 ms per 1024 x 681 mask here)."""
+    values = logits.numpy()
+    high = np.count_nonzero(values > np.float32(threshold + offset), axis=(1, 2)).astype(np.int32)
+    low = np.count_nonzero(values > np.float32(threshold - offset), axis=(1, 2)).astype(np.int32)
+    return torch.from_numpy(high) / torch.from_numpy(low)
 
 
 def _unpack(packed: torch.Tensor, width: int) -> torch.Tensor:

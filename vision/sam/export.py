@@ -14,20 +14,22 @@ The project exports its own PyTorch modules (``torch.onnx.export``, TorchScript 
   1..3: the multimask outputs). B and N are dynamic.
 * ``decoder_image`` (:class:`~vision.sam.split_decoder.DecoderImagePart`) and ``decoder_prompts``
   (:class:`~vision.sam.split_decoder.DecoderPromptPart`): the same decoder without a mask input, split:
-  ``embedding`` -> ``keys`` [1, g*g, C], ``token_keys``, ``token_values``, ``image_queries`` [1, g*g, C/2]
-  once per image; those four, ``point_coords`` and ``point_labels`` -> ``low_res_masks`` and
-  ``iou_predictions`` per batch of prompts (~27% fewer operations per prompt for SAM's decoder).
+  ``embedding`` -> the per-image tensors named in :data:`~vision.sam.split_decoder.IMAGE_OUTPUTS` once
+  per image; those, ``point_coords`` and ``point_labels`` -> ``low_res_masks`` and ``iou_predictions``
+  per batch of prompts (a third of the operations per prompt of SAM's decoder).
 
-Cache (:func:`exported`): ``<folder>/<part>-<checksum>.onnx`` where the checksum (16 hex digits) is a
-blake2b of the model's state dict (names, dtypes, shapes and bytes of every tensor: the *source
-weights*), so other weights never reuse a stale export; ``<part>-<checksum>.json`` beside it records
-the file's sha256, the opset and the torch version. A file whose sha256 does not match (truncated,
+Cache (:func:`exported`): ``<folder>/<part>-<checksum>-<graph>.onnx`` where the checksum (16 hex digits)
+is a blake2b of the model's state dict (names, dtypes, shapes and bytes of every tensor: the *source
+weights*) and ``graph`` (8 hex digits, :func:`graph_digest`) one of the code that builds the graphs, so
+neither other weights nor a changed graph reuse a stale export; ``<part>-<checksum>-<graph>.json``
+beside it records the file's sha256, the opset and the torch version. A file whose sha256 does not match (truncated,
 corrupt) or that is missing is exported again; the manifest is written last, so an interrupted export
 is never taken for a complete one.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vision.sam import split_decoder
 from vision.sam.split_decoder import IMAGE_OUTPUTS, DecoderImagePart, DecoderPromptPart, sparse_embedding
 
 OPSET = 17
@@ -84,6 +87,16 @@ def weights_checksum(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@functools.cache
+def graph_digest() -> str:
+    """8 hex digits identifying the code that builds the exported graphs: a blake2b of this module's and
+    :mod:`vision.sam.split_decoder`'s source files."""
+    digest = hashlib.blake2b(digest_size=4)
+    for source in (Path(__file__), Path(split_decoder.__file__)):
+        digest.update(source.read_bytes())
     return digest.hexdigest()
 
 
@@ -144,7 +157,7 @@ def exported(sam: Any, part: str, folder: Path, checksum: str | None = None) -> 
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     checksum = checksum or weights_checksum(sam)
-    path = folder / f"{part}-{checksum}.onnx"
+    path = folder / f"{part}-{checksum}-{graph_digest()}.onnx"
     manifest = path.with_suffix(".json")
     problem = _check(path, manifest)
     if problem is None:
@@ -160,7 +173,8 @@ def exported(sam: Any, part: str, folder: Path, checksum: str | None = None) -> 
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
-        record = {"part": part, "weights_checksum": checksum, "sha256": _file_sha256(path), "opset": OPSET,
+        record = {"part": part, "weights_checksum": checksum, "graph": graph_digest(), "sha256": _file_sha256(path),
+                  "opset": OPSET,
                   "torch": torch.__version__, "exported_s": round(time.perf_counter() - start, 2)}
         manifest.write_text(json.dumps(record, indent=1) + "\n")
     except Exception as err:  # any exporter or file-system failure: the caller falls back and says why

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from vision.hub import model_lock
@@ -127,8 +128,28 @@ class SamImage:
         if low_res.numel() == 0:
             return low_res.new_zeros(*lead, *self.original_size)
         flat = low_res.reshape(1, -1, *low_res.shape[-2:])
-        full = self.model.postprocess_masks(flat, self.input_size, self.original_size)
+        factor = self.side // low_res.shape[-1]
+        if factor * low_res.shape[-1] != self.side or low_res.shape[-1] != low_res.shape[-2]:
+            full = self.model.postprocess_masks(flat, self.input_size, self.original_size)
+        else:
+            full = self._upscale_kept(flat, factor)
         return full.reshape(*lead, *full.shape[-2:])
+
+    def _upscale_kept(self, flat: torch.Tensor, factor: int) -> torch.Tensor:
+        """``Sam.postprocess_masks`` of [1, K, L, L] low-res logits (S = ``factor`` * L), computed over the
+        pixels it keeps only: bilinear interpolation (align_corners=False) reads, for output row i, input
+        rows floor((i + 0.5) / factor - 0.5) and the next, so the upscale of the first rows that the kept
+        ``input_size`` rows read, to ``factor`` times their count, is the kept part of the upscale to S x S
+        (same scale, same weights, same neighbours); and resizing to the size it already has is the
+        identity, so it is skipped when ``original_size`` equals ``input_size``. Bit for bit the same
+        (``tests/test_sam_image.py``); a 1024 x 681 photo needs 688 of the 1024 rows."""
+        side = flat.shape[-1]
+        rows, cols = (min(side, (size + factor - 1) // factor + 1) for size in self.input_size)
+        full = F.interpolate(flat[..., :rows, :cols], (factor * rows, factor * cols), mode="bilinear",
+                             align_corners=False)[..., :self.input_size[0], :self.input_size[1]]
+        if tuple(self.input_size) != tuple(self.original_size):
+            full = F.interpolate(full, self.original_size, mode="bilinear", align_corners=False)
+        return full
 
 
 class UpscaledMasks(Sequence):
