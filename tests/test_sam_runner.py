@@ -194,13 +194,13 @@ def test_the_page_says_which_backend_runs_and_uses_cpu_defaults(tiny_hub):
     assert "Need a GPU to be pleasant" in CPU_NOTE and "Trident" in CPU_NOTE
 
 
-def test_weights_export_command_writes_both_parts(sam_t_weights, sam_exports_dir, capsys):
+def test_weights_export_command_writes_every_part(sam_t_weights, sam_exports_dir, capsys):
     from vision.cli import main
 
     assert main(["weights", "export", "sam_t"]) == 0
     out = capsys.readouterr().out
-    assert "sam_t: encoder: " in out and "sam_t: decoder: " in out
+    assert all(f"sam_t: {part}: " in out for part in ("encoder", "decoder", "decoder_image", "decoder_prompts"))
     # the folder is the session's: tiny sam_t's exports (other weights, another checksum) may be there too
     written = sorted(p.name for p in (sam_exports_dir / "sam_t").glob("*-*.onnx") if p.name in out)
-    assert [name.split("-")[0] for name in written] == ["decoder", "encoder"], out
-    assert written[0].split("-")[1] == written[1].split("-")[1]  # both parts of the same weights
+    assert [name.split("-")[0] for name in written] == ["decoder", "decoder_image", "decoder_prompts", "encoder"], out
+    assert len({name.split("-", 1)[1] for name in written}) == 1  # all parts of the same weights and code

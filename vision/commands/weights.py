@@ -42,15 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def export_sam(names: list[str]) -> int:
-    """Export (or check and reuse) each SAM's encoder and decoder ONNX files; 1 when one failed."""
+    """Export (or check and reuse) each SAM's ONNX files (:data:`vision.sam.export.PARTS`: encoder, decoder
+    and the split decoder's two parts); 1 when one failed."""
     from vision.hub import ModelHub
-    from vision.sam.export import ExportError, export_folder, exported
+    from vision.sam.export import PARTS, ExportError, export_folder, exported
 
     hub, failed = ModelHub(device="cpu"), 0
     for name in names:
         try:
             sam, folder = hub.get(name), export_folder(hub, name)
-            for part in ("encoder", "decoder"):
+            for part in PARTS:
                 print(f"{name}: {exported(sam, part, folder).note} in {folder}")
         except (ExportError, OSError, RuntimeError) as err:  # missing weights name the download command
             print(f"{name}: {err}")

@@ -82,12 +82,11 @@ def _batch_masks(image: SamImage, points: np.ndarray, settings: EverythingSettin
     packed 8 pixels a byte along W ([K, H, ceil(W / 8)] uint8: 1/8 of the memory until NMS)."""
     coords = image.points_to_frame(points)[:, None, :]
     labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
-    low_res, iou = image.decode(coords, labels, multimask_output=True)
-    low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
-    prompt = torch.as_tensor(points).repeat_interleave(3, dim=0)  # the point of each of the 3P masks
-    if settings.pred_iou_thresh > 0:
-        keep = (iou > settings.pred_iou_thresh).cpu()
-        low_res, iou, prompt = low_res[keep.to(low_res.device)], iou[keep.to(iou.device)], prompt[keep]
+    low_res, iou = image.decode(coords, labels, multimask_output=True)  # [P, 3, 4g, 4g], [P, 3]
+    prompt = torch.as_tensor(points)[:, None].expand(-1, iou.shape[1], -1)  # the point of each mask
+    keep = iou > settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+    # [3P] masks in SAM's order (point by point), the ones that pass only: one copy of the kept logits
+    low_res, iou, prompt = low_res[keep], iou[keep], prompt[keep.cpu()]
     kept: dict[str, list] = {"masks": [], "iou_preds": [], "points": [], "stability_score": [], "boxes": []}
     for start in range(0, len(low_res), UPSCALE_CHUNK):  # full-resolution logits of a few masks at a time
         logits = image.upscale(low_res[start:start + UPSCALE_CHUNK]).cpu()
@@ -111,10 +110,11 @@ def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> t
     """``amg.calculate_stability_score``: the IoU [K] of each of the masks [K, H, W] (CPU logits)
     thresholded at ``threshold`` +- ``offset``, the same float32 ratio of the same counts, counted by
     NumPy (torch's sum of booleans took ~5 of the ~7 ms per 1024 x 681 mask here)."""
-    values = logits.numpy()
-    high = np.count_nonzero(values > np.float32(threshold + offset), axis=(1, 2)).astype(np.int32)
-    low = np.count_nonzero(values > np.float32(threshold - offset), axis=(1, 2)).astype(np.int32)
-    return torch.from_numpy(high) / torch.from_numpy(low)
+    high, low = np.float32(threshold + offset), np.float32(threshold - offset)
+    # one mask at a time: count_nonzero over a whole array is ~2x faster than along axes
+    counts = np.array([(np.count_nonzero(mask > high), np.count_nonzero(mask > low)) for mask in logits.numpy()],
+                      dtype=np.int32).reshape(-1, 2)
+    return torch.from_numpy(counts[:, 0]) / torch.from_numpy(counts[:, 1])
 
 
 def _unpack(packed: torch.Tensor, width: int) -> torch.Tensor:

@@ -30,10 +30,10 @@ by ``validate()``, naming the package. Every result and record says which backen
 
 ``reference=True`` (preset ``"sam"``) is SAM's own behaviour. Changed otherwise (the default):
 
-* on a CPU, the "everything" grid is capped at ``cpu_points_per_side`` (8: 64 prompts, not 1024): the
-  decoder runs once per prompt (~1.7 GMAC each: its two-way transformer over the 4096 image tokens and
-  the mask upscaling), tens of seconds at 16x16 on 2 cores even on OpenVINO (``bench/results/cpu.md``);
-  small masks may be missed. The result says so in ``notes``.
+* on a CPU, the "everything" grid is capped at ``cpu_points_per_side`` (16: 256 prompts, not 1024): the
+  decoder runs once per prompt (~0.56 GMAC on OpenVINO / ONNX Runtime with the split decoder, ~1.75 on
+  torch), so 32x32 takes ~19 s on 2 cores on OpenVINO and minutes on torch, 16x16 ~6 s on OpenVINO
+  (``bench/results/cpu.md``); small masks may be missed. The result says so in ``notes``.
 
 Progress (``progress`` callable, :class:`~vision.engines.contract.Progress`): "encoding" (skipped on a
 cache hit), "decoding"; the everything mode reports each batch of prompts (``batch``, ``batches``).
@@ -87,7 +87,7 @@ class SegmentConfig(EngineConfig):
     min_side: int = 8  # px; smaller images are refused
     cache_size: int = 8  # encoded images kept (LRU; 4 MiB each for C = 256)
     points_per_side: int = 32  # everything mode: SAM's grid
-    cpu_points_per_side: int = 8  # ...capped to this on a CPU unless reference=True
+    cpu_points_per_side: int = 16  # ...capped to this on a CPU unless reference=True
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
