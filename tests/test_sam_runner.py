@@ -138,6 +138,14 @@ def test_export_is_reused_rebuilt_when_corrupt_and_failures_fall_back(tiny_hub, 
     assert "exported" in rebuilt.note and "sha256 differs" in rebuilt.note
     first.path.unlink()
     assert "exported" in exported(sam, "decoder", tmp_path).note
+    older = [tmp_path / f"decoder-{first.checksum}.onnx", tmp_path / f"decoder-{first.checksum}-0000beef.onnx"]
+    for path in older:  # exports of the same weights by other code: replaced when this code exports
+        path.write_bytes(b"old graph")
+        path.with_suffix(".json").write_text("{}")
+    first.path.unlink()
+    note = exported(sam, "decoder", tmp_path).note
+    assert note.endswith(f"; removed {', '.join(sorted(p.name for p in older))} (made by other code)"), note
+    assert not any(p.exists() or p.with_suffix(".json").exists() for p in older) and first.path.exists()
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("no exporter here")

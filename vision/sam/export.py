@@ -180,7 +180,22 @@ def exported(sam: Any, part: str, folder: Path, checksum: str | None = None) -> 
     except Exception as err:  # any exporter or file-system failure: the caller falls back and says why
         raise ExportError(f"ONNX export of the SAM {part} failed ({type(err).__name__}: {err})") from err
     again = "" if problem == "missing" else f" ({problem})"
-    return Exported(path, checksum, f"{part}: exported {path.name} in {time.perf_counter() - start:.1f} s{again}")
+    replaced = _remove_older_graphs(folder, part, checksum)
+    replaced = f"; removed {', '.join(replaced)} (made by other code)" if replaced else ""
+    return Exported(path, checksum,
+                    f"{part}: exported {path.name} in {time.perf_counter() - start:.1f} s{again}{replaced}")
+
+
+def _remove_older_graphs(folder: Path, part: str, checksum: str) -> list[str]:
+    """Deletes the exports of ``part`` for the same weights made by other code (another graph digest, or
+    none: the names before it) with their manifests; their names."""
+    current = f"{part}-{checksum}-{graph_digest()}.onnx"
+    older = [p for p in (folder / f"{part}-{checksum}.onnx", *folder.glob(f"{part}-{checksum}-*.onnx"))
+             if p.name != current and p.exists()]
+    for path in older:
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+    return sorted(p.name for p in older)
 
 
 def _check(path: Path, manifest: Path) -> str | None:
