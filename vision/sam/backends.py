@@ -40,7 +40,7 @@ BACKENDS = ("auto", "torch", "onnx", "openvino")
 PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
 CPU_PREFERENCE = ("openvino", "onnx", "torch")  # fastest first on a CPU (see bench/results/cpu.md)
 SPLIT_PARTS = ("decoder_image", "decoder_prompts")  # the decoder per image and per prompt (no mask input)
-IMAGES_KEPT = 4  # embeddings whose per-image decoder tensors a compiled backend keeps (~10 MB each for SAM)
+IMAGES_KEPT = 4  # embeddings whose per-image decoder tensors a compiled backend keeps (~38 MiB each for SAM)
 
 
 def installed(backend: str) -> bool:
