@@ -324,10 +324,10 @@ class DecoderPromptPart(nn.Module):
         return self._masks(upscaled, hyper), decoder.iou_prediction_head(queries[:, 0])
 
     @staticmethod
-    def _token_side(block: Any, queries: torch.Tensor, tokens: torch.Tensor, keys: torch.Tensor,
-                    values: torch.Tensor) -> torch.Tensor:
+    def _token_side(block: Any, queries: torch.Tensor, tokens: torch.Tensor, keys: Any, values: Any) -> torch.Tensor:
         """``TwoWayAttentionBlock.forward``'s token side after its self-attention: the tokens attend the
-        pixels (keys, values projected, channels first), then the MLP -> queries [B, T, C]."""
+        pixels (keys and values: :class:`_Pixels` or :class:`_LowRankPixels`), then the MLP -> queries
+        [B, T, C]."""
         attended = _tokens_attend_pixels(block.cross_attn_token_to_image, queries + tokens, keys, values)
         queries = block.norm2(queries + attended)
         return block.norm3(queries + block.mlp(queries))
