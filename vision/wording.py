@@ -23,9 +23,12 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
 def speed_change(before_s: float, after_s: float) -> str:
     """How much faster the second of two timings is, as words: ``"2.31x faster"``, or for a slowdown
     ``"1.10x slower"`` (never ``"0.91x faster"``)."""
-    if after_s <= before_s:
-        return f"{before_s / after_s:.2f}x faster"
-    return f"{after_s / before_s:.2f}x slower"
+    return speedup_words(before_s / after_s)
+
+
+def speedup_words(speedup: float) -> str:
+    """A speed-up (time before / time after) as :func:`speed_change`'s words."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
 
 
 def shorten(text: str, limit: int = 80) -> str:

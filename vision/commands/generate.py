@@ -153,7 +153,7 @@ def make_processor(config: Any, init_image: str | None, control_image: str | Non
 def print_speedups(output: str, items: list) -> None:
     """The measured speed-up of each prompt of ``items`` (their latest results line) and overall."""
     from vision.batch import read_jsonl
-    from vision.wording import speed_change
+    from vision.wording import speed_change, speedup_words
 
     rows, _ = read_jsonl(Path(output) / "results.jsonl")
     latest = {row["id"]: row for row in rows}
@@ -167,8 +167,8 @@ def print_speedups(output: str, items: list) -> None:
     print(f"{CACHE_NAMES.get(method, method)} vs the plain pipeline (same seed){tiny}:")
     for row in timed:
         t = row["timings"]
-        print(f"  {row['id']}: {speed_change(t['baseline_seconds'], t['seconds'])} ({t['baseline_seconds']:.2f} s -> "
-              f"{t['seconds']:.2f} s)")
+        # the record's own speed-up (from unrounded times), so the line and results.jsonl agree
+        print(f"  {row['id']}: {speedup_words(t['speedup'])} ({t['baseline_seconds']:.2f} s -> {t['seconds']:.2f} s)")
     if len(timed) > 1:
         plain = sum(r["timings"]["baseline_seconds"] for r in timed)
         cached = sum(r["timings"]["seconds"] for r in timed)
