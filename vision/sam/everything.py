@@ -13,10 +13,9 @@ backend. It uses SAM's own helpers (``segment_anything.utils.amg``) and differs 
 * the crop-edge filter is left out: with one crop, the crop is the image and removes nothing.
 
 Per batch of ``points_per_batch`` grid points: decoder (3 masks per point) -> IoU filter -> upscale ->
-stability score (IoU of the mask thresholded at +-``stability_score_offset``; counted by NumPy:
-faster, same numbers) filter -> boxes. Then
-box NMS (``box_nms_thresh`` 0.7, by predicted IoU) over all batches, and SAM's small-region clean-up
-when ``min_mask_region_area`` > 0.
+stability score (IoU of the mask thresholded at +-``stability_score_offset``; counted by NumPy: faster,
+same numbers) filter -> boxes. Then box NMS (``box_nms_thresh`` 0.7, by predicted IoU) over all
+batches, and SAM's small-region clean-up when ``min_mask_region_area`` > 0.
 """
 
 from __future__ import annotations

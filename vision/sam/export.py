@@ -22,9 +22,10 @@ Cache (:func:`exported`): ``<folder>/<part>-<checksum>-<graph>.onnx`` where the 
 is a blake2b of the model's state dict (names, dtypes, shapes and bytes of every tensor: the *source
 weights*) and ``graph`` (8 hex digits, :func:`graph_digest`) one of the code that builds the graphs, so
 neither other weights nor a changed graph reuse a stale export; ``<part>-<checksum>-<graph>.json``
-beside it records the file's sha256, the opset and the torch version. A file whose sha256 does not match (truncated,
-corrupt) or that is missing is exported again; the manifest is written last, so an interrupted export
-is never taken for a complete one.
+beside it records the file's sha256, the opset and the torch version. A file whose sha256 does not
+match (truncated, corrupt) or that is missing is exported again; the manifest is written last, so an
+interrupted export is never taken for a complete one. A new export removes the same weights' exports of
+that part made by other code.
 """
 
 from __future__ import annotations
@@ -174,24 +175,23 @@ def exported(sam: Any, part: str, folder: Path, checksum: str | None = None) -> 
         finally:
             Path(tmp).unlink(missing_ok=True)
         record = {"part": part, "weights_checksum": checksum, "graph": graph_digest(), "sha256": _file_sha256(path),
-                  "opset": OPSET,
-                  "torch": torch.__version__, "exported_s": round(time.perf_counter() - start, 2)}
+                  "opset": OPSET, "torch": torch.__version__, "exported_s": round(time.perf_counter() - start, 2)}
         manifest.write_text(json.dumps(record, indent=1) + "\n")
     except Exception as err:  # any exporter or file-system failure: the caller falls back and says why
         raise ExportError(f"ONNX export of the SAM {part} failed ({type(err).__name__}: {err})") from err
     again = "" if problem == "missing" else f" ({problem})"
-    replaced = _remove_older_graphs(folder, part, checksum)
+    replaced = _remove_older_graphs(path, part, checksum)
     replaced = f"; removed {', '.join(replaced)} (made by other code)" if replaced else ""
     return Exported(path, checksum,
                     f"{part}: exported {path.name} in {time.perf_counter() - start:.1f} s{again}{replaced}")
 
 
-def _remove_older_graphs(folder: Path, part: str, checksum: str) -> list[str]:
-    """Deletes the exports of ``part`` for the same weights made by other code (another graph digest, or
-    none: the names before it) with their manifests; their names."""
-    current = f"{part}-{checksum}-{graph_digest()}.onnx"
+def _remove_older_graphs(current: Path, part: str, checksum: str) -> list[str]:
+    """Deletes the exports of ``part`` for the same weights beside ``current`` made by other code (another
+    graph digest, or none: the names before it) with their manifests; their names."""
+    folder = current.parent
     older = [p for p in (folder / f"{part}-{checksum}.onnx", *folder.glob(f"{part}-{checksum}-*.onnx"))
-             if p.name != current and p.exists()]
+             if p != current and p.exists()]
     for path in older:
         path.unlink(missing_ok=True)
         path.with_suffix(".json").unlink(missing_ok=True)
